@@ -1,0 +1,123 @@
+"""The ``gkp`` command.
+
+gkp run CONFIG [--set key=value ...] [--out DIR] [--restart]    all the config's stages
+gkp train|prune|finetune|eval CONFIG [...]                      one stage
+gkp check CONFIG [--set ...]                                    validate and print the resolved config
+gkp import-checkpoint SRC.pt DST.ckpt                           convert an SR-GKP authors' release
+gkp info CKPT [--input-size N]                                  arch, plan, params and MACs
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from gkp.errors import GkpError
+
+STAGE_COMMANDS = ("train", "prune", "finetune", "eval")
+
+
+def _add_experiment_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", help="YAML experiment file")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set prune.rate=0.625 (repeatable)",
+    )
+    parser.add_argument("--out", help="run folder (default: runs/<name>)")
+    parser.add_argument(
+        "--restart",
+        action="store_true",
+        help="move an existing run folder aside (to <folder>.old-<time>) and start over",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gkp", description="Robustness-aware structured pruning experiments")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", required=True)
+    _add_experiment_arguments(commands.add_parser("run", help="run the config's stages"))
+    for stage in STAGE_COMMANDS:
+        _add_experiment_arguments(commands.add_parser(stage, help=f"run only the {stage} stage"))
+    check = commands.add_parser("check", help="validate a config and print it resolved")
+    check.add_argument("config")
+    check.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    importer = commands.add_parser("import-checkpoint", help="convert the SR-GKP authors' released ResNet pickle")
+    importer.add_argument("source")
+    importer.add_argument("destination")
+    info = commands.add_parser("info", help="describe a checkpoint")
+    info.add_argument("checkpoint")
+    info.add_argument("--input-size", type=int, help="image side for MACs (default: the checkpoint's)")
+    return parser
+
+
+def _run(args: argparse.Namespace) -> None:
+    from gkp.config import load_experiment
+    from gkp.report import results_table
+    from gkp.runner import run_experiment
+
+    exp = load_experiment(args.config, args.overrides)
+    stages = None if args.command == "run" else (args.command,)
+    results = run_experiment(exp, out=args.out, stages=stages, restart=args.restart)
+    if results is not None:
+        print(results_table(results))
+
+
+def _info(args: argparse.Namespace) -> None:
+    from gkp.checkpoint import model_from_payload, read_checkpoint
+    from gkp.counting import measure
+    from gkp.models import MODELS
+
+    payload = read_checkpoint(args.checkpoint)
+    model = model_from_payload(payload, args.checkpoint)
+    size = args.input_size or payload["metadata"].get("input_size") or MODELS.get(payload["arch"]).input_size
+    cost = measure(model, size)
+    plan = payload["plan"]
+    plan_text = "none (dense)"
+    if plan is not None:
+        plan_text = f"{plan['method']} at rate {plan['rate']}, {len(plan['layers'])} layers"
+    print(f"checkpoint: {args.checkpoint}")
+    print(f"arch:       {payload['arch']} {payload['arch_args']}")
+    print(f"plan:       {plan_text}")
+    print(f"params:     {cost.params:,} ({cost.params / 1e6:.3f}M)")
+    print(f"MACs:       {cost.macs:,} ({cost.macs / 1e6:.3f}M) at {size}x{size}")
+    if payload["metadata"]:
+        print(f"metadata:   {payload['metadata']}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    try:
+        if args.command in ("run", *STAGE_COMMANDS):
+            _run(args)
+        elif args.command == "check":
+            from gkp.config import dump_experiment, load_experiment
+
+            print(dump_experiment(load_experiment(args.config, args.overrides)), end="")
+        elif args.command == "import-checkpoint":
+            from gkp.authors import import_authors_resnet
+
+            import_authors_resnet(args.source, args.destination)
+            print(f"wrote {args.destination}")
+        elif args.command == "info":
+            _info(args)
+    except GkpError as error:
+        print(f"gkp: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("gkp: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

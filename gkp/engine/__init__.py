@@ -1,0 +1,1 @@
+"""Training and evaluation loops, and the device/precision settings they share."""

@@ -1,0 +1,33 @@
+"""Exceptions with messages meant for the user: each names the problem and how to fix it."""
+
+
+class GkpError(Exception):
+    """Base class of every error the command line reports without a traceback."""
+
+
+class ConfigError(GkpError, ValueError):
+    """A config key is unknown, has the wrong type or an impossible value."""
+
+
+class DataError(GkpError):
+    """A dataset is missing or malformed."""
+
+
+class CheckpointError(GkpError):
+    """A checkpoint file is missing, corrupt, foreign or does not fit the model."""
+
+
+class RunFolderError(GkpError):
+    """A run folder holds a different experiment, or finished results would be overwritten."""
+
+
+class NonFiniteLossError(GkpError):
+    """The training loss became NaN or infinite."""
+
+
+class PruningError(GkpError):
+    """A pruning plan cannot be computed or applied (impossible rate, invalid indices, ...)."""
+
+
+class AttackSanityError(GkpError):
+    """An attack produced an invalid adversarial batch (outside the eps-ball or image range, NaN)."""

@@ -1,0 +1,54 @@
+"""Bottleneck ResNet-50/101 (He et al., CVPR 2016) built from torchvision's ``ResNet``.
+
+Module names are torchvision's (``conv1 bn1 layer1..4.{i}.conv1..3 bn1..3 downsample fc``), so its
+pretrained weights load directly. ``stem="small"`` replaces the 7x7 stride-2 conv and the max-pool by
+a 3x3 stride-1 conv, the usual choice for 64x64 Tiny-ImageNet inputs; ``stem="imagenet"`` keeps
+torchvision's stem for 224x224 inputs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+from torch import nn
+from torchvision.models.resnet import Bottleneck, ResNet
+
+from gkp.models.groups import FilterGroup
+from gkp.models.normalize import Normalize
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class BottleneckResNet(ResNet):
+    def __init__(
+        self,
+        blocks: Sequence[int],
+        num_classes: int = 1000,
+        stem: Literal["imagenet", "small"] = "imagenet",
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+    ):
+        super().__init__(Bottleneck, list(blocks), num_classes=num_classes)
+        if stem not in ("imagenet", "small"):
+            raise ValueError(f"stem must be 'imagenet' or 'small', got {stem!r}")
+        if stem == "small":
+            self.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+            nn.init.kaiming_normal_(self.conv1.weight, mode="fan_out", nonlinearity="relu")
+            self.maxpool = nn.Identity()
+        self.normalize = Normalize(mean, std)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(self.normalize(x))
+
+    def filter_pruning_groups(self) -> list[FilterGroup]:
+        """The two inner convs of each bottleneck (conv1 -> conv2 and conv2 -> conv3)."""
+        groups = []
+        for stage in (1, 2, 3, 4):
+            for i in range(len(getattr(self, f"layer{stage}"))):
+                p = f"layer{stage}.{i}"
+                groups.append(FilterGroup(f"{p}.conv1", f"{p}.bn1", (f"{p}.conv2",)))
+                groups.append(FilterGroup(f"{p}.conv2", f"{p}.bn2", (f"{p}.conv3",)))
+        return groups

@@ -1,0 +1,166 @@
+"""Module surgery: build the physically smaller model a plan describes, never mutating the input.
+
+``apply(model, plan)`` returns a deep copy whose pruned layers are replaced by smaller ones holding the
+kept weights; ``apply_mask(model, plan)`` returns a dense copy whose pruned weights are zeroed instead,
+the reference that the smaller model must match.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import replace
+
+import torch
+from torch import nn
+
+from gkp.errors import PruningError
+from gkp.models import model_spec
+from gkp.models.groups import FilterGroup
+from gkp.pruning.plan import FilterPlan, Plan
+
+
+def get_module(model: nn.Module, name: str) -> nn.Module:
+    try:
+        return model.get_submodule(name)
+    except AttributeError as error:
+        raise PruningError(f"the plan names layer '{name}', which this model does not have") from error
+
+
+def set_module(model: nn.Module, name: str, module: nn.Module) -> None:
+    """Put ``module`` in place of the submodule ``name``, in the same train/eval mode."""
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, module.train(getattr(parent, child).training))
+
+
+def filter_groups(model: nn.Module) -> dict[str, FilterGroup]:
+    if not hasattr(model, "filter_pruning_groups"):
+        raise PruningError(
+            f"{type(model).__name__} has no filter-pruning dependency table "
+            "(a filter_pruning_groups() method); see README, 'Adding a model'"
+        )
+    return {group.conv: group for group in model.filter_pruning_groups()}
+
+
+def _checked_indices(kept: tuple[int, ...], size: int, layer: str) -> torch.Tensor:
+    if not kept:
+        raise PruningError(f"the plan keeps no channel of '{layer}'")
+    if list(kept) != sorted(set(kept)) or kept[0] < 0 or kept[-1] >= size:
+        raise PruningError(
+            f"the plan's kept channels of '{layer}' must be sorted, unique and in [0, {size}), got {list(kept)}"
+        )
+    return torch.tensor(kept, dtype=torch.long)
+
+
+def _sliced_conv(conv: nn.Conv2d, out_index: torch.Tensor | None, in_index: torch.Tensor | None) -> nn.Conv2d:
+    if conv.groups != 1:
+        raise PruningError("filter pruning of a grouped convolution is not supported")
+    weight = conv.weight.detach()
+    weight = weight if out_index is None else weight.index_select(0, out_index.to(weight.device))
+    weight = weight if in_index is None else weight.index_select(1, in_index.to(weight.device))
+    new = nn.Conv2d(
+        weight.shape[1],
+        weight.shape[0],
+        conv.kernel_size,
+        conv.stride,
+        conv.padding,
+        conv.dilation,
+        1,
+        conv.bias is not None,
+        conv.padding_mode,
+        device=weight.device,
+        dtype=weight.dtype,
+    )
+    with torch.no_grad():
+        new.weight.copy_(weight)
+        if conv.bias is not None:
+            bias = conv.bias.detach()
+            new.bias.copy_(bias if out_index is None else bias.index_select(0, out_index.to(bias.device)))
+    return new
+
+
+def _sliced_batchnorm(bn: nn.BatchNorm2d, index: torch.Tensor) -> nn.BatchNorm2d:
+    new = nn.BatchNorm2d(
+        len(index),
+        bn.eps,
+        bn.momentum,
+        bn.affine,
+        bn.track_running_stats,
+        device=bn.running_mean.device,
+        dtype=bn.running_mean.dtype,
+    )
+    with torch.no_grad():
+        for name in ("weight", "bias", "running_mean", "running_var"):
+            source = getattr(bn, name)
+            if source is not None:
+                getattr(new, name).copy_(source.detach().index_select(0, index.to(source.device)))
+        if bn.num_batches_tracked is not None:
+            new.num_batches_tracked.copy_(bn.num_batches_tracked)
+    return new
+
+
+def _sliced_linear_inputs(linear: nn.Linear, index: torch.Tensor) -> nn.Linear:
+    weight = linear.weight.detach().index_select(1, index.to(linear.weight.device))
+    new = nn.Linear(weight.shape[1], weight.shape[0], linear.bias is not None, device=weight.device, dtype=weight.dtype)
+    with torch.no_grad():
+        new.weight.copy_(weight)
+        if linear.bias is not None:
+            new.bias.copy_(linear.bias.detach())
+    return new
+
+
+def _slice_consumer(module: nn.Module, index: torch.Tensor, name: str) -> nn.Module:
+    if isinstance(module, nn.Conv2d):
+        return _sliced_conv(module, None, index)
+    if isinstance(module, nn.Linear):
+        return _sliced_linear_inputs(module, index)
+    raise PruningError(f"cannot remove input channels of '{name}' ({type(module).__name__})")
+
+
+def _apply_filters(model: nn.Module, name: str, layer: FilterPlan, groups: dict[str, FilterGroup]) -> None:
+    group = groups.get(name)
+    if group is None:
+        raise PruningError(f"'{name}' is not filter-prunable in this architecture; prunable convs: {', '.join(groups)}")
+    conv = get_module(model, group.conv)
+    index = _checked_indices(layer.kept, conv.out_channels, name)
+    set_module(model, group.conv, _sliced_conv(conv, index, None))
+    set_module(model, group.bn, _sliced_batchnorm(get_module(model, group.bn), index))
+    for consumer in group.consumers:
+        set_module(model, consumer, _slice_consumer(get_module(model, consumer), index, consumer))
+
+
+def _mask_filters(model: nn.Module, name: str, layer: FilterPlan, groups: dict[str, FilterGroup]) -> None:
+    group = groups.get(name)
+    if group is None:
+        raise PruningError(f"'{name}' is not filter-prunable in this architecture")
+    conv, bn = get_module(model, group.conv), get_module(model, group.bn)
+    dropped = torch.ones(conv.out_channels, dtype=torch.bool)
+    dropped[_checked_indices(layer.kept, conv.out_channels, name)] = False
+    with torch.no_grad():
+        for tensor in (conv.weight, conv.bias, bn.weight, bn.bias):
+            if tensor is not None:
+                tensor[dropped.to(tensor.device)] = 0
+
+
+APPLY = {FilterPlan.type: _apply_filters}
+MASK = {FilterPlan.type: _mask_filters}
+
+
+def _transform(model: nn.Module, plan: Plan, handlers: dict) -> nn.Module:
+    result = copy.deepcopy(model)
+    groups = filter_groups(model)
+    for name, layer in plan.layers.items():
+        handlers[layer.type](result, name, layer, groups)
+    return result
+
+
+def apply(model: nn.Module, plan: Plan) -> nn.Module:
+    """The physically smaller model of ``plan``; ``model`` itself is left unchanged."""
+    pruned = _transform(model, plan, APPLY)
+    pruned.gkp_spec = replace(model_spec(model), plan=plan.to_dict())
+    return pruned
+
+
+def apply_mask(model: nn.Module, plan: Plan) -> nn.Module:
+    """A dense copy with every pruned filter and its BatchNorm channel set to zero."""
+    return _transform(model, plan, MASK)

@@ -1,0 +1,255 @@
+"""The run folder: resolved config, environment, metrics, TensorBoard logs, stage markers, resume state.
+
+::
+
+    runs/<name>/config.yaml    the resolved config of the latest invocation
+                env.json       library versions, git commit, device (latest invocation first)
+                metrics.csv    one row per epoch of every training stage
+                tb/<stage>/    TensorBoard scalars
+                state/         <stage>_last.ckpt (resume) and <stage>.done markers
+
+Each stage has a fingerprint: a hash of the config sections it depends on. A finished stage with the
+same fingerprint is skipped; a finished or interrupted stage with a different one stops the run with
+the differing keys named, so finished results are never overwritten silently.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import logging
+import os
+import platform
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import nn
+
+from gkp.checkpoint import read_checkpoint, save_checkpoint
+from gkp.config import STAGES, Experiment, dump_experiment
+from gkp.engine.train import TrainingState
+from gkp.errors import RunFolderError
+
+log = logging.getLogger(__name__)
+
+# Sections each stage's outputs depend on (cumulative along the pipeline). device and
+# data.num_workers change how a run executes, not what it computes, so they are left out.
+STAGE_SECTIONS = {
+    "train": ("seed", "deterministic", "model", "data", "train"),
+    "prune": ("seed", "deterministic", "model", "data", "train", "prune"),
+    "finetune": ("seed", "deterministic", "model", "data", "train", "prune", "finetune"),
+    "eval": ("seed", "deterministic", "model", "data", "train", "prune", "finetune", "attacks", "eval"),
+}
+EXECUTION_ONLY = (("data", "num_workers"),)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary.write_text(text)
+    os.replace(temporary, path)
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    write_text_atomic(path, json.dumps(data, indent=2) + "\n")
+
+
+def _fingerprint_payload(plain: dict[str, Any], stage: str) -> dict[str, Any]:
+    chosen = {k: plain.get(k) for k in STAGE_SECTIONS[stage]}
+    for section, key in EXECUTION_ONLY:
+        if isinstance(chosen.get(section), dict):
+            chosen[section] = {k: v for k, v in chosen[section].items() if k != key}
+    return chosen
+
+
+def fingerprint(plain_config: dict[str, Any], stage: str) -> str:
+    text = json.dumps(_fingerprint_payload(plain_config, stage), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def differences(old: Any, new: Any, path: str = "") -> list[str]:
+    """Key paths where two plain configs differ, as 'key: old -> new'."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        found = []
+        for key in list(old) + [k for k in new if k not in old]:
+            found += differences(old.get(key), new.get(key), f"{path}.{key}" if path else str(key))
+        return found
+    return [] if old == new else [f"{path}: {old!r} -> {new!r}"]
+
+
+def git_commit() -> str:
+    try:
+        here = Path(__file__).resolve().parent
+        commit = subprocess.run(
+            ["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(here), "status", "--porcelain"], capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+        return f"{commit}{'+dirty' if dirty else ''}" if commit else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    import numpy
+    import sklearn
+    import torchvision
+
+    import gkp
+
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    return {
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "command": " ".join(sys.argv),
+        "host": socket.gethostname(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "gkp": gkp.__version__,
+        "git_commit": git_commit(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "numpy": numpy.__version__,
+        "scikit_learn": sklearn.__version__,
+        "device": str(device),
+        "device_name": name,
+        "cpu_threads": torch.get_num_threads(),
+        "cuda": torch.version.cuda if device.type == "cuda" else None,
+    }
+
+
+class RunDir:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.state = self.path / "state"
+
+    # ------------------------------------------------------------ identity and conflicts
+
+    def _done_marker(self, stage: str) -> Path:
+        return self.state / f"{stage}.done"
+
+    def resume_path(self, stage: str) -> Path:
+        return self.state / f"{stage}_last.ckpt"
+
+    def recorded_fingerprints(self) -> dict[str, str]:
+        """Fingerprints of the stages this folder has finished or started."""
+        found = {}
+        for stage in STAGES:
+            if self._done_marker(stage).is_file():
+                found[stage] = json.loads(self._done_marker(stage).read_text())["fingerprint"]
+            elif self.resume_path(stage).is_file():
+                found[stage] = read_checkpoint(self.resume_path(stage))["metadata"].get("fingerprint", "")
+        return found
+
+    def move_aside(self) -> None:
+        """--restart: keep the previous run, renamed to <folder>.old-<time>, and start an empty one."""
+        if self.path.exists():
+            aside = self.path.with_name(f"{self.path.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
+            self.path.rename(aside)
+            log.warning("--restart: moved the previous run to %s", aside)
+
+    def prepare(self, exp: Experiment, device: torch.device) -> None:
+        """Create or re-open the folder; refuse it if its stages were computed from another config."""
+        plain = exp.to_dict()
+        conflicts = [s for s, fp in self.recorded_fingerprints().items() if fp != fingerprint(plain, s)]
+        if conflicts:
+            old_config = self.path / "config.yaml"
+            old = yaml.safe_load(old_config.read_text()) if old_config.is_file() else {}
+            changed = [
+                d for d in differences(old, plain) if not d.startswith(("device:", "name:", "data.num_workers:"))
+            ]
+            raise RunFolderError(
+                f"{self.path} already holds stage(s) {', '.join(conflicts)} computed from a different config "
+                f"({'; '.join(changed[:6]) or 'see config.yaml'}). Its results are kept: pass --out DIR for a "
+                f"new run, or --restart to move the old run aside to {self.path.name}.old-<time> and start over"
+            )
+        self.state.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(self.path / "config.yaml", dump_experiment(exp))
+        env_file = self.path / "env.json"
+        previous = json.loads(env_file.read_text()) if env_file.is_file() else {}
+        earlier = [{k: v for k, v in previous.items() if k != "earlier"}, *previous.get("earlier", [])]
+        write_json_atomic(env_file, {**environment(device), "earlier": earlier if previous else []})
+
+    def is_done(self, stage: str) -> bool:
+        return self._done_marker(stage).is_file()
+
+    def mark_done(self, stage: str, fingerprint_value: str) -> None:
+        write_json_atomic(
+            self._done_marker(stage),
+            {"fingerprint": fingerprint_value, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
+        )
+
+    # ------------------------------------------------------------ metrics
+
+    def write_metrics(self, stage: str, history: list[dict[str, Any]]) -> None:
+        """Rewrite metrics.csv with this stage's full history and the other stages' rows unchanged."""
+        path = self.path / "metrics.csv"
+        rows = []
+        if path.is_file():
+            rows = [r for r in csv.DictReader(io.StringIO(path.read_text())) if r["stage"] != stage]
+        rows += [{"stage": stage, **row} for row in history]
+        columns: list[str] = []
+        for row in rows:
+            columns += [k for k in row if k not in columns]
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+        write_text_atomic(path, buffer.getvalue())
+
+
+class StageStore:
+    """What ``engine.train.fit`` persists for one stage: resume state, best models, metrics, TensorBoard."""
+
+    def __init__(self, run: RunDir, stage: str, fingerprint_value: str, best_prefix: str):
+        self.run, self.stage, self.fingerprint = run, stage, fingerprint_value
+        self.best_prefix = best_prefix
+        self.writer = None
+
+    def load_resume(self, model: nn.Module) -> TrainingState | None:
+        path = self.run.resume_path(self.stage)
+        if not path.is_file():
+            return None
+        payload = read_checkpoint(path)
+        model.load_state_dict(payload["state_dict"])
+        return TrainingState(**payload["training"])
+
+    def describe_last(self) -> str:
+        path = self.run.resume_path(self.stage)
+        return str(path) if path.is_file() else "none yet: the first epoch did not finish"
+
+    def save_best(self, metric: str, model: nn.Module, record: dict[str, Any]) -> None:
+        path = self.run.path / f"{self.best_prefix}best_{metric}.ckpt"
+        save_checkpoint(path, model, {"stage": self.stage, "metric": metric, **record})
+
+    def save_epoch(self, model: nn.Module, state: TrainingState) -> None:
+        save_checkpoint(
+            self.run.resume_path(self.stage),
+            model,
+            {"stage": self.stage, "fingerprint": self.fingerprint, "epoch": state.epoch},
+            training=asdict(state),
+        )
+        self.run.write_metrics(self.stage, state.history)
+        self._tensorboard(state.history[-1])
+
+    def _tensorboard(self, row: dict[str, Any]) -> None:
+        if self.writer is None:  # the first epoch of this invocation: drop events a crash left beyond it
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(self.run.path / "tb" / self.stage), purge_step=row["epoch"])
+        for key, value in row.items():
+            if key != "epoch" and isinstance(value, (int, float)):
+                self.writer.add_scalar(f"{self.stage}/{key}", value, row["epoch"])
+        self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()

@@ -1,0 +1,282 @@
+"""The pipeline: train -> prune -> finetune -> eval, each stage a function of the run context.
+
+``run_experiment`` resolves the device, loads the data, checks that every stage it will run has its
+inputs and that the pruning settings are feasible (before any compute), prepares the run folder, then
+runs the stages. Finished stages are skipped, interrupted ones resume from their last epoch.
+
+Stage outputs in the run folder: ``dense.ckpt`` (train), ``plan.json`` + ``pruned.ckpt`` (prune),
+``finetuned.ckpt`` + ``best_<metric>.ckpt`` + ``finetune.json`` (finetune), ``results.json`` (eval).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from gkp.checkpoint import load_model, read_checkpoint, save_checkpoint
+from gkp.config import Experiment
+from gkp.counting import measure
+from gkp.data import DataBundle, load_data
+from gkp.engine.device import resolve_device, set_determinism
+from gkp.engine.evaluate import evaluate
+from gkp.engine.train import FitOutcome, fit
+from gkp.errors import ConfigError, RunFolderError
+from gkp.models import arch_arg_names, build_model
+from gkp.pruning.plan import Plan
+from gkp.pruning.registry import PRUNING_METHODS
+from gkp.pruning.surgery import apply as apply_plan
+from gkp.rundir import RunDir, StageStore, fingerprint, write_json_atomic
+from gkp.schema import to_plain
+from gkp.seeding import seed_everything
+
+log = logging.getLogger(__name__)
+
+# Which stage writes each model the eval stage can name.
+PRODUCED_BY = {"dense": "train", "pruned": "prune", "final": "finetune"}
+
+
+@dataclass
+class Context:
+    exp: Experiment
+    run: RunDir
+    device: torch.device
+    data: DataBundle
+
+    def fingerprint(self, stage: str) -> str:
+        return fingerprint(self.exp.to_dict(), stage)
+
+
+# ------------------------------------------------------------------ models and their files
+
+
+def new_model(ctx: Context) -> nn.Module:
+    """A freshly initialised model for the configured arch, sized and normalised for the data."""
+    exp, data = ctx.exp, ctx.data
+    args: dict[str, Any] = {
+        "num_classes": exp.model.num_classes or data.num_classes,
+        "mean": list(data.mean),
+        "std": list(data.std),
+        **exp.model.args,
+    }
+    if "stem" in arch_arg_names(exp.model.arch) and "stem" not in args:
+        args["stem"] = "small" if data.image_size <= 64 else "imagenet"
+    return build_model(exp.model.arch, **args)
+
+
+def model_path(ctx: Context, name: str) -> Path | None:
+    """The checkpoint behind an eval model name (dense, pruned, final, best_<metric>), if it exists."""
+    run = ctx.run.path
+    if name == "dense":
+        candidates = [run / "dense.ckpt", Path(ctx.exp.model.checkpoint) if ctx.exp.model.checkpoint else None]
+    elif name == "pruned":
+        candidates = [run / "pruned.ckpt"]
+    elif name == "final":
+        candidates = [run / "finetuned.ckpt", run / "pruned.ckpt", *([model_path(ctx, "dense")])]
+    else:
+        candidates = [run / f"{name}.ckpt"]
+    return next((p for p in candidates if p is not None and p.is_file()), None)
+
+
+def _require_model(ctx: Context, name: str) -> Path:
+    path = model_path(ctx, name)
+    if path is None:
+        stage = PRODUCED_BY.get(name, "finetune")
+        raise RunFolderError(
+            f"no '{name}' model in {ctx.run.path}: run the {stage} stage first "
+            f"(gkp {stage} CONFIG){' or set model.checkpoint' if name == 'dense' else ''}"
+        )
+    return path
+
+
+# ------------------------------------------------------------------ checks before any compute
+
+
+def _check_given_checkpoint(ctx: Context) -> None:
+    if not ctx.exp.model.checkpoint:
+        return
+    payload = read_checkpoint(ctx.exp.model.checkpoint)
+    if ctx.exp.model.arch is not None and ctx.exp.model.arch != payload["arch"]:
+        raise ConfigError(
+            f"model.arch: the config says {ctx.exp.model.arch} but model.checkpoint holds "
+            f"{payload['arch']}; drop model.arch (the checkpoint names its own) or fix it"
+        )
+    classes = payload["arch_args"].get("num_classes")
+    if classes is not None and classes < ctx.data.num_classes:
+        raise ConfigError(
+            f"model.checkpoint: {ctx.exp.model.checkpoint} predicts {classes} classes but "
+            f"data '{ctx.exp.data.name}' has labels up to {ctx.data.num_classes - 1}"
+        )
+
+
+def preflight(ctx: Context, stages: tuple[str, ...]) -> None:
+    """Fail before any compute when a stage would lack its input or the settings cannot work."""
+    exp = ctx.exp
+    if any(s in stages for s in ("train", "finetune")) and ctx.data.train is None:
+        raise ConfigError("data: the train/finetune stages need a training split")
+    _check_given_checkpoint(ctx)
+    will_make = {name for name, stage in PRODUCED_BY.items() if stage in stages}
+    if "finetune" in stages:
+        will_make |= {f"best_{m}" for m in ("benign", *exp.finetune.eval_attacks)}
+    if "prune" in stages:
+        dense = None if "dense" in will_make else _require_model(ctx, "dense")
+        model = new_model(ctx) if dense is None else load_model(dense)[0]
+        PRUNING_METHODS.get(exp.prune.method, "prune.method").check(model, exp.prune.rate, exp.prune.params)
+    if "finetune" in stages and "pruned" not in will_make:
+        _require_model(ctx, "pruned")
+    if "eval" in stages:
+        for name in exp.eval.models:
+            if name not in will_make and not (name == "final" and will_make):
+                _require_model(ctx, name)
+
+
+# ------------------------------------------------------------------ stages
+
+
+def _fit_stage(ctx: Context, stage: str, model: nn.Module, best_prefix: str) -> FitOutcome:
+    cfg = getattr(ctx.exp, stage)
+    store = StageStore(ctx.run, stage, ctx.fingerprint(stage), best_prefix)
+    try:
+        return fit(
+            model,
+            cfg,
+            stage=stage,
+            train_split=ctx.data.train,
+            select_split=ctx.data.val if cfg.select_on == "val" else ctx.data.test,
+            attack_specs=[ctx.exp.attack(label) for label in cfg.eval_attacks],
+            batch_size=ctx.exp.data.batch_size,
+            eval_batch_size=ctx.exp.data.eval_batch_size,
+            seed=ctx.exp.seed,
+            store=store,
+        )
+    finally:
+        store.close()
+
+
+def _summary(outcome: FitOutcome, cfg, best_prefix: str) -> dict[str, Any]:
+    best = {m: {**r, "checkpoint": f"{best_prefix}best_{m}.ckpt"} for m, r in outcome.best.items()}
+    return {"select_on": cfg.select_on, "epochs": cfg.epochs, "best": best, "final": outcome.final}
+
+
+def stage_train(ctx: Context) -> None:
+    seed_everything(ctx.exp.seed)
+    model = new_model(ctx).to(ctx.device)
+    outcome = _fit_stage(ctx, "train", model, "dense_")
+    save_checkpoint(
+        ctx.run.path / "dense.ckpt",
+        model,
+        {"stage": "train", "input_size": ctx.data.image_size, "final": outcome.final},
+    )
+    write_json_atomic(ctx.run.path / "train.json", _summary(outcome, ctx.exp.train, "dense_"))
+
+
+def stage_prune(ctx: Context) -> None:
+    exp = ctx.exp
+    dense, _ = load_model(_require_model(ctx, "dense"), ctx.device)
+    method = PRUNING_METHODS.get(exp.prune.method)
+    start = time.perf_counter()
+    layers = method.select(dense, exp.prune.rate, exp.prune.params)
+    seconds = time.perf_counter() - start
+    plan = Plan(method.name, exp.prune.rate, layers, to_plain(exp.prune.params))
+    pruned = apply_plan(dense, plan)
+    dense_cost, pruned_cost = measure(dense, ctx.data.image_size), measure(pruned, ctx.data.image_size)
+    before = evaluate(
+        pruned, ctx.data.test, batch_size=exp.data.eval_batch_size, seed=exp.seed, description="pruned eval"
+    )
+    log.info(
+        "prune: %s selected in %.2fs; %s -> %s; test accuracy before fine-tuning %.2f%%",
+        method.name,
+        seconds,
+        dense_cost.describe(),
+        pruned_cost.describe(),
+        100 * before.benign.accuracy,
+    )
+    metadata = {
+        "select_seconds": round(seconds, 3),
+        "dense": asdict(dense_cost),
+        "pruned": asdict(pruned_cost),
+        "test_accuracy_before_finetune": before.benign.accuracy,
+    }
+    write_json_atomic(ctx.run.path / "plan.json", {**plan.to_dict(), "metadata": metadata})
+    save_checkpoint(ctx.run.path / "pruned.ckpt", pruned, {"stage": "prune", "input_size": ctx.data.image_size})
+
+
+def stage_finetune(ctx: Context) -> None:
+    seed_everything(ctx.exp.seed)
+    model, _ = load_model(_require_model(ctx, "pruned"), ctx.device)
+    outcome = _fit_stage(ctx, "finetune", model, "")
+    save_checkpoint(
+        ctx.run.path / "finetuned.ckpt",
+        model,
+        {"stage": "finetune", "input_size": ctx.data.image_size, "final": outcome.final},
+    )
+    write_json_atomic(ctx.run.path / "finetune.json", _summary(outcome, ctx.exp.finetune, ""))
+
+
+def _evaluate_model(ctx: Context, name: str) -> dict[str, Any]:
+    path = _require_model(ctx, name)
+    model, _ = load_model(path, ctx.device)
+    report = evaluate(
+        model,
+        ctx.data.test,
+        ctx.exp.attacks,
+        batch_size=ctx.exp.data.eval_batch_size,
+        seed=ctx.exp.seed,
+        description=f"eval {name}",
+    )
+    cost = measure(model, ctx.data.image_size)
+    return {"model": name, "checkpoint": str(path), "params": cost.params, "macs": cost.macs, **report.to_dict()}
+
+
+def stage_eval(ctx: Context) -> None:
+    entries = [_evaluate_model(ctx, name) for name in ctx.exp.eval.models]
+    training = {
+        stage: json.loads((ctx.run.path / f"{stage}.json").read_text())
+        for stage in ("train", "finetune")
+        if (ctx.run.path / f"{stage}.json").is_file()
+    }
+    results = {
+        "name": ctx.exp.name,
+        "device": str(ctx.device),
+        **entries[0],
+        "other_models": entries[1:],
+        "training": training,
+    }
+    write_json_atomic(ctx.run.path / "results.json", results)
+
+
+STAGE_FUNCTIONS = {"train": stage_train, "prune": stage_prune, "finetune": stage_finetune, "eval": stage_eval}
+
+
+def run_experiment(
+    exp: Experiment, out: str | Path | None = None, stages: tuple[str, ...] | None = None, restart: bool = False
+) -> dict[str, Any] | None:
+    """Run ``stages`` (default: the config's) of ``exp`` in ``out`` (default runs/<name>); returns
+    the results of the eval stage when it ran or had run."""
+    stages = tuple(stages or exp.stages)
+    device = resolve_device(exp.device)
+    set_determinism(exp.deterministic)
+    run = RunDir(out or Path("runs") / exp.name)
+    if restart:
+        run.move_aside()
+    ctx = Context(exp, run, device, load_data(exp.data, device, exp.model.num_classes))
+    preflight(ctx, stages)
+    run.prepare(exp, device)
+    log.info("run folder %s on %s", ctx.run.path, device)
+    for stage in stages:
+        if ctx.run.is_done(stage):
+            log.info("%s: already done in %s, skipped", stage, ctx.run.path)
+            continue
+        start = time.perf_counter()
+        log.info("%s: starting", stage)
+        STAGE_FUNCTIONS[stage](ctx)
+        ctx.run.mark_done(stage, ctx.fingerprint(stage))
+        log.info("%s: done in %.1fs", stage, time.perf_counter() - start)
+    results_file = ctx.run.path / "results.json"
+    return json.loads(results_file.read_text()) if "eval" in stages and results_file.is_file() else None

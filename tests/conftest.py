@@ -1,0 +1,73 @@
+"""Shared fixtures: the ../shared assets (skipped with a reason when absent) and small trained models."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def shared_path() -> Path:
+    return Path(os.environ.get("GKP_SHARED", ROOT.parent / "shared"))
+
+
+@pytest.fixture(scope="session")
+def shared() -> Path:
+    path = shared_path()
+    if not (path / "checkpoints").is_dir():
+        pytest.skip(f"{path} (or $GKP_SHARED) is absent: the authors' checkpoint and CIFAR images are not here")
+    return path
+
+
+@pytest.fixture(scope="session")
+def authors_checkpoint(shared: Path, tmp_path_factory) -> Path:
+    from gkp.authors import import_authors_resnet
+
+    destination = tmp_path_factory.mktemp("authors") / "resnet20_authors.ckpt"
+    import_authors_resnet(shared / "checkpoints" / "adv_robust_gkp_resnet20_cifar10.pt", destination)
+    return destination
+
+
+def tiny_config(**sections) -> dict:
+    """A config that trains in seconds: ResNet-8 on 16x16 synthetic images."""
+    config = {
+        "name": "tiny",
+        "device": "cpu",
+        "model": {"arch": "resnet8"},
+        "data": {"name": "synthetic", "image_size": 16, "train_size": 256, "test_size": 128, "batch_size": 32},
+        "train": {"epochs": 3, "lr": 0.05, "schedule": "cosine"},
+        "prune": {"method": "l1", "rate": 0.5},
+        "finetune": {"epochs": 2, "lr": 0.01, "schedule": "cosine"},
+        "attacks": [{"name": "fgsm", "eps": "8/255"}, {"name": "pgd", "eps": "8/255", "steps": 3}],
+    }
+    for key, value in sections.items():
+        if isinstance(value, dict) and isinstance(config.get(key), dict):
+            config[key] = {**config[key], **value}
+        else:
+            config[key] = value
+    return config
+
+
+def write_config(path: Path, config: dict) -> Path:
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.fixture(scope="session")
+def trained_tiny(tmp_path_factory):
+    """(model in eval mode, data bundle): a ResNet-8 trained to well above chance on synthetic data."""
+    from gkp.checkpoint import load_model
+    from gkp.config import build_experiment
+    from gkp.data import load_data
+    from gkp.runner import run_experiment
+
+    out = tmp_path_factory.mktemp("tiny")
+    exp = build_experiment(tiny_config(stages=["train"], train={"epochs": 6, "eval_every": 0}))
+    run_experiment(exp, out=out)
+    model, _ = load_model(out / "dense.ckpt")
+    return model, load_data(exp.data, torch.device("cpu"))

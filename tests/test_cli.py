@@ -1,0 +1,44 @@
+"""The gkp command: config checking, checkpoint info, errors as one line with exit status 2."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, tiny_config, write_config
+
+from gkp.cli import main
+from gkp.config import load_experiment
+
+
+@pytest.mark.parametrize("config", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_validates(config: Path):
+    load_experiment(config)
+
+
+def test_check_prints_the_resolved_config(tmp_path, capsys):
+    path = write_config(tmp_path / "x.yaml", tiny_config())
+    assert main(["check", str(path), "--set", "prune.rate=0.625"]) == 0
+    printed = capsys.readouterr().out
+    assert "rate: 0.625" in printed and "step_size: 0.00784313725490196" in printed
+
+
+def test_errors_are_one_line_and_exit_2(tmp_path, capsys):
+    path = write_config(tmp_path / "x.yaml", tiny_config(prune={"method": "l1", "rate": 2}))
+    assert main(["run", str(path)]) == 2
+    assert capsys.readouterr().err.strip() == "gkp: error: prune.rate: must be in (0, 1) (exclusive), got 2.0"
+
+
+def test_info_describes_a_checkpoint(authors_checkpoint, capsys):
+    assert main(["info", str(authors_checkpoint)]) == 0
+    printed = capsys.readouterr().out
+    assert "resnet20" in printed and "269,722" in printed and "40,551,040" in printed and "none (dense)" in printed
+
+
+def test_run_prints_the_results_table(tmp_path, capsys):
+    path = write_config(tmp_path / "x.yaml", tiny_config(train={"epochs": 1}, finetune={"epochs": 1}))
+    assert main(["run", str(path), "--out", str(tmp_path / "run")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "tiny: accuracy (%) on 128 test images"
+    assert lines[1].split() == ["model", "params", "(M)", "MACs", "(M)", "benign", "fgsm", "pgd", "worst", "case"]
+    assert lines[2].startswith("final")

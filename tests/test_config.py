@@ -1,0 +1,159 @@
+"""Config loading: defaults, overrides, fraction parsing, and one precise message per bad config."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import tiny_config, write_config
+
+from gkp.config import apply_override, build_experiment, dump_experiment, load_experiment
+from gkp.errors import ConfigError
+
+
+def test_defaults_follow_the_paper_recipe():
+    exp = build_experiment({"model": {"arch": "resnet56"}, "prune": {"method": "l1"}})
+    assert exp.stages == ("train", "prune", "finetune", "eval")
+    assert (exp.train.lr, exp.train.epochs, exp.train.schedule, exp.train.step_size) == (0.1, 300, "step", 100)
+    assert (exp.finetune.lr, exp.finetune.epochs) == (0.01, 300)
+    assert exp.data.batch_size == 64 and exp.train.weight_decay == 5e-4
+    assert exp.prune.rate == 0.4375
+
+
+def test_fraction_strings_and_defaults_resolve():
+    exp = build_experiment(
+        tiny_config(
+            attacks=[{"name": "pgd", "eps": "8/255"}, {"name": "fgsm", "eps": 0.1}, {"name": "fgsm", "eps": "1 / 255"}]
+        )
+    )
+    pgd, fgsm_1, fgsm_2 = exp.attacks
+    assert pgd.params.eps == pytest.approx(8 / 255) and pgd.params.step_size == pytest.approx(2 / 255)
+    assert [a.label for a in exp.attacks] == ["pgd", "fgsm_1", "fgsm_2"]
+    assert fgsm_2.params.eps == pytest.approx(1 / 255)
+
+
+def test_set_overrides_reach_nested_keys_and_list_entries(tmp_path):
+    path = write_config(tmp_path / "x.yaml", tiny_config())
+    exp = load_experiment(path, ["prune.rate=0.625", "attacks.1.steps=7", "train.milestones=[1, 2]"])
+    assert exp.prune.rate == 0.625 and exp.attacks[1].params.steps == 7 and exp.train.milestones == (1, 2)
+    assert exp.name == "tiny"
+
+
+def test_name_defaults_to_the_file_stem(tmp_path):
+    config = tiny_config()
+    del config["name"]
+    assert load_experiment(write_config(tmp_path / "my_run.yaml", config)).name == "my_run"
+
+
+def test_resolved_config_round_trips(tmp_path):
+    exp = build_experiment(tiny_config())
+    path = tmp_path / "resolved.yaml"
+    path.write_text(dump_experiment(exp))
+    assert load_experiment(path) == exp
+
+
+def _break(section: str, **values):
+    return tiny_config(**{section: values})
+
+
+BAD_CONFIGS = [
+    ("unknown top-level key", {**tiny_config(), "trian": {}}, "trian: unknown key (did you mean 'train'?)"),
+    ("unknown nested key", _break("train", lrr=0.1), "train.lrr: unknown key (did you mean 'lr'?)"),
+    ("wrong type for a number", _break("train", lr="fast"), "train.lr: must be a number such as 0.03 or 8/255"),
+    ("bool where int", _break("train", epochs=True), "train.epochs: must be a whole number, got True"),
+    ("float where int", _break("train", epochs=2.5), "train.epochs: must be a whole number, got 2.5"),
+    ("zero epochs", _break("train", epochs=0), "train.epochs: must be >= 1"),
+    ("negative learning rate", _break("finetune", lr=-0.1), "finetune.lr: must be > 0"),
+    ("unknown schedule", _break("train", schedule="cosin"), "train.schedule: must be one of"),
+    ("multistep without milestones", _break("train", schedule="multistep"), "train.milestones: schedule multistep"),
+    ("decreasing milestones", _break("train", schedule="multistep", milestones=[5, 2]), "must be increasing"),
+    ("unknown arch", _break("model", arch="resnet21"), "model.arch: unknown model arch 'resnet21'"),
+    ("unknown arch argument", _break("model", args={"widht": 8}), "model.args.widht: 'resnet8' takes no argument"),
+    ("no arch and no checkpoint", {**tiny_config(), "model": {}}, "model.arch: required unless model.checkpoint"),
+    ("unknown method", _break("prune", method="l3"), "prune.method: unknown pruning method 'l3'"),
+    ("rate of one", _break("prune", rate=1.0), "prune.rate: must be in (0, 1) (exclusive), got 1.0"),
+    ("negative rate", _break("prune", rate=-0.2), "prune.rate: must be in (0, 1) (exclusive), got -0.2"),
+    ("unknown method parameter", _break("prune", params={"groups": 8}), "prune.params.groups: unknown key"),
+    ("unknown attack", {**tiny_config(), "attacks": [{"name": "cw2"}]}, "attacks[0].name: unknown attack 'cw2'"),
+    ("attack without a name", {**tiny_config(), "attacks": [{"eps": 0.1}]}, "attacks[0]: each attack is a mapping"),
+    (
+        "unknown attack parameter",
+        {**tiny_config(), "attacks": [{"name": "pgd", "stepz": 3}]},
+        "attacks[0].stepz: unknown key (did you mean 'steps'?)",
+    ),
+    (
+        "malformed eps",
+        {**tiny_config(), "attacks": [{"name": "fgsm", "eps": "8/0"}]},
+        "attacks[0].eps: must be a number such as 0.03 or 8/255, got '8/0'",
+    ),
+    ("eps above one", {**tiny_config(), "attacks": [{"name": "fgsm", "eps": 8}]}, "attacks[0].eps: must be in [0, 1]"),
+    ("zero pgd steps", {**tiny_config(), "attacks": [{"name": "pgd", "steps": 0}]}, "attacks[0].steps: must be >= 1"),
+    (
+        "duplicate labels",
+        {**tiny_config(), "attacks": [{"name": "pgd", "label": "a"}, {"name": "fgsm", "label": "a"}]},
+        "attacks: the label 'a' is used twice",
+    ),
+    ("attacks not a list", {**tiny_config(), "attacks": {"name": "pgd"}}, "attacks: must be a list of attacks"),
+    (
+        "eval attack not in suite",
+        _break("finetune", eval_attacks=["pgd20"]),
+        "finetune.eval_attacks: 'pgd20' is not the label of an attack",
+    ),
+    ("unknown stage", {**tiny_config(), "stages": ["train", "purne"]}, "stages[1]: must be one of"),
+    ("stages out of order", {**tiny_config(), "stages": ["prune", "train"]}, "stages: each stage at most once"),
+    ("checkpoint and train", _break("model", checkpoint="x.ckpt"), "model.checkpoint: the dense model is loaded"),
+    (
+        "prune stage without prune section",
+        {k: v for k, v in tiny_config().items() if k != "prune"},
+        "prune: the prune stage needs a prune section",
+    ),
+    ("unknown dataset", _break("data", name="cifar11"), "data.name: must be one of"),
+    ("npz without a path", {**tiny_config(), "data": {"name": "npz"}}, "data.path: an npz dataset needs"),
+    (
+        "npz eval-only file for training",
+        {**tiny_config(), "data": {"name": "npz", "path": "x.npz"}},
+        "data.train_path: the train/finetune stages need an npz training file",
+    ),
+    ("path for a non-npz dataset", _break("data", path="x.npz"), "data.path: path, train_path and test_path are for"),
+    ("select on val without a split", _break("train", select_on="val"), "train.select_on: 'val' needs a validation"),
+    ("val fraction of one", _break("data", val_fraction=1.0), "data.val_fraction: must be in [0, 1)"),
+    ("mean without std", _break("data", mean=[0.5, 0.5, 0.5]), "data.mean: give data.mean and data.std together"),
+    ("bad device", {**tiny_config(), "device": "gpu"}, "device: must be auto, cpu, cuda, cuda:N or mps"),
+    (
+        "unknown eval model",
+        {**tiny_config(), "eval": {"models": ["best_pgd"]}},
+        "eval.models: unknown model 'best_pgd'",
+    ),
+    ("bad name", {**tiny_config(), "name": "my run/1"}, "name: must be letters, digits"),
+    ("section not a mapping", {**tiny_config(), "train": [1, 2]}, "train: must be a mapping with keys"),
+]
+
+
+@pytest.mark.parametrize("raw, message", [(c, m) for _, c, m in BAD_CONFIGS], ids=[n for n, _, _ in BAD_CONFIGS])
+def test_bad_config_fails_with_its_own_message(raw, message):
+    with pytest.raises(ConfigError) as error:
+        build_experiment(raw)
+    assert message in str(error.value)
+
+
+def test_every_bad_config_message_is_distinct():
+    assert len({m for _, _, m in BAD_CONFIGS}) == len(BAD_CONFIGS) >= 20
+
+
+@pytest.mark.parametrize(
+    "assignment, message",
+    [
+        ("prune.rate", "expected key.path=value"),
+        ("attacks.5.eps=0.1", "'attacks.5' indexes a list of 2 entries"),
+        ("name.first=1", "'name' is not a section"),
+    ],
+)
+def test_bad_overrides(assignment, message):
+    with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
+        apply_override(tiny_config(), assignment)
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_experiment(tmp_path / "nope.yaml")
+    (tmp_path / "bad.yaml").write_text("train: {lr: [}")
+    with pytest.raises(ConfigError, match="is not valid YAML"):
+        load_experiment(tmp_path / "bad.yaml")

@@ -1,0 +1,68 @@
+"""The training loop's pieces: schedules, precision settings, and the stop on a non-finite loss."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import tiny_config
+
+from gkp.checkpoint import read_checkpoint
+from gkp.config import build_experiment
+from gkp.engine.device import amp_dtype, resolve_device, use_channels_last
+from gkp.engine.schedule import build_scheduler
+from gkp.errors import ConfigError, NonFiniteLossError
+from gkp.runner import run_experiment
+
+
+def _learning_rates(**train) -> list[float]:
+    cfg = build_experiment(tiny_config(train=train)).train
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=cfg.lr)
+    scheduler = build_scheduler(cfg, optimizer)
+    rates = []
+    for _ in range(cfg.epochs):
+        rates.append(round(optimizer.param_groups[0]["lr"], 6))
+        optimizer.step()
+        scheduler.step()
+    return rates
+
+
+def test_schedules():
+    assert _learning_rates(epochs=5, lr=1.0, schedule="step", step_size=2, gamma=0.1) == [1, 1, 0.1, 0.1, 0.01]
+    assert _learning_rates(epochs=4, lr=1.0, schedule="multistep", milestones=[1, 3], gamma=0.5) == [1, 0.5, 0.5, 0.25]
+    assert _learning_rates(epochs=4, lr=1.0, schedule="cosine") == [1, 0.853553, 0.5, 0.146447]
+    assert _learning_rates(epochs=3, lr=0.3, schedule="constant") == [0.3, 0.3, 0.3]
+
+
+def test_precision_settings_on_cpu():
+    cpu = torch.device("cpu")
+    assert amp_dtype("auto", cpu) is None and amp_dtype("bf16", cpu) == torch.bfloat16
+    assert not use_channels_last("auto", cpu) and use_channels_last("on", cpu)
+    with pytest.raises(ConfigError, match="amp: fp16 needs a CUDA device"):
+        amp_dtype("fp16", cpu)
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown on machines without a GPU")
+def test_asking_for_a_missing_gpu_is_a_clear_error():
+    with pytest.raises(ConfigError, match="no CUDA GPU is visible"):
+        resolve_device("cuda")
+
+
+def test_a_diverging_run_stops_and_keeps_its_last_good_epoch(tmp_path):
+    # Epoch 1 trains normally; the learning rate then jumps by 1e9 and the loss overflows in epoch 2.
+    exp = build_experiment(
+        tiny_config(
+            stages=["train"],
+            train={"epochs": 3, "lr": 0.05, "schedule": "multistep", "milestones": [1], "gamma": 1e9, "eval_every": 0},
+        )
+    )
+    with pytest.raises(
+        NonFiniteLossError,
+        match=r"train, epoch 2: the training loss became (nan|inf).*"
+        r"The last good checkpoint \(.*train_last.ckpt\) is kept",
+    ):
+        run_experiment(exp, out=tmp_path)
+    last = read_checkpoint(tmp_path / "state" / "train_last.ckpt")
+    assert last["metadata"]["epoch"] == 1
+    assert all(torch.isfinite(t).all() for t in last["state_dict"].values() if t.is_floating_point())
+    assert not (tmp_path / "dense.ckpt").exists()
