@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
 from conftest import ROOT, tiny_config, write_config
 
 from gkp.cli import main
-from gkp.config import load_experiment
+from gkp.config import DataConfig, EvalConfig, Experiment, ModelConfig, PruneConfig, TrainConfig, load_experiment
 
 
 @pytest.mark.parametrize("config", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
@@ -42,3 +43,21 @@ def test_run_prints_the_results_table(tmp_path, capsys):
     assert lines[0] == "tiny: accuracy (%) on 128 test images"
     assert lines[1].split() == ["model", "params", "(M)", "MACs", "(M)", "benign", "fgsm", "pgd", "worst", "case"]
     assert lines[2].startswith("final")
+
+
+def test_the_readme_documents_every_config_key():
+    readme = (ROOT / "README.md").read_text()
+    sections = {
+        "model": ModelConfig,
+        "data": DataConfig,
+        "train": TrainConfig,
+        "prune": PruneConfig,
+        "eval": EvalConfig,
+    }
+    for field in fields(Experiment):
+        if field.name in sections:
+            keys = [f"{field.name}.{inner.name}" for inner in fields(sections[field.name])]
+        else:
+            keys = [f"{field.name}.*" if field.name == "finetune" else field.name]
+        for key in keys:
+            assert f"`{key}`" in readme, f"{key} is missing from the config reference in README.md"
