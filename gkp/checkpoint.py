@@ -66,7 +66,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+        found = re.search(r"GLOBAL ([\w.]+)", str(error))
         asked = f"'{found.group(1)}'" if found else "Python objects"
         raise CheckpointError(
             f"{path} is not a gkp checkpoint: it asks to rebuild {asked}, which is refused. If it is a "

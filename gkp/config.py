@@ -235,6 +235,8 @@ def _check_training(exp: Experiment) -> None:
                     f"{stage}.eval_attacks: '{label}' is not the label of an attack in "
                     f"'attacks'; labels: {', '.join(labels) or 'none (attacks is empty)'}"
                 )
+        if cfg.nesterov and cfg.momentum == 0:
+            raise ConfigError(f"{stage}.nesterov: Nesterov momentum needs {stage}.momentum > 0")
         if cfg.schedule == "multistep" and not cfg.milestones:
             raise ConfigError(f"{stage}.milestones: schedule multistep needs milestones, e.g. [150, 225]")
         if list(cfg.milestones) != sorted(set(cfg.milestones)):

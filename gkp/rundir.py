@@ -6,7 +6,7 @@
                 env.json       library versions, git commit, device (latest invocation first)
                 metrics.csv    one row per epoch of every training stage
                 tb/<stage>/    TensorBoard scalars
-                state/         <stage>_last.ckpt (resume) and <stage>.done markers
+                state/         <stage>_last.ckpt (resume), <stage>.started and <stage>.done markers
 
 Each stage has a fingerprint: a hash of the config sections it depends on. A finished stage with the
 same fingerprint is skipped; a finished or interrupted stage with a different one stops the run with
@@ -139,14 +139,17 @@ class RunDir:
     def resume_path(self, stage: str) -> Path:
         return self.state / f"{stage}_last.ckpt"
 
+    def _started_marker(self, stage: str) -> Path:
+        return self.state / f"{stage}.started"
+
     def recorded_fingerprints(self) -> dict[str, str]:
         """Fingerprints of the stages this folder has finished or started."""
         found = {}
         for stage in STAGES:
-            if self._done_marker(stage).is_file():
-                found[stage] = json.loads(self._done_marker(stage).read_text())["fingerprint"]
-            elif self.resume_path(stage).is_file():
-                found[stage] = read_checkpoint(self.resume_path(stage))["metadata"].get("fingerprint", "")
+            for marker in (self._done_marker(stage), self._started_marker(stage)):
+                if marker.is_file():
+                    found[stage] = json.loads(marker.read_text())["fingerprint"]
+                    break
         return found
 
     def move_aside(self) -> None:
@@ -180,6 +183,12 @@ class RunDir:
 
     def is_done(self, stage: str) -> bool:
         return self._done_marker(stage).is_file()
+
+    def mark_started(self, stage: str, fingerprint_value: str) -> None:
+        write_json_atomic(
+            self._started_marker(stage),
+            {"fingerprint": fingerprint_value, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
+        )
 
     def mark_done(self, stage: str, fingerprint_value: str) -> None:
         write_json_atomic(

@@ -78,7 +78,7 @@ def model_path(ctx: Context, name: str) -> Path | None:
     elif name == "pruned":
         candidates = [run / "pruned.ckpt"]
     elif name == "final":
-        candidates = [run / "finetuned.ckpt", run / "pruned.ckpt", *([model_path(ctx, "dense")])]
+        candidates = [run / "finetuned.ckpt", run / "pruned.ckpt", model_path(ctx, "dense")]
     else:
         candidates = [run / f"{name}.ckpt"]
     return next((p for p in candidates if p is not None and p.is_file()), None)
@@ -98,7 +98,13 @@ def _require_model(ctx: Context, name: str) -> Path:
 # ------------------------------------------------------------------ checks before any compute
 
 
-def _check_given_checkpoint(ctx: Context) -> None:
+def _check_model_fits_data(ctx: Context) -> None:
+    classes = ctx.exp.model.num_classes
+    if classes is not None and classes < ctx.data.num_classes:
+        raise ConfigError(
+            f"model.num_classes: {classes} classes, but data '{ctx.exp.data.name}' has labels up to "
+            f"{ctx.data.num_classes - 1}; leave model.num_classes unset to use the data's class count"
+        )
     if not ctx.exp.model.checkpoint:
         return
     payload = read_checkpoint(ctx.exp.model.checkpoint)
@@ -120,7 +126,7 @@ def preflight(ctx: Context, stages: tuple[str, ...]) -> None:
     exp = ctx.exp
     if any(s in stages for s in ("train", "finetune")) and ctx.data.train is None:
         raise ConfigError("data: the train/finetune stages need a training split")
-    _check_given_checkpoint(ctx)
+    _check_model_fits_data(ctx)
     will_make = {name for name, stage in PRODUCED_BY.items() if stage in stages}
     if "finetune" in stages:
         will_make |= {f"best_{m}" for m in ("benign", *exp.finetune.eval_attacks)}
@@ -139,11 +145,17 @@ def preflight(ctx: Context, stages: tuple[str, ...]) -> None:
 # ------------------------------------------------------------------ stages
 
 
-def _fit_stage(ctx: Context, stage: str, model: nn.Module, best_prefix: str) -> FitOutcome:
+def _summary(outcome: FitOutcome, cfg, best_prefix: str) -> dict[str, Any]:
+    best = {m: {**r, "checkpoint": f"{best_prefix}best_{m}.ckpt"} for m, r in outcome.best.items()}
+    return {"select_on": cfg.select_on, "epochs": cfg.epochs, "best": best, "final": outcome.final}
+
+
+def _train_and_save(ctx: Context, stage: str, model: nn.Module, output: str, best_prefix: str) -> None:
+    """Run ``fit`` for a training stage, then save its final model and its best-epoch summary."""
     cfg = getattr(ctx.exp, stage)
     store = StageStore(ctx.run, stage, ctx.fingerprint(stage), best_prefix)
     try:
-        return fit(
+        outcome = fit(
             model,
             cfg,
             stage=stage,
@@ -157,23 +169,14 @@ def _fit_stage(ctx: Context, stage: str, model: nn.Module, best_prefix: str) -> 
         )
     finally:
         store.close()
-
-
-def _summary(outcome: FitOutcome, cfg, best_prefix: str) -> dict[str, Any]:
-    best = {m: {**r, "checkpoint": f"{best_prefix}best_{m}.ckpt"} for m, r in outcome.best.items()}
-    return {"select_on": cfg.select_on, "epochs": cfg.epochs, "best": best, "final": outcome.final}
+    metadata = {"stage": stage, "input_size": ctx.data.image_size, "final": outcome.final}
+    save_checkpoint(ctx.run.path / output, model, metadata)
+    write_json_atomic(ctx.run.path / f"{stage}.json", _summary(outcome, cfg, best_prefix))
 
 
 def stage_train(ctx: Context) -> None:
     seed_everything(ctx.exp.seed)
-    model = new_model(ctx).to(ctx.device)
-    outcome = _fit_stage(ctx, "train", model, "dense_")
-    save_checkpoint(
-        ctx.run.path / "dense.ckpt",
-        model,
-        {"stage": "train", "input_size": ctx.data.image_size, "final": outcome.final},
-    )
-    write_json_atomic(ctx.run.path / "train.json", _summary(outcome, ctx.exp.train, "dense_"))
+    _train_and_save(ctx, "train", new_model(ctx).to(ctx.device), "dense.ckpt", "dense_")
 
 
 def stage_prune(ctx: Context) -> None:
@@ -210,13 +213,7 @@ def stage_prune(ctx: Context) -> None:
 def stage_finetune(ctx: Context) -> None:
     seed_everything(ctx.exp.seed)
     model, _ = load_model(_require_model(ctx, "pruned"), ctx.device)
-    outcome = _fit_stage(ctx, "finetune", model, "")
-    save_checkpoint(
-        ctx.run.path / "finetuned.ckpt",
-        model,
-        {"stage": "finetune", "input_size": ctx.data.image_size, "final": outcome.final},
-    )
-    write_json_atomic(ctx.run.path / "finetune.json", _summary(outcome, ctx.exp.finetune, ""))
+    _train_and_save(ctx, "finetune", model, "finetuned.ckpt", "")
 
 
 def _evaluate_model(ctx: Context, name: str) -> dict[str, Any]:
@@ -275,6 +272,7 @@ def run_experiment(
             continue
         start = time.perf_counter()
         log.info("%s: starting", stage)
+        ctx.run.mark_started(stage, ctx.fingerprint(stage))
         STAGE_FUNCTIONS[stage](ctx)
         ctx.run.mark_done(stage, ctx.fingerprint(stage))
         log.info("%s: done in %.1fs", stage, time.perf_counter() - start)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import pickle
 import subprocess
 import sys
@@ -12,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import write_config
+from conftest import TouchOnUnpickle, write_config
 
 from gkp.authors import import_authors_resnet, our_name, unpickle_records
 from gkp.checkpoint import load_model, read_checkpoint
@@ -68,13 +67,8 @@ def _zip_with_pickle(path: Path, pickled: bytes) -> None:
 
 def test_a_malicious_pickle_is_refused_and_never_runs(tmp_path):
     marker = tmp_path / "owned"
-
-    class Exploit:
-        def __reduce__(self):
-            return (os.system, (f"touch {marker}",))
-
     evil = tmp_path / "evil.pt"
-    _zip_with_pickle(evil, pickle.dumps(Exploit(), protocol=2))
+    _zip_with_pickle(evil, pickle.dumps(TouchOnUnpickle(marker), protocol=2))
     with pytest.raises(CheckpointError, match=r"asks the unpickler for '(posix|os)\.system'"):
         import_authors_resnet(evil, tmp_path / "out.ckpt")
     completed = subprocess.run(

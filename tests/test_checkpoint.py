@@ -7,6 +7,7 @@ import pickle
 
 import pytest
 import torch
+from conftest import TouchOnUnpickle
 
 from baselines import l1
 from gkp.checkpoint import load_model, read_checkpoint, save_checkpoint
@@ -76,14 +77,11 @@ def test_weights_that_do_not_fit_are_refused(tmp_path):
 
 def test_loading_never_unpickles_code(tmp_path):
     marker = tmp_path / "ran"
-
-    class Payload:
-        def __reduce__(self):
-            return (os.system, (f"touch {marker}",))
-
-    path = tmp_path / "evil.ckpt"
-    with open(path, "wb") as handle:
-        pickle.dump({"arch": Payload()}, handle)
-    with pytest.raises(CheckpointError):
-        read_checkpoint(path)
+    torch.save({"arch": TouchOnUnpickle(marker)}, tmp_path / "evil.ckpt")  # a zip-format torch file
+    with pytest.raises(CheckpointError, match=r"asks to rebuild '(posix|os)\.system', which is refused"):
+        read_checkpoint(tmp_path / "evil.ckpt")
+    with open(tmp_path / "evil.pickle", "wb") as handle:
+        pickle.dump({"arch": TouchOnUnpickle(marker)}, handle)
+    with pytest.raises(CheckpointError, match="not a zip archive"):
+        read_checkpoint(tmp_path / "evil.pickle")
     assert not marker.exists()

@@ -61,6 +61,7 @@ BAD_CONFIGS = [
     ("bool where int", _break("train", epochs=True), "train.epochs: must be a whole number, got True"),
     ("float where int", _break("train", epochs=2.5), "train.epochs: must be a whole number, got 2.5"),
     ("zero epochs", _break("train", epochs=0), "train.epochs: must be >= 1"),
+    ("nesterov without momentum", _break("train", nesterov=True, momentum=0.0), "train.nesterov: Nesterov momentum"),
     ("negative learning rate", _break("finetune", lr=-0.1), "finetune.lr: must be > 0"),
     ("unknown schedule", _break("train", schedule="cosin"), "train.schedule: must be one of"),
     ("multistep without milestones", _break("train", schedule="multistep"), "train.milestones: schedule multistep"),

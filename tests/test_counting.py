@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from baselines import l1
 from gkp.counting import count_macs, count_params, measure
 from gkp.models import build_model
 from gkp.pruning.plan import FilterPlan, Plan
@@ -35,6 +36,12 @@ def test_pruned_resnet20_matches_the_hand_count():
     pruned = apply(model, Plan("hand", None, layers))
     inner = [[kept[i][s] for i in range(3)] for s in range(3)]
     assert (measure(pruned, 32).params, measure(pruned, 32).macs) == cifar_resnet_by_hand(inner)
+
+
+def test_l1_at_half_rate_matches_the_hand_count():
+    model = build_model("resnet20")
+    pruned = apply(model, Plan("l1", 0.5, l1.select(model, 0.5, l1.L1Params())))
+    assert (count_params(pruned), count_macs(pruned, 32)) == cifar_resnet_by_hand([[8] * 3, [16] * 3, [32] * 3])
 
 
 def test_macs_scale_with_the_input_side_and_leave_the_model_as_it_was():

@@ -10,7 +10,7 @@ from gkp.checkpoint import read_checkpoint
 from gkp.config import build_experiment
 from gkp.engine.device import amp_dtype, resolve_device, use_channels_last
 from gkp.engine.schedule import build_scheduler
-from gkp.errors import ConfigError, NonFiniteLossError
+from gkp.errors import ConfigError, NonFiniteLossError, RunFolderError
 from gkp.runner import run_experiment
 
 
@@ -66,3 +66,7 @@ def test_a_diverging_run_stops_and_keeps_its_last_good_epoch(tmp_path):
     assert last["metadata"]["epoch"] == 1
     assert all(torch.isfinite(t).all() for t in last["state_dict"].values() if t.is_floating_point())
     assert not (tmp_path / "dense.ckpt").exists()
+    # The interrupted stage belongs to that config: a changed one must not resume from it.
+    calmer = build_experiment(tiny_config(stages=["train"], train={"epochs": 3, "lr": 0.05, "eval_every": 0}))
+    with pytest.raises(RunFolderError, match=r"stage\(s\) train computed from a different config \(train.schedule"):
+        run_experiment(calmer, out=tmp_path)

@@ -18,7 +18,7 @@ from conftest import tiny_config, write_config
 
 from gkp.checkpoint import read_checkpoint
 from gkp.config import build_experiment
-from gkp.errors import DataError, PruningError, RunFolderError
+from gkp.errors import ConfigError, DataError, PruningError, RunFolderError
 from gkp.runner import run_experiment
 
 PIPELINE = tiny_config(
@@ -135,11 +135,14 @@ def test_missing_inputs_and_impossible_rates_fail_before_any_compute(tmp_path):
         run_experiment(build_experiment(tiny_config()), out=tmp_path / "a", stages=("finetune",))
     with pytest.raises(PruningError, match="rate 0.95 would remove all"):
         run_experiment(build_experiment(tiny_config(prune={"method": "l1", "rate": 0.95})), out=tmp_path / "b")
+    digits_for_three = tiny_config(model={"arch": "resnet8", "num_classes": 3}, data={"name": "digits"})
+    with pytest.raises(ConfigError, match="model.num_classes: 3 classes, but data 'digits' has labels up to 9"):
+        run_experiment(build_experiment(digits_for_three), out=tmp_path / "d")
     with pytest.raises(DataError, match="cifar10 was not found"):
         run_experiment(
             build_experiment(tiny_config(data={"name": "cifar10", "root": str(tmp_path)})), out=tmp_path / "c"
         )
-    assert not any((tmp_path / name).exists() for name in "abc")
+    assert not any((tmp_path / name).exists() for name in "abcd")
 
 
 def test_selection_on_a_validation_split(tmp_path):
