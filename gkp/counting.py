@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from gkp.grouped.conv import GroupedKernelConv2d
+
 
 @dataclass(frozen=True)
 class Cost:
@@ -32,6 +34,8 @@ def _layer_macs(module: nn.Module, output: torch.Tensor) -> int:
     if isinstance(module, nn.Conv2d):
         kernel_area = module.kernel_size[0] * module.kernel_size[1]
         return per_sample_outputs * (module.in_channels // module.groups) * kernel_area
+    if isinstance(module, GroupedKernelConv2d):
+        return per_sample_outputs * module.keep * module.kernel_size[0] * module.kernel_size[1]
     return per_sample_outputs * module.in_features
 
 
@@ -45,7 +49,8 @@ def count_macs(model: nn.Module, input_size: int | tuple[int, int], channels: in
         nonlocal total
         total += _layer_macs(module, output)
 
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    counted = (nn.Conv2d, GroupedKernelConv2d, nn.Linear)
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, counted)]
     reference = next(model.parameters())
     was_training = model.training
     try:

@@ -13,17 +13,19 @@ and cut back to ``beam_width`` branches. Among all final branches of all starts,
                                  outer = sum over pruned GKs p (ascending) of the sum of their
                                          ``match`` largest sims to B (the largest one by default)
 
-with beta = C(|B|, 2) / (pruned * match) fixed at its first evaluation within the layer's search.
+with beta = C(|B|, 2) / (pruned * match) fixed at its first evaluation within the search.
 
-Every start of every group is searched at once: the state is a batch of beams of shape
-(groups * starts, branches, ...). Sums stay left to right in the reference's order (``running_sum``;
-the branch-to-candidate gains and the branch smoothness are extended one term at a time, which is the
+Every start of every group (of every layer of the same shape) is searched at once: the state is a
+batch of beams of shape (branches, rows = groups * starts, ...). Sums stay left to right in the
+reference's order (``running_sum``; gains and branch smoothness grow one term at a time, which is the
 same order), sorts are stable, and nothing is de-duplicated, so the result is bit-for-bit the reference.
 """
 
 from __future__ import annotations
 
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Literal
 
@@ -44,128 +46,160 @@ class SearchSettings:
     beta: float | None = None  # None: "auto", C(|B|, 2) / (pruned * match) at the first evaluation
 
 
+class Similarity:
+    """The (groups, n, n) similarity matrices, with gathers by (group, GK)."""
+
+    def __init__(self, sim: np.ndarray):
+        self.groups, self.n, _ = sim.shape
+        self.flat = sim.reshape(-1)
+        self.rows_table = sim.reshape(-1, self.n)
+
+    def rows(self, group: np.ndarray, index: np.ndarray) -> np.ndarray:
+        """sim[group, index, :] for index (..., R) and group (R,): shape index.shape + (n,)."""
+        return self.rows_table.take((group * self.n + index).ravel(), axis=0).reshape(index.shape + (self.n,))
+
+
 @dataclass
 class Beams:
-    """A batch of beams, one row per (group, start): branches and what extending them needs.
+    """A batch of beams, one column per (group, start) row r: its branches and what extending them needs.
 
+    Arrays are branch-major, (branches, rows, ...), so that operations broadcast over contiguous rows.
     Children follow their parent (child = parent * width + k), so what a branch inherits is stored once
-    per ancestor and indexed with integer division: member column l has shape (R, B_l), branch i's l-th
-    member being entry i // (B / B_l); the pair similarities of the inner cost are then gathered once per
-    distinct pair, not once per branch. Likewise the gains are stored for the parents only (+inf at the
-    parents' members); a branch's own gains, parent gains + sim[last member], are formed when it is
-    extended, so the branches a re-ranking drops never cost a gain vector.
+    per ancestor and indexed with integer division. Member column l has shape (B_l, R), branch i's l-th
+    member being entry i // (B / B_l); ``pairs[l]`` (l, B_l, R) holds that member's similarity to each
+    earlier member, gathered once when it joined, so the inner cost needs no gathers. The gains are
+    stored for the parents only (+inf at the parents' members): a branch's own gains, parent gains +
+    sim[last member], are formed when it is extended, so branches a re-ranking drops never cost one.
     """
 
     group: np.ndarray  # (R,) group of each row
     columns: list[np.ndarray]  # member columns, coarse to fine; the last one has B entries
-    parent_gains: np.ndarray  # (R, B_p, n) sum of sim[b][c] over the parent's members b, left to right
-    smoothness: np.ndarray  # (R, B) sum of the branch's GK smoothness, left to right
-    closest: np.ndarray  # (R, B, n) max over the branch's members b of sim[b][c]
+    pairs: list[np.ndarray]  # pairs[l][a, i, r] = sim[member a][member l], shape (l, B_l, R)
+    parent_gains: np.ndarray  # (B_p, R, n) sum of sim[b][c] over the parent's members b, left to right
+    smoothness: np.ndarray  # (B, R) sum of the branch's GK smoothness, left to right
+    closest: np.ndarray  # (B, R, n) max over the branch's members b of sim[b][c]
 
     @property
     def shape(self) -> tuple[int, int, int]:
-        """(rows, branches per row, branch length)."""
+        """(branches per row, rows, branch length)."""
         return self.closest.shape[0], self.closest.shape[1], len(self.columns)
 
     def members(self) -> np.ndarray:
-        """(R, B, L) GK indices of each branch, in the order they were added."""
-        branches = self.shape[1]
-        return np.stack([np.repeat(c, branches // c.shape[1], axis=1) for c in self.columns], axis=2)
+        """(L, B, R) GK indices of each branch, in the order they were added."""
+        branches = self.shape[0]
+        return np.stack([np.repeat(c, branches // c.shape[0], axis=0) for c in self.columns])
 
-    def membership(self) -> np.ndarray:
-        """(R, B, n) True where GK c is in the branch."""
-        rows, branches, _ = self.shape
-        inside = np.zeros((rows, branches, self.closest.shape[2]), dtype=bool)
-        np.put_along_axis(inside, self.members(), True, axis=2)
-        return inside
-
-    def gains(self, sim: np.ndarray) -> np.ndarray:
-        """(R, B, n) sum of sim[b][c] over the branch's members b, left to right; +inf at the members."""
-        rows, branches, _ = self.shape
+    def gains(self, sim: Similarity) -> np.ndarray:
+        """(B, R, n) sum of sim[b][c] over the branch's members b, left to right; +inf at the members."""
+        branches, rows, _ = self.shape
         last = self.columns[-1]
-        parents = self.parent_gains.shape[1]
-        added = sim[self.group[:, None], last].reshape(rows, parents, branches // parents, -1)
-        gains = (self.parent_gains[:, :, None, :] + added).reshape(rows, branches, -1)
+        parents = self.parent_gains.shape[0]
+        gains = sim.rows(self.group, last).reshape(parents, branches // parents, rows, -1)
+        gains += self.parent_gains[:, None]
+        gains = gains.reshape(branches, rows, -1)
         np.put_along_axis(gains, last[..., None], np.inf, axis=2)
         return gains
 
+    def outside_closest(self) -> np.ndarray:
+        """(B, R, n): ``closest``, with 0 at the branch's members (+inf parent gains, and the last one).
+
+        Multiplying by 0 or 1 is exact, and a -0.0 it may leave adds like +0.0 in the outer sum."""
+        branches, rows, n = self.closest.shape
+        parents = self.parent_gains.shape[0]
+        outside_parent = np.isfinite(self.parent_gains)[:, None]
+        outside = self.closest.reshape(parents, branches // parents, rows, n) * outside_parent
+        outside = outside.reshape(branches, rows, n)
+        np.put_along_axis(outside, self.columns[-1][..., None], 0.0, axis=2)
+        return outside
+
     def take(self, index: np.ndarray) -> Beams:
-        """Keep, per row, the branches ``index`` (R, B') in that order."""
-        rows = np.arange(len(self.group))[:, None]
-        branches = self.shape[1]
-        columns = [c[rows, index // (branches // c.shape[1])] for c in self.columns]
-        parent_gains = self.parent_gains[rows, index // (branches // self.parent_gains.shape[1])]
-        return Beams(self.group, columns, parent_gains, self.smoothness[rows, index], self.closest[rows, index])
+        """Keep, per row, the branches ``index`` (B', R) in that order."""
+        rows = np.arange(len(self.group))
+        branches = self.shape[0]
+
+        def inherited(values: np.ndarray, axis: int = 0) -> np.ndarray:
+            parent = index // (branches // values.shape[axis])
+            return values[parent, rows] if axis == 0 else values[:, parent, rows]
+
+        return Beams(self.group, [inherited(c) for c in self.columns], [inherited(p, 1) for p in self.pairs],
+                     inherited(self.parent_gains), self.smoothness[index, rows], self.closest[index, rows])
 
 
-def _initial_beams(sim: np.ndarray, smooth: np.ndarray) -> Beams:
-    groups, n, _ = sim.shape
-    group, start = np.repeat(np.arange(groups), n), np.tile(np.arange(n), groups)
-    empty_gains = np.zeros((groups * n, 1, n))
-    first = sim[group, start][:, None, :]
-    return Beams(group, [start[:, None]], empty_gains, smooth[group, start][:, None], first.copy())
+def _initial_beams(sim: Similarity, smooth: np.ndarray) -> Beams:
+    group, start = np.repeat(np.arange(sim.groups), sim.n), np.tile(np.arange(sim.n), sim.groups)
+    rows = group.size
+    return Beams(group, [start[None]], [np.zeros((0, 1, rows))], np.zeros((1, rows, sim.n)),
+                 smooth[group, start][None], sim.rows(group, start[None]))
 
 
 def _lowest(values: np.ndarray, count: int) -> np.ndarray:
-    """Indices of the ``count`` lowest values along the last axis, ties to the lower index (the first
-    ``count`` entries of a stable ascending sort), by repeated first-occurrence argmin. Overwrites
-    the values it picks."""
-    picks = []
+    """(..., count) indices of the ``count`` lowest values along the last axis, ties to the lower index:
+    the first ``count`` entries of a stable ascending sort, by repeated first-occurrence argmin (each
+    pick masked with +inf for the next, then restored)."""
+    picks, saved = [], []
     for _ in range(count):
         pick = np.argmin(values, axis=-1)[..., None]
-        np.put_along_axis(values, pick, np.inf, axis=-1)
         picks.append(pick)
+        saved.append(np.take_along_axis(values, pick, axis=-1))
+        np.put_along_axis(values, pick, np.inf, axis=-1)
+    for pick, value in zip(reversed(picks), reversed(saved), strict=True):
+        np.put_along_axis(values, pick, value, axis=-1)
     return np.concatenate(picks, axis=-1)
 
 
-def _expand(beams: Beams, sim: np.ndarray, smooth: np.ndarray, beam_width: int) -> Beams:
+def _expand(beams: Beams, sim: Similarity, smooth: np.ndarray, beam_width: int) -> Beams:
     """Each branch gets as children the ``beam_width`` GKs outside it of lowest gain (ties: lower index)."""
-    rows, branches, length = beams.shape
-    width = min(beam_width, sim.shape[1] - length)
+    branches, rows, length = beams.shape
+    width = min(beam_width, sim.n - length)
     gains = beams.gains(sim)
-    pick = _lowest(gains.copy(), width)  # (R, B, w)
-    group = beams.group[:, None, None]
+    pick = _lowest(gains, width).transpose(0, 2, 1)  # (B, w, R): child = parent * width + k
+    new_rows = sim.rows(beams.group, pick)  # (B, w, R, n)
+    row_starts = (beams.group * sim.n + pick) * sim.n
+    pairs = sim.flat.take(row_starts + beams.members()[:, :, None, :])  # (L, B, w, R)
+    closest = np.maximum(new_rows, beams.closest[:, None], out=new_rows)
+    children = branches * width
     return Beams(
         beams.group,
-        [*beams.columns, pick.reshape(rows, branches * width)],
+        [*beams.columns, pick.reshape(children, rows)],
+        [*beams.pairs, pairs.reshape(length, children, rows)],
         gains,
-        (beams.smoothness[:, :, None] + smooth[group, pick]).reshape(rows, branches * width),
-        np.maximum(beams.closest[:, :, None, :], sim[group, pick]).reshape(rows, branches * width, -1),
+        (beams.smoothness[:, None] + smooth[beams.group, pick]).reshape(children, rows),
+        closest.reshape(children, rows, sim.n),
     )
 
 
 class CostModel:
-    """Branch costs for one layer's search, holding beta from its first evaluation on."""
+    """Branch costs for one search, holding beta from its first evaluation on."""
 
-    def __init__(self, sim: np.ndarray, settings: SearchSettings):
+    def __init__(self, sim: Similarity, settings: SearchSettings):
         self.sim, self.match, self.beta = sim, settings.match, settings.beta
-        self.flat = sim.reshape(-1)
 
-    def inner(self, beams: Beams) -> np.ndarray:
-        """Sum of sim over the branch's pairs, left to right in itertools.combinations order."""
-        rows, branches, length = beams.shape
-        n = self.sim.shape[1]
-        total = np.zeros((rows, branches))
-        offset = beams.group[:, None] * n
+    @staticmethod
+    def inner(beams: Beams) -> np.ndarray:
+        """(B, R) sum of sim over the branch's pairs, left to right in itertools.combinations order."""
+        branches, rows, length = beams.shape
+        total = np.zeros((branches, rows))
         for a in range(length):
-            first = beams.columns[a]
-            row_start = ((offset + first) * n)[:, :, None]  # (R, B_a, 1)
             for b in range(a + 1, length):
-                second = beams.columns[b]
-                fine = second.shape[1]
-                pair = row_start + second.reshape(rows, first.shape[1], -1)  # (R, B_a, B_b / B_a)
-                values = self.flat.take(pair).reshape(rows, fine, 1)
-                total.reshape(rows, fine, branches // fine)[...] += values
+                values = beams.pairs[b][a]  # (B_b, R)
+                block = total.reshape(values.shape[0], -1, rows)
+                block += values[:, None]
         return total
 
     def outer(self, beams: Beams) -> np.ndarray:
         if self.match == 1:
-            nearest = beams.closest
+            nearest = beams.outside_closest()
         else:
-            to_branch = self.sim[beams.group[:, None, None], beams.members()]  # (R, B, L, n)
+            members = np.moveaxis(beams.members(), 0, 2)  # (B, R, L)
+            to_branch = self.sim.rows(beams.group[:, None], members)  # (B, R, L, n)
             largest = -np.sort(-to_branch, axis=2)[:, :, : self.match]
             nearest = running_sum(np.moveaxis(largest, 2, 3))
-        return running_sum(np.where(beams.membership(), 0.0, nearest))
+            np.put_along_axis(nearest, members, 0.0, axis=2)
+        # The left-to-right sum over p, as a loop of whole-array adds: faster than cumsum on this shape.
+        total = nearest[..., 0].copy()
+        for p in range(1, nearest.shape[-1]):
+            total += nearest[..., p]
+        return total
 
     def cost(self, beams: Beams, with_outer: bool) -> np.ndarray:
         inner = self.inner(beams)
@@ -173,32 +207,32 @@ class CostModel:
             return inner
         if self.beta is None:
             length = beams.shape[2]
-            pruned = self.sim.shape[1] - length
+            pruned = self.sim.n - length
             self.beta = math.comb(length, 2) / (pruned * self.match) if pruned else 0.0
         return inner - self.beta * self.outer(beams)
 
 
 def _rerank(beams: Beams, cost: np.ndarray, alpha: float, beam_width: int) -> Beams:
     """Rank by cost (worst first) and by smoothness (least smooth first), mix the ranks, keep the best."""
+    cost, smoothness = cost.T, beams.smoothness.T  # (R, B): one row per beam
     rows, branches = cost.shape
     row = np.arange(rows)[:, None]
     positions = np.broadcast_to(np.arange(branches), (rows, branches))
     by_cost = np.argsort(-cost, axis=1, kind="stable")
     cost_rank = np.empty_like(by_cost)
     cost_rank[row, by_cost] = positions
-    by_smooth = by_cost[row, np.argsort(-beams.smoothness[row, by_cost], axis=1, kind="stable")]
+    by_smooth = by_cost[row, np.argsort(-smoothness[row, by_cost], axis=1, kind="stable")]
     smooth_rank = np.empty_like(by_smooth)
     smooth_rank[row, by_smooth] = positions
     score = alpha * cost_rank + (1 - alpha) * smooth_rank
     by_score = by_smooth[row, np.argsort(-score[row, by_smooth], axis=1, kind="stable")]
-    return beams.take(by_score[:, :beam_width])
+    return beams.take(by_score[:, :beam_width].T)
 
 
-def beam_search(sim: np.ndarray, smooth: np.ndarray, settings: SearchSettings) -> np.ndarray:
-    """(G, n, n) similarities and (G, n) smoothness -> (G, keep) kept GK indices per group, ascending."""
-    groups, n, _ = sim.shape
-    if not 1 <= settings.keep <= n:
-        raise ValueError(f"keep must be in [1, {n}], got {settings.keep}")
+ROWS_PER_CHUNK = 2048  # beams searched together: large enough to amortise Python, small enough for cache
+
+
+def _search(sim: Similarity, smooth: np.ndarray, settings: SearchSettings) -> np.ndarray:
     costs = CostModel(sim, settings)
     beams = _initial_beams(sim, smooth)
     step = 0
@@ -211,6 +245,20 @@ def beam_search(sim: np.ndarray, smooth: np.ndarray, settings: SearchSettings) -
         values = costs.cost(beams, with_outer=True)
     else:
         values = beams.smoothness
-    candidates = beams.members().reshape(groups, -1, settings.keep)
-    best = np.argmin(values.reshape(groups, -1), axis=1)
-    return np.sort(candidates[np.arange(groups), best], axis=1)
+    candidates = beams.members().transpose(2, 1, 0).reshape(sim.groups, -1, settings.keep)  # start-major
+    best = np.argmin(values.T.reshape(sim.groups, -1), axis=1)
+    return np.sort(candidates[np.arange(sim.groups), best], axis=1)
+
+
+def beam_search(sim: np.ndarray, smooth: np.ndarray, settings: SearchSettings) -> np.ndarray:
+    """(G, n, n) similarities and (G, n) smoothness -> (G, keep) kept GK indices per group, ascending.
+
+    Groups are independent (beta depends only on lengths), so they are searched in chunks, in parallel
+    threads (numpy releases the GIL in its array operations)."""
+    groups, n, _ = sim.shape
+    if not 1 <= settings.keep <= n:
+        raise ValueError(f"keep must be in [1, {n}], got {settings.keep}")
+    per_chunk = max(1, ROWS_PER_CHUNK // n)
+    chunks = [(Similarity(sim[g : g + per_chunk]), smooth[g : g + per_chunk]) for g in range(0, groups, per_chunk)]
+    with ThreadPoolExecutor(max_workers=min(len(chunks), os.cpu_count() or 1)) as pool:
+        return np.concatenate(list(pool.map(lambda chunk: _search(*chunk, settings), chunks)))

@@ -107,3 +107,9 @@ class CifarResNet(nn.Module):
                 prefix = f"layer{stage}.{i}"
                 groups.append(FilterGroup(f"{prefix}.conv1", f"{prefix}.bn1", (f"{prefix}.conv2",)))
         return groups
+
+    def grouped_kernel_targets(self, scope: str = "3x3") -> list[str]:
+        """Convs grouped kernel pruning prunes: both 3x3 convs of every basic block."""
+        return [
+            f"layer{s}.{i}.conv{c}" for s in (1, 2, 3) for i in range(len(getattr(self, f"layer{s}"))) for c in (1, 2)
+        ]

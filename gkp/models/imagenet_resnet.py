@@ -52,3 +52,11 @@ class BottleneckResNet(ResNet):
                 groups.append(FilterGroup(f"{p}.conv1", f"{p}.bn1", (f"{p}.conv2",)))
                 groups.append(FilterGroup(f"{p}.conv2", f"{p}.bn2", (f"{p}.conv3",)))
         return groups
+
+    def grouped_kernel_targets(self, scope: str = "3x3") -> list[str]:
+        """Convs grouped kernel pruning prunes: each bottleneck's 3x3 conv2, or with ``scope="all"`` its
+        conv1, conv2 and conv3 (the shortcut projections are never pruned)."""
+        convs = ("conv2",) if scope == "3x3" else ("conv1", "conv2", "conv3")
+        return [
+            f"layer{s}.{i}.{c}" for s in (1, 2, 3, 4) for i in range(len(getattr(self, f"layer{s}"))) for c in convs
+        ]

@@ -59,3 +59,7 @@ class VGG(nn.Module):
             consumer = f"features.{convs[position + 1]}" if position + 1 < len(convs) else "classifier"
             groups.append(FilterGroup(f"features.{index}", f"features.{index + 1}", (consumer,)))
         return groups
+
+    def grouped_kernel_targets(self, scope: str = "3x3") -> list[str]:
+        """Convs grouped kernel pruning prunes: every conv but the first (whose 3 inputs are the image)."""
+        return [f"features.{i}" for i, m in enumerate(self.features) if isinstance(m, nn.Conv2d)][1:]

@@ -7,8 +7,9 @@
      "metadata": {...}}
 
 ``filters`` layers keep the listed output channels of a conv (and, through the architecture's
-dependency table, the same channels of its BatchNorm and of its consumers' inputs). Layer types are
-looked up in ``LAYER_TYPES``, so new kinds of plan (grouped kernels) add one entry.
+dependency table, the same channels of its BatchNorm and of its consumers' inputs).
+``grouped_kernels`` layers (GKP) list the conv's filters grouped (``filter_order``) and, per group, the
+input channels whose kernels it keeps (``kept``); the conv becomes a grouped convolution.
 """
 
 from __future__ import annotations
@@ -40,7 +41,28 @@ class FilterPlan:
         return cls(_index_list(data.get("kept"), f"{where}.kept"))
 
 
-LAYER_TYPES: dict[str, type] = {FilterPlan.type: FilterPlan}
+@dataclass(frozen=True)
+class GroupedKernelPlan:
+    """Grouped kernel pruning of one conv: the filters, in ``filter_order``, form ``len(kept)`` equal
+    groups; group g keeps the input channels ``kept[g]`` (sorted) of its filters' kernels."""
+
+    filter_order: tuple[int, ...]
+    kept: tuple[tuple[int, ...], ...]
+    type: ClassVar[str] = "grouped_kernels"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": self.type, "filter_order": list(self.filter_order), "kept": [list(k) for k in self.kept]}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str) -> GroupedKernelPlan:
+        kept = data.get("kept")
+        if not isinstance(kept, list) or not kept:
+            raise PruningError(f"{where}.kept must be a list of kept-channel lists, one per group, got {kept!r}")
+        return cls(_index_list(data.get("filter_order"), f"{where}.filter_order"),
+                   tuple(_index_list(k, f"{where}.kept[{g}]") for g, k in enumerate(kept)))
+
+
+LAYER_TYPES: dict[str, type] = {FilterPlan.type: FilterPlan, GroupedKernelPlan.type: GroupedKernelPlan}
 
 
 @dataclass(frozen=True)

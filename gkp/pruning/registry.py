@@ -1,9 +1,13 @@
-"""All pruning methods by name: the filter-pruning baselines (``baselines/``) and the GKP family."""
+"""All pruning methods by name: the filter-pruning baselines (``baselines/``) and the GKP family
+(``gkp/grouped/``)."""
 
 from __future__ import annotations
 
 from baselines import BASELINES
+from gkp.grouped import srgkp
 from gkp.pruning.method import PruningMethod
 from gkp.registry import Registry
 
-PRUNING_METHODS: Registry[PruningMethod] = Registry("pruning method", dict(BASELINES))
+GROUPED_KERNEL_METHODS = {method.name: method for method in (srgkp.METHOD,)}
+
+PRUNING_METHODS: Registry[PruningMethod] = Registry("pruning method", {**BASELINES, **GROUPED_KERNEL_METHODS})

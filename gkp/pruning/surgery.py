@@ -1,8 +1,9 @@
 """Module surgery: build the physically smaller model a plan describes, never mutating the input.
 
 ``apply(model, plan)`` returns a deep copy whose pruned layers are replaced by smaller ones holding the
-kept weights; ``apply_mask(model, plan)`` returns a dense copy whose pruned weights are zeroed instead,
-the reference that the smaller model must match.
+kept weights (narrower convs for filter plans, ``GroupedKernelConv2d`` for grouped-kernel plans);
+``apply_mask(model, plan)`` returns a dense copy whose pruned weights are zeroed instead, the reference
+that the smaller model must match.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from torch import nn
 from gkp.errors import PruningError
 from gkp.models import model_spec
 from gkp.models.groups import FilterGroup
-from gkp.pruning.plan import FilterPlan, Plan
+from gkp.grouped.conv import GroupedKernelConv2d
+from gkp.pruning.plan import FilterPlan, GroupedKernelPlan, Plan
 
 
 def get_module(model: nn.Module, name: str) -> nn.Module:
@@ -142,13 +144,44 @@ def _mask_filters(model: nn.Module, name: str, layer: FilterPlan, groups: dict[s
                 tensor[dropped.to(tensor.device)] = 0
 
 
-APPLY = {FilterPlan.type: _apply_filters}
-MASK = {FilterPlan.type: _mask_filters}
+def _grouped_conv(model: nn.Module, name: str, layer: GroupedKernelPlan) -> nn.Conv2d:
+    conv = get_module(model, name)
+    if not isinstance(conv, nn.Conv2d) or conv.groups != 1:
+        raise PruningError(f"'{name}' is not an ungrouped Conv2d, so its grouped kernels cannot be pruned")
+    c_out, c_in = conv.out_channels, conv.in_channels
+    if sorted(layer.filter_order) != list(range(c_out)):
+        raise PruningError(f"the plan's filter_order of '{name}' must be a permutation of its {c_out} filters")
+    groups = len(layer.kept)
+    if c_out % groups or len({len(k) for k in layer.kept}) != 1:
+        raise PruningError(f"the plan of '{name}' needs equal kept lists for a number of groups dividing {c_out}")
+    for kept in layer.kept:
+        _checked_indices(kept, c_in, name)
+    return conv
+
+
+def _apply_grouped(model: nn.Module, name: str, layer: GroupedKernelPlan, groups: dict[str, FilterGroup]) -> None:
+    conv = _grouped_conv(model, name, layer)
+    set_module(model, name, GroupedKernelConv2d.from_dense(conv, list(layer.filter_order), [list(k) for k in layer.kept]))
+
+
+def _mask_grouped(model: nn.Module, name: str, layer: GroupedKernelPlan, groups: dict[str, FilterGroup]) -> None:
+    conv = _grouped_conv(model, name, layer)
+    per_group = conv.out_channels // len(layer.kept)
+    dropped = torch.ones(conv.out_channels, conv.in_channels, dtype=torch.bool)
+    for g, kept in enumerate(layer.kept):
+        filters = torch.tensor(layer.filter_order[g * per_group : (g + 1) * per_group])
+        dropped[filters[:, None], torch.tensor(kept)[None, :]] = False
+    with torch.no_grad():
+        conv.weight[dropped.to(conv.weight.device)] = 0
+
+
+APPLY = {FilterPlan.type: _apply_filters, GroupedKernelPlan.type: _apply_grouped}
+MASK = {FilterPlan.type: _mask_filters, GroupedKernelPlan.type: _mask_grouped}
 
 
 def _transform(model: nn.Module, plan: Plan, handlers: dict) -> nn.Module:
     result = copy.deepcopy(model)
-    groups = filter_groups(model)
+    groups = filter_groups(model) if any(layer.type == FilterPlan.type for layer in plan.layers.values()) else {}
     for name, layer in plan.layers.items():
         handlers[layer.type](result, name, layer, groups)
     return result
