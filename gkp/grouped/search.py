@@ -65,16 +65,14 @@ class Beams:
 
     Arrays are branch-major, (branches, rows, ...), so that operations broadcast over contiguous rows.
     Children follow their parent (child = parent * width + k), so what a branch inherits is stored once
-    per ancestor and indexed with integer division. Member column l has shape (B_l, R), branch i's l-th
-    member being entry i // (B / B_l); ``pairs[l]`` (l, B_l, R) holds that member's similarity to each
-    earlier member, gathered once when it joined, so the inner cost needs no gathers. The gains are
-    stored for the parents only (+inf at the parents' members): a branch's own gains, parent gains +
-    sim[last member], are formed when it is extended, so branches a re-ranking drops never cost one.
+    per ancestor and indexed with integer division: member column l has shape (B_l, R), branch i's l-th
+    member being entry i // (B / B_l). The gains are stored for the parents only (+inf at the parents'
+    members): a branch's own gains, parent gains + sim[last member], are formed when it is extended, so
+    branches a re-ranking drops never cost one.
     """
 
     group: np.ndarray  # (R,) group of each row
     columns: list[np.ndarray]  # member columns, coarse to fine; the last one has B entries
-    pairs: list[np.ndarray]  # pairs[l][a, i, r] = sim[member a][member l], shape (l, B_l, R)
     parent_gains: np.ndarray  # (B_p, R, n) sum of sim[b][c] over the parent's members b, left to right
     smoothness: np.ndarray  # (B, R) sum of the branch's GK smoothness, left to right
     closest: np.ndarray  # (B, R, n) max over the branch's members b of sim[b][c]
@@ -117,18 +115,17 @@ class Beams:
         rows = np.arange(len(self.group))
         branches = self.shape[0]
 
-        def inherited(values: np.ndarray, axis: int = 0) -> np.ndarray:
-            parent = index // (branches // values.shape[axis])
-            return values[parent, rows] if axis == 0 else values[:, parent, rows]
+        def inherited(values: np.ndarray) -> np.ndarray:
+            return values[index // (branches // values.shape[0]), rows]
 
-        return Beams(self.group, [inherited(c) for c in self.columns], [inherited(p, 1) for p in self.pairs],
-                     inherited(self.parent_gains), self.smoothness[index, rows], self.closest[index, rows])
+        return Beams(self.group, [inherited(c) for c in self.columns], inherited(self.parent_gains),
+                     self.smoothness[index, rows], self.closest[index, rows])
 
 
 def _initial_beams(sim: Similarity, smooth: np.ndarray) -> Beams:
     group, start = np.repeat(np.arange(sim.groups), sim.n), np.tile(np.arange(sim.n), sim.groups)
     rows = group.size
-    return Beams(group, [start[None]], [np.zeros((0, 1, rows))], np.zeros((1, rows, sim.n)),
+    return Beams(group, [start[None]], np.zeros((1, rows, sim.n)),
                  smooth[group, start][None], sim.rows(group, start[None]))
 
 
@@ -154,14 +151,11 @@ def _expand(beams: Beams, sim: Similarity, smooth: np.ndarray, beam_width: int) 
     gains = beams.gains(sim)
     pick = _lowest(gains, width).transpose(0, 2, 1)  # (B, w, R): child = parent * width + k
     new_rows = sim.rows(beams.group, pick)  # (B, w, R, n)
-    row_starts = (beams.group * sim.n + pick) * sim.n
-    pairs = sim.flat.take(row_starts + beams.members()[:, :, None, :])  # (L, B, w, R)
     closest = np.maximum(new_rows, beams.closest[:, None], out=new_rows)
     children = branches * width
     return Beams(
         beams.group,
         [*beams.columns, pick.reshape(children, rows)],
-        [*beams.pairs, pairs.reshape(length, children, rows)],
         gains,
         (beams.smoothness[:, None] + smooth[beams.group, pick]).reshape(children, rows),
         closest.reshape(children, rows, sim.n),
@@ -174,16 +168,17 @@ class CostModel:
     def __init__(self, sim: Similarity, settings: SearchSettings):
         self.sim, self.match, self.beta = sim, settings.match, settings.beta
 
-    @staticmethod
-    def inner(beams: Beams) -> np.ndarray:
-        """(B, R) sum of sim over the branch's pairs, left to right in itertools.combinations order."""
+    def inner(self, beams: Beams) -> np.ndarray:
+        """(B, R) sum of sim over the branch's pairs, left to right in itertools.combinations order.
+
+        Row a of the pairs, sim[m_a][m_b] for b > a, is gathered at once, then added term by term."""
         branches, rows, length = beams.shape
+        members = beams.members()  # (L, B, R)
+        row_starts = (beams.group * self.sim.n + members) * self.sim.n
         total = np.zeros((branches, rows))
-        for a in range(length):
-            for b in range(a + 1, length):
-                values = beams.pairs[b][a]  # (B_b, R)
-                block = total.reshape(values.shape[0], -1, rows)
-                block += values[:, None]
+        for a in range(length - 1):
+            for values in self.sim.flat.take(row_starts[a] + members[a + 1 :]):  # (B, R) each
+                total += values
         return total
 
     def outer(self, beams: Beams) -> np.ndarray:
