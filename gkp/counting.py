@@ -1,19 +1,31 @@
 """Parameter and multiply-accumulate (MAC) counts of any model, dense, filter-pruned or grouped.
 
-MACs count what convolutions and linear layers multiply: per sample, a conv costs
-``output elements x (in_channels / groups) x kernel area`` and a linear layer ``in x out``. They are
-measured by running one dummy input through the model with forward hooks, so pruned and grouped
-layers are counted as they really are.
+Two conventions:
+
+- ``"macs"`` (default): what convolutions and linear layers multiply. Per sample, a conv costs
+  ``output elements x (in_channels / groups) x kernel area``, a grouped-kernel conv
+  ``output elements x kept kernels x kernel area``, a linear layer ``in x out``.
+- ``"authors"``: the SR-GKP authors' counts (their tables' MACs), which add 2 per BatchNorm output
+  element and, for every pooling layer, 1 per element its windows read (output elements x window area;
+  the option-A shortcut's subsampling is their ``AvgPool2d(kernel_size=1, stride=2)``). With it,
+  ResNet-56 on 32x32 inputs counts 126.561M MACs as in their Table 2.
+
+Counts are measured by running one dummy input through the model with forward hooks, so pruned and
+grouped layers are counted as they really are.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
 
 from gkp.grouped.conv import GroupedKernelConv2d
+from gkp.models.cifar_resnet import ZeroPadShortcut
+
+Convention = Literal["macs", "authors"]
 
 
 @dataclass(frozen=True)
@@ -29,7 +41,20 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def _layer_macs(module: nn.Module, output: torch.Tensor) -> int:
+def _pair(value) -> tuple[int, int]:
+    return (value, value) if isinstance(value, int) else tuple(value)
+
+
+def _window_area(module: nn.Module, inputs: torch.Tensor, output: torch.Tensor) -> int:
+    if isinstance(module, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)):
+        return (inputs.shape[-2] // output.shape[-2]) * (inputs.shape[-1] // output.shape[-1])
+    if isinstance(module, ZeroPadShortcut):
+        return 1
+    height, width = _pair(module.kernel_size)
+    return height * width
+
+
+def _multiply_macs(module: nn.Module, output: torch.Tensor) -> int:
     per_sample_outputs = output[0].numel()
     if isinstance(module, nn.Conv2d):
         kernel_area = module.kernel_size[0] * module.kernel_size[1]
@@ -39,18 +64,42 @@ def _layer_macs(module: nn.Module, output: torch.Tensor) -> int:
     return per_sample_outputs * module.in_features
 
 
+POOLS = (nn.AvgPool2d, nn.MaxPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, ZeroPadShortcut)
+
+
+def _authors_extra(module: nn.Module, inputs: torch.Tensor, output: torch.Tensor) -> int:
+    if isinstance(module, nn.BatchNorm2d):
+        return 2 * output[0].numel()
+    if isinstance(module, ZeroPadShortcut):  # the subsampled input, before the zero channels
+        return inputs.shape[1] * output.shape[-2] * output.shape[-1]
+    return output[0].numel() * _window_area(module, inputs, output)
+
+
 @torch.no_grad()
-def count_macs(model: nn.Module, input_size: int | tuple[int, int], channels: int = 3) -> int:
+def count_macs(
+    model: nn.Module, input_size: int | tuple[int, int], channels: int = 3, convention: Convention = "macs"
+) -> int:
     """MACs of one forward pass of a single ``channels x H x W`` image."""
     height, width = (input_size, input_size) if isinstance(input_size, int) else input_size
     total = 0
 
-    def hook(module: nn.Module, _inputs, output: torch.Tensor) -> None:
+    def multiply_hook(module: nn.Module, _inputs, output: torch.Tensor) -> None:
         nonlocal total
-        total += _layer_macs(module, output)
+        total += _multiply_macs(module, output)
 
-    counted = (nn.Conv2d, GroupedKernelConv2d, nn.Linear)
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, counted)]
+    def authors_hook(module: nn.Module, inputs, output: torch.Tensor) -> None:
+        nonlocal total
+        total += _authors_extra(module, inputs[0], output)
+
+    handles = [
+        m.register_forward_hook(multiply_hook)
+        for m in model.modules()
+        if isinstance(m, (nn.Conv2d, GroupedKernelConv2d, nn.Linear))
+    ]
+    if convention == "authors":
+        handles += [
+            m.register_forward_hook(authors_hook) for m in model.modules() if isinstance(m, (nn.BatchNorm2d, *POOLS))
+        ]
     reference = next(model.parameters())
     was_training = model.training
     try:
@@ -63,5 +112,5 @@ def count_macs(model: nn.Module, input_size: int | tuple[int, int], channels: in
     return total
 
 
-def measure(model: nn.Module, input_size: int | tuple[int, int]) -> Cost:
-    return Cost(count_params(model), count_macs(model, input_size))
+def measure(model: nn.Module, input_size: int | tuple[int, int], convention: Convention = "macs") -> Cost:
+    return Cost(count_params(model), count_macs(model, input_size, convention=convention))

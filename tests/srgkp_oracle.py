@@ -100,8 +100,9 @@ class GroupSearch:
         cost_rank = {id(item): rank for rank, item in enumerate(by_cost)}
         by_smooth = sorted(by_cost, key=lambda item: item[2], reverse=True)
         smooth_rank = {id(item): rank for rank, item in enumerate(by_smooth)}
-        score = {id(item): self.alpha * cost_rank[id(item)] + (1 - self.alpha) * smooth_rank[id(item)]
-                 for item in by_smooth}
+        score = {
+            id(item): self.alpha * cost_rank[id(item)] + (1 - self.alpha) * smooth_rank[id(item)] for item in by_smooth
+        }
         by_score = sorted(by_smooth, key=lambda item: score[id(item)], reverse=True)
         return [item[0] for item in by_score[: self.beam_width]]
 
@@ -123,8 +124,16 @@ class GroupSearch:
         return sorted(candidates[best])
 
 
-def srgkp_layer(weight: np.ndarray, rate=0.4375, groups=8, beam_width=2, check_every=3, alpha=0.9,
-                outer_in_beam=True, final_select="cost") -> dict:
+def srgkp_layer(
+    weight: np.ndarray,
+    rate=0.4375,
+    groups=8,
+    beam_width=2,
+    check_every=3,
+    alpha=0.9,
+    outer_in_beam=True,
+    final_select="cost",
+) -> dict:
     """SR-GKP's selection for one conv weight (C_out, C_in, k, k): {"filter_order", "kept"}."""
     w = weight.astype(np.float64).tolist()
     c_out, c_in = len(w), len(w[0])
@@ -140,3 +149,39 @@ def srgkp_layer(weight: np.ndarray, rate=0.4375, groups=8, beam_width=2, check_e
         search = GroupSearch(sim, smooth, keep, beam_width, check_every, alpha, outer_in_beam, final_select)
         kept.append(search.run())
     return {"filter_order": order, "kept": kept}
+
+
+def greedy_group(sim: list[list[float]], keep: int, match: int) -> list[int]:
+    """TMI-GKP's greedy selection with the top-``match`` outer cost and automatic beta."""
+    n = len(sim)
+    candidates = []
+    for start in range(n):
+        branch = [start]
+        while len(branch) < keep:
+            gains = []
+            for c in range(n):
+                if c not in branch:
+                    gain = 0.0
+                    for b in branch:
+                        gain += sim[b][c]
+                    gains.append((gain, c))
+            branch.append(min(gains, key=lambda item: item[0])[1])
+        candidates.append(branch)
+    pruned_count = n - keep
+    beta = math.comb(keep, 2) / (pruned_count * match) if pruned_count else 0.0
+    costs = []
+    for branch in candidates:
+        inner = 0.0
+        for a, b in itertools.combinations(range(keep), 2):
+            inner += sim[branch[a]][branch[b]]
+        outer = 0.0
+        for p in range(n):
+            if p not in branch:
+                top = sorted((sim[b][p] for b in branch), reverse=True)[:match]
+                total = 0.0
+                for value in top:
+                    total += value
+                outer += total
+        costs.append(inner - beta * outer)
+    best = min(range(n), key=lambda i: costs[i])
+    return sorted(candidates[best])

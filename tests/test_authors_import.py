@@ -11,11 +11,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TouchOnUnpickle, write_config
 
 from gkp.authors import import_authors_resnet, our_name, unpickle_records
 from gkp.checkpoint import load_model, read_checkpoint
 from gkp.errors import CheckpointError
+
+from conftest import TouchOnUnpickle, write_config
 
 AUTHORS_FILE = "checkpoints/adv_robust_gkp_resnet20_cifar10.pt"
 

@@ -7,7 +7,6 @@ import pickle
 
 import pytest
 import torch
-from conftest import TouchOnUnpickle
 
 from baselines import l1
 from gkp.checkpoint import load_model, read_checkpoint, save_checkpoint
@@ -15,6 +14,8 @@ from gkp.errors import CheckpointError
 from gkp.models import build_model, model_spec
 from gkp.pruning.plan import Plan
 from gkp.pruning.surgery import apply
+
+from conftest import TouchOnUnpickle
 
 
 def test_dense_and_pruned_checkpoints_round_trip(tmp_path):

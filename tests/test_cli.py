@@ -6,10 +6,11 @@ from dataclasses import fields
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, tiny_config, write_config
 
 from gkp.cli import main
 from gkp.config import DataConfig, EvalConfig, Experiment, ModelConfig, PruneConfig, TrainConfig, load_experiment
+
+from conftest import ROOT, tiny_config, write_config
 
 
 @pytest.mark.parametrize("config", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from conftest import tiny_config, write_config
 
 from gkp.config import apply_override, build_experiment, dump_experiment, load_experiment
 from gkp.errors import ConfigError
+
+from conftest import tiny_config, write_config
 
 
 def test_defaults_follow_the_paper_recipe():

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import tiny_config
 
 from gkp.checkpoint import read_checkpoint
 from gkp.config import build_experiment
@@ -12,6 +11,8 @@ from gkp.engine.device import amp_dtype, resolve_device, use_channels_last
 from gkp.engine.schedule import build_scheduler
 from gkp.errors import ConfigError, NonFiniteLossError, RunFolderError
 from gkp.runner import run_experiment
+
+from conftest import tiny_config
 
 
 def _learning_rates(**train) -> list[float]:

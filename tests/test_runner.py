@@ -14,12 +14,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_config, write_config
 
 from gkp.checkpoint import read_checkpoint
 from gkp.config import build_experiment
 from gkp.errors import ConfigError, DataError, PruningError, RunFolderError
 from gkp.runner import run_experiment
+
+from conftest import tiny_config, write_config
 
 PIPELINE = tiny_config(
     deterministic=True,

@@ -9,20 +9,29 @@ import numpy as np
 import pytest
 import torch
 
-import srgkp_oracle as oracle
 from gkp.errors import PruningError
 from gkp.grouped.search import SearchSettings, beam_search
 from gkp.grouped.smoothness import filter_smoothness, grouped_kernel_smoothness, snake_order
 from gkp.grouped.srgkp import METHOD, SRGKPParams
 from gkp.models import build_model
 
+import srgkp_oracle as oracle
+
 
 def test_the_authors_resnet20_gives_the_golden_selection(shared, authors_checkpoint):
     from gkp.checkpoint import load_model
 
     golden = json.loads((shared / "golden" / "srgkp_resnet20_default.json").read_text())
-    assert golden["settings"] == {"rate": 0.4375, "groups": 8, "beam_width": 2, "check_every": 3, "alpha": 0.9,
-                                  "outer_in_beam": True, "final_select": "cost", "metric": "euclidean"}
+    assert golden["settings"] == {
+        "rate": 0.4375,
+        "groups": 8,
+        "beam_width": 2,
+        "check_every": 3,
+        "alpha": 0.9,
+        "outer_in_beam": True,
+        "final_select": "cost",
+        "metric": "euclidean",
+    }
     model, _ = load_model(authors_checkpoint)
     layers = METHOD.select(model, 0.4375, SRGKPParams())
     assert list(layers) == list(golden["layers"])
@@ -81,8 +90,16 @@ def test_the_vectorised_search_equals_the_oracle(settings):
     with torch.no_grad():
         model.layer1[0].conv1.weight.copy_(torch.from_numpy(weight))
     ours = METHOD.select(model, rate, params)["layer1.0.conv1"].to_dict()
-    expected = oracle.srgkp_layer(weight, rate, params.groups, params.beam_width, params.check_every, params.alpha,
-                                  params.outer_in_beam, params.final_select)
+    expected = oracle.srgkp_layer(
+        weight,
+        rate,
+        params.groups,
+        params.beam_width,
+        params.check_every,
+        params.alpha,
+        params.outer_in_beam,
+        params.final_select,
+    )
     assert ours["filter_order"] == expected["filter_order"]
     assert ours["kept"] == expected["kept"]
 
@@ -107,8 +124,11 @@ def test_beam_search_validates_keep():
 
 
 def test_groups_must_divide_every_layer():
-    with pytest.raises(PruningError, match=r"groups=3 does not divide the 16 filters of 'layer1.0.conv1'; "
-                                           r"valid group counts: 1, 2, 4, 8, 16"):
+    with pytest.raises(
+        PruningError,
+        match=r"groups=3 does not divide the 16 filters of 'layer1.0.conv1'; "
+        r"valid group counts: 1, 2, 4, 8, 16",
+    ):
         METHOD.check(build_model("resnet20"), 0.4375, SRGKPParams(groups=3))
 
 

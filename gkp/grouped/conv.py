@@ -16,8 +16,21 @@ from torch import nn
 
 
 class GroupedKernelConv2d(nn.Module):
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: tuple[int, int], *, groups: int, keep: int,
-                 stride=1, padding=0, dilation=1, bias: bool = False, device=None, dtype=None):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: tuple[int, int],
+        *,
+        groups: int,
+        keep: int,
+        stride=1,
+        padding=0,
+        dilation=1,
+        bias: bool = False,
+        device=None,
+        dtype=None,
+    ):
         super().__init__()
         if out_channels % groups:
             raise ValueError(f"{groups} groups do not divide {out_channels} output channels")
@@ -37,13 +50,25 @@ class GroupedKernelConv2d(nn.Module):
         weight = conv.weight.detach()
         device = weight.device
         groups, keep = len(kept), len(kept[0])
-        grouped = cls(conv.in_channels, conv.out_channels, conv.kernel_size, groups=groups, keep=keep,
-                      stride=conv.stride, padding=conv.padding, dilation=conv.dilation, bias=conv.bias is not None,
-                      device=device, dtype=weight.dtype)
+        grouped = cls(
+            conv.in_channels,
+            conv.out_channels,
+            conv.kernel_size,
+            groups=groups,
+            keep=keep,
+            stride=conv.stride,
+            padding=conv.padding,
+            dilation=conv.dilation,
+            bias=conv.bias is not None,
+            device=device,
+            dtype=weight.dtype,
+        )
         order = torch.tensor(filter_order, dtype=torch.long, device=device)
         per_group = conv.out_channels // groups
-        blocks = [weight[order[g * per_group : (g + 1) * per_group]][:, torch.tensor(k, device=device)]
-                  for g, k in enumerate(kept)]
+        blocks = [
+            weight[order[g * per_group : (g + 1) * per_group]][:, torch.tensor(k, device=device)]
+            for g, k in enumerate(kept)
+        ]
         with torch.no_grad():
             grouped.weight.copy_(torch.cat(blocks))
             if conv.bias is not None:
@@ -53,10 +78,19 @@ class GroupedKernelConv2d(nn.Module):
         return grouped
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.conv2d(x.index_select(1, self.gather), self.weight, self.bias, self.stride, self.padding,
-                     self.dilation, self.groups)
+        y = F.conv2d(
+            x.index_select(1, self.gather),
+            self.weight,
+            self.bias,
+            self.stride,
+            self.padding,
+            self.dilation,
+            self.groups,
+        )
         return y.index_select(1, self.restore)
 
     def extra_repr(self) -> str:
-        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, groups={self.groups}, "
-                f"keep={self.keep}, stride={self.stride}, padding={self.padding}")
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, groups={self.groups}, "
+            f"keep={self.keep}, stride={self.stride}, padding={self.padding}"
+        )

@@ -41,16 +41,20 @@ def grouped_targets(model: nn.Module, scope: str) -> list[tuple[str, nn.Conv2d]]
 def check_groups(out_channels: int, groups: int, layer: str) -> None:
     if out_channels % groups:
         valid = [g for g in range(1, out_channels + 1) if out_channels % g == 0]
-        raise PruningError(f"groups={groups} does not divide the {out_channels} filters of '{layer}'; "
-                           f"valid group counts: {', '.join(map(str, valid))}")
+        raise PruningError(
+            f"groups={groups} does not divide the {out_channels} filters of '{layer}'; "
+            f"valid group counts: {', '.join(map(str, valid))}"
+        )
 
 
 def keep_per_group(in_channels: int, rate: float, layer: str) -> int:
     """Grouped kernels each group keeps: int((1 - rate) * (C_in + 1)), as the authors' code computes it."""
     keep = int((1 - rate) * (in_channels + 1))
     if not 1 <= keep <= in_channels:
-        raise PruningError(f"rate {rate} keeps {keep} of the {in_channels} input channels per group of '{layer}'; "
-                           f"it must keep between 1 and {in_channels}")
+        raise PruningError(
+            f"rate {rate} keeps {keep} of the {in_channels} input channels per group of '{layer}'; "
+            f"it must keep between 1 and {in_channels}"
+        )
     return keep
 
 
@@ -108,9 +112,13 @@ class Bucket:
         return np.concatenate([layer.smoothness for layer in self.layers])
 
     @cached_property
-    def vectors(self) -> list[np.ndarray]:
-        """Per row, the (C_in, D) GK vectors (D may differ between layers of a bucket)."""
-        return [group for layer in self.layers for group in layer.vectors]
+    def norms(self) -> np.ndarray:
+        """(rows, C_in) L2 norm of each grouped kernel."""
+        return np.concatenate([np.linalg.norm(layer.vectors, axis=2) for layer in self.layers])
+
+    def row_names(self) -> list[tuple[str, int]]:
+        """(layer name, group) of each row."""
+        return [(layer.name, g) for layer in self.layers for g in range(layer.groups)]
 
 
 SelectBucket = Callable[[Bucket, Any], np.ndarray]  # -> (rows, keep) kept GK indices per row, ascending
@@ -128,13 +136,15 @@ def solve(problems: list[LayerProblem], select_bucket: SelectBucket, params: Any
         for layer in layers:
             rows = kept[row : row + layer.groups]
             row += layer.groups
-            plans[layer.name] = GroupedKernelPlan(tuple(int(f) for f in layer.filter_order),
-                                                  tuple(tuple(int(j) for j in group) for group in rows))
+            plans[layer.name] = GroupedKernelPlan(
+                tuple(int(f) for f in layer.filter_order), tuple(tuple(int(j) for j in group) for group in rows)
+            )
     return {problem.name: plans[problem.name] for problem in problems}
 
 
-def grouped_kernel_method(name: str, params: type, order_filters: FilterOrder, select_bucket: SelectBucket,
-                          summary: str) -> PruningMethod:
+def grouped_kernel_method(
+    name: str, params: type, order_filters: FilterOrder, select_bucket: SelectBucket, summary: str
+) -> PruningMethod:
     """A ``PruningMethod`` from a filter-grouping and a selection function. ``params`` must have
     ``groups`` and ``scope`` fields."""
 

@@ -118,15 +118,21 @@ class Beams:
         def inherited(values: np.ndarray) -> np.ndarray:
             return values[index // (branches // values.shape[0]), rows]
 
-        return Beams(self.group, [inherited(c) for c in self.columns], inherited(self.parent_gains),
-                     self.smoothness[index, rows], self.closest[index, rows])
+        return Beams(
+            self.group,
+            [inherited(c) for c in self.columns],
+            inherited(self.parent_gains),
+            self.smoothness[index, rows],
+            self.closest[index, rows],
+        )
 
 
 def _initial_beams(sim: Similarity, smooth: np.ndarray) -> Beams:
     group, start = np.repeat(np.arange(sim.groups), sim.n), np.tile(np.arange(sim.n), sim.groups)
     rows = group.size
-    return Beams(group, [start[None]], np.zeros((1, rows, sim.n)),
-                 smooth[group, start][None], sim.rows(group, start[None]))
+    return Beams(
+        group, [start[None]], np.zeros((1, rows, sim.n)), smooth[group, start][None], sim.rows(group, start[None])
+    )
 
 
 def _lowest(values: np.ndarray, count: int) -> np.ndarray:
@@ -162,6 +168,9 @@ def _expand(beams: Beams, sim: Similarity, smooth: np.ndarray, beam_width: int) 
     )
 
 
+TOP_SUM_ELEMENTS = 1 << 24  # bound on the similarities sorted at once for the top-m outer term
+
+
 class CostModel:
     """Branch costs for one search, holding beta from its first evaluation on."""
 
@@ -182,19 +191,27 @@ class CostModel:
         return total
 
     def outer(self, beams: Beams) -> np.ndarray:
-        if self.match == 1:
-            nearest = beams.outside_closest()
-        else:
-            members = np.moveaxis(beams.members(), 0, 2)  # (B, R, L)
-            to_branch = self.sim.rows(beams.group[:, None], members)  # (B, R, L, n)
-            largest = -np.sort(-to_branch, axis=2)[:, :, : self.match]
-            nearest = running_sum(np.moveaxis(largest, 2, 3))
-            np.put_along_axis(nearest, members, 0.0, axis=2)
+        nearest = beams.outside_closest() if self.match == 1 else self.outside_top_sums(beams)
         # The left-to-right sum over p, as a loop of whole-array adds: faster than cumsum on this shape.
         total = nearest[..., 0].copy()
         for p in range(1, nearest.shape[-1]):
             total += nearest[..., p]
         return total
+
+    def outside_top_sums(self, beams: Beams) -> np.ndarray:
+        """(B, R, n): per GK outside the branch, the sum of its ``match`` largest similarities to the
+        branch's members, largest first; 0 at the members. Computed a block of rows at a time."""
+        members = np.moveaxis(beams.members(), 0, 2)  # (B, R, L)
+        branches, rows, length = members.shape
+        sums = np.empty((branches, rows, self.sim.n))
+        block = max(1, TOP_SUM_ELEMENTS // (branches * length * self.sim.n))
+        for start in range(0, rows, block):
+            part = members[:, start : start + block]
+            to_branch = self.sim.rows(beams.group[start : start + block, None], part)  # (B, r, L, n)
+            largest = -np.sort(-to_branch, axis=2)[:, :, : self.match]
+            sums[:, start : start + block] = running_sum(np.moveaxis(largest, 2, 3))
+        np.put_along_axis(sums, members, 0.0, axis=2)
+        return sums
 
     def cost(self, beams: Beams, with_outer: bool) -> np.ndarray:
         inner = self.inner(beams)

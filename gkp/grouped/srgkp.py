@@ -48,10 +48,16 @@ def beam_select(bucket: Bucket, params: SRGKPParams) -> np.ndarray:
     if bucket.kernel_area == 1:
         settings = SearchSettings(bucket.keep, beam_width=1, check_every=None)
     else:
-        settings = SearchSettings(bucket.keep, params.beam_width, params.check_every, params.alpha,
-                                  params.outer_in_beam, params.final_select)
+        settings = SearchSettings(
+            bucket.keep, params.beam_width, params.check_every, params.alpha, params.outer_in_beam, params.final_select
+        )
     return beam_search(bucket.similarity, bucket.smoothness, settings)
 
 
-METHOD = grouped_kernel_method("srgkp", SRGKPParams, smoothness_snaking, beam_select,
-                               "SR-GKP: smoothness snaking + smooth beam search (Zhong et al., NeurIPS 2023)")
+METHOD = grouped_kernel_method(
+    "srgkp",
+    SRGKPParams,
+    smoothness_snaking,
+    beam_select,
+    "SR-GKP: smoothness snaking + smooth beam search (Zhong et al., NeurIPS 2023)",
+)

@@ -58,8 +58,10 @@ class GroupedKernelPlan:
         kept = data.get("kept")
         if not isinstance(kept, list) or not kept:
             raise PruningError(f"{where}.kept must be a list of kept-channel lists, one per group, got {kept!r}")
-        return cls(_index_list(data.get("filter_order"), f"{where}.filter_order"),
-                   tuple(_index_list(k, f"{where}.kept[{g}]") for g, k in enumerate(kept)))
+        return cls(
+            _index_list(data.get("filter_order"), f"{where}.filter_order"),
+            tuple(_index_list(k, f"{where}.kept[{g}]") for g, k in enumerate(kept)),
+        )
 
 
 LAYER_TYPES: dict[str, type] = {FilterPlan.type: FilterPlan, GroupedKernelPlan.type: GroupedKernelPlan}

@@ -15,9 +15,9 @@ import torch
 from torch import nn
 
 from gkp.errors import PruningError
+from gkp.grouped.conv import GroupedKernelConv2d
 from gkp.models import model_spec
 from gkp.models.groups import FilterGroup
-from gkp.grouped.conv import GroupedKernelConv2d
 from gkp.pruning.plan import FilterPlan, GroupedKernelPlan, Plan
 
 
@@ -161,7 +161,9 @@ def _grouped_conv(model: nn.Module, name: str, layer: GroupedKernelPlan) -> nn.C
 
 def _apply_grouped(model: nn.Module, name: str, layer: GroupedKernelPlan, groups: dict[str, FilterGroup]) -> None:
     conv = _grouped_conv(model, name, layer)
-    set_module(model, name, GroupedKernelConv2d.from_dense(conv, list(layer.filter_order), [list(k) for k in layer.kept]))
+    set_module(
+        model, name, GroupedKernelConv2d.from_dense(conv, list(layer.filter_order), [list(k) for k in layer.kept])
+    )
 
 
 def _mask_grouped(model: nn.Module, name: str, layer: GroupedKernelPlan, groups: dict[str, FilterGroup]) -> None:

@@ -1,0 +1,153 @@
+"""Grouped kernel pruning beyond SR-GKP's selection: the grouped convolution (equivalent to the masked
+dense conv, saved and reloaded), the authors' MACs convention, and the ablation methods."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from gkp.checkpoint import load_model, save_checkpoint
+from gkp.counting import measure
+from gkp.grouped.conv import GroupedKernelConv2d
+from gkp.models import build_model, model_spec
+from gkp.pruning.plan import Plan
+from gkp.pruning.registry import PRUNING_METHODS
+from gkp.pruning.surgery import apply, apply_mask
+from gkp.schema import build
+
+import srgkp_oracle as oracle
+from test_pruning import randomise_batchnorm
+
+
+def plan_for(model, method: str, rate: float = 0.4375, **params) -> Plan:
+    entry = PRUNING_METHODS.get(method)
+    settings = build(entry.params, params, "prune.params")
+    return Plan(method, rate, entry.select(model, rate, settings), params)
+
+
+CASES = [
+    ("resnet20", {}, "srgkp", {}),
+    ("resnet56", {}, "srgkp", {}),
+    ("vgg16", {}, "gkp_random", {}),
+    ("resnet50", {"stem": "small"}, "gkp_random", {}),
+    ("resnet50", {"stem": "small"}, "gkp_random", {"scope": "all"}),
+]
+
+
+def assert_same_logits(first: torch.Tensor, second: torch.Tensor) -> None:
+    """Equal to 1e-5, relative to the logits' scale (float32 sums in another order differ by ~1e-7)."""
+    assert (first - second).abs().max() <= 1e-5 * max(1.0, second.abs().max().item())
+
+
+@pytest.mark.parametrize("arch, args, method, params", CASES, ids=[f"{c[0]}-{c[2]}-{c[3]}" for c in CASES])
+def test_grouped_model_equals_the_masked_dense_model_and_survives_a_round_trip(arch, args, method, params, tmp_path):
+    torch.manual_seed(0)
+    model = randomise_batchnorm(build_model(arch, **args))
+    plan = plan_for(model, method, **params)
+    grouped, masked = apply(model, plan), apply_mask(model, plan)
+    assert any(isinstance(m, GroupedKernelConv2d) for m in grouped.modules())
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        reference = masked(x)
+        assert_same_logits(grouped(x), reference)
+        exact = (grouped.double()(x.double()) - masked.double()(x.double())).abs().max()
+        assert exact <= 1e-9  # in float64 the two computations agree to rounding
+    save_checkpoint(tmp_path / "grouped.ckpt", grouped.float())
+    reloaded, _ = load_model(tmp_path / "grouped.ckpt")
+    moved = reloaded.to("cpu", torch.float64).to(torch.float32)
+    with torch.no_grad():
+        assert_same_logits(moved(x), reference)
+    assert model_spec(reloaded).plan == plan.to_dict()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_grouped_model_moves_to_the_gpu():
+    model = randomise_batchnorm(build_model("resnet20"))
+    plan = plan_for(model, "gkp_random")
+    grouped, masked = apply(model, plan), apply_mask(model, plan)
+    x = torch.rand(4, 3, 32, 32)
+    with torch.no_grad():
+        assert_same_logits(grouped.to("cuda")(x.cuda()).cpu(), masked(x))
+
+
+def test_each_pruned_conv_loses_exactly_the_rate():
+    model = build_model("resnet20")
+    grouped = apply(model, plan_for(model, "gkp_random"))
+    for name in model.grouped_kernel_targets():
+        dense, pruned = model.get_submodule(name), grouped.get_submodule(name)
+        assert pruned.weight.numel() / dense.weight.numel() == pruned.keep / dense.in_channels == 9 / 16
+        assert pruned.gather.dtype == torch.long and sorted(pruned.restore.tolist()) == list(range(dense.out_channels))
+
+
+@pytest.mark.parametrize(
+    "arch, dense, pruned",
+    [
+        ("resnet32", (69.479, 0.464), (39.545, 0.263)),
+        ("resnet56", (126.561, 0.853), (71.855, 0.482)),
+        ("resnet110", (254.995, 1.728), (144.551, 0.976)),
+    ],
+)
+def test_the_authors_counting_convention_gives_the_papers_figures(arch, dense, pruned):
+    model = build_model(arch)
+    grouped = apply(model, plan_for(model, "gkp_random"))
+    for net, (macs, params) in ((model, dense), (grouped, pruned)):
+        cost = measure(net, 32, convention="authors")
+        assert (round(cost.macs / 1e6, 3), round(cost.params / 1e6, 3)) == (macs, params)
+
+
+def test_vgg16_parameters_match_the_paper_before_and_after_pruning():
+    model = build_model("vgg16")
+    grouped = apply(model, plan_for(model, "gkp_random"))
+    assert (round(measure(model, 32).params / 1e6, 3), round(measure(grouped, 32).params / 1e6, 3)) == (14.728, 8.293)
+
+
+def _single_layer_model(weight: np.ndarray):
+    model = build_model("resnet8")
+    with torch.no_grad():
+        model.layer1[0].conv1.weight.copy_(torch.from_numpy(weight))
+    return model
+
+
+def test_greedy_selection_equals_its_oracle():
+    weight = torch.randn(16, 16, 3, 3, generator=torch.Generator().manual_seed(4)).numpy()
+    model = _single_layer_model(weight)
+    layer = plan_for(model, "gkp_greedy", groups=4).layers["layer1.0.conv1"]
+    w = weight.astype(np.float64)
+    order = list(layer.filter_order)
+    assert order == oracle.snake_order([oracle.smoothness_of(w[f].tolist()) for f in range(16)], 4)
+    from scipy.spatial.distance import cdist
+
+    for g, kept in enumerate(layer.kept):
+        members = order[g * 4 : (g + 1) * 4]
+        vectors = np.stack([w[members, j].ravel() for j in range(16)])
+        sim = (1 - cdist(vectors, vectors)).tolist()
+        assert list(kept) == oracle.greedy_group(sim, keep=9, match=1)
+
+
+def test_least_smooth_keeps_the_smoothest_and_l2_the_largest():
+    weight = torch.randn(8, 16, 3, 3, generator=torch.Generator().manual_seed(5)).numpy()
+    model = build_model("resnet8")
+    model.layer1[0].conv1 = torch.nn.Conv2d(16, 8, 3, padding=1, bias=False)
+    model.layer1[0].bn1 = torch.nn.BatchNorm2d(8)
+    model.layer1[0].conv2 = torch.nn.Conv2d(8, 16, 3, padding=1, bias=False)
+    with torch.no_grad():
+        model.layer1[0].conv1.weight.copy_(torch.from_numpy(weight))
+    smooth_layer = plan_for(model, "gkp_least_smooth", groups=2).layers["layer1.0.conv1"]
+    large_layer = plan_for(model, "gkp_l2", groups=2).layers["layer1.0.conv1"]
+    w = weight.astype(np.float64)
+    for g in range(2):
+        members = list(smooth_layer.filter_order[g * 4 : (g + 1) * 4])
+        smooth = [oracle.smoothness_of([w[f, j].tolist() for f in members]) for j in range(16)]
+        assert list(smooth_layer.kept[g]) == sorted(sorted(range(16), key=lambda j: smooth[j])[:9])
+        norms = [np.linalg.norm(w[members, j]) for j in range(16)]
+        assert list(large_layer.kept[g]) == sorted(sorted(range(16), key=lambda j: -norms[j])[:9])
+
+
+def test_random_kernels_are_seeded_and_per_layer():
+    model = build_model("resnet20")
+    first, again = plan_for(model, "gkp_random", seed=1), plan_for(model, "gkp_random", seed=1)
+    other = plan_for(model, "gkp_random", seed=2)
+    assert first.layers == again.layers and first.layers != other.layers
+    assert all(len(set(k)) == len(k) for layer in first.layers.values() for k in layer.kept)
