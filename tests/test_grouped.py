@@ -9,6 +9,7 @@ import torch
 
 from gkp.checkpoint import load_model, save_checkpoint
 from gkp.counting import measure
+from gkp.grouped import reference as oracle
 from gkp.grouped.conv import GroupedKernelConv2d
 from gkp.models import build_model, model_spec
 from gkp.pruning.plan import Plan
@@ -16,7 +17,6 @@ from gkp.pruning.registry import PRUNING_METHODS
 from gkp.pruning.surgery import apply, apply_mask
 from gkp.schema import build
 
-import srgkp_oracle as oracle
 from test_pruning import randomise_batchnorm
 
 

@@ -10,12 +10,11 @@ import pytest
 import torch
 
 from gkp.errors import PruningError
+from gkp.grouped import reference as oracle
 from gkp.grouped.search import SearchSettings, beam_search
 from gkp.grouped.smoothness import filter_smoothness, grouped_kernel_smoothness, snake_order
 from gkp.grouped.srgkp import METHOD, SRGKPParams
 from gkp.models import build_model
-
-import srgkp_oracle as oracle
 
 
 def test_the_authors_resnet20_gives_the_golden_selection(shared, authors_checkpoint):

@@ -1,8 +1,10 @@
-"""A readable, loop-based SR-GKP written line by line from shared/specs/srgkp.md: the tests' oracle.
+"""A readable, loop-based reference of SR-GKP's selection, written line by line from the procedure in
+shared/specs/srgkp.md (and of TMI-GKP's greedy selector): the oracle of the tests and of
+benchmarks/bench_srgkp.py.
 
-It is slow on purpose (plain Python lists and loops, every sum left to right as the spec states) so
-that it can be read against the spec; the shipped, vectorised implementation must agree with it bit
-for bit.
+It is slow on purpose (plain Python lists and loops, every sum left to right as the procedure states)
+so that it can be read against the spec; the vectorised implementation in ``gkp.grouped.search`` must
+agree with it bit for bit.
 """
 
 from __future__ import annotations
