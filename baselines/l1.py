@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from gkp.pruning.method import PruningMethod
+from gkp.pruning.method import NO_CONTEXT, PruningContext, PruningMethod
 from gkp.pruning.plan import FilterPlan, keep_count, keep_top_k
 from gkp.pruning.surgery import filter_groups, get_module
 
@@ -27,7 +27,9 @@ def l1_scores(weight) -> list[float]:
     return weight.detach().double().abs().sum(dim=(1, 2, 3)).cpu().tolist()
 
 
-def select(model: nn.Module, rate: float, params: L1Params) -> dict[str, FilterPlan]:
+def select(
+    model: nn.Module, rate: float, params: L1Params, context: PruningContext = NO_CONTEXT
+) -> dict[str, FilterPlan]:
     layers = {}
     for name in filter_groups(model):
         scores = l1_scores(get_module(model, name).weight)

@@ -87,6 +87,7 @@ class TrainConfig:
     eval_every: int = option(1, check=at_least(0), doc="evaluate every N epochs (0: final epoch only)")
     eval_attacks: tuple[str, ...] = option((), doc="labels of attacks to run at each evaluation")
     select_on: Literal["test", "val"] = option("test", doc="split the best epochs are chosen on")
+    snapshot_epochs: tuple[int, ...] = option((), doc="epochs after which to save weight snapshots")
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@
                 env.json       library versions, git commit, device (latest invocation first)
                 metrics.csv    one row per epoch of every training stage
                 tb/<stage>/    TensorBoard scalars
+                snapshots/     epoch_NNNN.ckpt weight snapshots the train stage keeps (TMI-GKP reads them)
                 state/         <stage>_last.ckpt (resume), <stage>.started and <stage>.done markers
 
 Each stage has a fingerprint: a hash of the config sections it depends on. A finished stage with the
@@ -139,6 +140,9 @@ class RunDir:
     def resume_path(self, stage: str) -> Path:
         return self.state / f"{stage}_last.ckpt"
 
+    def snapshot_path(self, epoch: int) -> Path:
+        return self.path / "snapshots" / f"epoch_{epoch:04d}.ckpt"
+
     def _started_marker(self, stage: str) -> Path:
         return self.state / f"{stage}.started"
 
@@ -238,6 +242,9 @@ class StageStore:
     def save_best(self, metric: str, model: nn.Module, record: dict[str, Any]) -> None:
         path = self.run.path / f"{self.best_prefix}best_{metric}.ckpt"
         save_checkpoint(path, model, {"stage": self.stage, "metric": metric, **record})
+
+    def save_snapshot(self, epoch: int, model: nn.Module) -> None:
+        save_checkpoint(self.run.snapshot_path(epoch), model, {"stage": self.stage, "epoch": epoch})
 
     def save_epoch(self, model: nn.Module, state: TrainingState) -> None:
         save_checkpoint(

@@ -28,7 +28,10 @@ from gkp.engine.device import resolve_device, set_determinism
 from gkp.engine.evaluate import evaluate
 from gkp.engine.train import FitOutcome, fit
 from gkp.errors import ConfigError, RunFolderError
+from gkp.grouped.conv import GroupedKernelConv2d
+from gkp.grouped.forms import choose_forms
 from gkp.models import arch_arg_names, build_model
+from gkp.pruning.method import PruningContext
 from gkp.pruning.plan import Plan
 from gkp.pruning.registry import PRUNING_METHODS
 from gkp.pruning.surgery import apply as apply_plan
@@ -121,6 +124,25 @@ def _check_model_fits_data(ctx: Context) -> None:
         )
 
 
+def _method_snapshots(exp: Experiment) -> tuple[int, ...]:
+    """Training snapshots the configured pruning method reads (TMI-GKP's epochs 35..70, say)."""
+    if exp.prune is None:
+        return ()
+    return PRUNING_METHODS.get(exp.prune.method).snapshot_epochs(exp.prune.params)
+
+
+def _check_snapshots(ctx: Context, stages: tuple[str, ...]) -> None:
+    needed = _method_snapshots(ctx.exp)
+    trained_here = "train" in stages and ctx.exp.train.epochs >= max(needed, default=0)
+    missing = [e for e in needed if not ctx.run.snapshot_path(e).is_file()]
+    if missing and not trained_here:
+        raise ConfigError(
+            f"prune.method: {ctx.exp.prune.method} reads training snapshots of epochs {needed[0]}..{needed[-1]}, "
+            f"and {ctx.run.path / 'snapshots'} lacks {len(missing)} of them. The train stage saves them "
+            f"(with train.epochs >= {needed[-1]}); a model loaded from model.checkpoint has none"
+        )
+
+
 def preflight(ctx: Context, stages: tuple[str, ...]) -> None:
     """Fail before any compute when a stage would lack its input or the settings cannot work."""
     exp = ctx.exp
@@ -134,6 +156,7 @@ def preflight(ctx: Context, stages: tuple[str, ...]) -> None:
         dense = None if "dense" in will_make else _require_model(ctx, "dense")
         model = new_model(ctx) if dense is None else load_model(dense)[0]
         PRUNING_METHODS.get(exp.prune.method, "prune.method").check(model, exp.prune.rate, exp.prune.params)
+        _check_snapshots(ctx, stages)
     if "finetune" in stages and "pruned" not in will_make:
         _require_model(ctx, "pruned")
     if "eval" in stages:
@@ -150,7 +173,14 @@ def _summary(outcome: FitOutcome, cfg, best_prefix: str) -> dict[str, Any]:
     return {"select_on": cfg.select_on, "epochs": cfg.epochs, "best": best, "final": outcome.final}
 
 
-def _train_and_save(ctx: Context, stage: str, model: nn.Module, output: str, best_prefix: str) -> None:
+def _train_and_save(
+    ctx: Context,
+    stage: str,
+    model: nn.Module,
+    output: str,
+    best_prefix: str,
+    snapshot_epochs: frozenset[int] = frozenset(),
+) -> None:
     """Run ``fit`` for a training stage, then save its final model and its best-epoch summary."""
     cfg = getattr(ctx.exp, stage)
     store = StageStore(ctx.run, stage, ctx.fingerprint(stage), best_prefix)
@@ -166,6 +196,7 @@ def _train_and_save(ctx: Context, stage: str, model: nn.Module, output: str, bes
             eval_batch_size=ctx.exp.data.eval_batch_size,
             seed=ctx.exp.seed,
             store=store,
+            snapshot_epochs=snapshot_epochs,
         )
     finally:
         store.close()
@@ -176,7 +207,8 @@ def _train_and_save(ctx: Context, stage: str, model: nn.Module, output: str, bes
 
 def stage_train(ctx: Context) -> None:
     seed_everything(ctx.exp.seed)
-    _train_and_save(ctx, "train", new_model(ctx).to(ctx.device), "dense.ckpt", "dense_")
+    snapshots = frozenset(ctx.exp.train.snapshot_epochs) | frozenset(_method_snapshots(ctx.exp))
+    _train_and_save(ctx, "train", new_model(ctx).to(ctx.device), "dense.ckpt", "dense_", snapshots)
 
 
 def stage_prune(ctx: Context) -> None:
@@ -184,7 +216,8 @@ def stage_prune(ctx: Context) -> None:
     dense, _ = load_model(_require_model(ctx, "dense"), ctx.device)
     method = PRUNING_METHODS.get(exp.prune.method)
     start = time.perf_counter()
-    layers = method.select(dense, exp.prune.rate, exp.prune.params)
+    context = PruningContext(snapshots=lambda epoch: read_checkpoint(ctx.run.snapshot_path(epoch))["state_dict"])
+    layers = method.select(dense, exp.prune.rate, exp.prune.params, context)
     seconds = time.perf_counter() - start
     plan = Plan(method.name, exp.prune.rate, layers, to_plain(exp.prune.params))
     pruned = apply_plan(dense, plan)
@@ -210,15 +243,23 @@ def stage_prune(ctx: Context) -> None:
     save_checkpoint(ctx.run.path / "pruned.ckpt", pruned, {"stage": "prune", "input_size": ctx.data.image_size})
 
 
+def _fastest_forms(ctx: Context, model: nn.Module, batch_size: int, train: bool) -> None:
+    """Run each grouped-kernel conv in its fastest equivalent form on this device and batch."""
+    if any(isinstance(m, GroupedKernelConv2d) for m in model.modules()):
+        choose_forms(model, ctx.data.image_size, batch_size, train=train)
+
+
 def stage_finetune(ctx: Context) -> None:
     seed_everything(ctx.exp.seed)
     model, _ = load_model(_require_model(ctx, "pruned"), ctx.device)
+    _fastest_forms(ctx, model, ctx.exp.data.batch_size, train=True)
     _train_and_save(ctx, "finetune", model, "finetuned.ckpt", "")
 
 
 def _evaluate_model(ctx: Context, name: str) -> dict[str, Any]:
     path = _require_model(ctx, name)
     model, _ = load_model(path, ctx.device)
+    _fastest_forms(ctx, model, ctx.exp.data.eval_batch_size, train=bool(ctx.exp.attacks))
     report = evaluate(
         model,
         ctx.data.test,

@@ -10,7 +10,8 @@ import torch
 from gkp.checkpoint import load_model, save_checkpoint
 from gkp.counting import measure
 from gkp.grouped import reference as oracle
-from gkp.grouped.conv import GroupedKernelConv2d
+from gkp.grouped.conv import FORMS, GroupedKernelConv2d
+from gkp.grouped.forms import choose_forms
 from gkp.models import build_model, model_spec
 from gkp.pruning.plan import Plan
 from gkp.pruning.registry import PRUNING_METHODS
@@ -78,7 +79,16 @@ def test_each_pruned_conv_loses_exactly_the_rate():
     for name in model.grouped_kernel_targets():
         dense, pruned = model.get_submodule(name), grouped.get_submodule(name)
         assert pruned.weight.numel() / dense.weight.numel() == pruned.keep / dense.in_channels == 9 / 16
-        assert pruned.gather.dtype == torch.long and sorted(pruned.restore.tolist()) == list(range(dense.out_channels))
+        assert pruned.gather.dtype == torch.long
+
+
+def test_output_orders_fold_into_the_next_layers_where_the_architecture_allows():
+    model = build_model("resnet20")
+    grouped = apply(model, plan_for(model, "gkp_random"))
+    block = grouped.layer2[1]
+    assert block.conv1.restore is None  # bn1 and conv2's gather take the grouped order instead
+    assert sorted(block.conv2.restore.tolist()) == list(range(32))  # the residual sum needs filter order
+    assert "layer2.1.conv1.restore" not in grouped.state_dict()
 
 
 @pytest.mark.parametrize(
@@ -151,3 +161,31 @@ def test_random_kernels_are_seeded_and_per_layer():
     other = plan_for(model, "gkp_random", seed=2)
     assert first.layers == again.layers and first.layers != other.layers
     assert all(len(set(k)) == len(k) for layer in first.layers.values() for k in layer.kept)
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_every_form_computes_the_same_function_and_gradient(form):
+    torch.manual_seed(0)
+    model = randomise_batchnorm(build_model("resnet20"))
+    grouped, masked = apply(model, plan_for(model, "srgkp")), apply_mask(model, plan_for(model, "srgkp"))
+    for layer in grouped.modules():
+        if isinstance(layer, GroupedKernelConv2d):
+            layer.form = form
+    x = torch.rand(2, 3, 32, 32)
+    assert_same_logits(grouped(x).detach(), masked(x).detach())
+    layer = grouped.layer3[0].conv1
+    inputs = torch.randn(2, 32, 16, 16)
+    layer(inputs).square().sum().backward()
+    gradient = layer.weight.grad.clone()
+    layer.weight.grad, layer.form = None, "grouped"
+    layer(inputs).square().sum().backward()
+    assert torch.allclose(gradient, layer.weight.grad, rtol=1e-4, atol=1e-4)
+
+
+def test_choose_forms_picks_a_timed_form_for_every_grouped_layer():
+    model = build_model("resnet20")
+    grouped = apply(model, plan_for(model, "gkp_random"))
+    chosen = choose_forms(grouped, 32, batch_size=2, repeats=1)
+    layers = [name for name, m in grouped.named_modules() if isinstance(m, GroupedKernelConv2d)]
+    assert sorted(chosen) == sorted(layers) and set(chosen.values()) <= set(FORMS)
+    assert all(grouped.get_submodule(name).form == form for name, form in chosen.items())

@@ -128,8 +128,10 @@ def fit(
     eval_batch_size: int,
     seed: int,
     store,
+    snapshot_epochs: frozenset[int] = frozenset(),
 ) -> FitOutcome:
-    """Train ``model`` in place for ``cfg.epochs`` epochs (a ``TrainConfig``), resuming from ``store``."""
+    """Train ``model`` in place for ``cfg.epochs`` epochs (a ``TrainConfig``), resuming from ``store``;
+    after each epoch (1-based) in ``snapshot_epochs`` the weights are also kept as a snapshot."""
     device = next(model.parameters()).device
     if use_channels_last(cfg.channels_last, device):
         model.to(memory_format=torch.channels_last)
@@ -182,6 +184,8 @@ def fit(
                 if metric not in best or value > best[metric]["accuracy"]:
                     best[metric] = {"epoch": epoch + 1, "accuracy": value}
                     store.save_best(metric, model, best[metric])
+        if epoch + 1 in snapshot_epochs:
+            store.save_snapshot(epoch + 1, model)
         history.append(row)
         log.info("%s: %s", description, ", ".join(f"{k} {v:.4g}" for k, v in row.items() if k != "epoch"))
         store.save_epoch(

@@ -1,11 +1,22 @@
 """The grouped convolution a grouped-kernel-pruned conv becomes (Zhong et al., ICLR 2022 / NeurIPS 2023).
 
 A conv whose filters form ``groups`` equal groups, group g keeping the kernels of input channels
-``kept[g]`` only, is computed as: gather the input channels ``kept[0] + kept[1] + ...`` (a channel may
-be gathered by several groups), run ``Conv2d(groups * keep, C_out, groups=groups)``, and put the output
-channels back in the original filter order. The index tensors are buffers, so ``.to()``,
-``state_dict()`` and checkpoints carry them. Its parameters and MACs are exactly those of the kept
-kernels: ``C_out * keep * k * k`` weights.
+``kept[g]`` only, holds exactly those kernels: a weight of shape (C_out, keep, k, k), rows in grouped
+filter order. It computes the same function in one of three forms, chosen per layer and device by
+timing (``gkp.grouped.forms.choose_forms``), since which is fastest depends on the layer's shape, the
+batch and the hardware:
+
+- ``grouped``: gather the input channels ``kept[0] + kept[1] + ...`` (a channel may be gathered by
+  several groups), one ``conv2d(groups=groups)``, then put the outputs back in filter order;
+- ``per_group``: one dense conv per group on its own gathered channels, outputs concatenated and put
+  back in filter order;
+- ``dense``: scatter the kept kernels into a zero (C_out, C_in, k, k) weight in the original order and
+  run one ordinary conv (no gathers, but the full dense MACs).
+
+The index tensors are buffers, so ``.to()``, ``state_dict()`` and checkpoints carry them; the form is a
+runtime choice and is not saved. Parameters and counted MACs are those of the kept kernels. When the
+layers after the conv can take its outputs in grouped order (a BatchNorm then convs, see
+``gkp.pruning.surgery.fold_output_orders``), ``restore`` is None and the outputs stay in grouped order.
 """
 
 from __future__ import annotations
@@ -13,6 +24,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+FORMS = ("grouped", "per_group", "dense")
 
 
 class GroupedKernelConv2d(nn.Module):
@@ -37,6 +50,7 @@ class GroupedKernelConv2d(nn.Module):
         self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, tuple(kernel_size)
         self.groups, self.keep = groups, keep
         self.stride, self.padding, self.dilation = stride, padding, dilation
+        self.form = "grouped"
         self.weight = nn.Parameter(torch.empty(out_channels, keep, *self.kernel_size, device=device, dtype=dtype))
         self.bias = nn.Parameter(torch.zeros(out_channels, device=device, dtype=dtype)) if bias else None
         self.register_buffer("gather", torch.zeros(groups * keep, dtype=torch.long, device=device))
@@ -46,7 +60,7 @@ class GroupedKernelConv2d(nn.Module):
     @classmethod
     def from_dense(cls, conv: nn.Conv2d, filter_order: list[int], kept: list[list[int]]) -> GroupedKernelConv2d:
         """The grouped conv holding ``conv``'s kept kernels (group g: filters ``filter_order[g*d:(g+1)*d]``,
-        input channels ``kept[g]``); the weight, bias and index buffers are copied from ``conv``'s device."""
+        input channels ``kept[g]``), on ``conv``'s device."""
         weight = conv.weight.detach()
         device = weight.device
         groups, keep = len(kept), len(kept[0])
@@ -77,20 +91,48 @@ class GroupedKernelConv2d(nn.Module):
             grouped.restore.copy_(torch.argsort(order))
         return grouped
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.conv2d(
-            x.index_select(1, self.gather),
-            self.weight,
-            self.bias,
-            self.stride,
-            self.padding,
-            self.dilation,
-            self.groups,
+    def _conv(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, groups: int) -> torch.Tensor:
+        return F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, groups)
+
+    def _grouped(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv(x.index_select(1, self.gather), self.weight, self.bias, self.groups)
+
+    def _per_group(self, x: torch.Tensor) -> torch.Tensor:
+        rows, inputs = self.out_channels // self.groups, self.keep
+        biases = [None] * self.groups if self.bias is None else self.bias.split(rows)
+        outputs = [
+            self._conv(
+                x.index_select(1, self.gather[g * inputs : (g + 1) * inputs]),
+                self.weight[g * rows : (g + 1) * rows],
+                biases[g],
+                1,
+            )
+            for g in range(self.groups)
+        ]
+        return torch.cat(outputs, dim=1)
+
+    def dense_weight(self) -> torch.Tensor:
+        """The equivalent (C_out, C_in, k, k) weight, zeros elsewhere; rows in the output order."""
+        rows = torch.arange(self.out_channels, device=self.weight.device)
+        if self.restore is not None:  # output row of grouped position q: the original filter argsort(restore)[q]
+            rows = torch.argsort(self.restore)
+        dense = self.weight.new_zeros(self.out_channels, self.in_channels, *self.kernel_size)
+        columns = self.gather.view(self.groups, self.keep).repeat_interleave(self.out_channels // self.groups, 0)
+        return dense.index_put(
+            (rows.repeat_interleave(self.keep), columns.reshape(-1)), self.weight.reshape(-1, *self.kernel_size)
         )
-        return y.index_select(1, self.restore)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.form == "dense":
+            bias = self.bias
+            if bias is not None and self.restore is not None:
+                bias = bias.index_select(0, self.restore)
+            return self._conv(x, self.dense_weight(), bias, 1)
+        y = self._per_group(x) if self.form == "per_group" else self._grouped(x)
+        return y if self.restore is None else y.index_select(1, self.restore)
 
     def extra_repr(self) -> str:
         return (
             f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, groups={self.groups}, "
-            f"keep={self.keep}, stride={self.stride}, padding={self.padding}"
+            f"keep={self.keep}, stride={self.stride}, padding={self.padding}, form={self.form}"
         )

@@ -17,7 +17,7 @@ import numpy as np
 
 from gkp.grouped.layers import Bucket, grouped_kernel_method
 from gkp.grouped.search import SearchSettings, beam_search
-from gkp.grouped.srgkp import smoothness_snaking
+from gkp.grouped.srgkp import snaking
 from gkp.schema import at_least, in_unit_interval, option, positive
 
 
@@ -42,7 +42,7 @@ def greedy_select(bucket: Bucket, params: GreedyParams) -> np.ndarray:
 METHOD = grouped_kernel_method(
     "gkp_greedy",
     GreedyParams,
-    smoothness_snaking,
+    snaking,
     greedy_select,
     "smoothness snaking + TMI-GKP's greedy selection (SR-GKP ablation)",
 )

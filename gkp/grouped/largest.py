@@ -12,7 +12,7 @@ from typing import Literal
 import numpy as np
 
 from gkp.grouped.layers import Bucket, grouped_kernel_method
-from gkp.grouped.srgkp import smoothness_snaking
+from gkp.grouped.srgkp import snaking
 from gkp.schema import at_least, option
 
 
@@ -27,5 +27,5 @@ def keep_largest(bucket: Bucket, params: LargestParams) -> np.ndarray:
 
 
 METHOD = grouped_kernel_method(
-    "gkp_l2", LargestParams, smoothness_snaking, keep_largest, "smoothness snaking + keep the largest GKs by L2 norm"
+    "gkp_l2", LargestParams, snaking, keep_largest, "smoothness snaking + keep the largest GKs by L2 norm"
 )

@@ -19,11 +19,12 @@ from torch import nn
 
 from gkp.errors import PruningError
 from gkp.grouped.smoothness import grouped_kernel_smoothness
-from gkp.pruning.method import PruningMethod
+from gkp.pruning.method import NO_CONTEXT, PruningContext, PruningMethod, no_snapshots
 from gkp.pruning.plan import GroupedKernelPlan
 from gkp.pruning.surgery import get_module
 
-FilterOrder = Callable[[np.ndarray, int, Any], np.ndarray]  # (float64 weight, groups, params) -> filter order
+# (layer name, float64 weight, params, context) -> filter order; params has a ``groups`` field.
+FilterOrder = Callable[[str, np.ndarray, Any, PruningContext], np.ndarray]
 
 
 def grouped_targets(model: nn.Module, scope: str) -> list[tuple[str, nn.Conv2d]]:
@@ -143,17 +144,24 @@ def solve(problems: list[LayerProblem], select_bucket: SelectBucket, params: Any
 
 
 def grouped_kernel_method(
-    name: str, params: type, order_filters: FilterOrder, select_bucket: SelectBucket, summary: str
+    name: str,
+    params: type,
+    order_filters: FilterOrder,
+    select_bucket: SelectBucket,
+    summary: str,
+    snapshot_epochs=no_snapshots,
 ) -> PruningMethod:
     """A ``PruningMethod`` from a filter-grouping and a selection function. ``params`` must have
     ``groups`` and ``scope`` fields."""
 
-    def select(model: nn.Module, rate: float, settings: Any) -> dict[str, GroupedKernelPlan]:
+    def select(
+        model: nn.Module, rate: float, settings: Any, context: PruningContext = NO_CONTEXT
+    ) -> dict[str, GroupedKernelPlan]:
         problems = []
         for layer, conv in grouped_targets(model, settings.scope):
             check_groups(conv.out_channels, settings.groups, layer)
             weight = conv.weight.detach().double().cpu().numpy()
-            order = np.asarray(order_filters(weight, settings.groups, settings))
+            order = np.asarray(order_filters(layer, weight, settings, context))
             keep = keep_per_group(conv.in_channels, rate, layer)
             problems.append(LayerProblem(layer, weight, order, settings.groups, keep))
         return solve(problems, select_bucket, settings)
@@ -163,4 +171,4 @@ def grouped_kernel_method(
             check_groups(conv.out_channels, settings.groups, layer)
             keep_per_group(conv.in_channels, rate, layer)
 
-    return PruningMethod(name, params, select, check, summary)
+    return PruningMethod(name, params, select, check, summary, snapshot_epochs)

@@ -12,7 +12,7 @@ from typing import Literal
 import numpy as np
 
 from gkp.grouped.layers import Bucket, grouped_kernel_method
-from gkp.grouped.srgkp import smoothness_snaking
+from gkp.grouped.srgkp import snaking
 from gkp.schema import at_least, option
 
 
@@ -29,7 +29,7 @@ def keep_smoothest(bucket: Bucket, params: LeastSmoothParams) -> np.ndarray:
 METHOD = grouped_kernel_method(
     "gkp_least_smooth",
     LeastSmoothParams,
-    smoothness_snaking,
+    snaking,
     keep_smoothest,
     "smoothness snaking + prune the least smooth GKs (SR-GKP's failing ablation)",
 )

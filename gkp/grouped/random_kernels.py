@@ -12,7 +12,7 @@ from typing import Literal
 import numpy as np
 
 from gkp.grouped.layers import Bucket, grouped_kernel_method
-from gkp.grouped.srgkp import smoothness_snaking
+from gkp.grouped.srgkp import snaking
 from gkp.schema import at_least, option
 from gkp.seeding import derive_seed
 
@@ -36,7 +36,7 @@ def keep_random(bucket: Bucket, params: RandomKernelParams) -> np.ndarray:
 METHOD = grouped_kernel_method(
     "gkp_random",
     RandomKernelParams,
-    smoothness_snaking,
+    snaking,
     keep_random,
     "smoothness snaking + seeded random GKs (control)",
 )

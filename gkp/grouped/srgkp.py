@@ -23,6 +23,7 @@ import numpy as np
 from gkp.grouped.layers import Bucket, grouped_kernel_method
 from gkp.grouped.search import SearchSettings, beam_search
 from gkp.grouped.smoothness import filter_smoothness, running_sum, snake_order
+from gkp.pruning.method import PruningContext
 from gkp.schema import at_least, in_unit_interval, option
 
 
@@ -37,11 +38,16 @@ class SRGKPParams:
     scope: Literal["3x3", "all"] = option("3x3", doc="bottleneck ResNets: the 3x3 convs, or all block convs")
 
 
-def smoothness_snaking(weight: np.ndarray, groups: int, params: Any = None) -> np.ndarray:
+def smoothness_snaking(weight: np.ndarray, groups: int) -> np.ndarray:
     """Filter order of smoothness snaking; magnitude snaking (sum of weights, descending) for 1x1 kernels."""
     if weight.shape[2] * weight.shape[3] == 1:
         return snake_order(running_sum(weight.reshape(weight.shape[0], -1)), groups, descending=True)
     return snake_order(filter_smoothness(weight), groups)
+
+
+def snaking(layer: str, weight: np.ndarray, params: Any, context: PruningContext) -> np.ndarray:
+    """The filter grouping of SR-GKP and of its ablations (a ``FilterOrder``)."""
+    return smoothness_snaking(weight, params.groups)
 
 
 def beam_select(bucket: Bucket, params: SRGKPParams) -> np.ndarray:
@@ -57,7 +63,7 @@ def beam_select(bucket: Bucket, params: SRGKPParams) -> np.ndarray:
 METHOD = grouped_kernel_method(
     "srgkp",
     SRGKPParams,
-    smoothness_snaking,
+    snaking,
     beam_select,
     "SR-GKP: smoothness snaking + smooth beam search (Zhong et al., NeurIPS 2023)",
 )

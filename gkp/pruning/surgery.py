@@ -181,6 +181,44 @@ APPLY = {FilterPlan.type: _apply_filters, GroupedKernelPlan.type: _apply_grouped
 MASK = {FilterPlan.type: _mask_filters, GroupedKernelPlan.type: _mask_grouped}
 
 
+def _permute_inputs(module: nn.Module, order: torch.Tensor, restore: torch.Tensor) -> None:
+    """Make ``module`` read its inputs in grouped order (position q = original channel order[q])."""
+    if isinstance(module, GroupedKernelConv2d):
+        module.gather.copy_(restore[module.gather])
+    else:
+        module.weight.data = module.weight.data.index_select(1, order.to(module.weight.device))
+
+
+def _can_read_grouped_order(module: nn.Module) -> bool:
+    return isinstance(module, (GroupedKernelConv2d, nn.Linear)) or (
+        isinstance(module, nn.Conv2d) and module.groups == 1
+    )
+
+
+def fold_output_orders(model: nn.Module) -> None:
+    """Where a grouped-kernel conv feeds only a BatchNorm and then convs or linear layers (the
+    architecture's filter groups), leave its outputs in grouped order: permute the BatchNorm's channels
+    and the consumers' inputs instead, and drop the output permutation. The function is unchanged."""
+    for group in model.filter_pruning_groups():
+        conv = get_module(model, group.conv)
+        consumers = [get_module(model, name) for name in group.consumers]
+        if not isinstance(conv, GroupedKernelConv2d) or conv.restore is None:
+            continue
+        if not all(_can_read_grouped_order(c) for c in consumers):
+            continue
+        restore = conv.restore
+        order = torch.argsort(restore)
+        bn = get_module(model, group.bn)
+        with torch.no_grad():
+            for name in ("weight", "bias", "running_mean", "running_var"):
+                tensor = getattr(bn, name)
+                if tensor is not None:
+                    tensor.copy_(tensor.index_select(0, order.to(tensor.device)))
+            for consumer in consumers:
+                _permute_inputs(consumer, order, restore)
+        conv.restore = None
+
+
 def _transform(model: nn.Module, plan: Plan, handlers: dict) -> nn.Module:
     result = copy.deepcopy(model)
     groups = filter_groups(model) if any(layer.type == FilterPlan.type for layer in plan.layers.values()) else {}
@@ -192,6 +230,8 @@ def _transform(model: nn.Module, plan: Plan, handlers: dict) -> nn.Module:
 def apply(model: nn.Module, plan: Plan) -> nn.Module:
     """The physically smaller model of ``plan``; ``model`` itself is left unchanged."""
     pruned = _transform(model, plan, APPLY)
+    if any(layer.type == GroupedKernelPlan.type for layer in plan.layers.values()):
+        fold_output_orders(pruned)
     pruned.gkp_spec = replace(model_spec(model), plan=plan.to_dict())
     return pruned
 

@@ -1,0 +1,98 @@
+"""Inference latency of a grouped-kernel-pruned model against its dense original, in the same process,
+printed as a ratio next to the MACs ratio. The grouped model runs each layer in the fastest of its
+equivalent forms (``gkp.grouped.forms.choose_forms``); the latency of each single form used everywhere
+is printed beside it.
+
+    python benchmarks/bench_grouped.py                                   # ResNet-56, CPU, batch 1 and 128
+    python benchmarks/bench_grouped.py --device cuda --batches 256       # on a GPU
+
+Target: latency ratio within 1.3x of the MACs ratio (e.g. at most 0.74 for SR-GKP's 0.57 on ResNet-56).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections import Counter
+
+import torch
+
+from gkp.counting import count_macs
+from gkp.engine.device import resolve_device
+from gkp.grouped.conv import FORMS, GroupedKernelConv2d
+from gkp.grouped.forms import choose_forms
+from gkp.models import build_model
+from gkp.pruning.plan import Plan
+from gkp.pruning.registry import PRUNING_METHODS
+from gkp.pruning.surgery import apply
+from gkp.schema import build
+
+
+def latency(model: torch.nn.Module, x: torch.Tensor, repeats: int) -> float:
+    """Median seconds of one forward pass (after two warm-up passes)."""
+    times = []
+    with torch.inference_mode():
+        for index in range(repeats + 2):
+            if x.device.type == "cuda":
+                torch.cuda.synchronize(x.device)
+            start = time.perf_counter()
+            model(x)
+            if x.device.type == "cuda":
+                torch.cuda.synchronize(x.device)
+            if index >= 2:
+                times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def set_forms(model: torch.nn.Module, forms: dict[str, str]) -> None:
+    for name, layer in model.named_modules():
+        if isinstance(layer, GroupedKernelConv2d):
+            layer.form = forms[name]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", default="resnet56")
+    parser.add_argument("--method", default="srgkp")
+    parser.add_argument("--rate", type=float, default=0.4375)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument(
+        "--batches", default=None, help="comma-separated batch sizes (default: 1,128 on CPU, 256 on GPU)"
+    )
+    parser.add_argument("--input-size", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=10)
+    args = parser.parse_args()
+    device = resolve_device(args.device)
+    batches = [int(b) for b in (args.batches or ("256" if device.type == "cuda" else "1,128")).split(",")]
+    torch.manual_seed(0)
+    dense = build_model(args.arch).to(device).eval()
+    method = PRUNING_METHODS.get(args.method)
+    layers = method.select(dense, args.rate, build(method.params, {}, "params"))
+    grouped = apply(dense, Plan(args.method, args.rate, layers)).eval()
+    macs_ratio = count_macs(grouped, args.input_size) / count_macs(dense, args.input_size)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
+    print(f"{args.arch}, {args.method} at rate {args.rate}, {args.input_size}x{args.input_size}, {device} [{name}]")
+    print(f"MACs ratio grouped / dense: {macs_ratio:.3f}; target latency ratio <= {1.3 * macs_ratio:.3f}")
+    grouped_layers = [n for n, m in grouped.named_modules() if isinstance(m, GroupedKernelConv2d)]
+    for batch in batches:
+        x = torch.rand(batch, 3, args.input_size, args.input_size, device=device)
+        dense_seconds = latency(dense, x, args.repeats)
+        single = {}
+        for form in FORMS:
+            set_forms(grouped, dict.fromkeys(grouped_layers, form))
+            single[form] = latency(grouped, x, args.repeats)
+        chosen = choose_forms(grouped, args.input_size, batch)
+        chosen_seconds = latency(grouped, x, args.repeats)
+        ratio = chosen_seconds / dense_seconds
+        verdict = "met" if ratio <= 1.3 * macs_ratio else "MISSED"
+        forms = ", ".join(f"{form} x{count}" for form, count in Counter(chosen.values()).most_common())
+        print(
+            f"batch {batch}: dense {1e3 * dense_seconds:.2f} ms, grouped {1e3 * chosen_seconds:.2f} ms, "
+            f"latency ratio {ratio:.3f} ({verdict}); chosen forms: {forms}"
+        )
+        print("    every layer as " + ", ".join(f"{form}: {single[form] / dense_seconds:.3f}" for form in FORMS))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,93 @@
+"""Choose, per grouped-kernel conv and device, the fastest of its equivalent forms (see
+``gkp.grouped.conv``), by timing each form on the layer's own input shape.
+
+Which form wins depends on the layer (channels, spatial size), the batch and the hardware: a grouped
+conv with few channels per group can run slower than the dense conv it replaces on some backends, and a
+pruned model slower than its dense original is a defect, not a footnote.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+from collections import Counter
+
+import torch
+from torch import nn
+
+from gkp.grouped.conv import FORMS, GroupedKernelConv2d
+
+log = logging.getLogger(__name__)
+
+
+def _input_shapes(model: nn.Module, example: torch.Tensor) -> dict[str, torch.Size]:
+    shapes: dict[str, torch.Size] = {}
+
+    def record(name: str):
+        def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+            shapes[name] = inputs[0].shape
+
+        return hook
+
+    handles = [
+        m.register_forward_hook(record(name)) for name, m in model.named_modules() if isinstance(m, GroupedKernelConv2d)
+    ]
+    try:
+        with torch.no_grad():
+            model(example)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return shapes
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _time_form(layer: GroupedKernelConv2d, x: torch.Tensor, form: str, train: bool, repeats: int) -> float:
+    layer.form = form
+    times = []
+    for _ in range(repeats + 1):  # the first run warms up
+        _synchronize(x.device)
+        start = time.perf_counter()
+        if train:
+            layer(x).sum().backward()
+        else:
+            with torch.no_grad():
+                layer(x)
+        _synchronize(x.device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times[1:])
+
+
+def choose_forms(
+    model: nn.Module, input_size: int, batch_size: int, *, train: bool = False, repeats: int = 2
+) -> dict[str, str]:
+    """Set every ``GroupedKernelConv2d`` of ``model`` to its fastest form for batches of ``batch_size``
+    images of side ``input_size`` on the model's device (forward only, or forward + backward with
+    ``train``); returns {layer name: form}."""
+    reference = next(model.parameters())
+    example = torch.rand(batch_size, 3, input_size, input_size, device=reference.device, dtype=reference.dtype)
+    was_training = model.training
+    model.eval()
+    chosen = {}
+    try:
+        for name, shape in _input_shapes(model, example).items():
+            layer = model.get_submodule(name)
+            x = torch.randn(shape, device=reference.device, dtype=reference.dtype, requires_grad=train)
+            timings = {form: _time_form(layer, x, form, train, repeats) for form in FORMS}
+            layer.form = chosen[name] = min(timings, key=timings.get)
+            layer.zero_grad(set_to_none=True)
+    finally:
+        model.train(was_training)
+    if chosen:
+        log.info(
+            "grouped-kernel conv forms on %s, batch %d: %s",
+            reference.device,
+            batch_size,
+            ", ".join(f"{form} x{count}" for form, count in Counter(chosen.values()).most_common()),
+        )
+    return chosen
