@@ -29,20 +29,31 @@ from gkp.pruning.surgery import apply
 from gkp.schema import build
 
 
-def latency(model: torch.nn.Module, x: torch.Tensor, repeats: int) -> float:
-    """Median seconds of one forward pass (after two warm-up passes)."""
-    times = []
+def one_pass(model: torch.nn.Module, x: torch.Tensor) -> float:
+    if x.device.type == "cuda":
+        torch.cuda.synchronize(x.device)
+    start = time.perf_counter()
+    model(x)
+    if x.device.type == "cuda":
+        torch.cuda.synchronize(x.device)
+    return time.perf_counter() - start
+
+
+def latencies(
+    variants: dict[str, tuple[torch.nn.Module, dict[str, str] | None]], x: torch.Tensor, repeats: int
+) -> dict[str, float]:
+    """Median seconds of one forward pass of each variant, measured in alternation (round after round,
+    every variant once), so that a machine whose speed drifts affects them all alike."""
+    times: dict[str, list[float]] = {name: [] for name in variants}
     with torch.inference_mode():
-        for index in range(repeats + 2):
-            if x.device.type == "cuda":
-                torch.cuda.synchronize(x.device)
-            start = time.perf_counter()
-            model(x)
-            if x.device.type == "cuda":
-                torch.cuda.synchronize(x.device)
-            if index >= 2:
-                times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for round_index in range(repeats + 2):  # two warm-up rounds
+            for name, (model, forms) in variants.items():
+                if forms is not None:
+                    set_forms(model, forms)
+                seconds = one_pass(model, x)
+                if round_index >= 2:
+                    times[name].append(seconds)
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def set_forms(model: torch.nn.Module, forms: dict[str, str]) -> None:
@@ -61,7 +72,7 @@ def main() -> None:
         "--batches", default=None, help="comma-separated batch sizes (default: 1,128 on CPU, 256 on GPU)"
     )
     parser.add_argument("--input-size", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=20, help="rounds of alternating measurements")
     args = parser.parse_args()
     device = resolve_device(args.device)
     batches = [int(b) for b in (args.batches or ("256" if device.type == "cuda" else "1,128")).split(",")]
@@ -77,21 +88,18 @@ def main() -> None:
     grouped_layers = [n for n, m in grouped.named_modules() if isinstance(m, GroupedKernelConv2d)]
     for batch in batches:
         x = torch.rand(batch, 3, args.input_size, args.input_size, device=device)
-        dense_seconds = latency(dense, x, args.repeats)
-        single = {}
-        for form in FORMS:
-            set_forms(grouped, dict.fromkeys(grouped_layers, form))
-            single[form] = latency(grouped, x, args.repeats)
         chosen = choose_forms(grouped, args.input_size, batch)
-        chosen_seconds = latency(grouped, x, args.repeats)
-        ratio = chosen_seconds / dense_seconds
+        variants = {"dense": (dense, None), "chosen": (grouped, chosen)}
+        variants |= {form: (grouped, dict.fromkeys(grouped_layers, form)) for form in FORMS}
+        seconds = latencies(variants, x, args.repeats)
+        ratio = seconds["chosen"] / seconds["dense"]
         verdict = "met" if ratio <= 1.3 * macs_ratio else "MISSED"
         forms = ", ".join(f"{form} x{count}" for form, count in Counter(chosen.values()).most_common())
         print(
-            f"batch {batch}: dense {1e3 * dense_seconds:.2f} ms, grouped {1e3 * chosen_seconds:.2f} ms, "
+            f"batch {batch}: dense {1e3 * seconds['dense']:.2f} ms, grouped {1e3 * seconds['chosen']:.2f} ms, "
             f"latency ratio {ratio:.3f} ({verdict}); chosen forms: {forms}"
         )
-        print("    every layer as " + ", ".join(f"{form}: {single[form] / dense_seconds:.3f}" for form in FORMS))
+        print("    every layer as " + ", ".join(f"{form}: {seconds[form] / seconds['dense']:.3f}" for form in FORMS))
 
 
 if __name__ == "__main__":

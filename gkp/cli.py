@@ -4,7 +4,8 @@ gkp run CONFIG [--set key=value ...] [--out DIR] [--restart]    all the config's
 gkp train|prune|finetune|eval CONFIG [...]                      one stage
 gkp check CONFIG [--set ...]                                    validate and print the resolved config
 gkp import-checkpoint SRC.pt DST.ckpt                           convert an SR-GKP authors' release
-gkp info CKPT [--input-size N]                                  arch, plan, params and MACs
+gkp info CKPT [--input-size N] [--convention authors]           arch, plan, params and MACs
+gkp compare RUN_DIR [RUN_DIR ...]                               several runs' results in one table
 """
 
 from __future__ import annotations
@@ -52,6 +53,14 @@ def build_parser() -> argparse.ArgumentParser:
     info = commands.add_parser("info", help="describe a checkpoint")
     info.add_argument("checkpoint")
     info.add_argument("--input-size", type=int, help="image side for MACs (default: the checkpoint's)")
+    info.add_argument(
+        "--convention",
+        choices=("macs", "authors"),
+        default="macs",
+        help="MACs of convs and linear layers, or the SR-GKP authors' count (+ BatchNorm, pooling)",
+    )
+    compare = commands.add_parser("compare", help="print the results of several runs in one table")
+    compare.add_argument("runs", nargs="+", help="run folders (each with a results.json)")
     return parser
 
 
@@ -75,7 +84,7 @@ def _info(args: argparse.Namespace) -> None:
     payload = read_checkpoint(args.checkpoint)
     model = model_from_payload(payload, args.checkpoint)
     size = args.input_size or payload["metadata"].get("input_size") or MODELS.get(payload["arch"]).input_size
-    cost = measure(model, size)
+    cost = measure(model, size, convention=args.convention)
     plan = payload["plan"]
     plan_text = "none (dense)"
     if plan is not None:
@@ -84,9 +93,25 @@ def _info(args: argparse.Namespace) -> None:
     print(f"arch:       {payload['arch']} {payload['arch_args']}")
     print(f"plan:       {plan_text}")
     print(f"params:     {cost.params:,} ({cost.params / 1e6:.3f}M)")
-    print(f"MACs:       {cost.macs:,} ({cost.macs / 1e6:.3f}M) at {size}x{size}")
+    print(f"MACs:       {cost.macs:,} ({cost.macs / 1e6:.3f}M) at {size}x{size}, {args.convention} convention")
     if payload["metadata"]:
         print(f"metadata:   {payload['metadata']}")
+
+
+def _compare(args: argparse.Namespace) -> None:
+    import json
+    from pathlib import Path
+
+    from gkp.errors import RunFolderError
+    from gkp.report import results_table
+
+    runs = []
+    for folder in args.runs:
+        path = Path(folder) / "results.json"
+        if not path.is_file():
+            raise RunFolderError(f"{path} does not exist: run the eval stage of that run first (gkp eval CONFIG)")
+        runs.append(json.loads(path.read_text()))
+    print(results_table(*runs))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -110,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wrote {args.destination}")
         elif args.command == "info":
             _info(args)
+        elif args.command == "compare":
+            _compare(args)
     except GkpError as error:
         print(f"gkp: error: {error}", file=sys.stderr)
         return 2

@@ -317,10 +317,24 @@ def apply_override(raw: dict, assignment: str) -> None:
             node = node[index]
 
 
-def load_experiment(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Experiment:
+def merged(base: dict, changes: dict) -> dict:
+    """``base`` with ``changes`` applied: mappings merge key by key, anything else is replaced."""
+    result = dict(base)
+    for key, value in changes.items():
+        both_mappings = isinstance(value, dict) and isinstance(result.get(key), dict)
+        result[key] = merged(result[key], value) if both_mappings else value
+    return result
+
+
+def read_config(path: str | Path, seen: tuple[Path, ...] = ()) -> dict:
+    """The raw mapping of a config file, with its ``base:`` file (a path relative to it) merged under it.
+
+    A base's ``name`` is not inherited: a config names its own run (by default, its file's name)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
+    if path.resolve() in seen:
+        raise ConfigError(f"{path}: 'base' files include each other in a loop")
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as error:
@@ -328,9 +342,21 @@ def load_experiment(path: str | Path, overrides: list[str] | tuple[str, ...] = (
     raw = {} if raw is None else raw
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the config must be a mapping of sections, got {type(raw).__name__}")
+    base = raw.pop("base", None)
+    if base is None:
+        return raw
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: base: must be the path of another config file, got {base!r}")
+    inherited = read_config(path.parent / base, (*seen, path.resolve()))
+    inherited.pop("name", None)
+    return merged(inherited, raw)
+
+
+def load_experiment(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Experiment:
+    raw = read_config(path)
     for assignment in overrides:
         apply_override(raw, assignment)
-    return build_experiment(raw, default_name=path.stem)
+    return build_experiment(raw, default_name=Path(path).stem)
 
 
 def dump_experiment(exp: Experiment) -> str:

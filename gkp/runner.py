@@ -244,9 +244,11 @@ def stage_prune(ctx: Context) -> None:
 
 
 def _fastest_forms(ctx: Context, model: nn.Module, batch_size: int, train: bool) -> None:
-    """Run each grouped-kernel conv in its fastest equivalent form on this device and batch."""
-    if any(isinstance(m, GroupedKernelConv2d) for m in model.modules()):
-        choose_forms(model, ctx.data.image_size, batch_size, train=train)
+    """Run each grouped-kernel conv in its fastest equivalent form on this device and batch. The forms
+    sum in different orders, and timings vary, so deterministic runs keep the default form."""
+    if ctx.exp.deterministic or not any(isinstance(m, GroupedKernelConv2d) for m in model.modules()):
+        return
+    choose_forms(model, ctx.data.image_size, batch_size, train=train)
 
 
 def stage_finetune(ctx: Context) -> None:

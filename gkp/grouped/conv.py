@@ -51,6 +51,7 @@ class GroupedKernelConv2d(nn.Module):
         self.groups, self.keep = groups, keep
         self.stride, self.padding, self.dilation = stride, padding, dilation
         self.form = "grouped"
+        self._dense_cache: tuple[tuple, torch.Tensor] | None = None
         self.weight = nn.Parameter(torch.empty(out_channels, keep, *self.kernel_size, device=device, dtype=dtype))
         self.bias = nn.Parameter(torch.zeros(out_channels, device=device, dtype=dtype)) if bias else None
         self.register_buffer("gather", torch.zeros(groups * keep, dtype=torch.long, device=device))
@@ -122,12 +123,21 @@ class GroupedKernelConv2d(nn.Module):
             (rows.repeat_interleave(self.keep), columns.reshape(-1)), self.weight.reshape(-1, *self.kernel_size)
         )
 
+    def _inference_dense_weight(self) -> torch.Tensor:
+        """``dense_weight()``, kept between calls while no gradient is recorded and the weight is unchanged."""
+        if torch.is_grad_enabled():
+            return self.dense_weight()
+        key = (self.weight.data_ptr(), self.weight._version, self.gather._version)
+        if self._dense_cache is None or self._dense_cache[0] != key:
+            self._dense_cache = (key, self.dense_weight())
+        return self._dense_cache[1]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.form == "dense":
             bias = self.bias
             if bias is not None and self.restore is not None:
                 bias = bias.index_select(0, self.restore)
-            return self._conv(x, self.dense_weight(), bias, 1)
+            return self._conv(x, self._inference_dense_weight(), bias, 1)
         y = self._per_group(x) if self.form == "per_group" else self._grouped(x)
         return y if self.restore is None else y.index_select(1, self.restore)
 

@@ -73,14 +73,17 @@ def choose_forms(
     example = torch.rand(batch_size, 3, input_size, input_size, device=reference.device, dtype=reference.dtype)
     was_training = model.training
     model.eval()
-    chosen = {}
+    chosen, by_shape = {}, {}
     try:
         for name, shape in _input_shapes(model, example).items():
             layer = model.get_submodule(name)
-            x = torch.randn(shape, device=reference.device, dtype=reference.dtype, requires_grad=train)
-            timings = {form: _time_form(layer, x, form, train, repeats) for form in FORMS}
-            layer.form = chosen[name] = min(timings, key=timings.get)
-            layer.zero_grad(set_to_none=True)
+            key = (tuple(shape), layer.extra_repr().rsplit(", form=", 1)[0], layer.restore is None)
+            if key not in by_shape:  # layers of the same shape are timed once
+                x = torch.randn(shape, device=reference.device, dtype=reference.dtype, requires_grad=train)
+                timings = {form: _time_form(layer, x, form, train, repeats) for form in FORMS}
+                by_shape[key] = min(timings, key=timings.get)
+                layer.zero_grad(set_to_none=True)
+            layer.form = chosen[name] = by_shape[key]
     finally:
         model.train(was_training)
     if chosen:
