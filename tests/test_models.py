@@ -70,3 +70,13 @@ def test_unknown_arch_and_argument_name_the_choices():
         build_model("resnet21")
     with pytest.raises(ConfigError, match="valid arguments: .*num_classes"):
         build_model("resnet20", widht=3)
+
+
+@pytest.mark.parametrize("arch", MODELS.names())
+@pytest.mark.parametrize("scope", ["3x3", "all"])
+def test_every_arch_names_its_grouped_kernel_targets(arch, scope):
+    model = build_model(arch)
+    targets = model.grouped_kernel_targets(scope)
+    assert targets and all(isinstance(model.get_submodule(t), torch.nn.Conv2d) for t in targets)
+    if scope == "3x3":
+        assert all(model.get_submodule(t).kernel_size == (3, 3) for t in targets)

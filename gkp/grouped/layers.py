@@ -149,7 +149,7 @@ def grouped_kernel_method(
     order_filters: FilterOrder,
     select_bucket: SelectBucket,
     summary: str,
-    snapshot_epochs=no_snapshots,
+    snapshot_epochs: Callable[[Any], tuple[int, ...]] = no_snapshots,
 ) -> PruningMethod:
     """A ``PruningMethod`` from a filter-grouping and a selection function. ``params`` must have
     ``groups`` and ``scope`` fields."""
