@@ -6,6 +6,7 @@ gkp check CONFIG [--set ...]                                    validate and pri
 gkp import-checkpoint SRC.pt DST.ckpt                           convert an SR-GKP authors' release
 gkp info CKPT [--input-size N] [--convention authors]           arch, plan, params and MACs
 gkp compare RUN_DIR [RUN_DIR ...]                               several runs' results in one table
+gkp curves RUN_DIR [RUN_DIR ...] --attack LABEL [--out PREFIX]  security curves (CSV and PNG)
 """
 
 from __future__ import annotations
@@ -61,6 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     compare = commands.add_parser("compare", help="print the results of several runs in one table")
     compare.add_argument("runs", nargs="+", help="run folders (each with a results.json)")
+    curves = commands.add_parser("curves", help="robust accuracy against eps from a minimum-norm attack")
+    curves.add_argument("runs", nargs="+", help="run folders evaluated with a minimum-norm attack (fmn, cw_l2)")
+    curves.add_argument("--attack", required=True, help="label of the minimum-norm attack in those runs")
+    curves.add_argument("--model", default="final", help="which evaluated model of each run (default: final)")
+    curves.add_argument("--out", default="security_curves", help="writes OUT.csv and OUT.png")
     return parser
 
 
@@ -137,6 +143,12 @@ def main(argv: list[str] | None = None) -> int:
             _info(args)
         elif args.command == "compare":
             _compare(args)
+        elif args.command == "curves":
+            from gkp.curves import load_norms, write_curves
+
+            runs = [load_norms(run, args.attack, args.model) for run in args.runs]
+            write_curves(runs, f"{args.out}.csv", f"{args.out}.png", args.attack)
+            print(f"wrote {args.out}.csv and {args.out}.png")
     except GkpError as error:
         print(f"gkp: error: {error}", file=sys.stderr)
         return 2

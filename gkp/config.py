@@ -22,6 +22,7 @@ from gkp.models import MODELS, check_arch_args
 from gkp.pruning.registry import PRUNING_METHODS
 from gkp.registry import did_you_mean
 from gkp.schema import at_least, build, in_open_unit_interval, in_unit_interval, option, positive, to_plain
+from gkp.suites import expand_suites
 
 STAGES = ("train", "prune", "finetune", "eval")
 Stage = Literal["train", "prune", "finetune", "eval"]
@@ -104,9 +105,20 @@ class PruneConfig:
 
 @dataclass(frozen=True)
 class AttackSpec:
+    """One attack of the suite. ``space: normalized`` attacks the normalized input (eps in its units,
+    clipped to the normalized image range when ``clip``), as the SR-GKP code did; ``labels: predicted``
+    attacks the model's own predictions (their FGSM)."""
+
     name: str
     label: str
     params: Any
+    space: Literal["pixel", "normalized"] = "pixel"
+    labels: Literal["true", "predicted"] = "true"
+    clip: bool = True
+
+    def settings(self) -> dict[str, Any]:
+        """The attack's resolved parameters with its mode, as results.json reports them."""
+        return {**to_plain(self.params), "space": self.space, "labels": self.labels, "clip": self.clip}
 
 
 @dataclass(frozen=True)
@@ -131,7 +143,7 @@ class Experiment:
 
     def to_dict(self) -> dict[str, Any]:
         plain = to_plain(self)
-        plain["attacks"] = [{"name": a.name, "label": a.label, **to_plain(a.params)} for a in self.attacks]
+        plain["attacks"] = [{"name": a.name, "label": a.label, **a.settings()} for a in self.attacks]
         return plain
 
     def attack(self, label: str) -> AttackSpec:
@@ -149,39 +161,56 @@ def _build_prune(raw: Any) -> PruneConfig | None:
     return replace(prune, params=build(method.params, prune.params, "prune.params"))
 
 
+MODE_KEYS = {"space": ("pixel", "normalized"), "labels": ("true", "predicted"), "clip": (True, False)}
+
+
+def _attack_mode(entry: dict, path: str) -> dict[str, Any]:
+    mode = {}
+    for key, choices in MODE_KEYS.items():
+        if key in entry:
+            if entry[key] not in choices:
+                raise ConfigError(f"{path}.{key}: must be one of {', '.join(map(str, choices))}, got {entry[key]!r}")
+            mode[key] = entry[key]
+    return mode
+
+
+def _build_attack(path: str, entry: Any, default_label: str) -> AttackSpec:
+    if not isinstance(entry, dict) or "name" not in entry:
+        raise ConfigError(
+            f"{path}: each attack is a mapping with a 'name' (one of {', '.join(ATTACKS.names())}) "
+            f"or a 'suite', got {entry!r}"
+        )
+    attack = ATTACKS.get(entry["name"], f"{path}.name")
+    generic = ("name", "label", *MODE_KEYS)
+    params = {k: v for k, v in entry.items() if k not in generic}
+    valid = [*generic, *(f.name for f in fields(attack.params))]
+    for key in params:
+        if key not in valid:
+            raise ConfigError(
+                f"{path}.{key}: unknown key{did_you_mean(str(key), valid)}; "
+                f"valid keys for {entry['name']}: {', '.join(valid)}"
+            )
+    label = entry.get("label") or default_label
+    if not isinstance(label, str) or not re.fullmatch(r"[A-Za-z0-9_.\-]+", label):
+        raise ConfigError(f"{path}.label: must be letters, digits, '_', '.' or '-', got {label!r}")
+    return AttackSpec(entry["name"], label, build(attack.params, params, path), **_attack_mode(entry, path))
+
+
 def _build_attacks(raw: Any) -> tuple[AttackSpec, ...]:
     if raw is None:
         return ()
     if not isinstance(raw, list):
         raise ConfigError(f"attacks: must be a list of attacks such as [{{name: pgd, eps: 8/255}}], got {raw!r}")
-    names = []
-    for i, entry in enumerate(raw):
-        if not isinstance(entry, dict) or "name" not in entry:
-            raise ConfigError(
-                f"attacks[{i}]: each attack is a mapping with a 'name' "
-                f"(one of {', '.join(ATTACKS.names())}), got {entry!r}"
-            )
-        names.append(entry["name"])
-    specs = []
-    for i, entry in enumerate(raw):
-        attack = ATTACKS.get(entry["name"], f"attacks[{i}].name")
-        params = {k: v for k, v in entry.items() if k not in ("name", "label")}
-        valid = ["name", "label", *(f.name for f in fields(attack.params))]
-        for key in params:
-            if key not in valid:
-                raise ConfigError(
-                    f"attacks[{i}].{key}: unknown key{did_you_mean(str(key), valid)}; "
-                    f"valid keys for {entry['name']}: {', '.join(valid)}"
-                )
-        label = entry.get("label") or _default_label(entry["name"], names, i)
-        if not isinstance(label, str) or not re.fullmatch(r"[A-Za-z0-9_.\-]+", label):
-            raise ConfigError(f"attacks[{i}].label: must be letters, digits, '_', '.' or '-', got {label!r}")
-        specs.append(AttackSpec(entry["name"], label, build(attack.params, params, f"attacks[{i}]")))
+    entries = expand_suites(raw)
+    names = [entry.get("name") if isinstance(entry, dict) else None for _, entry in entries]
+    specs = tuple(
+        _build_attack(path, entry, _default_label(str(names[i]), names, i)) for i, (path, entry) in enumerate(entries)
+    )
     labels = [s.label for s in specs]
     for label in labels:
         if labels.count(label) > 1:
             raise ConfigError(f"attacks: the label '{label}' is used twice; give each attack its own 'label'")
-    return tuple(specs)
+    return specs
 
 
 def _default_label(name: str, names: list[str], index: int) -> str:

@@ -7,6 +7,7 @@
                 metrics.csv    one row per epoch of every training stage
                 tb/<stage>/    TensorBoard scalars
                 snapshots/     epoch_NNNN.ckpt weight snapshots the train stage keeps (TMI-GKP reads them)
+                per_sample_<model>.npz  per-sample flags of the evaluation, and minimum-norm attacks' norms
                 state/         <stage>_last.ckpt (resume), <stage>.started and <stage>.done markers
 
 Each stage has a fingerprint: a hash of the config sections it depends on. A finished stage with the
@@ -31,6 +32,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import yaml
 from torch import nn
@@ -199,6 +201,16 @@ class RunDir:
             self._done_marker(stage),
             {"fingerprint": fingerprint_value, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
         )
+
+    def per_sample_path(self, model: str) -> Path:
+        return self.path / f"per_sample_{model}.npz"
+
+    def write_per_sample(self, model: str, arrays: dict[str, np.ndarray]) -> None:
+        """Per-sample flags (benign and each attack) and minimum-norm attacks' norms of one evaluated model."""
+        path = self.per_sample_path(model)
+        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
+        np.savez(temporary, **arrays)
+        os.replace(temporary, path)
 
     # ------------------------------------------------------------ metrics
 

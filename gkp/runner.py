@@ -271,6 +271,7 @@ def _evaluate_model(ctx: Context, name: str) -> dict[str, Any]:
         description=f"eval {name}",
     )
     cost = measure(model, ctx.data.image_size)
+    ctx.run.write_per_sample(name, report.per_sample)
     return {"model": name, "checkpoint": str(path), "params": cost.params, "macs": cost.macs, **report.to_dict()}
 
 

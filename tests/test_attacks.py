@@ -1,4 +1,5 @@
-"""Attack invariants over the whole registry, and the evaluation loop's sanity checks."""
+"""Attack invariants over the whole registry, the paper's evaluation mode, and the evaluation loop's
+sanity checks and gradient-masking warnings."""
 
 from __future__ import annotations
 
@@ -6,70 +7,113 @@ from dataclasses import replace
 
 import pytest
 import torch
+from torch import nn
 
 from attacks import ATTACKS
+from attacks.common import PIXELS, lp_norm
 from gkp.config import AttackSpec
-from gkp.engine.evaluate import check_adversarial, evaluate
+from gkp.engine.evaluate import attack_space, check_adversarial, evaluate
 from gkp.errors import AttackSanityError
 from gkp.schema import build
 
+# Settings small enough for the test suite; the defaults are the papers'.
+FAST = {
+    "fgsm": {},
+    "pgd": {"steps": 5},
+    "apgd_ce": {"steps": 10},
+    "apgd_t": {"steps": 5, "targets": 3},
+    "square": {"queries": 150},
+    "cw_l2": {"steps": 30, "binary_search_steps": 3, "learning_rate": 0.05},
+    "fmn": {"steps": 30},
+}
+MODERATE = {"linf": 8 / 255, "l2": 1.0}
+CASES = [
+    (name, norm)
+    for name in ATTACKS.names()
+    for norm in ("linf", "l2")
+    if norm in ATTACKS.get(name).params.__dataclass_fields__["norm"].type
+]
 
-def spec(name: str, **params) -> AttackSpec:
-    return AttackSpec(name, name, build(ATTACKS.get(name).params, params, "attack"))
+
+def spec(name: str, label: str | None = None, **params) -> AttackSpec:
+    return AttackSpec(name, label or name, build(ATTACKS.get(name).params, {**FAST[name], **params}, "attack"))
 
 
 def batch(bundle, size=64):
     return next(bundle.test.batches(size))
 
 
-@pytest.mark.parametrize("name", ATTACKS.names())
-def test_adversarial_images_stay_in_the_ball_and_the_image_range(name, trained_tiny):
+def is_minimum_norm(name: str) -> bool:
+    return ATTACKS.get(name).kind == "minimum_norm"
+
+
+@pytest.mark.parametrize("name, norm", CASES)
+def test_adversarial_images_stay_in_the_ball_and_the_image_range(name, norm, trained_tiny):
     model, bundle = trained_tiny
     x, y = batch(bundle)
-    attack = ATTACKS.get(name)
-    eps = 8 / 255
-    x_adv = attack.run(model, x, y, spec(name, eps=eps).params, torch.Generator().manual_seed(0))
-    assert x_adv.shape == x.shape and not x_adv.requires_grad
-    assert (x_adv - x).abs().max() <= eps + 1e-6 and x_adv.min() >= 0 and x_adv.max() <= 1
+    params = spec(name, norm=norm, eps=MODERATE[norm]).params
+    x_adv = ATTACKS.get(name).run(model, x, y, params, torch.Generator().manual_seed(0), PIXELS)
+    assert x_adv.shape == x.shape and not x_adv.requires_grad and torch.isfinite(x_adv).all()
+    assert x_adv.min() >= 0 and x_adv.max() <= 1
     assert all(p.grad is None for p in model.parameters())
+    size = lp_norm(x_adv - x, norm)
+    if is_minimum_norm(name):  # the smallest adversarial found, or the clean image
+        with torch.no_grad():
+            fooled = model(x_adv).argmax(1) != y
+        assert fooled.any() and (size[~fooled] == 0).all()
+    else:
+        assert size.max() <= MODERATE[norm] + 1e-6
 
 
-@pytest.mark.parametrize("name", ATTACKS.names())
-def test_eps_zero_changes_nothing(name, trained_tiny):
+@pytest.mark.parametrize("name, norm", CASES)
+def test_eps_zero_changes_nothing(name, norm, trained_tiny):
     model, bundle = trained_tiny
-    report = evaluate(model, bundle.test, [spec(name, eps=0.0)], batch_size=64, seed=0)
+    report = evaluate(model, bundle.test, [spec(name, norm=norm, eps=0.0)], batch_size=64, seed=0)
     assert report.attacks[0].score.correct == report.benign.correct
 
 
-@pytest.mark.parametrize("name", ATTACKS.names())
-def test_moderate_eps_lowers_accuracy_clearly(name, trained_tiny):
+@pytest.mark.parametrize("name, norm", CASES)
+def test_moderate_eps_lowers_accuracy_clearly(name, norm, trained_tiny):
     model, bundle = trained_tiny
-    report = evaluate(model, bundle.test, [spec(name, eps=8 / 255)], batch_size=64, seed=0)
+    report = evaluate(model, bundle.test, [spec(name, norm=norm, eps=MODERATE[norm])], batch_size=64, seed=0)
     assert report.benign.accuracy > 0.6
     assert report.attacks[0].score.accuracy < report.benign.accuracy - 0.2
 
 
-@pytest.mark.parametrize("name", ATTACKS.names())
-def test_same_seed_same_result(name, trained_tiny):
+@pytest.mark.parametrize("name, norm", CASES)
+def test_same_seed_same_result(name, norm, trained_tiny):
     model, bundle = trained_tiny
-    x, y = batch(bundle)
-    params = spec(name, eps=4 / 255).params
-    first = ATTACKS.get(name).run(model, x, y, params, torch.Generator().manual_seed(3))
-    again = ATTACKS.get(name).run(model, x, y, params, torch.Generator().manual_seed(3))
+    x, y = batch(bundle, 32)
+    params = spec(name, norm=norm, eps=MODERATE[norm] / 2).params
+    first = ATTACKS.get(name).run(model, x, y, params, torch.Generator().manual_seed(3), PIXELS)
+    again = ATTACKS.get(name).run(model, x, y, params, torch.Generator().manual_seed(3), PIXELS)
     assert torch.equal(first, again)
 
 
-def test_more_pgd_steps_and_a_larger_eps_are_not_weaker(trained_tiny):
+def test_stronger_settings_are_not_weaker_and_the_worst_case_bounds_every_attack(trained_tiny):
     model, bundle = trained_tiny
     suite = [
-        replace(spec("pgd", eps=2 / 255, steps=1), label="weak"),
-        replace(spec("pgd", eps=2 / 255, steps=10), label="more_steps"),
-        replace(spec("pgd", eps=6 / 255, steps=10), label="larger_eps"),
+        spec("pgd", "weak", eps=2 / 255, steps=1),
+        spec("pgd", "more_steps", eps=2 / 255, steps=10),
+        spec("pgd", "larger_eps", eps=6 / 255, steps=10),
+        spec("apgd_ce", "apgd", eps=6 / 255, steps=20),
     ]
     report = evaluate(model, bundle.test, suite, batch_size=64, seed=0)
-    weak, more_steps, larger_eps = (a.score.correct for a in report.attacks)
-    assert larger_eps <= more_steps <= weak
-    assert report.worst_case.correct <= min(weak, more_steps, larger_eps)
+    weak, more_steps, larger_eps, apgd = (a.score.correct for a in report.attacks)
+    assert larger_eps <= more_steps <= weak and apgd <= more_steps
+    assert report.worst_case.correct <= min(weak, more_steps, larger_eps, apgd)
+
+
+def test_minimum_norm_attacks_record_norms_and_threshold_them(trained_tiny):
+    model, bundle = trained_tiny
+    report = evaluate(
+        model, bundle.test, [spec("fmn", "fmn_any"), spec("fmn", "fmn_at", eps=4 / 255)], batch_size=64, seed=0
+    )
+    norms = report.per_sample["fmn_any_norm"]
+    benign = report.per_sample["benign"]
+    assert (norms[~benign] == 0).all() and (norms[benign] > 0).all()
+    assert report.attacks[1].score.correct == int((norms > 4 / 255).sum())
+    assert report.attacks[0].to_dict()["median_norm"] > 0
 
 
 def test_results_do_not_depend_on_the_other_attacks_in_the_suite(trained_tiny):
@@ -84,28 +128,57 @@ def test_report_fields(trained_tiny):
     report = evaluate(model, bundle.test, [spec("fgsm", eps=0.1)], batch_size=50, seed=0).to_dict()
     assert report["benign"]["total"] == bundle.test.num_samples
     entry = report["attacks"][0]
-    assert entry["name"] == "fgsm" and entry["params"] == {"eps": 0.1}
+    assert entry["name"] == "fgsm"
+    assert entry["params"] == {"eps": 0.1, "norm": "linf", "space": "pixel", "labels": "true", "clip": True}
     assert entry["accuracy"] == entry["correct"] / entry["total"] and entry["seconds"] >= 0
+
+
+def test_the_papers_normalized_space(trained_tiny):
+    model, bundle = trained_tiny
+    x, y = batch(bundle, 16)
+    normalized = replace(spec("fgsm", eps=0.1), space="normalized")
+    target, z, box = attack_space(model, x, normalized)
+    mean, std = model.normalize.mean, model.normalize.std
+    assert box.lower == pytest.approx(float((-mean / std).min())) and box.upper == pytest.approx(
+        float(((1 - mean) / std).max())
+    )
+    with torch.no_grad():
+        assert torch.allclose(target(z), model(x), atol=1e-5)
+    z_adv = ATTACKS.get("fgsm").run(target, z, y, normalized.params, None, box)
+    assert (z_adv - z).abs().max() <= 0.1 + 1e-6
+    unclipped = attack_space(model, x, replace(normalized, clip=False))[2]
+    assert unclipped.lower == float("-inf") and unclipped.upper == float("inf")
+
+
+def test_predicted_labels_only_change_misclassified_samples(trained_tiny):
+    model, bundle = trained_tiny
+    true = evaluate(model, bundle.test, [spec("fgsm", eps=0.05)], batch_size=64, seed=0)
+    predicted = evaluate(
+        model, bundle.test, [replace(spec("fgsm", eps=0.05), labels="predicted")], batch_size=64, seed=0
+    )
+    clean = true.per_sample["benign"]
+    assert (true.per_sample["fgsm"][clean] == predicted.per_sample["fgsm"][clean]).all()
 
 
 def test_sanity_checks_catch_bad_adversarial_batches():
     x = torch.rand(2, 3, 4, 4) * 0.5 + 0.25
-    check_adversarial(x + 0.01, x, 0.01, "linf", "ok")
+    params = build(ATTACKS.get("pgd").params, {"eps": 0.01}, "attack")
+    check_adversarial(x + 0.01, x, params, True, PIXELS, "ok")
     with pytest.raises(AttackSanityError, match="beyond its eps"):
-        check_adversarial(x + 0.02, x, 0.01, "linf", "big")
+        check_adversarial(x + 0.02, x, params, True, PIXELS, "big")
     with pytest.raises(AttackSanityError, match="left the image range"):
-        check_adversarial(x + 1.0, x, 2.0, "linf", "range")
+        check_adversarial(x + 1.0, x, params, False, PIXELS, "range")
     with pytest.raises(AttackSanityError, match="NaN"):
-        check_adversarial(torch.full_like(x, float("nan")), x, 0.1, "linf", "nan")
+        check_adversarial(torch.full_like(x, float("nan")), x, params, False, PIXELS, "nan")
 
 
 def test_an_attack_that_leaves_eval_mode_is_caught(trained_tiny, monkeypatch):
     model, bundle = trained_tiny
     original = ATTACKS.get("fgsm").run
 
-    def sloppy(model, x, y, params, generator=None):
+    def sloppy(model, x, y, params, generator=None, box=PIXELS):
         model.train()
-        return original(model, x, y, params, generator)
+        return original(model, x, y, params, generator, box)
 
     monkeypatch.setitem(ATTACKS._entries, "fgsm", replace(ATTACKS.get("fgsm"), run=sloppy))
     try:
@@ -113,3 +186,24 @@ def test_an_attack_that_leaves_eval_mode_is_caught(trained_tiny, monkeypatch):
             evaluate(model, bundle.test, [spec("fgsm")], batch_size=64, seed=0)
     finally:
         model.eval()
+
+
+class GradientBlocked(nn.Module):
+    """A model whose input gradient is zero: it classifies a detached copy of its input."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model, self.normalize = model, model.normalize
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x.detach()) + 0 * x.sum()
+
+
+def test_gradient_masking_is_reported(trained_tiny):
+    model, bundle = trained_tiny
+    masked = GradientBlocked(model).eval()
+    suite = [spec("pgd", eps=8 / 255), spec("square", eps=8 / 255)]
+    report = evaluate(masked, bundle.test, suite, batch_size=64, seed=0)
+    assert any("exactly zero cross-entropy input gradient" in w for w in report.warnings)
+    assert any("gradient-free attack 'square'" in w and "gradient masking" in w for w in report.warnings)
+    assert report.attacks[0].score.correct == report.benign.correct  # the gradient attack is blind here

@@ -62,3 +62,30 @@ def test_the_readme_documents_every_config_key():
             keys = [f"{field.name}.*" if field.name == "finetune" else field.name]
         for key in keys:
             assert f"`{key}`" in readme, f"{key} is missing from the config reference in README.md"
+
+
+def test_security_curves_from_minimum_norm_runs(tmp_path, capsys):
+    import csv
+
+    import numpy as np
+
+    config = tiny_config(
+        stages=["train", "eval"],
+        train={"epochs": 2},
+        attacks=[{"name": "fmn", "steps": 20, "label": "fmn"}],
+        eval={"models": ["final"]},
+    )
+    runs = []
+    for seed in (0, 1):
+        path = write_config(tmp_path / f"fmn{seed}.yaml", {**config, "name": f"fmn{seed}", "seed": seed})
+        assert main(["run", str(path), "--out", str(tmp_path / f"run{seed}")]) == 0
+        runs.append(str(tmp_path / f"run{seed}"))
+    out = tmp_path / "curves"
+    assert main(["curves", *runs, "--attack", "fmn", "--out", str(out)]) == 0
+    rows = list(csv.reader(open(f"{out}.csv")))
+    assert rows[0] == ["eps", "fmn0", "fmn1"] and len(rows) == 102
+    benign = np.load(tmp_path / "run0" / "per_sample_final.npz")["benign"].mean()
+    assert float(rows[1][0]) == 0 and float(rows[1][1]) == pytest.approx(benign, abs=1e-6)
+    assert float(rows[-1][1]) <= float(rows[1][1]) and (tmp_path / "curves.png").stat().st_size > 1000
+    assert main(["curves", runs[0], "--attack", "pgd", "--out", str(out)]) == 2
+    assert "no norms for attack 'pgd'; minimum-norm attacks there: fmn" in capsys.readouterr().err

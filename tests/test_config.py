@@ -159,3 +159,44 @@ def test_missing_and_malformed_files(tmp_path):
     (tmp_path / "bad.yaml").write_text("train: {lr: [}")
     with pytest.raises(ConfigError, match="is not valid YAML"):
         load_experiment(tmp_path / "bad.yaml")
+
+
+def test_the_paper_cifar_suite_expands_to_the_papers_attacks_in_order():
+    exp = build_experiment(tiny_config(attacks=[{"suite": "paper-cifar"}]))
+    assert [a.label for a in exp.attacks] == ["fgsm_0.01", "fgsm_0.1", "pgd_3"]
+    fgsm_small, fgsm_large, pgd = exp.attacks
+    assert (fgsm_small.params.eps, fgsm_large.params.eps) == (0.01, 0.1)
+    assert {a.space for a in exp.attacks} == {"normalized"} and all(a.clip for a in exp.attacks)
+    assert (fgsm_small.labels, fgsm_large.labels, pgd.labels) == ("predicted", "predicted", "true")
+    assert pgd.params.eps == pytest.approx(8 / 255) and pgd.params.step_size == pytest.approx(2 / 255)
+    assert (pgd.params.steps, pgd.params.random_start) == (3, False)
+
+
+def test_the_imagenet_and_strong_suites():
+    exp = build_experiment(
+        tiny_config(attacks=[{"suite": "paper-imagenet"}, {"suite": "strong", "eps": 0.5, "norm": "l2"}])
+    )
+    labels = [a.label for a in exp.attacks]
+    assert labels == ["fgsm_0.001", "fgsm_0.01", "fgsm_0.1", "pgd_3", "apgd_ce", "apgd_t", "square"]
+    assert not any(a.clip for a in exp.attacks[:4])
+    assert exp.attacks[3].params.eps == pytest.approx(4 / 255) and exp.attacks[3].params.step_size == pytest.approx(
+        1 / 255
+    )
+    assert all(a.params.eps == 0.5 and a.params.norm == "l2" and a.space == "pixel" for a in exp.attacks[4:])
+
+
+@pytest.mark.parametrize(
+    "attacks, message",
+    [
+        ([{"suite": "paper-cifra"}], "attacks[0].suite: unknown suite 'paper-cifra' (did you mean 'paper-cifar'?)"),
+        ([{"suite": "paper-cifar", "eps": 0.1}], "attacks[0].eps: the suite paper-cifar takes no other keys"),
+        ([{"suite": "strong"}], "attacks[0].eps: the suite strong needs an eps"),
+        ([{"name": "pgd", "space": "normalised"}], "attacks[0].space: must be one of pixel, normalized"),
+        ([{"name": "fgsm", "labels": "guessed"}], "attacks[0].labels: must be one of true, predicted"),
+        ([{"suite": "paper-cifar"}, {"name": "fgsm", "label": "pgd_3"}], "attacks: the label 'pgd_3' is used twice"),
+    ],
+)
+def test_bad_attack_entries(attacks, message):
+    with pytest.raises(ConfigError) as error:
+        build_experiment(tiny_config(attacks=attacks))
+    assert message in str(error.value)

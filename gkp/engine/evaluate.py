@@ -1,29 +1,44 @@
-"""Benign and adversarial evaluation with per-sample flags and per-batch sanity checks.
+"""Benign and adversarial evaluation with per-sample flags, per-batch sanity checks and the
+gradient-masking warnings users rely on.
 
-For each batch: benign predictions, then every attack of the suite on the clean images (each with its
-own generator, seeded from the experiment seed, the attack's label and the batch index, so a result
-does not depend on which other attacks run). Each adversarial batch is checked: finite, inside [0, 1],
-inside the attack's eps-ball; the model must still be in eval mode. The worst case counts a sample as
-robust only if it is classified correctly clean and under every attack (the AutoAttack protocol).
+For each batch: benign predictions, then every attack of the suite on the clean images, each with its
+own generator (seeded from the experiment seed, the attack's label and the batch index, so a result does
+not depend on which other attacks run). An attack runs in pixel space, or, in the SR-GKP code's mode
+(``space: normalized``), on the normalized input with eps in its units; it attacks the true labels or
+(``labels: predicted``) the model's own predictions; accuracy always counts the true labels. Each
+adversarial batch is checked: finite, inside the box, inside the attack's eps-ball; the model must still
+be in eval mode. A minimum-norm attack records each sample's smallest adversarial norm (0 when the clean
+image is already misclassified, infinity when none was found); with an ``eps`` the sample is robust when
+that norm is larger. The worst case counts a sample as robust only if it is classified correctly clean
+and under every attack (the AutoAttack protocol).
+
+Warnings: a gradient-free attack beating every gradient attack of the same threat model (gradient
+masking), and samples whose input gradient is exactly zero (on the first batch).
 """
 
 from __future__ import annotations
 
+import logging
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
 
 from attacks import ATTACKS
+from attacks.common import PIXELS, Box, input_gradient, lp_norm
 from gkp.errors import AttackSanityError
-from gkp.schema import to_plain
 from gkp.seeding import derive_seed
 
+log = logging.getLogger(__name__)
+
 BOUND_TOLERANCE = 1e-5  # float32 rounding of x +- eps
+ZERO_GRADIENT_WARNING = 0.01  # share of samples with an exactly zero input gradient worth a warning
 
 
 @dataclass
@@ -51,9 +66,18 @@ class AttackResult:
     label: str
     params: dict[str, Any]
     score: Score = field(default_factory=Score)
+    norms: list[torch.Tensor] = field(default_factory=list)  # minimum-norm attacks: per-sample norms
+
+    def norm_array(self) -> np.ndarray:
+        return torch.cat(self.norms).numpy() if self.norms else np.zeros(0)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "label": self.label, "params": self.params, **self.score.to_dict()}
+        entry = {"name": self.name, "label": self.label, "params": self.params, **self.score.to_dict()}
+        found = self.norm_array()
+        found = found[np.isfinite(found) & (found > 0)]
+        if self.norms:
+            entry["median_norm"] = float(np.median(found)) if found.size else None
+        return entry
 
 
 @dataclass
@@ -61,6 +85,8 @@ class EvalReport:
     benign: Score
     attacks: list[AttackResult]
     worst_case: Score
+    per_sample: dict[str, np.ndarray]
+    warnings: list[str]
 
     def accuracies(self) -> dict[str, float]:
         """{"benign": ..., <attack label>: ...}: the metrics training tracks."""
@@ -71,22 +97,50 @@ class EvalReport:
             "benign": self.benign.to_dict(),
             "attacks": [a.to_dict() for a in self.attacks],
             "worst_case": self.worst_case.to_dict(),
+            "warnings": self.warnings,
         }
 
 
-def check_adversarial(x_adv: torch.Tensor, x: torch.Tensor, eps: float, norm: str, label: str) -> None:
+class NormalizedInput(nn.Module):
+    """The model as a function of its normalized input z = (x - mean) / std."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        self.mean, self.std = model.normalize.mean, model.normalize.std
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.model(z * self.std + self.mean)
+
+
+def attack_space(model: nn.Module, x: torch.Tensor, spec) -> tuple[nn.Module, torch.Tensor, Box]:
+    """(model, inputs, box) the attack works with: pixels, or normalized inputs in the SR-GKP code's way
+    (clipped, like their ART ``clip_values``, to one range: the lowest and highest normalized value)."""
+    if spec.space == "pixel":
+        return model, x, PIXELS
+    if not hasattr(model, "normalize"):
+        raise AttackSanityError(f"attack '{spec.label}': space normalized needs the model's Normalize module")
+    mean, std = model.normalize.mean, model.normalize.std
+    box = (
+        Box(float(((0 - mean) / std).min()), float(((1 - mean) / std).max())) if spec.clip else Box(-math.inf, math.inf)
+    )
+    return NormalizedInput(model), (x - mean) / std, box
+
+
+def check_adversarial(x_adv: torch.Tensor, x: torch.Tensor, params: Any, bounded: bool, box: Box, label: str) -> None:
     if x_adv.shape != x.shape:
         raise AttackSanityError(f"attack '{label}' returned shape {tuple(x_adv.shape)} for inputs {tuple(x.shape)}")
     if not torch.isfinite(x_adv).all():
         raise AttackSanityError(f"attack '{label}' produced NaN or infinite pixels")
-    if x_adv.min() < -BOUND_TOLERANCE or x_adv.max() > 1 + BOUND_TOLERANCE:
-        raise AttackSanityError(f"attack '{label}' left the image range [0, 1]")
-    delta = (x_adv - x).flatten(1)
-    size = delta.abs().amax(1) if norm == "linf" else delta.norm(dim=1)
-    if size.max() > eps + BOUND_TOLERANCE:
-        raise AttackSanityError(
-            f"attack '{label}' moved an image {size.max().item():.6f} in {norm}, beyond its eps {eps:.6f}"
-        )
+    if (x_adv < box.lower - BOUND_TOLERANCE).any() or (x_adv > box.upper + BOUND_TOLERANCE).any():
+        raise AttackSanityError(f"attack '{label}' left the image range [{box.lower}, {box.upper}]")
+    if bounded:
+        size = lp_norm(x_adv - x, params.norm)
+        if size.max() > params.eps + BOUND_TOLERANCE:
+            raise AttackSanityError(
+                f"attack '{label}' moved an image {size.max().item():.6f} in {params.norm}, "
+                f"beyond its eps {params.eps:.6f}"
+            )
 
 
 def _timed(device: torch.device, start: float) -> float:
@@ -100,6 +154,69 @@ def _require_eval_mode(model: nn.Module) -> None:
         raise AttackSanityError("the model left eval mode during evaluation (BatchNorm statistics would change)")
 
 
+def _attack_batch(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    predictions: torch.Tensor,
+    spec,
+    generator: torch.Generator,
+    result: AttackResult,
+) -> torch.Tensor:
+    """Run one attack on one batch; returns the per-sample robust flags."""
+    attack = ATTACKS.get(spec.name)
+    target, inputs, box = attack_space(model, x, spec)
+    labels = predictions if spec.labels == "predicted" else y
+    start = time.perf_counter()
+    x_adv = attack.run(target, inputs, labels, spec.params, generator, box)
+    with torch.no_grad():
+        correct = target(x_adv).argmax(1) == y
+    result.score.seconds += _timed(x.device, start)
+    _require_eval_mode(model)
+    minimum_norm = attack.kind == "minimum_norm"
+    check_adversarial(x_adv, inputs, spec.params, not minimum_norm, box, spec.label)
+    if minimum_norm:
+        norms = torch.where(
+            correct,
+            torch.full_like(correct, math.inf, dtype=torch.float32),
+            lp_norm(x_adv - inputs, spec.params.norm).float(),
+        )
+        result.norms.append(norms.cpu())
+        if spec.params.eps is not None:
+            correct = norms > spec.params.eps
+    return correct
+
+
+def zero_gradient_share(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    """Share of samples whose cross-entropy input gradient is exactly zero (saturated or masked)."""
+    grad = input_gradient(model, x, y)
+    return (grad.flatten(1).abs().amax(dim=1) == 0).float().mean().item()
+
+
+def masking_warnings(results: list[AttackResult], specs: Sequence, zero_share: float | None) -> list[str]:
+    warnings = []
+    if zero_share is not None and zero_share > ZERO_GRADIENT_WARNING:
+        warnings.append(
+            f"{100 * zero_share:.1f}% of the first batch's samples have an exactly zero cross-entropy "
+            "input gradient: gradient attacks on the cross-entropy cannot move them (saturated softmax "
+            "or gradient masking); check with apgd_t (DLR loss) or square"
+        )
+    threat = {s.label: (s.params.norm, getattr(s.params, "eps", None), s.space) for s in specs}
+    kinds = {s.label: ATTACKS.get(s.name).kind for s in specs}
+    for query in (r for r in results if kinds[r.label] == "query"):
+        gradient = [r for r in results if kinds[r.label] == "gradient" and threat[r.label] == threat[query.label]]
+        if gradient and query.score.accuracy < min(r.score.accuracy for r in gradient):
+            best = min(gradient, key=lambda r: r.score.accuracy)
+            warnings.append(
+                f"the gradient-free attack '{query.label}' ({100 * query.score.accuracy:.2f}%) beats every "
+                f"gradient attack of the same threat model (best: '{best.label}', "
+                f"{100 * best.score.accuracy:.2f}%): a sign of gradient masking"
+            )
+    for warning in warnings:
+        log.warning(warning)
+    return warnings
+
+
 def evaluate(
     model: nn.Module, split, attack_specs: Sequence = (), *, batch_size: int, seed: int, description: str = "eval"
 ) -> EvalReport:
@@ -107,32 +224,31 @@ def evaluate(
     model.eval()
     device = next(model.parameters()).device
     benign = Score()
-    results = [AttackResult(s.name, s.label, to_plain(s.params)) for s in attack_specs]
-    worst = Score()
+    results = [AttackResult(s.name, s.label, s.settings()) for s in attack_specs]
+    flags: dict[str, list[torch.Tensor]] = {"benign": [], **{s.label: [] for s in attack_specs}}
+    zero_share = None
     batches = split.batches(batch_size, train=False)
     total = split.num_batches(batch_size, train=False)
     for index, (x, y) in enumerate(tqdm(batches, total=total, desc=description, leave=False, disable=None)):
         start = time.perf_counter()
         with torch.no_grad():
-            robust = model(x).argmax(1) == y
+            predictions = model(x).argmax(1)
         benign.seconds += _timed(device, start)
-        benign.correct += int(robust.sum())
-        benign.total += len(y)
+        flags["benign"].append((predictions == y).cpu())
+        if index == 0 and any(ATTACKS.get(s.name).kind == "gradient" for s in attack_specs):
+            zero_share = zero_gradient_share(model, x, y)
         for spec, result in zip(attack_specs, results, strict=True):
-            attack = ATTACKS.get(spec.name)
             generator = torch.Generator(device=device)
             generator.manual_seed(derive_seed(seed, "attack", spec.label, index))
-            start = time.perf_counter()
-            x_adv = attack.run(model, x, y, spec.params, generator)
-            with torch.no_grad():
-                correct = model(x_adv).argmax(1) == y
-            result.score.seconds += _timed(device, start)
-            _require_eval_mode(model)
-            check_adversarial(x_adv, x, spec.params.eps, attack.norm, spec.label)
-            result.score.correct += int(correct.sum())
-            result.score.total += len(y)
-            robust &= correct
-        worst.correct += int(robust.sum())
-        worst.total += len(y)
-    worst.seconds = benign.seconds + sum(r.score.seconds for r in results)
-    return EvalReport(benign, results, worst)
+            flags[spec.label].append(_attack_batch(model, x, y, predictions, spec, generator, result).cpu())
+    per_sample = {label: torch.cat(values).numpy() for label, values in flags.items() if values}
+    robust = per_sample.get("benign", np.zeros(0, dtype=bool)).copy()
+    for result in results:
+        correct = per_sample[result.label]
+        result.score.correct, result.score.total = int(correct.sum()), len(correct)
+        robust &= correct
+        if result.norms:
+            per_sample[f"{result.label}_norm"] = result.norm_array()
+    benign.correct, benign.total = int(per_sample["benign"].sum()), len(per_sample["benign"])
+    worst = Score(int(robust.sum()), len(robust), benign.seconds + sum(r.score.seconds for r in results))
+    return EvalReport(benign, results, worst, per_sample, masking_warnings(results, attack_specs, zero_share))

@@ -1,0 +1,136 @@
+"""APGD-CE: Auto-PGD with the cross-entropy loss, from "Reliable evaluation of adversarial robustness
+with an ensemble of diverse parameter-free attacks" (Croce & Hein, ICML 2020), the first attack of
+AutoAttack.
+
+PGD with momentum (0.75) whose step size needs no tuning: it starts at 2 eps and is halved at the
+checkpoints w_j = ceil(p_j * steps), p_0 = 0, p_1 = 0.22, p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06),
+when fewer than rho = 75% of the steps since the last checkpoint raised the loss, or when the step was
+not halved at the last checkpoint and the best loss has not grown since; a halving restarts from the
+best point found. Every iterate is checked, and any misclassified one is kept.
+Norms L-inf and L2; x (N, C, H, W) inside the box, y (N,) labels; eps in the units of x.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from attacks.common import PIXELS, Box, Norm, loss_and_gradient, per_sample, project, random_in_ball, steepest_ascent
+from gkp.schema import at_least, option
+
+Loss = Callable[[torch.Tensor], torch.Tensor]  # logits -> per-sample loss to maximise
+
+MOMENTUM = 0.75
+RHO = 0.75
+
+
+def _non_negative(value: float) -> str | None:
+    return None if value >= 0 else f"must be >= 0, got {value}"
+
+
+@dataclass(frozen=True)
+class APGDParams:
+    eps: float = option(8 / 255, check=_non_negative, doc="radius of the ball")
+    norm: Literal["linf", "l2"] = option("linf")
+    steps: int = option(100, check=at_least(1), doc="iterations per run")
+    restarts: int = option(1, check=at_least(1), doc="runs from new random points for the samples not yet fooled")
+
+
+def checkpoints(steps: int) -> list[int]:
+    """The iterations (1-based) after which the step size may be halved."""
+    fractions = [0.0, 0.22]
+    while fractions[-1] < 1:
+        fractions.append(fractions[-1] + max(fractions[-1] - fractions[-2] - 0.03, 0.06))
+    return sorted({math.ceil(p * steps) for p in fractions[1:] if 0 < math.ceil(p * steps) <= steps})
+
+
+def apgd(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    loss: Loss,
+    *,
+    eps: float,
+    norm: Norm,
+    steps: int,
+    generator: torch.Generator | None,
+    box: Box,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One run: (x_adv, fooled). x_adv is a misclassified iterate where one was found, else the iterate
+    of highest loss."""
+    x = x.detach()
+    step_size = torch.full((len(x),), 2.0 * eps, device=x.device, dtype=x.dtype)
+    x_adv = box.clamp(x + random_in_ball(x, eps, norm, generator))
+    value, grad, logits = loss_and_gradient(model, x_adv, loss)
+    fooled = logits.argmax(1) != y
+    x_fooling, x_best, grad_best, best = x_adv.clone(), x_adv.clone(), grad.clone(), value.clone()
+    x_previous = x_adv
+    rises = torch.zeros(len(x), device=x.device)
+    best_at_checkpoint, halved_at_checkpoint = best.clone(), torch.zeros(len(x), dtype=torch.bool, device=x.device)
+    marks, last_mark = checkpoints(steps), 0
+    for iteration in range(1, steps + 1):
+        z = box.clamp(x + project(x_adv + per_sample(step_size, x) * steepest_ascent(grad, norm) - x, eps, norm))
+        if iteration > 1:
+            moved = x_adv + MOMENTUM * (z - x_adv) + (1 - MOMENTUM) * (x_adv - x_previous)
+            z = box.clamp(x + project(moved - x, eps, norm))
+        x_previous, x_adv = x_adv, z
+        value, grad, logits = loss_and_gradient(model, x_adv, loss)
+        now_fooled = logits.argmax(1) != y
+        x_fooling[now_fooled] = x_adv[now_fooled]
+        fooled |= now_fooled
+        improved = value > best
+        rises += improved.float()
+        x_best[improved], grad_best[improved], best[improved] = x_adv[improved], grad[improved], value[improved]
+        if iteration in marks:
+            too_few_rises = rises < RHO * (iteration - last_mark)
+            stalled = ~halved_at_checkpoint & (best <= best_at_checkpoint)
+            halve = too_few_rises | stalled
+            step_size[halve] /= 2
+            x_adv[halve], grad[halve] = x_best[halve], grad_best[halve]
+            rises.zero_()
+            best_at_checkpoint, halved_at_checkpoint, last_mark = best.clone(), halve, iteration
+    return torch.where(per_sample(fooled, x), x_fooling, x_best).detach(), fooled
+
+
+def with_restarts(
+    run: Callable[..., tuple[torch.Tensor, torch.Tensor]], restarts: int, *batch: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Repeat ``run(*batch)`` (x, y and any per-sample tensors) on the samples not yet fooled."""
+    x_adv, fooled = run(*batch)
+    for _ in range(restarts - 1):
+        if fooled.all():
+            break
+        rest = ~fooled
+        x_adv[rest], fooled[rest] = run(*(tensor[rest] for tensor in batch))
+    return x_adv, fooled
+
+
+def run(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    params: APGDParams,
+    generator: torch.Generator | None = None,
+    box: Box = PIXELS,
+) -> torch.Tensor:
+    def once(inputs: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        cross_entropy = lambda logits: F.cross_entropy(logits, labels, reduction="none")  # noqa: E731
+        return apgd(
+            model,
+            inputs,
+            labels,
+            cross_entropy,
+            eps=params.eps,
+            norm=params.norm,
+            steps=params.steps,
+            generator=generator,
+            box=box,
+        )
+
+    return with_restarts(once, params.restarts, x, y)[0]

@@ -1,0 +1,69 @@
+"""Ready-made attack suites a config can name among its attacks, e.g. ``attacks: [{suite: paper-cifar}]``.
+
+- ``paper-cifar``: the SR-GKP paper's CIFAR-10 evaluation exactly as its code ran it: FGSM eps 0.01 and
+  0.1 on the model's own predictions, then PGD eps 8/255, step 2/255, 3 steps, no random start, on the
+  true labels; eps in normalized-input units, clipped to the normalized range of the images.
+- ``paper-imagenet``: their Tiny-ImageNet / ImageNet evaluation: FGSM 0.001, 0.01, 0.1 and PGD eps 4/255,
+  step 1/255, 3 steps, in normalized-input units without clipping (as their code did).
+- ``strong``: the AutoAttack protocol at ``eps`` (pixel units) and ``norm`` (linf or l2): APGD-CE,
+  APGD-T with the targeted DLR loss, and the black-box Square attack; report the per-sample worst case.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gkp.errors import ConfigError
+from gkp.registry import did_you_mean
+
+
+def _paper(fgsm_eps: tuple[float, ...], pgd_eps: str, pgd_step: str, clip: bool) -> list[dict[str, Any]]:
+    mode = {"space": "normalized", "clip": clip}
+    fgsm = [{"name": "fgsm", "eps": eps, "labels": "predicted", "label": f"fgsm_{eps}", **mode} for eps in fgsm_eps]
+    pgd = {
+        "name": "pgd",
+        "eps": pgd_eps,
+        "step_size": pgd_step,
+        "steps": 3,
+        "random_start": False,
+        "label": "pgd_3",
+        **mode,
+    }
+    return [*fgsm, pgd]
+
+
+def _strong(eps: Any, norm: str = "linf") -> list[dict[str, Any]]:
+    return [{"name": name, "eps": eps, "norm": norm, "label": name} for name in ("apgd_ce", "apgd_t", "square")]
+
+
+SUITES = {
+    "paper-cifar": (lambda: _paper((0.01, 0.1), "8/255", "2/255", clip=True), ()),
+    "paper-imagenet": (lambda: _paper((0.001, 0.01, 0.1), "4/255", "1/255", clip=False), ()),
+    "strong": (_strong, ("eps", "norm")),
+}
+
+
+def expand_suites(entries: list[Any]) -> list[tuple[str, Any]]:
+    """(key path, attack entry) for every attack, suites replaced by their attacks in order."""
+    expanded = []
+    for i, entry in enumerate(entries):
+        if not (isinstance(entry, dict) and "suite" in entry):
+            expanded.append((f"attacks[{i}]", entry))
+            continue
+        name = entry["suite"]
+        if name not in SUITES:
+            raise ConfigError(
+                f"attacks[{i}].suite: unknown suite {name!r}{did_you_mean(str(name), list(SUITES))}; "
+                f"valid suites: {', '.join(SUITES)}"
+            )
+        make, keys = SUITES[name]
+        arguments = {k: v for k, v in entry.items() if k != "suite"}
+        for key in arguments:
+            if key not in keys:
+                raise ConfigError(
+                    f"attacks[{i}].{key}: the suite {name} takes {', '.join(keys) if keys else 'no other keys'}"
+                )
+        if "eps" in keys and "eps" not in arguments:
+            raise ConfigError(f"attacks[{i}].eps: the suite {name} needs an eps (pixel units), e.g. 8/255")
+        expanded += [(f"attacks[{i}] ({name})", attack) for attack in make(**arguments)]
+    return expanded
