@@ -78,7 +78,17 @@ def test_plan_and_results_have_the_documented_format(full_run):
     assert [a["name"] for a in results["attacks"]] == ["fgsm", "pgd"]
     for entry in [results["benign"], *results["attacks"]]:
         assert {"correct", "total", "accuracy", "seconds"} <= set(entry) and entry["total"] == 128
-    assert results["attacks"][1]["params"] == {"eps": 8 / 255, "step_size": 2 / 255, "steps": 3, "random_start": True}
+    assert results["attacks"][1]["params"] == {
+        "eps": 8 / 255,
+        "norm": "linf",
+        "step_size": 2 / 255,
+        "steps": 3,
+        "random_start": True,
+        "restarts": 1,
+        "space": "pixel",
+        "labels": "true",
+        "clip": True,
+    }
     assert [m["model"] for m in results["other_models"]] == ["dense", "best_pgd"]
     assert results["params"] < results["other_models"][0]["params"]
     best = results["training"]["finetune"]["best"]

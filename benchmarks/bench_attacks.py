@@ -1,0 +1,140 @@
+"""Attack speed: FGSM, PGD-3 and PGD-20 in the SR-GKP paper's mode (normalized inputs) on the authors'
+ResNet-20, ours against the adversarial-robustness-toolbox (ART, the authors' library) and against the
+model's raw forward+backward time, over the same images, in the same process, measured in alternation.
+Prints images/second, our overhead over raw forward+backward passes, and our speed-up over ART.
+
+    python benchmarks/bench_attacks.py --checkpoint resnet20_authors.ckpt [--images 1000] [--device cuda]
+
+(``gkp import-checkpoint ../shared/checkpoints/adv_robust_gkp_resnet20_cifar10.pt resnet20_authors.ckpt``
+makes the checkpoint; ``pip install adversarial-robustness-toolbox`` for the ART column.)
+Targets on CPU: overhead under 20%, at least 2x ART for PGD.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from attacks import ATTACKS
+from gkp.checkpoint import load_model
+from gkp.config import AttackSpec
+from gkp.engine.device import resolve_device
+from gkp.engine.evaluate import attack_space
+from gkp.schema import build
+
+SHARED_IMAGES = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10_train_prefix.npz"
+ATTACK_SETTINGS = {
+    "FGSM": ("fgsm", {"eps": 0.1}, 1),
+    "PGD-3": ("pgd", {"eps": 8 / 255, "step_size": 2 / 255, "steps": 3, "random_start": False}, 3),
+    "PGD-20": ("pgd", {"eps": 8 / 255, "step_size": 2 / 255, "steps": 20, "random_start": False}, 20),
+}
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(function, device: torch.device) -> float:
+    synchronize(device)
+    start = time.perf_counter()
+    function()
+    synchronize(device)
+    return time.perf_counter() - start
+
+
+def raw_gradients(model, z: torch.Tensor, y: torch.Tensor, batch: int) -> None:
+    for i in range(0, len(z), batch):
+        inputs = z[i : i + batch].clone().requires_grad_(True)
+        torch.autograd.grad(F.cross_entropy(model(inputs), y[i : i + batch], reduction="sum"), inputs)
+
+
+def ours(model, z: torch.Tensor, y: torch.Tensor, name: str, params, box, batch: int) -> None:
+    for i in range(0, len(z), batch):
+        ATTACKS.get(name).run(model, z[i : i + batch], y[i : i + batch], params, None, box)
+
+
+def art_attack(model, box, name: str, settings: dict, batch: int, device: torch.device):
+    from art.attacks.evasion import FastGradientMethod, ProjectedGradientDescent
+    from art.estimators.classification import PyTorchClassifier
+
+    classifier = PyTorchClassifier(
+        model,
+        loss=torch.nn.CrossEntropyLoss(),
+        input_shape=(3, 32, 32),
+        nb_classes=10,
+        clip_values=(box.lower, box.upper),
+        device_type="gpu" if device.type == "cuda" else "cpu",
+    )
+    if name == "fgsm":
+        return FastGradientMethod(classifier, eps=settings["eps"], batch_size=batch)
+    return ProjectedGradientDescent(
+        classifier,
+        eps=settings["eps"],
+        eps_step=settings["step_size"],
+        max_iter=settings["steps"],
+        num_random_init=0,
+        batch_size=batch,
+        verbose=False,
+    )
+
+
+def median_seconds(model, x, y, attack: str, settings: dict, passes: int, args, device, have_art: bool) -> dict:
+    """Median seconds of raw gradients (x ``passes``), ours and ART over the same images, alternating."""
+    spec = AttackSpec(attack, attack, build(ATTACKS.get(attack).params, settings, "attack"), space="normalized")
+    target, z, box = attack_space(model, x, spec)
+    art = art_attack(target, box, attack, settings, args.batch_size, device) if have_art else None
+    z_numpy, y_numpy = z.cpu().numpy(), y.cpu().numpy()
+    times: dict[str, list[float]] = {"raw": [], "ours": [], "art": []}
+    for _ in range(args.rounds + 1):  # the first round warms up
+        times["raw"].append(timed(lambda: raw_gradients(target, z, y, args.batch_size), device) * passes)
+        times["ours"].append(timed(lambda: ours(target, z, y, attack, spec.params, box, args.batch_size), device))
+        if art is not None:
+            times["art"].append(timed(lambda: art.generate(x=z_numpy, y=y_numpy), device))
+    return {key: statistics.median(values[1:]) for key, values in times.items() if values}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--checkpoint", required=True, help="the authors' ResNet-20, converted by gkp import-checkpoint"
+    )
+    parser.add_argument("--images", type=int, default=1000)
+    parser.add_argument("--data", default=str(SHARED_IMAGES), help="npz of CIFAR-10 images")
+    parser.add_argument("--batch-size", type=int, default=200)
+    parser.add_argument("--rounds", type=int, default=3, help="alternating measurement rounds (median reported)")
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args()
+    device = resolve_device(args.device)
+    model, _ = load_model(args.checkpoint, device)
+    with np.load(args.data) as arrays:
+        x = torch.from_numpy(arrays["images"][: args.images]).permute(0, 3, 1, 2).float().div(255).to(device)
+        y = torch.from_numpy(arrays["labels"][: args.images]).to(device)
+    try:
+        import art  # noqa: F401
+
+        have_art = True
+    except ImportError:
+        have_art = False
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
+    print(f"authors' ResNet-20, {len(x)} images, batch {args.batch_size}, paper mode (normalized inputs)")
+    print(f"device: {device} [{name}]")
+    for title, (attack, settings, passes) in ATTACK_SETTINGS.items():
+        median = median_seconds(model, x, y, attack, settings, passes, args, device, have_art)
+        line = (
+            f"{title}: ours {len(x) / median['ours']:.0f} img/s, raw forward+backward x{passes} "
+            f"{len(x) / median['raw']:.0f} img/s (overhead {100 * (median['ours'] / median['raw'] - 1):+.1f}%)"
+        )
+        if "art" in median:
+            line += f", ART {len(x) / median['art']:.0f} img/s (ours {median['art'] / median['ours']:.2f}x ART)"
+        print(line)
+
+
+if __name__ == "__main__":
+    main()
