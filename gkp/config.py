@@ -83,6 +83,7 @@ class TrainConfig:
     milestones: tuple[int, ...] = option((), doc="decay epochs (schedule: multistep)")
     gamma: float = option(0.1, check=positive, doc="decay factor (step, multistep)")
     label_smoothing: float = option(0.0, check=_fraction_below_one)
+    bn_sparsity: float = option(0.0, check=at_least(0), doc="L1 penalty on BatchNorm scales (slimming: 1e-5 to 1e-4)")
     amp: Literal["auto", "off", "fp16", "bf16"] = option("auto", doc="auto: bf16 on CUDA, off on CPU")
     channels_last: Literal["auto", "on", "off"] = option("auto", doc="auto: on for CUDA")
     eval_every: int = option(1, check=at_least(0), doc="evaluate every N epochs (0: final epoch only)")
@@ -97,9 +98,20 @@ class FinetuneConfig(TrainConfig):
 
 
 @dataclass(frozen=True)
+class CalibrationConfig:
+    batches: int = option(5, check=at_least(1), doc="training batches data-dependent methods read")
+    batch_size: int = option(128, check=at_least(1), doc="images per calibration batch")
+
+
+@dataclass(frozen=True)
 class PruneConfig:
     method: str = option(doc="pruning method name")
     rate: float = option(0.4375, check=in_open_unit_interval, doc="fraction removed in each pruned layer")
+    rates: dict = option(default_factory=dict, doc="per-layer/per-stage rates by module-name prefix (filter methods)")
+    target_macs: float | None = option(
+        None, check=in_open_unit_interval, doc="keep this fraction of the dense MACs instead of a rate (filter methods)"
+    )
+    calibration: CalibrationConfig = option(default_factory=CalibrationConfig, doc="data-dependent methods' images")
     params: Any = option(default_factory=dict, doc="the method's own parameters")
 
 
@@ -158,7 +170,23 @@ def _build_prune(raw: Any) -> PruneConfig | None:
         return None
     prune = build(PruneConfig, raw, "prune")
     method = PRUNING_METHODS.get(prune.method, "prune.method")
+    _check_budget(prune, method)
     return replace(prune, params=build(method.params, prune.params, "prune.params"))
+
+
+def _check_budget(prune: PruneConfig, method) -> None:
+    for key, given in (("rates", bool(prune.rates)), ("target_macs", prune.target_macs is not None)):
+        if given and key not in method.budgets:
+            raise ConfigError(
+                f"prune.{key}: method '{method.name}' does not take it; it takes {', '.join(sorted(method.budgets))}"
+            )
+    if prune.rates and prune.target_macs is not None:
+        raise ConfigError("prune.target_macs: give either prune.rates or prune.target_macs, not both")
+    for key, value in prune.rates.items():
+        if not isinstance(key, str) or isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"prune.rates: expected module-name prefix: rate pairs, got {key!r}: {value!r}")
+        if not 0 <= value < 1:
+            raise ConfigError(f"prune.rates.{key}: must be in [0, 1), got {value}")
 
 
 MODE_KEYS = {"space": ("pixel", "normalized"), "labels": ("true", "predicted"), "clip": (True, False)}

@@ -24,6 +24,7 @@ from gkp.checkpoint import load_model, read_checkpoint, save_checkpoint
 from gkp.config import Experiment
 from gkp.counting import measure
 from gkp.data import DataBundle, load_data
+from gkp.data.splits import calibration_batches
 from gkp.engine.device import resolve_device, set_determinism
 from gkp.engine.evaluate import evaluate
 from gkp.engine.train import FitOutcome, fit
@@ -37,7 +38,7 @@ from gkp.pruning.registry import PRUNING_METHODS
 from gkp.pruning.surgery import apply as apply_plan
 from gkp.rundir import RunDir, StageStore, fingerprint, write_json_atomic
 from gkp.schema import to_plain
-from gkp.seeding import seed_everything
+from gkp.seeding import derive_seed, seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +156,13 @@ def preflight(ctx: Context, stages: tuple[str, ...]) -> None:
     if "prune" in stages:
         dense = None if "dense" in will_make else _require_model(ctx, "dense")
         model = new_model(ctx) if dense is None else load_model(dense)[0]
-        PRUNING_METHODS.get(exp.prune.method, "prune.method").check(model, exp.prune.rate, exp.prune.params)
+        method = PRUNING_METHODS.get(exp.prune.method, "prune.method")
+        method.check(model, exp.prune.rate, exp.prune.params, _pruning_context(ctx))
+        if method.calibrated and ctx.data.train is None:
+            raise ConfigError(
+                f"prune.method: {method.name} reads calibration images from the training split, and "
+                f"data '{exp.data.name}' has none here (npz: set data.train_path)"
+            )
         _check_snapshots(ctx, stages)
     if "finetune" in stages and "pruned" not in will_make:
         _require_model(ctx, "pruned")
@@ -211,12 +218,27 @@ def stage_train(ctx: Context) -> None:
     _train_and_save(ctx, "train", new_model(ctx).to(ctx.device), "dense.ckpt", "dense_", snapshots)
 
 
+def _pruning_context(ctx: Context) -> PruningContext:
+    """The snapshots, calibration images and budget refinements a method may read."""
+    prune = ctx.exp.prune
+    seed = derive_seed(ctx.exp.seed, "calibration")
+    return PruningContext(
+        snapshots=lambda epoch: read_checkpoint(ctx.run.snapshot_path(epoch))["state_dict"],
+        calibration=lambda: calibration_batches(
+            ctx.data.train, prune.calibration.batches, prune.calibration.batch_size, seed
+        ),
+        rates=prune.rates,
+        target_macs=prune.target_macs,
+        input_size=ctx.data.image_size,
+    )
+
+
 def stage_prune(ctx: Context) -> None:
     exp = ctx.exp
     dense, _ = load_model(_require_model(ctx, "dense"), ctx.device)
     method = PRUNING_METHODS.get(exp.prune.method)
     start = time.perf_counter()
-    context = PruningContext(snapshots=lambda epoch: read_checkpoint(ctx.run.snapshot_path(epoch))["state_dict"])
+    context = _pruning_context(ctx)
     layers = method.select(dense, exp.prune.rate, exp.prune.params, context)
     seconds = time.perf_counter() - start
     plan = Plan(method.name, exp.prune.rate, layers, to_plain(exp.prune.params))
@@ -238,6 +260,7 @@ def stage_prune(ctx: Context) -> None:
         "dense": asdict(dense_cost),
         "pruned": asdict(pruned_cost),
         "test_accuracy_before_finetune": before.benign.accuracy,
+        **({"selection": context.notes} if context.notes else {}),
     }
     write_json_atomic(ctx.run.path / "plan.json", {**plan.to_dict(), "metadata": metadata})
     save_checkpoint(ctx.run.path / "pruned.ckpt", pruned, {"stage": "prune", "input_size": ctx.data.image_size})

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from gkp.data.augment import augment
 
@@ -55,6 +55,14 @@ class TensorSplit:
                 images = augment(images, self.augment_kind, generator)
             yield images.float().div_(255), self.labels.index_select(0, index)
 
+    def take(self, index: torch.Tensor, batch_size: int) -> list[Batch]:
+        """The samples at ``index``, in that order, unaugmented, in batches."""
+        index = index.to(self.images.device)
+        return [
+            (self.images.index_select(0, part).float().div_(255), self.labels.index_select(0, part))
+            for part in index.split(batch_size)
+        ]
+
 
 class FolderSplit:
     """A torchvision-style dataset of (float image tensor in [0, 1], label) read by a DataLoader."""
@@ -86,3 +94,15 @@ class FolderSplit:
         )
         for images, labels in loader:
             yield images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
+
+    def take(self, index: torch.Tensor, batch_size: int) -> list[Batch]:
+        """The samples at ``index``, in that order, through the split's transforms, in batches."""
+        loader = DataLoader(Subset(self.dataset, index.tolist()), batch_size=batch_size, num_workers=self.num_workers)
+        return [(images.to(self.device), labels.to(self.device)) for images, labels in loader]
+
+
+def calibration_batches(split, batches: int, batch_size: int, seed: int) -> list[Batch]:
+    """``batches`` batches of distinct training samples drawn with ``seed`` (all samples if fewer)."""
+    generator = torch.Generator().manual_seed(seed)
+    index = torch.randperm(split.num_samples, generator=generator)[: batches * batch_size]
+    return split.take(index, batch_size)

@@ -61,6 +61,14 @@ def _should_evaluate(cfg, epoch: int) -> bool:
     return last or (cfg.eval_every > 0 and (epoch + 1) % cfg.eval_every == 0)
 
 
+def add_bn_sparsity(model: nn.Module, strength: float) -> None:
+    """Network slimming's sparsity training (Liu et al., ICCV 2017): add the subgradient of
+    ``strength * |gamma|`` to the gradient of every BatchNorm scale."""
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d) and module.weight is not None and module.weight.grad is not None:
+            module.weight.grad.add_(torch.sign(module.weight.detach()), alpha=strength)
+
+
 def train_one_epoch(
     model: nn.Module,
     split,
@@ -91,10 +99,15 @@ def train_one_epoch(
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()
+            if cfg.bn_sparsity:
+                scaler.unscale_(optimizer)
+                add_bn_sparsity(model, cfg.bn_sparsity)
             scaler.step(optimizer)
             scaler.update()
         else:
             loss.backward()
+            if cfg.bn_sparsity:
+                add_bn_sparsity(model, cfg.bn_sparsity)
             optimizer.step()
         loss_sum += loss.detach().double() * len(y)
         correct += (logits.detach().argmax(1) == y).sum()

@@ -166,7 +166,7 @@ def grouped_kernel_method(
             problems.append(LayerProblem(layer, weight, order, settings.groups, keep))
         return solve(problems, select_bucket, settings)
 
-    def check(model: nn.Module, rate: float, settings: Any) -> None:
+    def check(model: nn.Module, rate: float, settings: Any, context: PruningContext | None = None) -> None:
         for layer, conv in grouped_targets(model, settings.scope):
             check_groups(conv.out_channels, settings.groups, layer)
             keep_per_group(conv.in_channels, rate, layer)

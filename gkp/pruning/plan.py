@@ -7,7 +7,10 @@
      "metadata": {...}}
 
 ``filters`` layers keep the listed output channels of a conv (and, through the architecture's
-dependency table, the same channels of its BatchNorm and of its consumers' inputs).
+dependency table, the same channels of its BatchNorm and of its consumers' inputs). An optional
+``"scales": [s_0, s_1, ...]``, one number per kept channel (ThiNet's least-squares reconstruction),
+multiplies the weights with which every consumer reads kept channel ``kept[i]`` by ``s_i``; without it
+the consumers keep their weights.
 ``grouped_kernels`` layers (GKP) list the conv's filters grouped (``filter_order``) and, per group, the
 input channels whose kernels it keeps (``kept``); the conv becomes a grouped convolution.
 """
@@ -28,17 +31,34 @@ PLAN_FORMAT = 1
 
 @dataclass(frozen=True)
 class FilterPlan:
-    """Keep these output channels (sorted, unique) of one conv."""
+    """Keep these output channels (sorted, unique) of one conv; ``scales`` (optional, one per kept
+    channel) rescales the consumers' input weights of the kept channels."""
 
     kept: tuple[int, ...]
+    scales: tuple[float, ...] | None = None
     type: ClassVar[str] = "filters"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"type": self.type, "kept": list(self.kept)}
+        data: dict[str, Any] = {"type": self.type, "kept": list(self.kept)}
+        if self.scales is not None:
+            data["scales"] = list(self.scales)
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str) -> FilterPlan:
-        return cls(_index_list(data.get("kept"), f"{where}.kept"))
+        kept = _index_list(data.get("kept"), f"{where}.kept")
+        scales = data.get("scales")
+        if scales is None:
+            return cls(kept)
+        if (
+            not isinstance(scales, list)
+            or len(scales) != len(kept)
+            or not all(isinstance(s, (int, float)) and not isinstance(s, bool) and math.isfinite(s) for s in scales)
+        ):
+            raise PruningError(
+                f"{where}.scales must be a list of {len(kept)} finite numbers, one per kept channel, got {scales!r}"
+            )
+        return cls(kept, tuple(float(s) for s in scales))
 
 
 @dataclass(frozen=True)

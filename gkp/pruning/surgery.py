@@ -3,7 +3,8 @@
 ``apply(model, plan)`` returns a deep copy whose pruned layers are replaced by smaller ones holding the
 kept weights (narrower convs for filter plans, ``GroupedKernelConv2d`` for grouped-kernel plans);
 ``apply_mask(model, plan)`` returns a dense copy whose pruned weights are zeroed instead, the reference
-that the smaller model must match.
+that the smaller model must match. A filter plan's ``scales`` multiply its consumers' input weights of the
+kept channels, in both.
 """
 
 from __future__ import annotations
@@ -119,6 +120,25 @@ def _slice_consumer(module: nn.Module, index: torch.Tensor, name: str) -> nn.Mod
     raise PruningError(f"cannot remove input channels of '{name}' ({type(module).__name__})")
 
 
+def _scale_inputs(module: nn.Module, columns: torch.Tensor | None, layer: FilterPlan, name: str) -> None:
+    """Multiply the input-channel weights ``columns`` (all when None) of a consumer by the plan's scales."""
+    if layer.scales is None:
+        return
+    if len(layer.scales) != len(layer.kept):
+        raise PruningError(f"the plan of '{name}' has {len(layer.scales)} scales for {len(layer.kept)} kept channels")
+    if not isinstance(module, (nn.Conv2d, nn.Linear)):
+        raise PruningError(f"cannot rescale the input channels of a {type(module).__name__} consumer of '{name}'")
+    weight = module.weight
+    scales = torch.tensor(layer.scales, dtype=weight.dtype, device=weight.device)
+    scales = scales.view(1, -1, *([1] * (weight.dim() - 2)))
+    with torch.no_grad():
+        if columns is None:
+            weight.mul_(scales)
+        else:
+            columns = columns.to(weight.device)
+            weight[:, columns] = weight[:, columns] * scales
+
+
 def _apply_filters(model: nn.Module, name: str, layer: FilterPlan, groups: dict[str, FilterGroup]) -> None:
     group = groups.get(name)
     if group is None:
@@ -129,6 +149,7 @@ def _apply_filters(model: nn.Module, name: str, layer: FilterPlan, groups: dict[
     set_module(model, group.bn, _sliced_batchnorm(get_module(model, group.bn), index))
     for consumer in group.consumers:
         set_module(model, consumer, _slice_consumer(get_module(model, consumer), index, consumer))
+        _scale_inputs(get_module(model, consumer), None, layer, name)
 
 
 def _mask_filters(model: nn.Module, name: str, layer: FilterPlan, groups: dict[str, FilterGroup]) -> None:
@@ -142,6 +163,8 @@ def _mask_filters(model: nn.Module, name: str, layer: FilterPlan, groups: dict[s
         for tensor in (conv.weight, conv.bias, bn.weight, bn.bias):
             if tensor is not None:
                 tensor[dropped.to(tensor.device)] = 0
+    for consumer in group.consumers:
+        _scale_inputs(get_module(model, consumer), torch.tensor(layer.kept, dtype=torch.long), layer, name)
 
 
 def _grouped_conv(model: nn.Module, name: str, layer: GroupedKernelPlan) -> nn.Conv2d:
@@ -237,5 +260,6 @@ def apply(model: nn.Module, plan: Plan) -> nn.Module:
 
 
 def apply_mask(model: nn.Module, plan: Plan) -> nn.Module:
-    """A dense copy with every pruned filter and its BatchNorm channel set to zero."""
+    """A dense copy with every pruned filter and its BatchNorm channel set to zero (and the kept channels'
+    consumer weights multiplied by the plan's scales, where it has them)."""
     return _transform(model, plan, MASK)
