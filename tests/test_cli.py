@@ -13,7 +13,7 @@ from gkp.config import DataConfig, EvalConfig, Experiment, ModelConfig, PruneCon
 from conftest import ROOT, tiny_config, write_config
 
 
-@pytest.mark.parametrize("config", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize("config", sorted((ROOT / "configs").rglob("*.yaml")), ids=lambda p: str(p.relative_to(ROOT)))
 def test_every_shipped_config_validates(config: Path):
     load_experiment(config)
 
