@@ -4,7 +4,7 @@ data-dependent methods, ResNet-50 at 224x224. Calibration images are random (spe
 their content); the weights are a fresh initialisation.
 
     python benchmarks/bench_baselines.py [--device cuda] [--imagenet-batches 2 --imagenet-batch-size 32]
-        [--methods l1 hrank ...] [--skip-imagenet]
+        [--methods l1 hrank ...] [--models resnet56 resnet50]
 """
 
 from __future__ import annotations
@@ -68,23 +68,23 @@ def main() -> None:
     parser.add_argument("--cifar-batch-size", type=int, default=128)
     parser.add_argument("--imagenet-batches", type=int, default=2)
     parser.add_argument("--imagenet-batch-size", type=int, default=32)
-    parser.add_argument("--skip-imagenet", action="store_true")
+    parser.add_argument("--models", nargs="*", default=["resnet56", "resnet50"], choices=["resnet56", "resnet50"])
     args = parser.parse_args()
     device = resolve_device(args.device)
     threads = "" if device.type == "cuda" else f" ({torch.get_num_threads()} threads)"
     print(f"device: {device}{threads}")
-    torch.manual_seed(0)
-    resnet56 = build_model("resnet56").to(device).eval()
     methods = [m for m in args.methods if m in BASELINES and not (m.startswith("l1_") and m != "l1_b")]
-    batches = random_batches(args.cifar_batches, args.cifar_batch_size, 32, device)
-    time_method("l1", resnet56, batches[:1], 32, device)  # warm-up
-    report("ResNet-56, 32x32", resnet56, methods, batches, 32, device)
-    if args.skip_imagenet:
-        return
-    resnet50 = build_model("resnet50", num_classes=1000).to(device).eval()
-    batches = random_batches(args.imagenet_batches, args.imagenet_batch_size, 224, device)
-    calibrated = [m for m in methods if BASELINES[m].calibrated]
-    report("ResNet-50, 224x224 (data-dependent methods)", resnet50, calibrated, batches, 224, device)
+    if "resnet56" in args.models:
+        torch.manual_seed(0)
+        resnet56 = build_model("resnet56").to(device).eval()
+        batches = random_batches(args.cifar_batches, args.cifar_batch_size, 32, device)
+        time_method("l1", resnet56, batches[:1], 32, device)  # warm-up
+        report("ResNet-56, 32x32", resnet56, methods, batches, 32, device)
+    if "resnet50" in args.models:
+        resnet50 = build_model("resnet50", num_classes=1000).to(device).eval()
+        batches = random_batches(args.imagenet_batches, args.imagenet_batch_size, 224, device)
+        calibrated = [m for m in methods if BASELINES[m].calibrated]
+        report("ResNet-50, 224x224 (data-dependent methods)", resnet50, calibrated, batches, 224, device)
 
 
 if __name__ == "__main__":

@@ -241,7 +241,8 @@ def stage_prune(ctx: Context) -> None:
     context = _pruning_context(ctx)
     layers = method.select(dense, exp.prune.rate, exp.prune.params, context)
     seconds = time.perf_counter() - start
-    plan = Plan(method.name, exp.prune.rate, layers, to_plain(exp.prune.params))
+    rate = None if exp.prune.target_macs is not None else exp.prune.rate  # a MACs target replaces the rate
+    plan = Plan(method.name, rate, layers, to_plain(exp.prune.params))
     pruned = apply_plan(dense, plan)
     dense_cost, pruned_cost = measure(dense, ctx.data.image_size), measure(pruned, ctx.data.image_size)
     before = evaluate(

@@ -184,6 +184,16 @@ def test_data_dependent_methods_record_their_calibration_in_the_plan(tmp_path):
     assert plan["metadata"]["selection"]["calibration"] == {"batches": 3, "images": 48}
 
 
+def test_a_macs_target_is_solved_and_recorded_in_the_plan(tmp_path):
+    config = tiny_config(stages=["train", "prune"], train={"epochs": 1, "eval_every": 0})
+    config["prune"] = {"method": "fpgm", "target_macs": 0.6}
+    run_experiment(build_experiment(config), out=tmp_path)
+    plan = json.loads((tmp_path / "plan.json").read_text())
+    fraction = plan["metadata"]["pruned"]["macs"] / plan["metadata"]["dense"]["macs"]
+    assert plan["rate"] is None and plan["metadata"]["selection"]["target_macs"] == 0.6
+    assert plan["metadata"]["selection"]["macs_fraction"] == pytest.approx(fraction, abs=1e-6)
+
+
 def test_calibration_batches_are_seeded_distinct_unaugmented_training_samples():
     images = torch.arange(20, dtype=torch.uint8).reshape(20, 1, 1, 1).expand(20, 3, 4, 4).contiguous()
     split = TensorSplit(images, torch.arange(20), augment_kind="crop_flip")
