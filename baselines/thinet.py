@@ -167,7 +167,6 @@ def check_params(model: nn.Module, params: ThiNetParams) -> None:
 
 
 def _select(model: nn.Module, rate: float, params: Any, context: PruningContext | None = None) -> dict:
-    check_params(model, params)
     samples: dict[str, torch.Tensor] = {}
 
     def score(model: nn.Module, groups, params: ThiNetParams, context: PruningContext) -> dict[str, np.ndarray]:

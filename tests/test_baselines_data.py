@@ -129,10 +129,8 @@ def loop_channel_independence(maps: torch.Tensor) -> torch.Tensor:
 @pytest.fixture
 def one_thread():
     """Many tiny SVDs run faster on one thread than on threads fighting for a loaded machine's cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with chip.one_cpu_thread(torch.device("cpu")):
+        yield
 
 
 def test_chip_known_answers():
