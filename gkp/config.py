@@ -136,6 +136,9 @@ class AttackSpec:
 @dataclass(frozen=True)
 class EvalConfig:
     models: tuple[str, ...] = option(("final",), doc="final, dense, pruned, or best_<metric>; first is main")
+    fold_batchnorm: bool = option(
+        True, doc="evaluate and attack a copy with each BatchNorm folded into its conv (same function, faster)"
+    )
 
 
 @dataclass(frozen=True)

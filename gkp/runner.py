@@ -201,6 +201,7 @@ def _train_and_save(
             attack_specs=[ctx.exp.attack(label) for label in cfg.eval_attacks],
             batch_size=ctx.exp.data.batch_size,
             eval_batch_size=ctx.exp.data.eval_batch_size,
+            fold_batchnorm=ctx.exp.eval.fold_batchnorm,
             seed=ctx.exp.seed,
             store=store,
             snapshot_epochs=snapshot_epochs,
@@ -246,7 +247,12 @@ def stage_prune(ctx: Context) -> None:
     pruned = apply_plan(dense, plan)
     dense_cost, pruned_cost = measure(dense, ctx.data.image_size), measure(pruned, ctx.data.image_size)
     before = evaluate(
-        pruned, ctx.data.test, batch_size=exp.data.eval_batch_size, seed=exp.seed, description="pruned eval"
+        pruned,
+        ctx.data.test,
+        batch_size=exp.data.eval_batch_size,
+        seed=exp.seed,
+        description="pruned eval",
+        fold_batchnorm=exp.eval.fold_batchnorm,
     )
     log.info(
         "prune: %s selected in %.2fs; %s -> %s; test accuracy before fine-tuning %.2f%%",
@@ -293,6 +299,7 @@ def _evaluate_model(ctx: Context, name: str) -> dict[str, Any]:
         batch_size=ctx.exp.data.eval_batch_size,
         seed=ctx.exp.seed,
         description=f"eval {name}",
+        fold_batchnorm=ctx.exp.eval.fold_batchnorm,
     )
     cost = measure(model, ctx.data.image_size)
     ctx.run.write_per_sample(name, report.per_sample)

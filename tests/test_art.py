@@ -13,6 +13,7 @@ from attacks.common import PIXELS, lp_norm
 from gkp.checkpoint import load_model
 from gkp.config import build_experiment
 from gkp.engine.evaluate import attack_space
+from gkp.engine.folding import batchnorm_folded
 from gkp.schema import build
 
 art = pytest.importorskip("art")
@@ -66,12 +67,13 @@ def test_the_papers_fgsm_and_pgd_match_art_on_1000_images(authors):
     ).attacks
     target, z, box = attack_space(model, x, suite[0])
     assert (round(box.lower, 4), round(box.upper, 4)) == (-2.4291, 2.7537)  # the authors' clip_values
-    estimator = classifier(target, box)
+    evaluated, _, _ = attack_space(batchnorm_folded(model), x, suite[0])  # as `gkp eval` attacks it
+    estimator = classifier(target, box)  # ART on the model as loaded, as the authors ran it
     with torch.no_grad():
-        predictions = torch.cat([target(z[i : i + BATCH]).argmax(1) for i in range(0, len(y), BATCH)])
+        predictions = torch.cat([evaluated(z[i : i + BATCH]).argmax(1) for i in range(0, len(y), BATCH)])
     for spec in suite:
         labels = predictions if spec.labels == "predicted" else y
-        mine = correct(target, ours(target, z, labels, spec.name, spec.params, box), y)
+        mine = correct(evaluated, ours(evaluated, z, labels, spec.name, spec.params, box), y)
         if spec.name == "fgsm":  # ART attacks the predictions when no labels are given, as the authors' code did
             reference = evasion.FastGradientMethod(estimator, eps=spec.params.eps, batch_size=BATCH).generate(
                 x=z.numpy()

@@ -19,7 +19,7 @@ def randomise_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:
     """Non-trivial BatchNorm statistics, so a wrongly sliced channel shows in the logits."""
     generator = torch.Generator().manual_seed(seed)
     for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
+        if isinstance(m, nn.BatchNorm2d) and m.track_running_stats:
             n = m.num_features
             m.running_mean.copy_(torch.randn(n, generator=generator) * 0.1)
             m.running_var.copy_(torch.rand(n, generator=generator) + 0.5)

@@ -139,6 +139,7 @@ def fit(
     attack_specs: Sequence,
     batch_size: int,
     eval_batch_size: int,
+    fold_batchnorm: bool,
     seed: int,
     store,
     snapshot_epochs: frozenset[int] = frozenset(),
@@ -191,6 +192,7 @@ def fit(
                 batch_size=eval_batch_size,
                 seed=seed,
                 description=f"{description} eval",
+                fold_batchnorm=fold_batchnorm,
             )
             for metric, value in report.accuracies().items():
                 row[f"{cfg.select_on}_{metric}"] = value

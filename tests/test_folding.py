@@ -1,0 +1,152 @@
+"""BatchNorm folding for evaluation: the folded copy computes the same logits and input gradients, for
+dense and grouped-kernel models; only safe conv-BatchNorm pairs are folded; the model itself is untouched."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gkp import runner
+from gkp.config import build_experiment
+from gkp.engine import train
+from gkp.engine.evaluate import evaluate
+from gkp.engine.folding import batchnorm_folded, conv_batchnorm_pairs
+from gkp.grouped.conv import FORMS, GroupedKernelConv2d
+from gkp.models import build_model
+from gkp.pruning.surgery import apply
+from gkp.runner import run_experiment
+
+from conftest import tiny_config
+from test_attacks import spec
+from test_grouped import CASES, assert_same_logits, plan_for
+from test_pruning import randomise_batchnorm
+
+
+def batchnorms(model: nn.Module) -> int:
+    return sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+
+
+def set_form(model: nn.Module, form: str) -> None:
+    for module in model.modules():
+        if isinstance(module, GroupedKernelConv2d):
+            module.form = form
+
+
+@pytest.mark.parametrize("arch, args, method, params", CASES, ids=[f"{c[0]}-{c[2]}-{c[3]}" for c in CASES])
+def test_every_batchnorm_folds_and_the_logits_stay_the_same(arch, args, method, params):
+    torch.manual_seed(0)
+    dense = randomise_batchnorm(build_model(arch, **args)).eval()
+    grouped = apply(dense, plan_for(dense, method, **params)).eval()
+    x = torch.rand(2, 3, 32, 32)
+    for model in (dense, grouped):
+        before = {name: value.clone() for name, value in model.state_dict().items()}
+        folded = batchnorm_folded(model)
+        assert batchnorms(model) > 0 and batchnorms(folded) == 0
+        for form in FORMS:
+            set_form(model, form)
+            set_form(folded, form)
+            with torch.no_grad():
+                assert_same_logits(folded(x), model(x))
+        assert all(torch.equal(value, before[name]) for name, value in model.state_dict().items())
+
+
+def input_gradient(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    x = x.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(F.cross_entropy(model(x), torch.arange(len(x)) % 10), x)
+    return grad
+
+
+def test_the_input_gradient_attacks_use_stays_the_same():
+    torch.manual_seed(0)
+    dense = randomise_batchnorm(build_model("resnet20")).eval()
+    grouped = apply(dense, plan_for(dense, "srgkp")).eval()
+    x = torch.rand(4, 3, 32, 32)
+    for model in (dense, grouped):
+        reference = input_gradient(model, x)
+        assert (input_gradient(batchnorm_folded(model), x) - reference).abs().max() <= 1e-5 * reference.abs().max()
+
+
+class Branching(nn.Module):
+    """A conv read by its BatchNorm and by a second branch; a conv called twice; a BatchNorm without
+    running statistics; and one safe pair."""
+
+    def __init__(self):
+        super().__init__()
+        self.shared_output = nn.Conv2d(3, 4, 3, padding=1)
+        self.bn_shared_output = nn.BatchNorm2d(4)
+        self.called_twice = nn.Conv2d(4, 4, 3, padding=1)
+        self.bn_called_twice = nn.BatchNorm2d(4)
+        self.batch_statistics = nn.Conv2d(4, 4, 1)
+        self.bn_batch_statistics = nn.BatchNorm2d(4, track_running_stats=False)
+        self.safe = nn.Conv2d(4, 4, 1)
+        self.bn_safe = nn.BatchNorm2d(4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.shared_output(x)
+        y = self.bn_shared_output(y) + y
+        y = self.bn_called_twice(self.called_twice(self.called_twice(y)))
+        y = self.bn_batch_statistics(self.batch_statistics(y))
+        return self.bn_safe(self.safe(y)).mean((2, 3))
+
+
+def test_only_safe_pairs_fold():
+    torch.manual_seed(0)
+    model = randomise_batchnorm(Branching()).eval()
+    assert conv_batchnorm_pairs(model) == [("safe", "bn_safe")]
+    folded = batchnorm_folded(model)
+    assert batchnorms(folded) == batchnorms(model) - 1
+    x = torch.rand(2, 3, 8, 8)
+    with torch.no_grad():
+        assert_same_logits(folded(x), model(x))
+
+
+class DataDependent(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.bn(self.conv(x))
+        return y if y.sum() > 0 else -y
+
+
+def test_a_model_fx_cannot_trace_is_evaluated_unfolded(caplog):
+    model = randomise_batchnorm(DataDependent()).eval()
+    with caplog.at_level(logging.INFO, logger="gkp.engine.folding"):
+        folded = batchnorm_folded(model)
+    assert "BatchNorm folding skipped" in caplog.text
+    assert batchnorms(folded) == 1 and folded is not model
+    x = torch.rand(2, 3, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(folded(x), model(x))
+
+
+def test_evaluation_gives_the_same_accuracies_folded_or_not(trained_tiny):
+    model, bundle = trained_tiny
+    suite = [spec("fgsm", eps=4 / 255), spec("pgd", eps=4 / 255)]
+    folded = evaluate(model, bundle.test, suite, batch_size=64, seed=0)
+    plain = evaluate(model, bundle.test, suite, batch_size=64, seed=0, fold_batchnorm=False)
+    assert folded.benign.correct == plain.benign.correct
+    for first, second in zip(folded.attacks, plain.attacks, strict=True):
+        assert abs(first.score.correct - second.score.correct) <= 1
+    assert batchnorms(model) > 0
+
+
+def test_the_config_switch_reaches_every_evaluation(tmp_path, monkeypatch):
+    seen = []
+
+    def recording(*args, **kwargs):
+        seen.append(kwargs["fold_batchnorm"])
+        return evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "evaluate", recording)
+    monkeypatch.setattr(train, "evaluate", recording)
+    config = tiny_config(
+        stages=["train", "prune", "eval"], train={"epochs": 1}, attacks=[], eval={"fold_batchnorm": False}
+    )
+    run_experiment(build_experiment(config), out=tmp_path)
+    assert seen == [False, False, False]  # training's epoch evaluation, the pruned model, the final one
