@@ -139,6 +139,7 @@ class EvalConfig:
     fold_batchnorm: bool = option(
         True, doc="evaluate and attack a copy with each BatchNorm folded into its conv (same function, faster)"
     )
+    channels_last: bool = option(True, doc="evaluate and attack a copy in channels_last memory format (faster)")
 
 
 @dataclass(frozen=True)

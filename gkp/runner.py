@@ -201,7 +201,7 @@ def _train_and_save(
             attack_specs=[ctx.exp.attack(label) for label in cfg.eval_attacks],
             batch_size=ctx.exp.data.batch_size,
             eval_batch_size=ctx.exp.data.eval_batch_size,
-            fold_batchnorm=ctx.exp.eval.fold_batchnorm,
+            eval_options=ctx.exp.eval,
             seed=ctx.exp.seed,
             store=store,
             snapshot_epochs=snapshot_epochs,
@@ -252,7 +252,7 @@ def stage_prune(ctx: Context) -> None:
         batch_size=exp.data.eval_batch_size,
         seed=exp.seed,
         description="pruned eval",
-        fold_batchnorm=exp.eval.fold_batchnorm,
+        options=exp.eval,
     )
     log.info(
         "prune: %s selected in %.2fs; %s -> %s; test accuracy before fine-tuning %.2f%%",
@@ -299,7 +299,7 @@ def _evaluate_model(ctx: Context, name: str) -> dict[str, Any]:
         batch_size=ctx.exp.data.eval_batch_size,
         seed=ctx.exp.seed,
         description=f"eval {name}",
-        fold_batchnorm=ctx.exp.eval.fold_batchnorm,
+        options=ctx.exp.eval,
     )
     cost = measure(model, ctx.data.image_size)
     ctx.run.write_per_sample(name, report.per_sample)

@@ -11,9 +11,8 @@ import torch
 from attacks import ATTACKS
 from attacks.common import PIXELS, lp_norm
 from gkp.checkpoint import load_model
-from gkp.config import build_experiment
-from gkp.engine.evaluate import attack_space
-from gkp.engine.folding import batchnorm_folded
+from gkp.config import EvalConfig, build_experiment
+from gkp.engine.evaluate import attack_space, evaluated_model
 from gkp.schema import build
 
 art = pytest.importorskip("art")
@@ -67,7 +66,7 @@ def test_the_papers_fgsm_and_pgd_match_art_on_1000_images(authors):
     ).attacks
     target, z, box = attack_space(model, x, suite[0])
     assert (round(box.lower, 4), round(box.upper, 4)) == (-2.4291, 2.7537)  # the authors' clip_values
-    evaluated, _, _ = attack_space(batchnorm_folded(model), x, suite[0])  # as `gkp eval` attacks it
+    evaluated, _, _ = attack_space(evaluated_model(model, EvalConfig()), x, suite[0])  # as `gkp eval` attacks it
     estimator = classifier(target, box)  # ART on the model as loaded, as the authors ran it
     with torch.no_grad():
         predictions = torch.cat([evaluated(z[i : i + BATCH]).argmax(1) for i in range(0, len(y), BATCH)])

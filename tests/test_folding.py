@@ -1,5 +1,6 @@
-"""BatchNorm folding for evaluation: the folded copy computes the same logits and input gradients, for
-dense and grouped-kernel models; only safe conv-BatchNorm pairs are folded; the model itself is untouched."""
+"""The model the evaluator attacks: BatchNorm folding (the folded copy computes the same logits and input
+gradients, for dense and grouped-kernel models; only safe conv-BatchNorm pairs are folded) and the
+channels_last copy; the model itself is untouched, and the config switches reach every evaluation."""
 
 from __future__ import annotations
 
@@ -11,9 +12,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from gkp import runner
-from gkp.config import build_experiment
+from gkp.config import EvalConfig, build_experiment
 from gkp.engine import train
-from gkp.engine.evaluate import evaluate
+from gkp.engine.evaluate import evaluate, evaluated_model
 from gkp.engine.folding import batchnorm_folded, conv_batchnorm_pairs
 from gkp.grouped.conv import FORMS, GroupedKernelConv2d
 from gkp.models import build_model
@@ -125,28 +126,49 @@ def test_a_model_fx_cannot_trace_is_evaluated_unfolded(caplog):
         assert torch.equal(folded(x), model(x))
 
 
-def test_evaluation_gives_the_same_accuracies_folded_or_not(trained_tiny):
+PLAIN = EvalConfig(fold_batchnorm=False, channels_last=False)
+
+
+def test_the_evaluated_copy_is_folded_and_channels_last_and_computes_the_same():
+    torch.manual_seed(0)
+    dense = randomise_batchnorm(build_model("resnet20")).eval()
+    grouped = apply(dense, plan_for(dense, "srgkp")).eval()
+    x = torch.rand(2, 3, 32, 32)
+    for model in (dense, grouped):
+        evaluated = evaluated_model(model, EvalConfig())
+        assert batchnorms(evaluated) == 0 and batchnorms(model) > 0
+        weights = [m.weight for m in evaluated.modules() if isinstance(m, (nn.Conv2d, GroupedKernelConv2d))]
+        assert all(w.is_contiguous(memory_format=torch.channels_last) for w in weights)
+        assert all(p.is_contiguous() for p in model.parameters())
+        with torch.no_grad():
+            assert_same_logits(evaluated(x), model(x))
+    assert evaluated_model(dense, PLAIN) is dense
+
+
+def test_evaluation_gives_the_same_accuracies_on_the_evaluated_copy(trained_tiny):
     model, bundle = trained_tiny
     suite = [spec("fgsm", eps=4 / 255), spec("pgd", eps=4 / 255)]
-    folded = evaluate(model, bundle.test, suite, batch_size=64, seed=0)
-    plain = evaluate(model, bundle.test, suite, batch_size=64, seed=0, fold_batchnorm=False)
-    assert folded.benign.correct == plain.benign.correct
-    for first, second in zip(folded.attacks, plain.attacks, strict=True):
+    fast = evaluate(model, bundle.test, suite, batch_size=64, seed=0)
+    plain = evaluate(model, bundle.test, suite, batch_size=64, seed=0, options=PLAIN)
+    assert fast.benign.correct == plain.benign.correct
+    for first, second in zip(fast.attacks, plain.attacks, strict=True):
         assert abs(first.score.correct - second.score.correct) <= 1
-    assert batchnorms(model) > 0
 
 
 def test_the_config_switch_reaches_every_evaluation(tmp_path, monkeypatch):
     seen = []
 
     def recording(*args, **kwargs):
-        seen.append(kwargs["fold_batchnorm"])
+        seen.append(kwargs["options"])
         return evaluate(*args, **kwargs)
 
     monkeypatch.setattr(runner, "evaluate", recording)
     monkeypatch.setattr(train, "evaluate", recording)
     config = tiny_config(
-        stages=["train", "prune", "eval"], train={"epochs": 1}, attacks=[], eval={"fold_batchnorm": False}
+        stages=["train", "prune", "eval"],
+        train={"epochs": 1},
+        attacks=[],
+        eval={"fold_batchnorm": False, "channels_last": False},
     )
     run_experiment(build_experiment(config), out=tmp_path)
-    assert seen == [False, False, False]  # training's epoch evaluation, the pruned model, the final one
+    assert seen == [PLAIN] * 3  # training's epoch evaluation, the pruned model, the final one

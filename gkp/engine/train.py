@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from gkp.config import EvalConfig
 from gkp.engine.device import amp_dtype, use_channels_last
 from gkp.engine.evaluate import evaluate
 from gkp.engine.schedule import build_scheduler
@@ -139,13 +140,14 @@ def fit(
     attack_specs: Sequence,
     batch_size: int,
     eval_batch_size: int,
-    fold_batchnorm: bool,
+    eval_options: EvalConfig,
     seed: int,
     store,
     snapshot_epochs: frozenset[int] = frozenset(),
 ) -> FitOutcome:
     """Train ``model`` in place for ``cfg.epochs`` epochs (a ``TrainConfig``), resuming from ``store``;
-    after each epoch (1-based) in ``snapshot_epochs`` the weights are also kept as a snapshot."""
+    after each epoch (1-based) in ``snapshot_epochs`` the weights are also kept as a snapshot. The epoch
+    evaluations follow ``eval_options`` (the config's ``eval:`` section)."""
     device = next(model.parameters()).device
     if use_channels_last(cfg.channels_last, device):
         model.to(memory_format=torch.channels_last)
@@ -192,7 +194,7 @@ def fit(
                 batch_size=eval_batch_size,
                 seed=seed,
                 description=f"{description} eval",
-                fold_batchnorm=fold_batchnorm,
+                options=eval_options,
             )
             for metric, value in report.accuracies().items():
                 row[f"{cfg.select_on}_{metric}"] = value
