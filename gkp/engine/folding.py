@@ -3,9 +3,9 @@
 In eval mode a BatchNorm is a fixed per-channel affine map, so a conv whose output feeds nothing but a
 BatchNorm computes, with that BatchNorm, the same function as one conv with scaled weights and a bias
 (equal up to float rounding, about 1e-5 on the logits of a CIFAR ResNet). Attacks run the model forward
-and backward many times per batch; without the BatchNorm layers each pass reads and writes every
-feature map twice less (about 1.2x faster forward + backward for ResNet-20 on CPU, see
-``benchmarks/bench_attacks.py``).
+and backward many times per batch; without the BatchNorm layers each pass skips one read and one write
+of every conv's output, forward and backward (about 1.2x faster forward + backward for ResNet-20 on CPU,
+see ``benchmarks/bench_attacks.py``).
 
 The pairs are found on the model's torch.fx graph: an ``nn.Conv2d`` or ``GroupedKernelConv2d`` called
 once, whose only user is a ``BatchNorm2d`` with running statistics, itself called once. The evaluator
