@@ -25,7 +25,7 @@ from gkp.config import Experiment
 from gkp.counting import measure
 from gkp.data import DataBundle, load_data
 from gkp.data.splits import calibration_batches
-from gkp.engine.device import resolve_device, set_determinism
+from gkp.engine.device import resolve_device, set_determinism, use_channels_last
 from gkp.engine.evaluate import evaluate
 from gkp.engine.train import FitOutcome, fit
 from gkp.errors import ConfigError, RunFolderError
@@ -273,25 +273,28 @@ def stage_prune(ctx: Context) -> None:
     save_checkpoint(ctx.run.path / "pruned.ckpt", pruned, {"stage": "prune", "input_size": ctx.data.image_size})
 
 
-def _fastest_forms(ctx: Context, model: nn.Module, batch_size: int, train: bool) -> None:
-    """Run each grouped-kernel conv in its fastest equivalent form on this device and batch. The forms
-    sum in different orders, and timings vary, so deterministic runs keep the default form."""
+def _fastest_forms(ctx: Context, model: nn.Module, batch_size: int, train: bool, channels_last: bool) -> None:
+    """Run each grouped-kernel conv in its fastest equivalent form on this device and batch, timed in the
+    memory format it will run in. The forms sum in different orders, and timings vary, so deterministic
+    runs keep the default form."""
     if ctx.exp.deterministic or not any(isinstance(m, GroupedKernelConv2d) for m in model.modules()):
         return
-    choose_forms(model, ctx.data.image_size, batch_size, train=train)
+    choose_forms(model, ctx.data.image_size, batch_size, train=train, channels_last=channels_last)
 
 
 def stage_finetune(ctx: Context) -> None:
     seed_everything(ctx.exp.seed)
     model, _ = load_model(_require_model(ctx, "pruned"), ctx.device)
-    _fastest_forms(ctx, model, ctx.exp.data.batch_size, train=True)
+    channels_last = use_channels_last(ctx.exp.finetune.channels_last, ctx.device)
+    _fastest_forms(ctx, model, ctx.exp.data.batch_size, train=True, channels_last=channels_last)
     _train_and_save(ctx, "finetune", model, "finetuned.ckpt", "")
 
 
 def _evaluate_model(ctx: Context, name: str) -> dict[str, Any]:
     path = _require_model(ctx, name)
     model, _ = load_model(path, ctx.device)
-    _fastest_forms(ctx, model, ctx.exp.data.eval_batch_size, train=bool(ctx.exp.attacks))
+    batch_size, train = ctx.exp.data.eval_batch_size, bool(ctx.exp.attacks)
+    _fastest_forms(ctx, model, batch_size, train=train, channels_last=ctx.exp.eval.channels_last)
     report = evaluate(
         model,
         ctx.data.test,

@@ -9,6 +9,7 @@ import torch
 
 from gkp.checkpoint import load_model, save_checkpoint
 from gkp.counting import measure
+from gkp.grouped import forms
 from gkp.grouped import reference as oracle
 from gkp.grouped.conv import FORMS, GroupedKernelConv2d
 from gkp.grouped.forms import choose_forms
@@ -189,3 +190,19 @@ def test_choose_forms_picks_a_timed_form_for_every_grouped_layer():
     layers = [name for name, m in grouped.named_modules() if isinstance(m, GroupedKernelConv2d)]
     assert sorted(chosen) == sorted(layers) and set(chosen.values()) <= set(FORMS)
     assert all(grouped.get_submodule(name).form == form for name, form in chosen.items())
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_choose_forms_times_in_the_memory_format_that_will_run(channels_last, monkeypatch):
+    model = build_model("resnet20")
+    grouped = apply(model, plan_for(model, "gkp_random"))
+    seen = set()
+
+    def recording(layer, x, form, train, repeats):
+        seen.add(x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous())
+        return timed(layer, x, form, train, repeats)
+
+    timed = forms._time_form
+    monkeypatch.setattr(forms, "_time_form", recording)
+    choose_forms(grouped, 32, batch_size=2, channels_last=channels_last, repeats=1)
+    assert seen == {channels_last}

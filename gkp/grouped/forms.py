@@ -64,13 +64,22 @@ def _time_form(layer: GroupedKernelConv2d, x: torch.Tensor, form: str, train: bo
 
 
 def choose_forms(
-    model: nn.Module, input_size: int, batch_size: int, *, train: bool = False, repeats: int = 2
+    model: nn.Module,
+    input_size: int,
+    batch_size: int,
+    *,
+    train: bool = False,
+    channels_last: bool = False,
+    repeats: int = 2,
 ) -> dict[str, str]:
     """Set every ``GroupedKernelConv2d`` of ``model`` to its fastest form for batches of ``batch_size``
     images of side ``input_size`` on the model's device (forward only, or forward + backward with
-    ``train``); returns {layer name: form}."""
+    ``train``), timed on inputs in the memory format they will run in (``channels_last`` or not);
+    returns {layer name: form}."""
     reference = next(model.parameters())
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
     example = torch.rand(batch_size, 3, input_size, input_size, device=reference.device, dtype=reference.dtype)
+    example = example.contiguous(memory_format=memory_format)
     was_training = model.training
     model.eval()
     chosen, by_shape = {}, {}
@@ -79,7 +88,8 @@ def choose_forms(
             layer = model.get_submodule(name)
             key = (tuple(shape), layer.extra_repr().rsplit(", form=", 1)[0], layer.restore is None)
             if key not in by_shape:  # layers of the same shape are timed once
-                x = torch.randn(shape, device=reference.device, dtype=reference.dtype, requires_grad=train)
+                x = torch.randn(shape, device=reference.device, dtype=reference.dtype)
+                x = x.contiguous(memory_format=memory_format).requires_grad_(train)
                 timings = {form: _time_form(layer, x, form, train, repeats) for form in FORMS}
                 by_shape[key] = min(timings, key=timings.get)
                 layer.zero_grad(set_to_none=True)
