@@ -61,9 +61,9 @@ def conv_batchnorm_pairs(model: nn.Module) -> list[tuple[str, str]]:
 
 @torch.no_grad()
 def _fold_pair(conv: nn.Module, batchnorm: nn.BatchNorm2d) -> None:
-    rows = torch.arange(batchnorm.num_features, device=conv.weight.device)
+    rows = slice(None)  # BatchNorm channel i scales weight row i ...
     if isinstance(conv, GroupedKernelConv2d) and conv.restore is not None:
-        rows = torch.argsort(conv.restore)  # weight row q produces output channel argsort(restore)[q]
+        rows = torch.argsort(conv.restore)  # ... unless row q produces output channel argsort(restore)[q]
     conv.weight, conv.bias = fuse_conv_bn_weights(
         conv.weight,
         conv.bias,
