@@ -2,17 +2,20 @@
 with an ensemble of diverse parameter-free attacks" (Croce & Hein, ICML 2020), the first attack of
 AutoAttack.
 
-PGD with momentum (0.75) whose step size needs no tuning: it starts at 2 eps and is halved at the
-checkpoints w_j = ceil(p_j * steps), p_0 = 0, p_1 = 0.22, p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06),
-when fewer than rho = 75% of the steps since the last checkpoint raised the loss, or when the step was
-not halved at the last checkpoint and the best loss has not grown since; a halving restarts from the
-best point found. Every iterate is checked, and any misclassified one is kept.
+PGD with momentum (0.75) whose step size needs no tuning: it starts at 2 eps and may be halved at
+checkpoints, the reference code's integer form of the paper's w_j = ceil(p_j N) (p_1 = 0.22,
+p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06)): the first after floor(0.22 N) steps, each following
+interval floor(0.03 N) shorter, down to floor(0.06 N) (each at least 1); for N = 100 steps: 22, 41, 57, 70,
+80, 87, 93, 99. A sample's step is halved when at most rho = 75% of the steps since the last checkpoint
+raised its loss above the previous iterate's (the first step counts against the starting point), or
+when its step was not halved at the last checkpoint (never at the first) and its best loss has not grown
+since; a halving restarts it from its best point. Every iterate is checked, and any misclassified one is
+kept.
 Norms L-inf and L2; x (N, C, H, W) inside the box, y (N,) labels; eps in the units of x.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -44,10 +47,20 @@ class APGDParams:
 
 def checkpoints(steps: int) -> list[int]:
     """The iterations (1-based) after which the step size may be halved."""
-    fractions = [0.0, 0.22]
-    while fractions[-1] < 1:
-        fractions.append(fractions[-1] + max(fractions[-1] - fractions[-2] - 0.03, 0.06))
-    return sorted({math.ceil(p * steps) for p in fractions[1:] if 0 < math.ceil(p * steps) <= steps})
+    interval, shrink, shortest = (max(int(fraction * steps), 1) for fraction in (0.22, 0.03, 0.06))
+    marks = [interval]
+    while marks[-1] + max(interval - shrink, shortest) <= steps:
+        interval = max(interval - shrink, shortest)
+        marks.append(marks[-1] + interval)
+    return marks
+
+
+def should_halve(
+    rises: torch.Tensor, interval: int, best: torch.Tensor, best_before: torch.Tensor, halved_before: torch.Tensor
+) -> torch.Tensor:
+    """Per sample, at a checkpoint: too few of the ``interval`` steps since the last one raised the loss, or
+    the step was not halved last time and the best loss has not grown since."""
+    return (rises <= RHO * interval) | (~halved_before & (best <= best_before))
 
 
 def apgd(
@@ -70,9 +83,10 @@ def apgd(
     value, grad, logits = loss_and_gradient(model, x_adv, loss)
     fooled = logits.argmax(1) != y
     x_fooling, x_best, grad_best, best = x_adv.clone(), x_adv.clone(), grad.clone(), value.clone()
-    x_previous = x_adv
+    x_previous, value_previous = x_adv, value
     rises = torch.zeros(len(x), device=x.device)
-    best_at_checkpoint, halved_at_checkpoint = best.clone(), torch.zeros(len(x), dtype=torch.bool, device=x.device)
+    best_at_checkpoint = best.clone()
+    halved_at_checkpoint = torch.ones(len(x), dtype=torch.bool, device=x.device)
     marks, last_mark = checkpoints(steps), 0
     for iteration in range(1, steps + 1):
         z = box.clamp(x + project(x_adv + per_sample(step_size, x) * steepest_ascent(grad, norm) - x, eps, norm))
@@ -84,13 +98,12 @@ def apgd(
         now_fooled = logits.argmax(1) != y
         x_fooling[now_fooled] = x_adv[now_fooled]
         fooled |= now_fooled
+        rises += (value > value_previous).float()
+        value_previous = value
         improved = value > best
-        rises += improved.float()
         x_best[improved], grad_best[improved], best[improved] = x_adv[improved], grad[improved], value[improved]
         if iteration in marks:
-            too_few_rises = rises < RHO * (iteration - last_mark)
-            stalled = ~halved_at_checkpoint & (best <= best_at_checkpoint)
-            halve = too_few_rises | stalled
+            halve = should_halve(rises, iteration - last_mark, best, best_at_checkpoint, halved_at_checkpoint)
             step_size[halve] /= 2
             x_adv[halve], grad[halve] = x_best[halve], grad_best[halve]
             rises.zero_()

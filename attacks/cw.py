@@ -3,7 +3,8 @@
 A minimum-norm attack: it searches for the smallest L2 perturbation that misclassifies. In tanh space,
 x_adv = lower + (upper - lower) (tanh(w) + 1) / 2 always lies in the box; Adam minimises
 ||x_adv - x||_2^2 + c * max(z_y - max_{i != y} z_i, -confidence), and a binary search over c (per
-sample) keeps the smallest adversarial perturbation found. Samples it cannot fool come back unchanged.
+sample) keeps the smallest adversarial perturbation found. Samples already misclassified (perturbation 0)
+and samples it cannot fool come back unchanged.
 With ``eps``, a sample counts as robust when its smallest perturbation is larger than eps.
 x (N, C, H, W) inside the box, y (N,) labels; norms in the units of x.
 """
@@ -40,13 +41,20 @@ def _from_box(x: torch.Tensor, box: Box) -> torch.Tensor:
     return torch.atanh(unit)
 
 
+def _fooled(logits: torch.Tensor, y: torch.Tensor, confidence: float) -> torch.Tensor:
+    return margin(logits, y) < -confidence if confidence else logits.argmax(1) != y
+
+
 def carlini_wagner(model: nn.Module, x: torch.Tensor, y: torch.Tensor, params: CWParams, box: Box) -> torch.Tensor:
     x = x.detach()
     n = len(x)
     lower = torch.zeros(n, device=x.device)
     upper = torch.full((n,), float("inf"), device=x.device)
     const = torch.full((n,), params.initial_const, device=x.device)
-    best_norm = torch.full((n,), float("inf"), device=x.device)
+    with torch.no_grad():
+        already_fooled = _fooled(model(x), y, params.confidence)
+    # the tanh round trip moves pixels at the box's edges by ~1e-6: a sample already fooled keeps x itself
+    best_norm = torch.where(already_fooled, 0.0, float("inf"))
     best = x.clone()
     for _ in range(params.binary_search_steps):
         w = _from_box(x, box).clone().requires_grad_(True)
@@ -61,7 +69,7 @@ def carlini_wagner(model: nn.Module, x: torch.Tensor, y: torch.Tensor, params: C
                 (w.grad,) = torch.autograd.grad(loss.sum(), w)  # leaves the model's parameter grads alone
             optimizer.step()
             with torch.no_grad():
-                fooled = margin(logits, y) < -params.confidence if params.confidence else logits.argmax(1) != y
+                fooled = _fooled(logits, y, params.confidence)
                 norms = lp_norm(x_adv - x, "l2")
                 smaller = fooled & (norms < best_norm)
                 best[smaller], best_norm[smaller] = x_adv.detach()[smaller], norms[smaller]

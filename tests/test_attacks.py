@@ -3,6 +3,7 @@ sanity checks and gradient-masking warnings."""
 
 from __future__ import annotations
 
+import copy
 from dataclasses import replace
 
 import pytest
@@ -10,6 +11,7 @@ import torch
 from torch import nn
 
 from attacks import ATTACKS
+from attacks.apgd import checkpoints, should_halve
 from attacks.common import PIXELS, lp_norm
 from gkp.config import AttackSpec
 from gkp.engine.evaluate import attack_space, check_adversarial, evaluate
@@ -104,6 +106,24 @@ def test_stronger_settings_are_not_weaker_and_the_worst_case_bounds_every_attack
     assert report.worst_case.correct <= min(weak, more_steps, larger_eps, apgd)
 
 
+def test_apgd_checkpoints_follow_the_reference_schedule():
+    # the paper's p_j = 0.22, 0.41, 0.57, 0.70, 0.80, 0.87, 0.93, 0.99 times N, for N = 100 and 1000
+    assert checkpoints(100) == [22, 41, 57, 70, 80, 87, 93, 99]
+    assert checkpoints(1000) == [220, 410, 570, 700, 800, 870, 930, 990]
+    assert checkpoints(20) == [4, 7, 9, *range(10, 21)]  # the reference's intervals never drop below 1 step
+    assert checkpoints(1) == [1]
+
+
+def test_apgd_halves_after_few_rises_or_a_stall_not_halved_last_time():
+    interval = 4
+    rises = torch.tensor([3.0, 4.0, 4.0, 4.0])  # 3 <= 75% of 4: too few
+    best = torch.tensor([1.0, 1.0, 2.0, 1.0])
+    best_before = torch.ones(4)
+    halved_before = torch.tensor([False, False, False, True])
+    halve = should_halve(rises, interval, best, best_before, halved_before)
+    assert halve.tolist() == [True, True, False, False]
+
+
 def test_minimum_norm_attacks_record_norms_and_threshold_them(trained_tiny):
     model, bundle = trained_tiny
     report = evaluate(
@@ -114,6 +134,22 @@ def test_minimum_norm_attacks_record_norms_and_threshold_them(trained_tiny):
     assert (norms[~benign] == 0).all() and (norms[benign] > 0).all()
     assert report.attacks[1].score.correct == int((norms > 4 / 255).sum())
     assert report.attacks[0].to_dict()["median_norm"] > 0
+    # without eps the attack bounds no threat: the worst case is taken over the benign and eps-bounded flags
+    assert report.worst_case.correct == int((benign & report.per_sample["fmn_at"]).sum())
+
+
+@pytest.mark.parametrize("name, norm", [case for case in CASES if is_minimum_norm(case[0])])
+def test_minimum_norm_attacks_return_misclassified_images_unchanged(name, norm, trained_tiny):
+    model, bundle = trained_tiny
+    x, y = batch(bundle)
+    x = x.clone()
+    x[:, :, :4] = x[:, :, :4].round()  # pixels on the box's edges, as real images have
+    with torch.no_grad():
+        misclassified = model(x).argmax(1) != y
+    assert misclassified.any()
+    params = spec(name, norm=norm).params
+    x_adv = ATTACKS.get(name).run(model, x, y, params, torch.Generator().manual_seed(0), PIXELS)
+    assert torch.equal(x_adv[misclassified], x[misclassified])
 
 
 def test_results_do_not_depend_on_the_other_attacks_in_the_suite(trained_tiny):
@@ -170,6 +206,14 @@ def test_sanity_checks_catch_bad_adversarial_batches():
         check_adversarial(x + 1.0, x, params, False, PIXELS, "range")
     with pytest.raises(AttackSanityError, match="NaN"):
         check_adversarial(torch.full_like(x, float("nan")), x, params, False, PIXELS, "nan")
+
+
+def test_nan_logits_stop_the_evaluation(trained_tiny):
+    model, bundle = trained_tiny
+    broken = copy.deepcopy(model)
+    next(p for p in broken.parameters() if p.dim() == 4).data[0, 0, 0, 0] = float("nan")
+    with pytest.raises(AttackSanityError, match="NaN or infinite logits on clean images"):
+        evaluate(broken, bundle.test, [spec("fgsm")], batch_size=64, seed=0)
 
 
 def test_an_attack_that_leaves_eval_mode_is_caught(trained_tiny, monkeypatch):
