@@ -72,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _run(args: argparse.Namespace) -> None:
     from gkp.config import load_experiment
-    from gkp.report import results_table
+    from gkp.report import attacks_table, results_table
     from gkp.runner import run_experiment
 
     exp = load_experiment(args.config, args.overrides)
@@ -80,6 +80,8 @@ def _run(args: argparse.Namespace) -> None:
     results = run_experiment(exp, out=args.out, stages=stages, restart=args.restart)
     if results is not None:
         print(results_table(results))
+        if results["attacks"]:
+            print(attacks_table(results))
 
 
 def _info(args: argparse.Namespace) -> None:

@@ -1,4 +1,5 @@
-"""Plain-text tables of results for the terminal: one run's ``results.json``, or several side by side."""
+"""Plain-text tables of results for the terminal: one run's ``results.json``, or several side by side, and
+the attacks of one run in detail."""
 
 from __future__ import annotations
 
@@ -42,3 +43,25 @@ def results_table(*runs: dict[str, Any]) -> str:
     return "\n".join(
         [f"{title}: accuracy (%) on {images} test images", *(_aligned(r, widths) for r in [header, *rows])]
     )
+
+
+def _setting(value: Any) -> str:
+    return f"{value:.6g}" if isinstance(value, float) else str(value)
+
+
+def attacks_table(results: dict[str, Any]) -> str:
+    """The attacks of one run's first evaluated model: correct / total, wall time and resolved parameters."""
+    header = ["attack", "correct / total", "seconds", "parameters"]
+    scored = [*results["attacks"], {"label": "worst case", "params": {}, **results["worst_case"]}]
+    rows = [
+        [
+            entry["label"],
+            f"{entry['correct']} / {entry['total']}",
+            f"{entry['seconds']:.1f}",
+            " ".join(f"{key}={_setting(value)}" for key, value in entry["params"].items()),
+        ]
+        for entry in scored
+    ]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = [_aligned(r[:3], widths[:3]) + "  " + r[3] for r in [header, *rows]]
+    return "\n".join([f"{results['model']}: attacks on {results['benign']['total']} test images", *lines])

@@ -33,7 +33,8 @@ def _paper(fgsm_eps: tuple[float, ...], pgd_eps: str, pgd_step: str, clip: bool)
 
 
 def _strong(eps: Any, norm: str = "linf") -> list[dict[str, Any]]:
-    return [{"name": name, "eps": eps, "norm": norm, "label": name} for name in ("apgd_ce", "apgd_t", "square")]
+    # no fixed labels: a config may hold the suite twice (say L-inf and L2), labelled apgd_ce_1, apgd_ce_2, ...
+    return [{"name": name, "eps": eps, "norm": norm} for name in ("apgd_ce", "apgd_t", "square")]
 
 
 SUITES = {

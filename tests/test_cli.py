@@ -44,6 +44,11 @@ def test_run_prints_the_results_table(tmp_path, capsys):
     assert lines[0] == "tiny: accuracy (%) on 128 test images"
     assert lines[1].split() == ["model", "params", "(M)", "MACs", "(M)", "benign", "fgsm", "pgd", "worst", "case"]
     assert lines[2].startswith("final")
+    details = lines[lines.index("final: attacks on 128 test images") :]
+    assert details[1].split()[:5] == ["attack", "correct", "/", "total", "seconds"]
+    fgsm = details[2].split()
+    assert fgsm[0] == "fgsm" and fgsm[2] == "/" and fgsm[3] == "128" and "eps=0.0313725" in fgsm
+    assert details[-1].startswith("worst case")
 
 
 def test_the_readme_documents_every_config_key():

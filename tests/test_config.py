@@ -185,6 +185,13 @@ def test_the_imagenet_and_strong_suites():
     assert all(a.params.eps == 0.5 and a.params.norm == "l2" and a.space == "pixel" for a in exp.attacks[4:])
 
 
+def test_the_strong_suite_twice_gets_numbered_labels():
+    strong = [{"suite": "strong", "eps": "8/255"}, {"suite": "strong", "eps": 0.5, "norm": "l2"}]
+    exp = build_experiment(tiny_config(attacks=strong))
+    assert [a.label for a in exp.attacks] == [f"{n}_{i}" for i in (1, 2) for n in ("apgd_ce", "apgd_t", "square")]
+    assert [a.params.norm for a in exp.attacks] == ["linf"] * 3 + ["l2"] * 3
+
+
 @pytest.mark.parametrize(
     "attacks, message",
     [
