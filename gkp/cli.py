@@ -63,9 +63,13 @@ def build_parser() -> argparse.ArgumentParser:
     compare = commands.add_parser("compare", help="print the results of several runs in one table")
     compare.add_argument("runs", nargs="+", help="run folders (each with a results.json)")
     curves = commands.add_parser("curves", help="robust accuracy against eps from a minimum-norm attack")
-    curves.add_argument("runs", nargs="+", help="run folders evaluated with a minimum-norm attack (fmn, cw_l2)")
+    curves.add_argument(
+        "runs",
+        nargs="+",
+        help="run folders evaluated with a minimum-norm attack (fmn, cw_l2); RUN_DIR:MODEL picks a model",
+    )
     curves.add_argument("--attack", required=True, help="label of the minimum-norm attack in those runs")
-    curves.add_argument("--model", default="final", help="which evaluated model of each run (default: final)")
+    curves.add_argument("--model", default="final", help="the model of runs given without one (default: final)")
     curves.add_argument("--out", default="security_curves", help="writes OUT.csv and OUT.png")
     return parser
 
@@ -146,9 +150,9 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "compare":
             _compare(args)
         elif args.command == "curves":
-            from gkp.curves import load_norms, write_curves
+            from gkp.curves import load_curves, write_curves
 
-            runs = [load_norms(run, args.attack, args.model) for run in args.runs]
+            runs = load_curves(args.runs, args.attack, args.model)
             write_curves(runs, f"{args.out}.csv", f"{args.out}.png", args.attack)
             print(f"wrote {args.out}.csv and {args.out}.png")
     except GkpError as error:

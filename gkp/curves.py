@@ -42,6 +42,25 @@ def load_norms(run: str | Path, attack: str, model: str = "final") -> tuple[str,
     return name, norms
 
 
+def load_curves(entries: list[str], attack: str, default_model: str = "final") -> list[tuple[str, np.ndarray]]:
+    """(curve name, norms) for each ``RUN_DIR`` or ``RUN_DIR:MODEL`` entry (say ``runs/a:dense``); a curve
+    is named after its run, and after ``run/model`` when the entries do not all use one model."""
+    chosen = [_folder_and_model(entry, default_model) for entry in entries]
+    one_model = len({model for _, model in chosen}) == 1
+    curves = []
+    for folder, model in chosen:
+        name, norms = load_norms(folder, attack, model)
+        curves.append((name if one_model else f"{name}/{model}", norms))
+    return curves
+
+
+def _folder_and_model(entry: str, default_model: str) -> tuple[str, str]:
+    folder, colon, model = entry.rpartition(":")
+    if colon and model and "/" not in model and Path(folder).is_dir():
+        return folder, model
+    return entry, default_model
+
+
 def write_curves(
     runs: list[tuple[str, np.ndarray]],
     csv_path: str | Path,

@@ -78,7 +78,7 @@ def test_security_curves_from_minimum_norm_runs(tmp_path, capsys):
         stages=["train", "eval"],
         train={"epochs": 2},
         attacks=[{"name": "fmn", "steps": 20, "label": "fmn"}],
-        eval={"models": ["final"]},
+        eval={"models": ["final", "dense"]},
     )
     runs = []
     for seed in (0, 1):
@@ -92,5 +92,10 @@ def test_security_curves_from_minimum_norm_runs(tmp_path, capsys):
     benign = np.load(tmp_path / "run0" / "per_sample_final.npz")["benign"].mean()
     assert float(rows[1][0]) == 0 and float(rows[1][1]) == pytest.approx(benign, abs=1e-6)
     assert float(rows[-1][1]) <= float(rows[1][1]) and (tmp_path / "curves.png").stat().st_size > 1000
+    assert main(["curves", f"{runs[0]}:final", f"{runs[0]}:dense", "--attack", "fmn", "--out", str(out)]) == 0
+    rows = list(csv.reader(open(f"{out}.csv")))
+    assert rows[0] == ["eps", "fmn0/final", "fmn0/dense"]
+    dense = np.load(tmp_path / "run0" / "per_sample_dense.npz")["benign"].mean()
+    assert float(rows[1][2]) == pytest.approx(dense, abs=1e-6)
     assert main(["curves", runs[0], "--attack", "pgd", "--out", str(out)]) == 2
     assert "no norms for attack 'pgd'; minimum-norm attacks there: fmn" in capsys.readouterr().err
