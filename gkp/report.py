@@ -63,5 +63,5 @@ def attacks_table(results: dict[str, Any]) -> str:
         for entry in scored
     ]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    lines = [_aligned(r[:3], widths[:3]) + "  " + r[3] for r in [header, *rows]]
+    lines = [(_aligned(r[:3], widths[:3]) + "  " + r[3]).rstrip() for r in [header, *rows]]
     return "\n".join([f"{results['model']}: attacks on {results['benign']['total']} test images", *lines])
