@@ -166,11 +166,6 @@ def _finite_logits(logits: torch.Tensor, when: str) -> torch.Tensor:
     return logits
 
 
-def _bounds_a_threat(spec) -> bool:
-    """Whether the attack tests a threat model (eps-bounded), so its flags belong in the worst case."""
-    return getattr(spec.params, "eps", None) is not None
-
-
 def _require_eval_mode(model: nn.Module) -> None:
     if any(m.training for m in model.modules()):
         raise AttackSanityError("the model left eval mode during evaluation (BatchNorm statistics would change)")
@@ -287,7 +282,7 @@ def evaluate(
     for spec, result in zip(attack_specs, results, strict=True):
         correct = per_sample[result.label]
         result.score.correct, result.score.total = int(correct.sum()), len(correct)
-        if _bounds_a_threat(spec):
+        if spec.params.eps is not None:  # a minimum-norm attack without eps bounds no threat model
             robust &= correct
         if result.norms:
             per_sample[f"{result.label}_norm"] = result.norm_array()
