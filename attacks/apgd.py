@@ -24,8 +24,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attacks.common import PIXELS, Box, Norm, loss_and_gradient, per_sample, project, random_in_ball, steepest_ascent
+from attacks.common import random_in_ball, steepest_ascent
+from gkp.contracts import Attack
 from gkp.schema import at_least, option
+from gkp.threat import PIXELS, Box, Norm, loss_and_gradient, per_sample, project
 
 Loss = Callable[[torch.Tensor], torch.Tensor]  # logits -> per-sample loss to maximise
 
@@ -33,13 +35,9 @@ MOMENTUM = 0.75
 RHO = 0.75
 
 
-def _non_negative(value: float) -> str | None:
-    return None if value >= 0 else f"must be >= 0, got {value}"
-
-
 @dataclass(frozen=True)
 class APGDParams:
-    eps: float = option(8 / 255, check=_non_negative, doc="radius of the ball")
+    eps: float = option(8 / 255, check=at_least(0), doc="radius of the ball")
     norm: Literal["linf", "l2"] = option("linf")
     steps: int = option(100, check=at_least(1), doc="iterations per run")
     restarts: int = option(1, check=at_least(1), doc="runs from new random points for the samples not yet fooled")
@@ -147,3 +145,14 @@ def run(
         )
 
     return with_restarts(once, params.restarts, x, y)[0]
+
+
+ATTACK = Attack(
+    "apgd_ce",
+    APGDParams,
+    run,
+    "gradient",
+    "APGD with cross-entropy (Croce & Hein, ICML 2020)",
+    norms=("linf", "l2"),
+    quick={"steps": 10},
+)

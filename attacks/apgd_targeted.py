@@ -17,17 +17,15 @@ import torch
 from torch import nn
 
 from attacks.apgd import apgd, with_restarts
-from attacks.common import PIXELS, Box, dlr
+from attacks.common import dlr
+from gkp.contracts import Attack
 from gkp.schema import at_least, option
-
-
-def _non_negative(value: float) -> str | None:
-    return None if value >= 0 else f"must be >= 0, got {value}"
+from gkp.threat import PIXELS, Box
 
 
 @dataclass(frozen=True)
 class APGDTargetedParams:
-    eps: float = option(8 / 255, check=_non_negative, doc="radius of the ball")
+    eps: float = option(8 / 255, check=at_least(0), doc="radius of the ball")
     norm: Literal["linf", "l2"] = option("linf")
     steps: int = option(100, check=at_least(1), doc="iterations per target and run")
     targets: int = option(9, check=at_least(1), doc="target classes tried, highest-ranked first")
@@ -69,3 +67,14 @@ def run(
             break
         x_adv[rest], fooled[rest] = with_restarts(once, params.restarts, x[rest], y[rest], ranked[rest, rank])
     return x_adv
+
+
+ATTACK = Attack(
+    "apgd_t",
+    APGDTargetedParams,
+    run,
+    "gradient",
+    "targeted APGD with the DLR loss (Croce & Hein, ICML 2020)",
+    norms=("linf", "l2"),
+    quick={"steps": 5, "targets": 3},
+)

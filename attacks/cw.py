@@ -17,8 +17,10 @@ from typing import Literal
 import torch
 from torch import nn
 
-from attacks.common import PIXELS, Box, lp_norm, margin
+from attacks.common import margin
+from gkp.contracts import Attack
 from gkp.schema import at_least, option, positive
+from gkp.threat import PIXELS, Box, lp_norm
 
 
 @dataclass(frozen=True)
@@ -89,3 +91,14 @@ def run(
     box: Box = PIXELS,
 ) -> torch.Tensor:
     return carlini_wagner(model, x, y, params, box)
+
+
+ATTACK = Attack(
+    "cw_l2",
+    CWParams,
+    run,
+    "minimum_norm",
+    "Carlini & Wagner L2 (IEEE S&P 2017)",
+    norms=("l2",),
+    quick={"steps": 30, "binary_search_steps": 3, "learning_rate": 0.05},
+)

@@ -14,8 +14,9 @@ from typing import Literal
 import torch
 from torch import nn
 
-from attacks.common import PIXELS, Box, input_gradient
+from gkp.contracts import Attack
 from gkp.schema import in_unit_interval, option
+from gkp.threat import PIXELS, Box, input_gradient
 
 
 @dataclass(frozen=True)
@@ -37,3 +38,14 @@ def run(
     box: Box = PIXELS,
 ) -> torch.Tensor:
     return fgsm(model, x, y, eps=params.eps, box=box)
+
+
+ATTACK = Attack(
+    "fgsm",
+    FGSMParams,
+    run,
+    "gradient",
+    "FGSM (Goodfellow et al., ICLR 2015)",
+    norms=("linf",),
+    quick={},
+)

@@ -21,8 +21,10 @@ from typing import Literal
 import torch
 from torch import nn
 
-from attacks.common import PIXELS, Box, loss_and_gradient, lp_norm, margin, per_sample, project
+from attacks.common import margin
+from gkp.contracts import Attack
 from gkp.schema import at_least, option, positive
+from gkp.threat import PIXELS, Box, loss_and_gradient, lp_norm, per_sample, project
 
 
 @dataclass(frozen=True)
@@ -79,3 +81,14 @@ def run(
     box: Box = PIXELS,
 ) -> torch.Tensor:
     return fmn(model, x, y, params, box)
+
+
+ATTACK = Attack(
+    "fmn",
+    FMNParams,
+    run,
+    "minimum_norm",
+    "Fast minimum-norm attack, L-inf or L2 (Pintor et al., NeurIPS 2021)",
+    norms=("linf", "l2"),
+    quick={"steps": 30},
+)

@@ -17,17 +17,15 @@ from typing import Literal
 import torch
 from torch import nn
 
-from attacks.common import PIXELS, Box, Norm, input_gradient, project, random_in_ball, steepest_ascent
+from attacks.common import random_in_ball, steepest_ascent
+from gkp.contracts import Attack
 from gkp.schema import at_least, option, positive
-
-
-def _non_negative(value: float) -> str | None:
-    return None if value >= 0 else f"must be >= 0, got {value}"
+from gkp.threat import PIXELS, Box, Norm, input_gradient, project
 
 
 @dataclass(frozen=True)
 class PGDParams:
-    eps: float = option(8 / 255, check=_non_negative, doc="radius of the ball")
+    eps: float = option(8 / 255, check=at_least(0), doc="radius of the ball")
     norm: Literal["linf", "l2"] = option("linf")
     step_size: float | None = option(None, check=positive, doc="step per iteration; default eps / 4")
     steps: int = option(10, check=at_least(1), doc="iterations")
@@ -85,3 +83,14 @@ def run(
             break
         x_adv[robust] = pgd_once(model, x[robust], y[robust], **settings)
     return x_adv
+
+
+ATTACK = Attack(
+    "pgd",
+    PGDParams,
+    run,
+    "gradient",
+    "PGD, L-inf or L2 (Madry et al., ICLR 2018)",
+    norms=("linf", "l2"),
+    quick={"steps": 5},
+)

@@ -24,19 +24,17 @@ from typing import Literal
 import torch
 from torch import nn
 
-from attacks.common import PIXELS, Box, lp_norm, margin, per_sample, project
+from attacks.common import margin
+from gkp.contracts import Attack
 from gkp.schema import at_least, in_unit_interval, option
+from gkp.threat import PIXELS, Box, lp_norm, per_sample, project
 
 HALVINGS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
 
 
-def _non_negative(value: float) -> str | None:
-    return None if value >= 0 else f"must be >= 0, got {value}"
-
-
 @dataclass(frozen=True)
 class SquareParams:
-    eps: float = option(8 / 255, check=_non_negative, doc="radius of the ball")
+    eps: float = option(8 / 255, check=at_least(0), doc="radius of the ball")
     norm: Literal["linf", "l2"] = option("linf")
     queries: int = option(5000, check=at_least(1), doc="queries per sample at most")
     p_init: float = option(0.8, check=in_unit_interval, doc="initial fraction of the image a window covers")
@@ -184,3 +182,14 @@ def run(
         generator=generator,
         box=box,
     )
+
+
+ATTACK = Attack(
+    "square",
+    SquareParams,
+    run,
+    "query",
+    "Square attack, L-inf or L2 (Andriushchenko et al., ECCV 2020)",
+    norms=("linf", "l2"),
+    quick={"queries": 150},
+)

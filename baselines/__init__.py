@@ -1,4 +1,4 @@
-"""Filter-pruning baselines, one method per file, each a ``gkp.pruning.method.PruningMethod`` built by
+"""Filter-pruning baselines, one method per file, each a ``gkp.contracts.PruningMethod`` built by
 ``baselines.common.filter_method`` from its channel score."""
 
 from baselines import chip, fpgm, group_norm, hrank, l1, l2, lamp, random_filters, slimming, taylor, thinet

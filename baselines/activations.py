@@ -10,8 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gkp.models.groups import FilterGroup
-from gkp.pruning.method import Batch
+from gkp.contracts import Batch, FilterGroup
 
 Reduce = Callable[[str, torch.Tensor], None]
 

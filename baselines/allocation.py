@@ -23,8 +23,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from gkp.contracts import FilterGroup
 from gkp.errors import PruningError
-from gkp.models.groups import FilterGroup
 from gkp.pruning.plan import keep_count
 
 TARGET_TOLERANCE = 0.005

@@ -28,7 +28,7 @@ from torch import nn
 
 from baselines.activations import feature_maps
 from baselines.common import filter_method
-from gkp.pruning.method import PruningContext
+from gkp.contracts import PruningContext
 
 STACK_ELEMENTS = 2**24  # float64 entries of row-deleted copies per SVD call: 128 MiB
 

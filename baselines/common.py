@@ -12,6 +12,7 @@ channels removed) and take ``rate`` or ``target_macs``. Surgery is shared: ``gkp
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import Any, Literal
 
 import numpy as np
@@ -26,9 +27,8 @@ from baselines.allocation import (
     layerwise_counts_for_target,
     uniform_counts,
 )
+from gkp.contracts import NO_CONTEXT, FilterGroup, PruningContext, PruningMethod, Selection
 from gkp.errors import PruningError
-from gkp.models.groups import FilterGroup
-from gkp.pruning.method import PruningContext, PruningMethod
 from gkp.pruning.plan import FilterPlan, keep_count, keep_top_k
 from gkp.pruning.surgery import filter_groups
 
@@ -45,21 +45,30 @@ def _counts(
     rate: float,
     context: PruningContext,
     allocation: Allocation,
-) -> dict[str, int]:
+) -> tuple[dict[str, int], dict[str, Any]]:
+    """(kept channels per layer, notes on how the counts were reached)."""
     channels = {name: len(scores[name]) for name in groups}
-    if context.target_macs is not None:
-        macs = MacsModel(model, groups, context.input_size)
+    if context.target_macs is None:
         if allocation == "global":
-            counts = global_counts_for_target(scores, macs, context.target_macs)
-        else:
-            counts, solved = layerwise_counts_for_target(macs, context.target_macs)
-            context.notes["solved_rate"] = round(solved, 6)
-        context.notes["target_macs"] = context.target_macs
-        context.notes["macs_fraction"] = round(macs.macs(counts) / macs.dense, 6)
-        return counts
+            return global_counts_for_rate(scores, rate), {}
+        return uniform_counts(channels, layer_rates(list(groups), rate, context.rates)), {}
+    macs = MacsModel(model, groups, context.input_size)
+    notes: dict[str, Any] = {}
     if allocation == "global":
-        return global_counts_for_rate(scores, rate)
-    return uniform_counts(channels, layer_rates(list(groups), rate, context.rates))
+        counts = global_counts_for_target(scores, macs, context.target_macs)
+    else:
+        counts, solved = layerwise_counts_for_target(macs, context.target_macs)
+        notes["solved_rate"] = round(solved, 6)
+    notes["target_macs"] = context.target_macs
+    notes["macs_fraction"] = round(macs.macs(counts) / macs.dense, 6)
+    return counts, notes
+
+
+def _read_calibration(context: PruningContext) -> tuple[PruningContext, dict[str, Any]]:
+    """The context with its calibration batches read once, and a note of how many images they hold."""
+    batches = context.calibration_batches()
+    note = {"calibration": {"batches": len(batches), "images": sum(len(y) for _, y in batches)}}
+    return replace(context, calibration=lambda: batches), note
 
 
 def _check_budget(
@@ -85,24 +94,27 @@ def filter_method(
 ) -> PruningMethod:
     """A ``PruningMethod`` keeping each prunable conv's top-scoring filters."""
 
-    def select(model: nn.Module, rate: float, settings: Any, context: PruningContext | None = None) -> dict:
-        context = context or PruningContext()
+    def select(model: nn.Module, rate: float, settings: Any, context: PruningContext = NO_CONTEXT) -> Selection:
         groups = filter_groups(model)
         _check_budget(groups, model, rate, context, allocation)
+        context, notes = _read_calibration(context) if calibrated else (context, {})
         scores = {
             layer: np.asarray(values, dtype=np.float64)
             for layer, values in score(model, groups, settings, context).items()
         }
-        counts = _counts(model, groups, scores, rate, context, allocation)
-        return {
+        counts, budget_notes = _counts(model, groups, scores, rate, context, allocation)
+        layers = {
             layer: FilterPlan(keep_top_k(scores[layer], counts[layer]))
             for layer in groups
             if counts[layer] < len(scores[layer])
         }
+        return Selection(layers, {**notes, **budget_notes})
 
-    def check(model: nn.Module, rate: float, settings: Any, context: PruningContext | None = None) -> None:
-        _check_budget(filter_groups(model), model, rate, context or PruningContext(), allocation)
+    def check(model: nn.Module, rate: float, settings: Any, context: PruningContext = NO_CONTEXT) -> None:
+        _check_budget(filter_groups(model), model, rate, context, allocation)
         if check_params is not None:
             check_params(model, settings)
 
-    return PruningMethod(name, params, select, check, summary, budgets=BUDGETS[allocation], calibrated=calibrated)
+    return PruningMethod(
+        name, params, select, check, summary, "filters", budgets=BUDGETS[allocation], calibrated=calibrated
+    )

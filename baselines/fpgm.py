@@ -23,7 +23,7 @@ from scipy.spatial.distance import cdist
 from torch import nn
 
 from baselines.common import filter_method
-from gkp.pruning.method import PruningContext
+from gkp.contracts import PruningContext
 
 
 @dataclass(frozen=True)

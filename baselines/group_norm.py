@@ -28,8 +28,7 @@ from torch import nn
 
 from baselines.common import filter_method
 from baselines.slimming import check_affine
-from gkp.models.groups import FilterGroup
-from gkp.pruning.method import PruningContext
+from gkp.contracts import FilterGroup, PruningContext
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from torch import nn
 
 from baselines.activations import feature_maps
 from baselines.common import filter_method
-from gkp.pruning.method import PruningContext
+from gkp.contracts import PruningContext
 
 
 @dataclass(frozen=True)

@@ -28,9 +28,8 @@ import numpy as np
 from torch import nn
 
 from baselines.common import filter_method
+from gkp.contracts import NO_CONTEXT, PruningContext, PruningMethod, Selection, model_spec
 from gkp.errors import PruningError
-from gkp.models import model_spec
-from gkp.pruning.method import PruningContext, PruningMethod
 
 
 @dataclass(frozen=True)
@@ -68,20 +67,21 @@ def preset_rates(model: nn.Module, variant: str) -> dict[str, float]:
 
 
 def _preset(variant: str) -> PruningMethod:
-    def with_preset(model: nn.Module, context: PruningContext | None) -> PruningContext:
-        context = context or PruningContext()
-        rates = {**preset_rates(model, variant), **context.rates}
-        context.notes["rates"] = rates
-        return replace(context, rates=rates)
+    def with_preset(model: nn.Module, context: PruningContext) -> PruningContext:
+        return replace(context, rates={**preset_rates(model, variant), **context.rates})
 
-    def select(model: nn.Module, rate: float, params: Any, context: PruningContext | None = None) -> dict:
-        return METHOD.select(model, rate, params, with_preset(model, context))
+    def select(model: nn.Module, rate: float, params: Any, context: PruningContext = NO_CONTEXT) -> Selection:
+        context = with_preset(model, context)
+        selection = METHOD.select(model, rate, params, context)
+        return Selection(selection.layers, {**selection.notes, "rates": dict(context.rates)})
 
-    def check(model: nn.Module, rate: float, params: Any, context: PruningContext | None = None) -> None:
+    def check(model: nn.Module, rate: float, params: Any, context: PruningContext = NO_CONTEXT) -> None:
         METHOD.check(model, rate, params, with_preset(model, context))
 
     summary = f"L1-norm filter pruning, Li et al.'s ResNet-56/110 variant {variant.upper()} (ICLR 2017)"
-    return PruningMethod(f"l1_{variant}", L1Params, select, check, summary, budgets=frozenset({"rate", "rates"}))
+    return PruningMethod(
+        f"l1_{variant}", L1Params, select, check, summary, "filters", budgets=frozenset({"rate", "rates"})
+    )
 
 
 L1_A = _preset("a")

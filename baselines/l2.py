@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from baselines.common import filter_method
-from gkp.pruning.method import PruningContext
+from gkp.contracts import PruningContext
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ import numpy as np
 from torch import nn
 
 from baselines.common import filter_method
-from gkp.pruning.method import PruningContext
+from gkp.contracts import PruningContext
 from gkp.schema import at_least, option
 from gkp.seeding import derive_seed
 

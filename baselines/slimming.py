@@ -22,9 +22,8 @@ import numpy as np
 from torch import nn
 
 from baselines.common import filter_method
+from gkp.contracts import FilterGroup, PruningContext
 from gkp.errors import PruningError
-from gkp.models.groups import FilterGroup
-from gkp.pruning.method import PruningContext
 from gkp.pruning.surgery import filter_groups
 
 

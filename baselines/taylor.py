@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from baselines.common import filter_method
-from gkp.pruning.method import Batch, PruningContext
+from gkp.contracts import Batch, PruningContext
 
 
 @dataclass(frozen=True)

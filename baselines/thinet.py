@@ -40,9 +40,8 @@ from torch import nn
 
 from baselines.activations import consumer_inputs
 from baselines.common import filter_method
+from gkp.contracts import NO_CONTEXT, FilterGroup, PruningContext, PruningMethod, Selection
 from gkp.errors import PruningError
-from gkp.models.groups import FilterGroup
-from gkp.pruning.method import PruningContext, PruningMethod
 from gkp.pruning.plan import FilterPlan
 from gkp.pruning.surgery import filter_groups
 from gkp.schema import at_least, option
@@ -166,7 +165,7 @@ def check_params(model: nn.Module, params: ThiNetParams) -> None:
         )
 
 
-def _select(model: nn.Module, rate: float, params: Any, context: PruningContext | None = None) -> dict:
+def _select(model: nn.Module, rate: float, params: Any, context: PruningContext = NO_CONTEXT) -> Selection:
     samples: dict[str, torch.Tensor] = {}
 
     def score(model: nn.Module, groups, params: ThiNetParams, context: PruningContext) -> dict[str, np.ndarray]:
@@ -174,11 +173,12 @@ def _select(model: nn.Module, rate: float, params: Any, context: PruningContext 
         return {name: removal_scores(x) for name, x in samples.items()}
 
     method = filter_method("thinet", ThiNetParams, score, SUMMARY, calibrated=True, check_params=check_params)
-    plans = method.select(model, rate, params, context)
-    return {
+    selection = method.select(model, rate, params, context)
+    layers = {
         layer: FilterPlan(plan.kept, tuple(float(s) for s in least_squares_scales(samples[layer], plan.kept)))
-        for layer, plan in plans.items()
+        for layer, plan in selection.layers.items()
     }
+    return Selection(layers, selection.notes)
 
 
 def _long(values: np.ndarray) -> torch.Tensor:

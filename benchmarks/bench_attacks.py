@@ -25,12 +25,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from attacks import ATTACKS
+from gkp.catalog import ATTACKS
 from gkp.checkpoint import load_model
-from gkp.config import AttackSpec, EvalConfig
 from gkp.engine.device import resolve_device
 from gkp.engine.evaluate import attack_space, evaluated_model
 from gkp.schema import build
+from gkp.settings import AttackSpec, EvalConfig
 
 SHARED_IMAGES = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10_train_prefix.npz"
 ATTACK_SETTINGS = {
@@ -92,7 +92,8 @@ def art_attack(model, box, name: str, settings: dict, batch: int, device: torch.
 def median_seconds(model, x, y, attack: str, settings: dict, passes: int, args, device, have_art: bool) -> dict:
     """Median seconds of raw gradients (x ``passes``) of the model as loaded and of the evaluated copy, ours
     (on the evaluated copy) and ART (on the model as loaded) over the same images, alternating."""
-    spec = AttackSpec(attack, attack, build(ATTACKS.get(attack).params, settings, "attack"), space="normalized")
+    entry = ATTACKS.get(attack)
+    spec = AttackSpec(entry, attack, build(entry.params, settings, "attack"), space="normalized")
     loaded, z, box = attack_space(model, x, spec)
     evaluated, _, _ = attack_space(evaluated_model(model, EvalConfig()), x, spec)
     art = art_attack(loaded, box, attack, settings, args.batch_size, device) if have_art else None

@@ -14,12 +14,13 @@ import time
 
 import torch
 
-from baselines import BASELINES
+from gkp.catalog import PRUNING_METHODS, build_model
+from gkp.contracts import PruningContext
 from gkp.engine.device import resolve_device
-from gkp.models import build_model
-from gkp.pruning.method import PruningContext
 from gkp.pruning.plan import Plan
 from gkp.pruning.surgery import apply
+
+BASELINES = {name: method for name, method in PRUNING_METHODS.items() if method.kind == "filters"}
 
 
 def synchronize(device: torch.device) -> None:
@@ -43,7 +44,7 @@ def time_method(name: str, model, batches, side: int, device: torch.device) -> t
     context = PruningContext(calibration=lambda: batches, input_size=side)
     synchronize(device)
     start = time.perf_counter()
-    layers = method.select(model, 0.4375, method.params(), context)
+    layers = method.select(model, 0.4375, method.params(), context).layers
     synchronize(device)
     selected = time.perf_counter()
     apply(model, Plan(name, 0.4375, layers))

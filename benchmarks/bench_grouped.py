@@ -1,6 +1,6 @@
 """Inference latency of a grouped-kernel-pruned model against its dense original, in the same process,
 printed as a ratio next to the MACs ratio. The grouped model runs each layer in the fastest of its
-equivalent forms (``gkp.grouped.forms.choose_forms``); the latency of each single form used everywhere
+equivalent forms (``gkp.layers.forms.choose_forms``); the latency of each single form used everywhere
 is printed beside it.
 
     python benchmarks/bench_grouped.py                                   # ResNet-56, CPU, batch 1 and 128
@@ -18,13 +18,12 @@ from collections import Counter
 
 import torch
 
+from gkp.catalog import PRUNING_METHODS, build_model
 from gkp.counting import count_macs
 from gkp.engine.device import resolve_device
-from gkp.grouped.conv import FORMS, GroupedKernelConv2d
-from gkp.grouped.forms import choose_forms
-from gkp.models import build_model
+from gkp.layers.forms import choose_forms
+from gkp.layers.grouped_conv import FORMS, GroupedKernelConv2d
 from gkp.pruning.plan import Plan
-from gkp.pruning.registry import PRUNING_METHODS
 from gkp.pruning.surgery import apply
 from gkp.schema import build
 
@@ -79,7 +78,7 @@ def main() -> None:
     torch.manual_seed(0)
     dense = build_model(args.arch).to(device).eval()
     method = PRUNING_METHODS.get(args.method)
-    layers = method.select(dense, args.rate, build(method.params, {}, "params"))
+    layers = method.select(dense, args.rate, build(method.params, {}, "params")).layers
     grouped = apply(dense, Plan(args.method, args.rate, layers)).eval()
     macs_ratio = count_macs(grouped, args.input_size) / count_macs(dense, args.input_size)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"

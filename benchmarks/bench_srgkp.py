@@ -20,10 +20,11 @@ from collections import defaultdict
 import numpy as np
 import torch
 
+from gkp.catalog import build_model
 from gkp.checkpoint import load_model
+from gkp.contracts import model_spec
 from gkp.grouped import reference
 from gkp.grouped.srgkp import METHOD, SRGKPParams
-from gkp.models import build_model, model_spec
 from gkp.pruning.plan import Plan
 from gkp.pruning.surgery import apply
 
@@ -32,7 +33,7 @@ TARGETS = {"resnet56": 3.0, "resnet110": 6.0}
 
 def ours(model, rate: float) -> tuple[float, dict]:
     start = time.perf_counter()
-    layers = METHOD.select(model, rate, SRGKPParams())
+    layers = METHOD.select(model, rate, SRGKPParams()).layers
     apply(model, Plan("srgkp", rate, layers))
     return time.perf_counter() - start, layers
 

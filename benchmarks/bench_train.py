@@ -19,11 +19,11 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 
-from gkp.config import TrainConfig
+from gkp.catalog import build_model
 from gkp.data.splits import TensorSplit
 from gkp.engine.device import resolve_device
 from gkp.engine.train import train_one_epoch
-from gkp.models import build_model
+from gkp.settings import TrainConfig
 
 
 class PILImages(Dataset):

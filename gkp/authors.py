@@ -20,9 +20,9 @@ from typing import Any
 
 import torch
 
+from gkp.catalog import build_model
 from gkp.checkpoint import save_checkpoint
 from gkp.errors import CheckpointError
-from gkp.models import build_model
 
 AUTHORS_MEAN = (0.4914, 0.4822, 0.4465)
 AUTHORS_STD = (0.2023, 0.1994, 0.2010)

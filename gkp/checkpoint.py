@@ -18,8 +18,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from gkp.catalog import build_model
+from gkp.contracts import model_spec
 from gkp.errors import CheckpointError, GkpError
-from gkp.models import build_model, model_spec
 from gkp.pruning.plan import Plan
 from gkp.pruning.surgery import apply as apply_plan
 

@@ -16,8 +16,7 @@ import logging
 import sys
 
 from gkp.errors import GkpError
-
-STAGE_COMMANDS = ("train", "prune", "finetune", "eval")
+from gkp.stages import STAGES
 
 
 def _add_experiment_arguments(parser: argparse.ArgumentParser) -> None:
@@ -43,8 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     commands = parser.add_subparsers(dest="command", required=True)
     _add_experiment_arguments(commands.add_parser("run", help="run the config's stages"))
-    for stage in STAGE_COMMANDS:
-        _add_experiment_arguments(commands.add_parser(stage, help=f"run only the {stage} stage"))
+    for stage in STAGES:
+        _add_experiment_arguments(
+            commands.add_parser(stage.name, help=f"run only the {stage.name} stage: {stage.summary}")
+        )
     check = commands.add_parser("check", help="validate a config and print it resolved")
     check.add_argument("config")
     check.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
@@ -89,9 +90,9 @@ def _run(args: argparse.Namespace) -> None:
 
 
 def _info(args: argparse.Namespace) -> None:
+    from gkp.catalog import MODELS
     from gkp.checkpoint import model_from_payload, read_checkpoint
     from gkp.counting import measure
-    from gkp.models import MODELS
 
     payload = read_checkpoint(args.checkpoint)
     model = model_from_payload(payload, args.checkpoint)
@@ -134,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         datefmt="%H:%M:%S",
     )
     try:
-        if args.command in ("run", *STAGE_COMMANDS):
+        if args.command in ("run", *(stage.name for stage in STAGES)):
             _run(args)
         elif args.command == "check":
             from gkp.config import dump_experiment, load_experiment

@@ -1,10 +1,9 @@
-"""Experiment configs: YAML into frozen dataclasses, validated before any compute.
+"""Experiment configs: YAML into frozen dataclasses, validated against the registries before any compute.
 
-A config file holds only what differs from the defaults below, which follow the SR-GKP paper's CIFAR-10
-recipe (train 300 epochs at lr 0.1, fine-tune 300 epochs at lr 0.01, both step-decayed by 10x every
-100 epochs, batch 64, weight decay 5e-4). ``load_experiment(path, overrides)`` reads the file, applies
+A config file holds only what differs from the defaults (``gkp.settings``, which follow the SR-GKP
+paper's CIFAR-10 recipe). ``load_experiment(path, overrides)`` reads the file, applies
 ``--set key.path=value`` overrides, and returns an ``Experiment``; every problem raises ``ConfigError``
-naming the key path and the valid choices.
+naming the key path and the valid choices. ``docs/config.md`` lists every key.
 """
 
 from __future__ import annotations
@@ -16,150 +15,51 @@ from typing import Any, Literal
 
 import yaml
 
-from attacks import ATTACKS
+from gkp.catalog import ATTACKS, DATASETS, MODELS, PRUNING_METHODS, check_arch_args
 from gkp.errors import ConfigError
-from gkp.models import MODELS, check_arch_args
-from gkp.pruning.registry import PRUNING_METHODS
 from gkp.registry import did_you_mean
-from gkp.schema import at_least, build, in_open_unit_interval, in_unit_interval, option, positive, to_plain
+from gkp.schema import build, option, to_plain
+from gkp.settings import (
+    AttackSpec,
+    DataConfig,
+    EvalConfig,
+    FinetuneConfig,
+    ModelConfig,
+    PruneConfig,
+    TrainConfig,
+    device_name_check,
+)
+from gkp.stages import STAGE_NAMES
 from gkp.suites import expand_suites
 
-STAGES = ("train", "prune", "finetune", "eval")
-Stage = Literal["train", "prune", "finetune", "eval"]
-DATASET_NAMES = ("cifar10", "cifar100", "imagefolder", "npz", "digits", "synthetic")
-
-
-def _device_check(value: str) -> str | None:
-    if re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", value):
-        return None
-    return f"must be auto, cpu, cuda, cuda:N or mps, got {value!r}"
-
-
-def _fraction_below_one(value: float) -> str | None:
-    return None if 0 <= value < 1 else f"must be in [0, 1), got {value}"
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    arch: str | None = option(
-        None,
-        doc="resnet8/20/32/44/56/110, vgg16, resnet50, resnet101; optional with model.checkpoint, which names its own",
-    )
-    num_classes: int | None = option(None, check=at_least(2), doc="default: the dataset's class count")
-    checkpoint: str | None = option(None, doc="start from this checkpoint instead of training")
-    args: dict = option(default_factory=dict, doc="extra constructor arguments (e.g. stem: small)")
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    name: Literal["cifar10", "cifar100", "imagefolder", "npz", "digits", "synthetic"] = option("cifar10")
-    root: str = option("data", doc="folder of cifar10/cifar100/imagefolder data")
-    path: str | None = option(None, doc="npz file to evaluate on (evaluation only)")
-    train_path: str | None = option(None, doc="npz training file")
-    test_path: str | None = option(None, doc="npz test file")
-    download: bool = option(False, doc="let torchvision download CIFAR if it is missing")
-    batch_size: int = option(64, check=at_least(1), doc="training and fine-tuning batch size")
-    eval_batch_size: int = option(256, check=at_least(1), doc="evaluation and attack batch size")
-    val_fraction: float = option(0.0, check=_fraction_below_one, doc="held out of the training set for select_on: val")
-    split_seed: int = option(0, doc="seed of the validation split and of size subsets")
-    train_size: int | None = option(None, check=at_least(1), doc="use a seeded subset of this many")
-    test_size: int | None = option(None, check=at_least(1), doc="use a seeded subset of this many")
-    image_size: int | None = option(None, check=at_least(8), doc="imagefolder/synthetic side length")
-    augment: Literal["auto", "crop_flip", "crop", "flip", "none"] = option("auto")
-    num_workers: int = option(4, check=at_least(0), doc="imagefolder loader processes")
-    mean: tuple[float, ...] | None = option(None, doc="normalisation mean (default: the dataset's)")
-    std: tuple[float, ...] | None = option(None, doc="normalisation std (default: the dataset's)")
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    epochs: int = option(300, check=at_least(1))
-    lr: float = option(0.1, check=positive)
-    momentum: float = option(0.9, check=in_unit_interval)
-    weight_decay: float = option(5e-4, check=at_least(0))
-    nesterov: bool = option(False)
-    schedule: Literal["constant", "step", "multistep", "cosine"] = option("step")
-    step_size: int = option(100, check=at_least(1), doc="epochs between decays (schedule: step)")
-    milestones: tuple[int, ...] = option((), doc="decay epochs (schedule: multistep)")
-    gamma: float = option(0.1, check=positive, doc="decay factor (step, multistep)")
-    label_smoothing: float = option(0.0, check=_fraction_below_one)
-    bn_sparsity: float = option(0.0, check=at_least(0), doc="L1 penalty on BatchNorm scales (slimming: 1e-5 to 1e-4)")
-    amp: Literal["auto", "off", "fp16", "bf16"] = option("auto", doc="auto: bf16 on CUDA, off on CPU")
-    channels_last: Literal["auto", "on", "off"] = option("auto", doc="auto: on for CUDA")
-    eval_every: int = option(1, check=at_least(0), doc="evaluate every N epochs (0: final epoch only)")
-    eval_attacks: tuple[str, ...] = option((), doc="labels of attacks to run at each evaluation")
-    select_on: Literal["test", "val"] = option("test", doc="split the best epochs are chosen on")
-    snapshot_epochs: tuple[int, ...] = option((), doc="epochs after which to save weight snapshots")
-
-
-@dataclass(frozen=True)
-class FinetuneConfig(TrainConfig):
-    lr: float = option(0.01, check=positive)
-
-
-@dataclass(frozen=True)
-class CalibrationConfig:
-    batches: int = option(5, check=at_least(1), doc="training batches data-dependent methods read")
-    batch_size: int = option(128, check=at_least(1), doc="images per calibration batch")
-
-
-@dataclass(frozen=True)
-class PruneConfig:
-    method: str = option(doc="pruning method name")
-    rate: float = option(0.4375, check=in_open_unit_interval, doc="fraction removed in each pruned layer")
-    rates: dict = option(default_factory=dict, doc="per-layer/per-stage rates by module-name prefix (filter methods)")
-    target_macs: float | None = option(
-        None, check=in_open_unit_interval, doc="keep this fraction of the dense MACs instead of a rate (filter methods)"
-    )
-    calibration: CalibrationConfig = option(default_factory=CalibrationConfig, doc="data-dependent methods' images")
-    params: Any = option(default_factory=dict, doc="the method's own parameters")
-
-
-@dataclass(frozen=True)
-class AttackSpec:
-    """One attack of the suite. ``space: normalized`` attacks the normalized input (eps in its units,
-    clipped to the normalized image range when ``clip``), as the SR-GKP code did; ``labels: predicted``
-    attacks the model's own predictions (their FGSM)."""
-
-    name: str
-    label: str
-    params: Any
-    space: Literal["pixel", "normalized"] = "pixel"
-    labels: Literal["true", "predicted"] = "true"
-    clip: bool = True
-
-    def settings(self) -> dict[str, Any]:
-        """The attack's resolved parameters with its mode, as results.json reports them."""
-        return {**to_plain(self.params), "space": self.space, "labels": self.labels, "clip": self.clip}
-
-
-@dataclass(frozen=True)
-class EvalConfig:
-    models: tuple[str, ...] = option(("final",), doc="final, dense, pruned, or best_<metric>; first is main")
-    fold_batchnorm: bool = option(
-        True, doc="evaluate and attack a copy with each BatchNorm folded into its conv (same function, faster)"
-    )
-    channels_last: bool = option(True, doc="evaluate and attack a copy in channels_last memory format (faster)")
+StageName = Literal[STAGE_NAMES]
 
 
 @dataclass(frozen=True)
 class Experiment:
-    name: str = option(doc="run name; the run folder defaults to runs/<name>")
-    seed: int = option(0)
-    device: str = option("auto", check=_device_check)
-    deterministic: bool = option(False, doc="deterministic kernels (bit-identical reruns on CPU)")
-    stages: tuple[Stage, ...] = option(STAGES)
-    model: ModelConfig = option(default_factory=ModelConfig)
-    data: DataConfig = option(default_factory=DataConfig)
-    train: TrainConfig = option(default_factory=TrainConfig)
-    prune: PruneConfig | None = option(None)
-    finetune: FinetuneConfig = option(default_factory=FinetuneConfig)
-    attacks: Any = option(default_factory=tuple)
-    eval: EvalConfig = option(default_factory=EvalConfig)
+    name: str = option(doc="run name (default: the config file's name); the run folder defaults to runs/<name>")
+    seed: int = option(0, doc="the one seed: model init, epoch shuffling and augmentation, attack randomness")
+    device: str = option(
+        "auto", check=device_name_check, doc="auto (the first CUDA GPU, else the CPU), cpu, cuda, cuda:N or mps"
+    )
+    deterministic: bool = option(False, doc="deterministic kernels: bit-identical reruns on the same machine")
+    stages: tuple[StageName, ...] = option(STAGE_NAMES, doc="the stages gkp run runs, in pipeline order")
+    model: ModelConfig = option(default_factory=ModelConfig, doc="the model")
+    data: DataConfig = option(default_factory=DataConfig, doc="the dataset")
+    train: TrainConfig = option(default_factory=TrainConfig, doc="training the dense model")
+    prune: PruneConfig | None = option(None, doc="the pruning method and its budget (needed by the prune stage)")
+    finetune: FinetuneConfig = option(
+        default_factory=FinetuneConfig, doc="fine-tuning the pruned model: the keys of train"
+    )
+    attacks: Any = option(
+        default_factory=tuple,
+        doc="list of {name: ..., label: ..., <params>} or {suite: ...} (see Attacks below and docs/attacks.md)",
+    )
+    eval: EvalConfig = option(default_factory=EvalConfig, doc="the final evaluation")
 
     def to_dict(self) -> dict[str, Any]:
         plain = to_plain(self)
-        plain["attacks"] = [{"name": a.name, "label": a.label, **a.settings()} for a in self.attacks]
+        plain["attacks"] = [a.to_dict() for a in self.attacks]
         return plain
 
     def attack(self, label: str) -> AttackSpec:
@@ -225,7 +125,7 @@ def _build_attack(path: str, entry: Any, default_label: str) -> AttackSpec:
     label = entry.get("label") or default_label
     if not isinstance(label, str) or not re.fullmatch(r"[A-Za-z0-9_.\-]+", label):
         raise ConfigError(f"{path}.label: must be letters, digits, '_', '.' or '-', got {label!r}")
-    return AttackSpec(entry["name"], label, build(attack.params, params, path), **_attack_mode(entry, path))
+    return AttackSpec(attack, label, build(attack.params, params, path), **_attack_mode(entry, path))
 
 
 def _build_attacks(raw: Any) -> tuple[AttackSpec, ...]:
@@ -253,9 +153,11 @@ def _default_label(name: str, names: list[str], index: int) -> str:
 
 def _check_stages(exp: Experiment) -> None:
     if not exp.stages:
-        raise ConfigError(f"stages: must name at least one of {', '.join(STAGES)}")
-    if len(set(exp.stages)) != len(exp.stages) or list(exp.stages) != sorted(exp.stages, key=STAGES.index):
-        raise ConfigError(f"stages: each stage at most once, in pipeline order {list(STAGES)}, got {list(exp.stages)}")
+        raise ConfigError(f"stages: must name at least one of {', '.join(STAGE_NAMES)}")
+    if len(set(exp.stages)) != len(exp.stages) or list(exp.stages) != sorted(exp.stages, key=STAGE_NAMES.index):
+        raise ConfigError(
+            f"stages: each stage at most once, in pipeline order {list(STAGE_NAMES)}, got {list(exp.stages)}"
+        )
     if "train" in exp.stages and exp.model.checkpoint:
         raise ConfigError(
             "model.checkpoint: the dense model is loaded from this checkpoint, so it is not "
@@ -266,24 +168,9 @@ def _check_stages(exp: Experiment) -> None:
 
 
 def _check_data(exp: Experiment) -> None:
-    data = exp.data
-    trains = any(s in exp.stages for s in ("train", "finetune"))
-    if data.name == "npz":
-        if not (data.path or (data.train_path and data.test_path)):
-            raise ConfigError(
-                "data.path: an npz dataset needs data.path (evaluation only) or both data.train_path and data.test_path"
-            )
-        if trains and not data.train_path:
-            raise ConfigError(
-                "data.train_path: the train/finetune stages need an npz training file; "
-                "data.path is used for evaluation only"
-            )
-    elif data.path or data.train_path or data.test_path:
-        raise ConfigError(
-            f"data.path: path, train_path and test_path are for data.name: npz, "
-            f"not '{data.name}' (which reads data.root)"
-        )
-    if (data.mean is None) != (data.std is None):
+    dataset = DATASETS.get(exp.data.name, "data.name")
+    dataset.check(exp.data, any(s in exp.stages for s in ("train", "finetune")))
+    if (exp.data.mean is None) != (exp.data.std is None):
         raise ConfigError("data.mean: give data.mean and data.std together")
 
 
@@ -424,4 +311,4 @@ def dump_experiment(exp: Experiment) -> str:
     return yaml.safe_dump(exp.to_dict(), sort_keys=False)
 
 
-__all__ = ["Experiment", "load_experiment", "build_experiment", "dump_experiment", "STAGES"]
+__all__ = ["Experiment", "load_experiment", "build_experiment", "dump_experiment"]

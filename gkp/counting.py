@@ -7,7 +7,8 @@ Two conventions:
   ``output elements x kept kernels x kernel area``, a linear layer ``in x out``.
 - ``"authors"``: the SR-GKP authors' counts (their tables' MACs), which add 2 per BatchNorm output
   element and, for every pooling layer, 1 per element its windows read (output elements x window area;
-  the option-A shortcut's subsampling is their ``AvgPool2d(kernel_size=1, stride=2)``). With it,
+  a model's own modules that they counted as pooling, such as the option-A shortcut's subsampling, their
+  ``AvgPool2d(kernel_size=1, stride=2)``, say what they read: ``gkp.contracts.CountedAsPooling``). With it,
   ResNet-56 on 32x32 inputs counts 126.561M MACs as in their Table 2.
 
 Counts are measured by running one dummy input through the model with forward hooks, so pruned and
@@ -22,8 +23,8 @@ from typing import Literal
 import torch
 from torch import nn
 
-from gkp.grouped.conv import GroupedKernelConv2d
-from gkp.models.cifar_resnet import ZeroPadShortcut
+from gkp.contracts import CountedAsPooling
+from gkp.layers.grouped_conv import GroupedKernelConv2d
 
 Convention = Literal["macs", "authors"]
 
@@ -48,8 +49,6 @@ def _pair(value) -> tuple[int, int]:
 def _window_area(module: nn.Module, inputs: torch.Tensor, output: torch.Tensor) -> int:
     if isinstance(module, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)):
         return (inputs.shape[-2] // output.shape[-2]) * (inputs.shape[-1] // output.shape[-1])
-    if isinstance(module, ZeroPadShortcut):
-        return 1
     height, width = _pair(module.kernel_size)
     return height * width
 
@@ -64,14 +63,14 @@ def _multiply_macs(module: nn.Module, output: torch.Tensor) -> int:
     return per_sample_outputs * module.in_features
 
 
-POOLS = (nn.AvgPool2d, nn.MaxPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, ZeroPadShortcut)
+POOLS = (nn.AvgPool2d, nn.MaxPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
 
 
 def _authors_extra(module: nn.Module, inputs: torch.Tensor, output: torch.Tensor) -> int:
     if isinstance(module, nn.BatchNorm2d):
         return 2 * output[0].numel()
-    if isinstance(module, ZeroPadShortcut):  # the subsampled input, before the zero channels
-        return inputs.shape[1] * output.shape[-2] * output.shape[-1]
+    if isinstance(module, CountedAsPooling):
+        return module.pooled_reads(inputs, output)
     return output[0].numel() * _window_area(module, inputs, output)
 
 
@@ -98,7 +97,9 @@ def count_macs(
     ]
     if convention == "authors":
         handles += [
-            m.register_forward_hook(authors_hook) for m in model.modules() if isinstance(m, (nn.BatchNorm2d, *POOLS))
+            m.register_forward_hook(authors_hook)
+            for m in model.modules()
+            if isinstance(m, (nn.BatchNorm2d, *POOLS, CountedAsPooling))
         ]
     reference = next(model.parameters())
     was_training = model.training

@@ -18,6 +18,14 @@ class Registry(Generic[T]):
         self.kind = kind
         self._entries: dict[str, T] = dict(entries or {})
 
+    @classmethod
+    def of(cls, kind: str, entries) -> Registry:
+        """A registry of ``entries`` under their own ``name``; a name given twice is an error."""
+        registry = cls(kind)
+        for entry in entries:
+            registry.add(entry.name, entry)
+        return registry
+
     def add(self, name: str, entry: T) -> T:
         if name in self._entries:
             raise ValueError(f"{self.kind} '{name}' is registered twice")

@@ -10,9 +10,10 @@
                 per_sample_<model>.npz  per-sample flags of the evaluation, and minimum-norm attacks' norms
                 state/         <stage>_last.ckpt (resume), <stage>.started and <stage>.done markers
 
-Each stage has a fingerprint: a hash of the config sections it depends on. A finished stage with the
-same fingerprint is skipped; a finished or interrupted stage with a different one stops the run with
-the differing keys named, so finished results are never overwritten silently.
+Each stage has a fingerprint: a hash of the config sections it depends on (``gkp.stages.STAGES`` names
+them). A finished stage with the same fingerprint is skipped; a finished or interrupted stage with a
+different one stops the run with the differing keys named, so finished results are never overwritten
+silently.
 """
 
 from __future__ import annotations
@@ -38,20 +39,12 @@ import yaml
 from torch import nn
 
 from gkp.checkpoint import read_checkpoint, save_checkpoint
-from gkp.config import STAGES, Experiment, dump_experiment
 from gkp.engine.train import TrainingState
 from gkp.errors import RunFolderError
 
 log = logging.getLogger(__name__)
 
-# Sections each stage's outputs depend on (cumulative along the pipeline). device and
-# data.num_workers change how a run executes, not what it computes, so they are left out.
-STAGE_SECTIONS = {
-    "train": ("seed", "deterministic", "model", "data", "train"),
-    "prune": ("seed", "deterministic", "model", "data", "train", "prune"),
-    "finetune": ("seed", "deterministic", "model", "data", "train", "prune", "finetune"),
-    "eval": ("seed", "deterministic", "model", "data", "train", "prune", "finetune", "attacks", "eval"),
-}
+# Keys that change how a run executes, not what it computes (device is not in any stage's sections).
 EXECUTION_ONLY = (("data", "num_workers"),)
 
 
@@ -65,16 +58,17 @@ def write_json_atomic(path: Path, data: Any) -> None:
     write_text_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
-def _fingerprint_payload(plain: dict[str, Any], stage: str) -> dict[str, Any]:
-    chosen = {k: plain.get(k) for k in STAGE_SECTIONS[stage]}
+def _fingerprint_payload(plain_config: dict[str, Any], sections: tuple[str, ...]) -> dict[str, Any]:
+    chosen = {k: plain_config.get(k) for k in sections}
     for section, key in EXECUTION_ONLY:
         if isinstance(chosen.get(section), dict):
             chosen[section] = {k: v for k, v in chosen[section].items() if k != key}
     return chosen
 
 
-def fingerprint(plain_config: dict[str, Any], stage: str) -> str:
-    text = json.dumps(_fingerprint_payload(plain_config, stage), sort_keys=True)
+def fingerprint(plain_config: dict[str, Any], sections: tuple[str, ...]) -> str:
+    """A hash of the config ``sections`` (execution-only keys left out) of a plain config."""
+    text = json.dumps(_fingerprint_payload(plain_config, sections), sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -149,13 +143,11 @@ class RunDir:
         return self.state / f"{stage}.started"
 
     def recorded_fingerprints(self) -> dict[str, str]:
-        """Fingerprints of the stages this folder has finished or started."""
+        """Fingerprints of the stages this folder has finished or started (a done marker wins)."""
         found = {}
-        for stage in STAGES:
-            for marker in (self._done_marker(stage), self._started_marker(stage)):
-                if marker.is_file():
-                    found[stage] = json.loads(marker.read_text())["fingerprint"]
-                    break
+        for suffix in ("started", "done"):
+            for marker in sorted(self.state.glob(f"*.{suffix}")):
+                found[marker.stem] = json.loads(marker.read_text())["fingerprint"]
         return found
 
     def move_aside(self) -> None:
@@ -165,10 +157,11 @@ class RunDir:
             self.path.rename(aside)
             log.warning("--restart: moved the previous run to %s", aside)
 
-    def prepare(self, exp: Experiment, device: torch.device) -> None:
-        """Create or re-open the folder; refuse it if its stages were computed from another config."""
-        plain = exp.to_dict()
-        conflicts = [s for s, fp in self.recorded_fingerprints().items() if fp != fingerprint(plain, s)]
+    def prepare(self, plain: dict[str, Any], fingerprints: dict[str, str], device: torch.device) -> None:
+        """Create or re-open the folder for the plain config ``plain`` whose stages have ``fingerprints``;
+        refuse it if its stages were computed from another config."""
+        recorded = self.recorded_fingerprints()
+        conflicts = [stage for stage, value in fingerprints.items() if recorded.get(stage, value) != value]
         if conflicts:
             old_config = self.path / "config.yaml"
             old = yaml.safe_load(old_config.read_text()) if old_config.is_file() else {}
@@ -181,7 +174,7 @@ class RunDir:
                 f"new run, or --restart to move the old run aside to {self.path.name}.old-<time> and start over"
             )
         self.state.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(self.path / "config.yaml", dump_experiment(exp))
+        write_text_atomic(self.path / "config.yaml", yaml.safe_dump(plain, sort_keys=False))
         env_file = self.path / "env.json"
         previous = json.loads(env_file.read_text()) if env_file.is_file() else {}
         earlier = [{k: v for k, v in previous.items() if k != "earlier"}, *previous.get("earlier", [])]

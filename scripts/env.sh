@@ -1,7 +1,9 @@
 # Sourced by the other scripts: make sure a virtual environment with this project installed exists.
 #
 # The environment lives outside the clone (GKP_VENV, default ~/.cache/robust-gkp/venv) and is rebuilt
-# only when pyproject.toml changes, so the multi-GB torch download happens once per machine. The
+# only when pyproject.toml or requirements.lock changes, so the multi-GB torch download happens once per
+# machine. It installs the exact versions of requirements.lock (made by scripts/lock.sh), so a fresh
+# clone tests what was tested; GKP_UNLOCKED=1 installs from pyproject.toml's ranges instead. The
 # project itself is re-linked (pip install -e . --no-deps, a few seconds) every time, so the
 # environment always runs the clone it was called from.
 set -euo pipefail
@@ -13,14 +15,17 @@ PYTHON="${PYTHON:-python3}"
 "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 10))' || {
     echo "robust-gkp needs Python >= 3.10; set PYTHON=/path/to/python3.x" >&2; exit 1; }
 
-stamp="$(sha256sum "$GKP_ROOT/pyproject.toml" | cut -d' ' -f1)"
+constraints=(-c "$GKP_ROOT/requirements.lock")
+[ "${GKP_UNLOCKED:-0}" = 1 ] && constraints=()
+stamp="$(cat "$GKP_ROOT/pyproject.toml" "$GKP_ROOT/requirements.lock" | sha256sum | cut -d' ' -f1) ${#constraints[@]}"
 if [ ! -x "$GKP_VENV/bin/python" ] || [ "$(cat "$GKP_VENV/.pyproject.sha256" 2>/dev/null)" != "$stamp" ]; then
     echo "setting up $GKP_VENV (torch and friends: a few GB, about a minute) ..." >&2
     rm -rf "$GKP_VENV"
     "$PYTHON" -m venv "$GKP_VENV"
     "$GKP_VENV/bin/python" -m pip install --quiet --upgrade pip
-    # Plain ranges (torch>=2.4) take the registry's regular torch build, with which torchvision imports.
-    "$GKP_VENV/bin/python" -m pip install --quiet -e "$GKP_ROOT[dev]"
+    # Plain ranges (torch>=2.4) take the registry's regular torch build, with which torchvision imports;
+    # the lock pins that build's exact version.
+    "$GKP_VENV/bin/python" -m pip install --quiet "${constraints[@]}" -e "$GKP_ROOT[dev]"
     echo "$stamp" > "$GKP_VENV/.pyproject.sha256"
 else
     "$GKP_VENV/bin/python" -m pip install --quiet --no-deps -e "$GKP_ROOT"

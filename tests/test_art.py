@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from attacks import ATTACKS
-from attacks.common import PIXELS, lp_norm
+from gkp.catalog import ATTACKS
 from gkp.checkpoint import load_model
 from gkp.config import EvalConfig, build_experiment
 from gkp.engine.evaluate import attack_space, evaluated_model
 from gkp.schema import build
+from gkp.threat import PIXELS, lp_norm
 
 art = pytest.importorskip("art")
 from art.attacks import evasion  # noqa: E402

@@ -10,35 +10,22 @@ import pytest
 import torch
 from torch import nn
 
-from attacks import ATTACKS
 from attacks.apgd import checkpoints, should_halve
-from attacks.common import PIXELS, lp_norm
-from gkp.config import AttackSpec
+from gkp.catalog import ATTACKS
 from gkp.engine.evaluate import attack_space, check_adversarial, evaluate
 from gkp.errors import AttackSanityError
 from gkp.schema import build
+from gkp.settings import AttackSpec
+from gkp.threat import PIXELS, lp_norm
 
-# Settings small enough for the test suite; the defaults are the papers'.
-FAST = {
-    "fgsm": {},
-    "pgd": {"steps": 5},
-    "apgd_ce": {"steps": 10},
-    "apgd_t": {"steps": 5, "targets": 3},
-    "square": {"queries": 150},
-    "cw_l2": {"steps": 30, "binary_search_steps": 3, "learning_rate": 0.05},
-    "fmn": {"steps": 30},
-}
 MODERATE = {"linf": 8 / 255, "l2": 1.0}
-CASES = [
-    (name, norm)
-    for name in ATTACKS.names()
-    for norm in ("linf", "l2")
-    if norm in ATTACKS.get(name).params.__dataclass_fields__["norm"].type
-]
+CASES = [(name, norm) for name, attack in ATTACKS.items() for norm in attack.norms]
 
 
 def spec(name: str, label: str | None = None, **params) -> AttackSpec:
-    return AttackSpec(name, label or name, build(ATTACKS.get(name).params, {**FAST[name], **params}, "attack"))
+    """An attack of the registry in its quick settings (its defaults are the papers')."""
+    attack = ATTACKS.get(name)
+    return AttackSpec(attack, label or name, build(attack.params, {**attack.quick, **params}, "attack"))
 
 
 def batch(bundle, size=64):

@@ -11,15 +11,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from baselines import BASELINES
 from baselines.allocation import MacsModel, global_counts, layer_rates
+from gkp.catalog import PRUNING_METHODS, build_model
 from gkp.config import build_experiment
+from gkp.contracts import PruningContext
 from gkp.counting import measure
 from gkp.data.splits import TensorSplit, calibration_batches
 from gkp.engine.train import add_bn_sparsity
 from gkp.errors import ConfigError, PruningError
-from gkp.models import build_model
-from gkp.pruning.method import PruningContext
 from gkp.pruning.plan import Plan, keep_count
 from gkp.pruning.surgery import apply, apply_mask, filter_groups
 from gkp.runner import run_experiment
@@ -27,6 +26,7 @@ from gkp.runner import run_experiment
 from conftest import tiny_config
 from test_pruning import randomise_batchnorm
 
+BASELINES = {name: method for name, method in PRUNING_METHODS.items() if method.kind == "filters"}
 METHODS = sorted(name for name in BASELINES if not name.startswith("l1_"))
 RATE = 0.5
 
@@ -37,10 +37,11 @@ def calibration(count: int = 2, size: int = 32):
     return lambda: batches * count
 
 
-def select(model, name: str, rate: float = RATE, **context) -> tuple[Plan, PruningContext]:
+def select(model, name: str, rate: float = RATE, **context) -> tuple[Plan, dict]:
+    """The plan of method ``name`` and its selection notes."""
     method = BASELINES[name]
-    context = PruningContext(calibration=calibration(), **context)
-    return Plan(name, rate, method.select(model, rate, method.params(), context)), context
+    selection = method.select(model, rate, method.params(), PruningContext(calibration=calibration(), **context))
+    return Plan(name, rate, selection.layers), selection.notes
 
 
 @pytest.fixture(scope="module")
@@ -98,10 +99,10 @@ def test_the_pruned_model_runs_matches_its_mask_and_costs_what_the_counter_says(
 def test_target_macs_is_hit_within_half_a_percent(name, arch):
     torch.manual_seed(0)
     model = randomise_batchnorm(build_model(arch))
-    plan, context = select(model, name, target_macs=0.57)
+    plan, notes = select(model, name, target_macs=0.57)
     fraction = measure(apply(model, plan), 32).macs / measure(model, 32).macs
     assert abs(fraction - 0.57) <= 0.005 * 0.57
-    assert context.notes["macs_fraction"] == pytest.approx(fraction, abs=1e-6)
+    assert notes["macs_fraction"] == pytest.approx(fraction, abs=1e-6)
 
 
 def test_rate_maps_match_the_longest_prefix():
@@ -142,12 +143,12 @@ def test_li_et_al_presets_give_the_papers_resnet56_reductions(variant, macs_cut,
     """Li et al. (ICLR 2017), Table 1: ResNet-56-A cuts 10.4% of the FLOPs and 9.4% of the parameters,
     ResNet-56-B 27.6% and 13.7% (here: counted on the physically pruned model, rounded to 3 places)."""
     model = build_model("resnet56")
-    plan, context = select(model, variant)
+    plan, notes = select(model, variant)
     dense, pruned = measure(model, 32), measure(apply(model, plan), 32)
     assert round(1 - pruned.macs / dense.macs, 3) == macs_cut
     assert round(1 - pruned.params / dense.params, 3) == params_cut
     assert not any(layer.startswith(tuple(f"{w}." for w in whole)) for layer in plan.layers)
-    assert context.notes["rates"]["layer1.7"] == 0.0
+    assert notes["rates"]["layer1.7"] == 0.0
 
 
 def test_presets_refuse_other_architectures():

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from baselines import chip, hrank, taylor
-from gkp.models import build_model
-from gkp.pruning.method import PruningContext
+from gkp.catalog import build_model
+from gkp.contracts import PruningContext
 from gkp.pruning.plan import keep_top_k
 from gkp.pruning.surgery import filter_groups
 
@@ -64,14 +64,14 @@ def captured_maps(model: torch.nn.Module, batches: list) -> dict[str, list[torch
 
 def check_selection(method, reference: dict[str, np.ndarray], model: torch.nn.Module, batches: list) -> None:
     """``select`` at rate 0.5 keeps half of each layer: the top reference scores, lower index on ties."""
-    ctx = context(batches)
-    plan = method.select(model, 0.5, method.params(), ctx)
+    selection = method.select(model, 0.5, method.params(), context(batches))
+    plan = selection.layers
     assert method.calibrated
     assert set(plan) == set(reference) == set(filter_groups(model))
     for name, layer in plan.items():
         assert len(layer.kept) == len(reference[name]) // 2
         assert layer.kept == keep_top_k(reference[name], len(reference[name]) // 2)
-    assert ctx.notes["calibration"] == {"batches": len(batches), "images": sum(len(y) for _, y in batches)}
+    assert selection.notes["calibration"] == {"batches": len(batches), "images": sum(len(y) for _, y in batches)}
 
 
 # ------------------------------------------------------------------ HRank

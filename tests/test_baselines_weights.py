@@ -13,10 +13,10 @@ from torch import nn
 
 from baselines import fpgm, group_norm, l2, lamp, random_filters, slimming
 from baselines.common import filter_method
+from gkp.catalog import build_model
+from gkp.contracts import PruningContext
 from gkp.errors import ConfigError, PruningError
-from gkp.models import build_model
 from gkp.models.vgg import VGG
-from gkp.pruning.method import PruningContext
 from gkp.pruning.plan import Plan
 from gkp.pruning.surgery import apply, filter_groups
 from gkp.schema import build
@@ -27,7 +27,8 @@ SIZES = (16, 32, 64)
 
 
 def select(method, model: nn.Module, rate: float) -> dict[str, tuple[int, ...]]:
-    return {name: plan.kept for name, plan in method.select(model, rate, method.params(), PruningContext()).items()}
+    selection = method.select(model, rate, method.params(), PruningContext())
+    return {name: plan.kept for name, plan in selection.layers.items()}
 
 
 def kept_sizes(kept: dict[str, tuple[int, ...]]) -> list[int]:
@@ -135,7 +136,7 @@ def test_random_plans_depend_only_on_the_seed():
     method = random_filters.METHOD
 
     def plan(seed: int, model: nn.Module = model) -> dict:
-        return method.select(model, 0.5, random_filters.RandomParams(seed=seed), PruningContext())
+        return method.select(model, 0.5, random_filters.RandomParams(seed=seed), PruningContext()).layers
 
     assert plan(0) == plan(0) and plan(3) == plan(3)
     assert plan(0) != plan(1)
@@ -266,7 +267,7 @@ def test_gamma_methods_reject_batchnorm_without_scale(method):
 @pytest.mark.parametrize("method", METHODS, ids=lambda m: m.name)
 def test_every_method_gives_a_plan_surgery_can_apply(method):
     model = randomised(build_model("resnet8"), seed=7).eval()
-    plan = Plan(method.name, 0.5, method.select(model, 0.5, method.params(), PruningContext()))
+    plan = Plan(method.name, 0.5, method.select(model, 0.5, method.params(), PruningContext()).layers)
     sizes = kept_sizes({name: layer.kept for name, layer in plan.layers.items()})
     if "rates" in method.budgets:  # layerwise: half of every layer
         assert sizes == [8, 16, 32]

@@ -107,7 +107,11 @@ BAD_CONFIGS = [
         {k: v for k, v in tiny_config().items() if k != "prune"},
         "prune: the prune stage needs a prune section",
     ),
-    ("unknown dataset", _break("data", name="cifar11"), "data.name: must be one of"),
+    (
+        "unknown dataset",
+        _break("data", name="cifar11"),
+        "data.name: unknown dataset 'cifar11' (did you mean 'cifar10'?); valid choices: cifar10",
+    ),
     ("npz without a path", {**tiny_config(), "data": {"name": "npz"}}, "data.path: an npz dataset needs"),
     (
         "npz eval-only file for training",

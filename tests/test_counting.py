@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 
 from baselines import l1
+from gkp.catalog import build_model
 from gkp.counting import count_macs, count_params, measure
-from gkp.models import build_model
 from gkp.pruning.plan import FilterPlan, Plan
 from gkp.pruning.surgery import apply
 
@@ -40,7 +40,7 @@ def test_pruned_resnet20_matches_the_hand_count():
 
 def test_l1_at_half_rate_matches_the_hand_count():
     model = build_model("resnet20")
-    pruned = apply(model, Plan("l1", 0.5, l1.METHOD.select(model, 0.5, l1.L1Params())))
+    pruned = apply(model, Plan("l1", 0.5, l1.METHOD.select(model, 0.5, l1.L1Params()).layers))
     assert (count_params(pruned), count_macs(pruned, 32)) == cifar_resnet_by_hand([[8] * 3, [16] * 3, [32] * 3])
 
 

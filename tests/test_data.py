@@ -7,8 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from gkp.catalog import load_data
 from gkp.config import DataConfig
-from gkp.data import hold_out, load_data
+from gkp.data import hold_out
 from gkp.data.augment import random_crop, random_flip
 from gkp.data.splits import TensorSplit
 from gkp.errors import DataError

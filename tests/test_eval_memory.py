@@ -9,28 +9,28 @@ import textwrap
 
 import torch
 
-from attacks import ATTACKS
-from gkp.config import AttackSpec
+from gkp.catalog import ATTACKS, build_model
 from gkp.data.splits import TensorSplit
 from gkp.engine.evaluate import evaluate
-from gkp.models import build_model
 from gkp.schema import build
+from gkp.settings import AttackSpec
 
 IMAGE_SIZE = 224
-# Every attack of the registry once, in settings short enough for the test suite.
-QUICK = {
-    "fgsm": {},
-    "pgd": {"steps": 2, "restarts": 2, "random_start": True},
-    "apgd_ce": {"steps": 3},
-    "apgd_t": {"steps": 2, "targets": 2},
-    "square": {"queries": 4},
-    "cw_l2": {"steps": 2, "binary_search_steps": 1},
-    "fmn": {"steps": 2},
-}
+# PGD also restarts, keeping the best of two runs per sample: that must not hold memory either.
+RESTARTS = {"pgd": {"restarts": 2, "random_start": True}}
+
+
+def shortest(settings: dict) -> dict:
+    """An attack's quick settings with every count (steps, queries, targets) at most 2."""
+    return {k: min(v, 2) if isinstance(v, int) and not isinstance(v, bool) else v for k, v in settings.items()}
 
 
 def quick_suite() -> list[AttackSpec]:
-    return [AttackSpec(name, name, build(ATTACKS.get(name).params, QUICK[name], "attack")) for name in ATTACKS.names()]
+    """Every attack of the registry once, in settings short enough for 224x224 images."""
+    return [
+        AttackSpec(attack, name, build(attack.params, {**shortest(attack.quick), **RESTARTS.get(name, {})}, "attack"))
+        for name, attack in ATTACKS.items()
+    ]
 
 
 def images(count: int) -> TensorSplit:
@@ -44,7 +44,7 @@ def test_every_attack_honours_the_batch_size_on_224x224_inputs():
     seen: list[int] = []
     model.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0].shape[0]))
     report = evaluate(model, images(6), quick_suite(), batch_size=4, seed=0)
-    assert report.benign.total == 6 and [r.score.total for r in report.attacks] == [6] * len(QUICK)
+    assert report.benign.total == 6 and [r.score.total for r in report.attacks] == [6] * len(ATTACKS.names())
     assert seen and max(seen) <= 4
 
 
@@ -55,7 +55,7 @@ PEAK_MEMORY_SCRIPT = textwrap.dedent(
     sys.path.insert(0, {tests!r})
     from test_eval_memory import images, quick_suite
     from gkp.engine.evaluate import evaluate
-    from gkp.models import build_model
+    from gkp.catalog import build_model
 
     torch.manual_seed(0)
     model = build_model("resnet8", num_classes=10).eval()

@@ -4,6 +4,7 @@ channels_last copy; the model itself is untouched, and the config switches reach
 
 from __future__ import annotations
 
+import copy
 import logging
 
 import pytest
@@ -11,13 +12,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gkp import runner
+from gkp import stages
+from gkp.catalog import build_model
 from gkp.config import EvalConfig, build_experiment
 from gkp.engine import train
 from gkp.engine.evaluate import evaluate, evaluated_model
 from gkp.engine.folding import batchnorm_folded, conv_batchnorm_pairs
-from gkp.grouped.conv import FORMS, GroupedKernelConv2d
-from gkp.models import build_model
+from gkp.layers.grouped_conv import FORMS, GroupedKernelConv2d
 from gkp.pruning.surgery import apply
 from gkp.runner import run_experiment
 
@@ -69,11 +70,16 @@ def resnet20_dense_and_grouped() -> tuple[nn.Module, nn.Module]:
 
 
 def test_the_input_gradient_attacks_use_stays_the_same(resnet20_dense_and_grouped):
-    x = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    """Checked in float64, where the folded, channels_last copy and the model agree to 1e-15: the same
+    function. In float32 the copy sums in another order, and a pre-activation within rounding of zero can
+    land on the other side of its ReLU, which changes that sample's gradient by percents (seen: 3% on one
+    of four samples, with channels_last alone, no folding), so float32 cannot tell a bug from rounding."""
+    x = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     for model in resnet20_dense_and_grouped:
+        model = copy.deepcopy(model).double()
         reference = input_gradient(model, x)
         evaluated = evaluated_model(model, EvalConfig())
-        assert (input_gradient(evaluated, x) - reference).abs().max() <= 1e-5 * reference.abs().max()
+        assert (input_gradient(evaluated, x) - reference).abs().max() <= 1e-10 * reference.abs().max()
 
 
 class Branching(nn.Module):
@@ -164,7 +170,7 @@ def test_the_config_switch_reaches_every_evaluation(tmp_path, monkeypatch):
         seen.append(kwargs["options"])
         return evaluate(*args, **kwargs)
 
-    monkeypatch.setattr(runner, "evaluate", recording)
+    monkeypatch.setattr(stages, "evaluate", recording)
     monkeypatch.setattr(train, "evaluate", recording)
     config = tiny_config(
         stages=["train", "prune", "eval"],

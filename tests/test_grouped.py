@@ -7,15 +7,15 @@ import numpy as np
 import pytest
 import torch
 
+from gkp.catalog import PRUNING_METHODS, build_model
 from gkp.checkpoint import load_model, save_checkpoint
+from gkp.contracts import model_spec
 from gkp.counting import measure
-from gkp.grouped import forms
 from gkp.grouped import reference as oracle
-from gkp.grouped.conv import FORMS, GroupedKernelConv2d
-from gkp.grouped.forms import choose_forms
-from gkp.models import build_model, model_spec
+from gkp.layers import forms
+from gkp.layers.forms import choose_forms
+from gkp.layers.grouped_conv import FORMS, GroupedKernelConv2d
 from gkp.pruning.plan import Plan
-from gkp.pruning.registry import PRUNING_METHODS
 from gkp.pruning.surgery import apply, apply_mask
 from gkp.schema import build
 
@@ -25,7 +25,7 @@ from test_pruning import randomise_batchnorm
 def plan_for(model, method: str, rate: float = 0.4375, **params) -> Plan:
     entry = PRUNING_METHODS.get(method)
     settings = build(entry.params, params, "prune.params")
-    return Plan(method, rate, entry.select(model, rate, settings), params)
+    return Plan(method, rate, entry.select(model, rate, settings).layers, params)
 
 
 CASES = [

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from gkp.catalog import MODELS, build_model
+from gkp.contracts import model_spec
 from gkp.errors import ConfigError
-from gkp.models import MODELS, build_model, model_spec
 
 SIDES = {"resnet50": 64, "resnet101": 64}
 

@@ -7,11 +7,11 @@ import torch
 from torch import nn
 
 from baselines import l1
+from gkp.catalog import PRUNING_METHODS, build_model
+from gkp.contracts import model_spec
 from gkp.counting import measure
 from gkp.errors import PruningError
-from gkp.models import build_model, model_spec
 from gkp.pruning.plan import FilterPlan, Plan, keep_count, keep_top_k
-from gkp.pruning.registry import PRUNING_METHODS
 from gkp.pruning.surgery import apply, apply_mask
 
 
@@ -35,7 +35,7 @@ CASES = [("resnet20", {}, 32), ("resnet56", {}, 32), ("vgg16", {}, 32), ("resnet
 def test_l1_pruned_model_equals_the_masked_dense_model(arch, args, side):
     torch.manual_seed(0)
     model = randomise_batchnorm(build_model(arch, **args))
-    plan = Plan("l1", 0.5, PRUNING_METHODS.get("l1").select(model, 0.5, l1.L1Params()))
+    plan = Plan("l1", 0.5, PRUNING_METHODS.get("l1").select(model, 0.5, l1.L1Params()).layers)
     pruned, masked = apply(model, plan), apply_mask(model, plan)
     x = torch.rand(4, 3, side, side)
     with torch.no_grad():
@@ -47,7 +47,7 @@ def test_l1_pruned_model_equals_the_masked_dense_model(arch, args, side):
 def test_surgery_keeps_the_input_model_and_records_the_plan():
     model = build_model("resnet20")
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    plan = Plan("l1", 0.5, l1.METHOD.select(model, 0.5, l1.L1Params()))
+    plan = Plan("l1", 0.5, l1.METHOD.select(model, 0.5, l1.L1Params()).layers)
     pruned = apply(model, plan)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert model.layer1[0].conv1.out_channels == 16 and pruned.layer1[0].conv1.out_channels == 8
@@ -62,7 +62,7 @@ def test_l1_keeps_the_largest_filters():
         conv.weight.zero_()
         for j in range(16):
             conv.weight[j, 0, 0, 0] = (-1) ** j * (j % 5)  # |W_j|_1 = j mod 5
-    layers = l1.METHOD.select(model, 0.75, l1.L1Params())
+    layers = l1.METHOD.select(model, 0.75, l1.L1Params()).layers
     # Scores 0,1,2,3,4,0,1,2,3,4,...: the four largest are the 4s at 4, 9, 14 and then the 3 at index 3.
     assert layers["layer1.0.conv1"].kept == (3, 4, 9, 14)
 

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
+from gkp.catalog import build_model
 from gkp.errors import PruningError
 from gkp.grouped import reference as oracle
 from gkp.grouped.search import SearchSettings, beam_search
 from gkp.grouped.smoothness import filter_smoothness, grouped_kernel_smoothness, snake_order
 from gkp.grouped.srgkp import METHOD, SRGKPParams
-from gkp.models import build_model
 
 
 def test_the_authors_resnet20_gives_the_golden_selection(shared, authors_checkpoint):
@@ -32,7 +32,7 @@ def test_the_authors_resnet20_gives_the_golden_selection(shared, authors_checkpo
         "metric": "euclidean",
     }
     model, _ = load_model(authors_checkpoint)
-    layers = METHOD.select(model, 0.4375, SRGKPParams())
+    layers = METHOD.select(model, 0.4375, SRGKPParams()).layers
     assert list(layers) == list(golden["layers"])
     for name, expected in golden["layers"].items():
         assert layers[name].to_dict()["filter_order"] == expected["filter_order"], name
@@ -88,7 +88,7 @@ def test_the_vectorised_search_equals_the_oracle(settings):
     weight = random_weight(16, 16, seed=len(SETTINGS[0]) + sum(map(ord, str(settings))))
     with torch.no_grad():
         model.layer1[0].conv1.weight.copy_(torch.from_numpy(weight))
-    ours = METHOD.select(model, rate, params)["layer1.0.conv1"].to_dict()
+    ours = METHOD.select(model, rate, params).layers["layer1.0.conv1"].to_dict()
     expected = oracle.srgkp_layer(
         weight,
         rate,
@@ -113,7 +113,7 @@ def test_ties_between_identical_grouped_kernels_follow_the_reference():
     model.layer1[0].conv1 = conv
     model.layer1[0].bn1 = torch.nn.BatchNorm2d(8)
     model.grouped_kernel_targets = lambda scope="3x3": ["layer1.0.conv1"]
-    ours = METHOD.select(model, 0.5, SRGKPParams(groups=2))["layer1.0.conv1"].to_dict()
+    ours = METHOD.select(model, 0.5, SRGKPParams(groups=2)).layers["layer1.0.conv1"].to_dict()
     assert (ours["filter_order"], ours["kept"]) == (expected["filter_order"], expected["kept"])
 
 

@@ -21,9 +21,9 @@ from baselines.thinet import (
     removal_scores,
     sample_entries,
 )
+from gkp.catalog import build_model
+from gkp.contracts import PruningContext
 from gkp.errors import PruningError
-from gkp.models import build_model
-from gkp.pruning.method import PruningContext
 from gkp.pruning.plan import FilterPlan, Plan, keep_top_k
 from gkp.pruning.surgery import apply, apply_mask
 
@@ -167,7 +167,7 @@ def test_thinet_pruned_model_equals_the_masked_model_with_scales(arch, args, lay
     torch.manual_seed(0)
     model = randomise_batchnorm(build_model(arch, **args))
     calibration = [(torch.rand(4, 3, 32, 32), torch.zeros(4, dtype=torch.long))]
-    layers = thinet.METHOD.select(model, 0.5, ThiNetParams(), PruningContext(calibration=lambda: calibration))
+    layers = thinet.METHOD.select(model, 0.5, ThiNetParams(), PruningContext(calibration=lambda: calibration)).layers
     plan = Plan("thinet", 0.5, layers)
     assert set(layers) == {g.conv for g in model.filter_pruning_groups()}
     chosen = layers[layer]
@@ -195,7 +195,8 @@ def test_select_is_deterministic_for_a_seed_and_needs_calibration():
     calibration = [(torch.rand(3, 3, 16, 16), torch.zeros(3, dtype=torch.long))]
 
     def select(seed: int) -> dict:
-        return thinet.METHOD.select(model, 0.5, ThiNetParams(4, seed), PruningContext(calibration=lambda: calibration))
+        context = PruningContext(calibration=lambda: calibration)
+        return thinet.METHOD.select(model, 0.5, ThiNetParams(4, seed), context).layers
 
     first = select(0)
     assert first == select(0) and first != select(1)

@@ -11,8 +11,8 @@ from gkp.checkpoint import load_model
 from gkp.config import build_experiment
 from gkp.errors import ConfigError
 from gkp.grouped import clustering
-from gkp.grouped.conv import GroupedKernelConv2d
 from gkp.grouped.tmi import group_order, majority, snapshot_winner, tmi_scores
+from gkp.layers.grouped_conv import GroupedKernelConv2d
 from gkp.runner import run_experiment
 
 from conftest import tiny_config

@@ -1,10 +1,9 @@
-"""Datasets by name: ``load_data(cfg, device)`` returns the train / val / test splits on the device.
+"""Datasets as the engine sees them: a ``DataBundle`` of train / val / test splits on the device.
 
-Sources: ``cifar10`` and ``cifar100`` (torchvision downloads and checksums), ``imagefolder``
-(Tiny-ImageNet / ImageNet layout), ``npz`` (uint8 NHWC ``images`` + ``labels``), ``digits``
-(scikit-learn's, embedded: runs anywhere with no download) and ``synthetic`` (for tests and benchmarks).
-``data.val_fraction`` holds out a seeded part of the training set for ``select_on: val``;
-``train_size`` / ``test_size`` take seeded subsets.
+The sources (CIFAR-10/100, image folders, npz files, scikit-learn's digits, synthetic data) are
+``gkp.contracts.Dataset`` entries in ``gkp.data.sources``, registered in ``gkp.catalog.DATASETS``;
+``gkp.catalog.load_data(cfg, device)`` loads the one a config names. ``data.val_fraction`` holds out a
+seeded part of the training set for ``select_on: val``; ``train_size`` / ``test_size`` take seeded subsets.
 """
 
 from __future__ import annotations
@@ -12,13 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
-from torch.utils.data import Subset
 
-from gkp.data.arrays import Arrays, ArraySet, read_cifar, read_digits, read_npz, read_synthetic
-from gkp.data.folders import read_image_folders, transforms_for
 from gkp.data.splits import FolderSplit, TensorSplit
-from gkp.models.imagenet_resnet import IMAGENET_MEAN, IMAGENET_STD
 
 Split = TensorSplit | FolderSplit
 
@@ -50,66 +44,8 @@ def hold_out(count: int, fraction: float, seed: int) -> tuple[np.ndarray, np.nda
     return np.sort(order[held:]), np.sort(order[:held])
 
 
-def _tensor_split(arrays: ArraySet, index: np.ndarray, device: torch.device, augment: str) -> TensorSplit:
-    images = torch.from_numpy(np.ascontiguousarray(arrays.images[index])).permute(0, 3, 1, 2)
-    return TensorSplit(images.contiguous().to(device), torch.from_numpy(arrays.labels[index]).to(device), augment)
-
-
-def _read_arrays(cfg, num_classes: int | None) -> Arrays:
-    if cfg.name in ("cifar10", "cifar100"):
-        return read_cifar(cfg.name, cfg.root, cfg.download)
-    if cfg.name == "npz":
-        return read_npz(cfg.path, cfg.train_path, cfg.test_path)
-    if cfg.name == "digits":
-        return read_digits()
-    return read_synthetic(num_classes or 10, cfg.image_size or 32, cfg.train_size or 512, cfg.test_size or 256)
-
-
-def _from_arrays(cfg, device: torch.device, num_classes: int | None) -> DataBundle:
-    arrays = _read_arrays(cfg, num_classes)
-    augment = arrays.augment if cfg.augment == "auto" else cfg.augment
-    train = val = None
-    if arrays.train is not None:
-        train_idx, val_idx = hold_out(len(arrays.train.labels), cfg.val_fraction, cfg.split_seed)
-        train_idx = train_idx[seeded_subset(len(train_idx), cfg.train_size, cfg.split_seed)]
-        train = _tensor_split(arrays.train, train_idx, device, augment)
-        val = _tensor_split(arrays.train, val_idx, device, "none") if len(val_idx) else None
-    test_idx = seeded_subset(len(arrays.test.labels), cfg.test_size, cfg.split_seed)
-    return DataBundle(
-        train,
-        val,
-        _tensor_split(arrays.test, test_idx, device, "none"),
-        arrays.num_classes,
-        arrays.test.images.shape[1],
-        arrays.mean,
-        arrays.std,
-    )
-
-
-def _from_folders(cfg, device: torch.device) -> DataBundle:
-    size = cfg.image_size or 224
-    train_set, test_set, num_classes = read_image_folders(cfg.root, size)
-    train_idx, val_idx = hold_out(len(train_set), cfg.val_fraction, cfg.split_seed)
-    train_idx = train_idx[seeded_subset(len(train_idx), cfg.train_size, cfg.split_seed)]
-    test_idx = seeded_subset(len(test_set), cfg.test_size, cfg.split_seed)
-    val = None
-    if len(val_idx):
-        plain = type(train_set)(train_set.root, transform=transforms_for(size, train=False))
-        val = FolderSplit(Subset(plain, val_idx.tolist()), device, cfg.num_workers)
-    return DataBundle(
-        FolderSplit(Subset(train_set, train_idx.tolist()), device, cfg.num_workers),
-        val,
-        FolderSplit(Subset(test_set, test_idx.tolist()), device, cfg.num_workers),
-        num_classes,
-        size,
-        IMAGENET_MEAN,
-        IMAGENET_STD,
-    )
-
-
-def load_data(cfg, device: torch.device, num_classes: int | None = None) -> DataBundle:
-    """The splits of ``cfg`` (a ``DataConfig``) on ``device``; ``num_classes`` sizes synthetic data."""
-    bundle = _from_folders(cfg, device) if cfg.name == "imagefolder" else _from_arrays(cfg, device, num_classes)
-    if cfg.mean is not None:
-        bundle.mean, bundle.std = tuple(cfg.mean), tuple(cfg.std)
-    return bundle
+def training_indices(count: int, cfg) -> tuple[np.ndarray, np.ndarray]:
+    """(train indices, validation indices) of a training set of ``count`` under a ``DataConfig``: the
+    validation part held out first, then the seeded ``train_size`` subset of the rest."""
+    train_idx, val_idx = hold_out(count, cfg.val_fraction, cfg.split_seed)
+    return train_idx[seeded_subset(len(train_idx), cfg.train_size, cfg.split_seed)], val_idx

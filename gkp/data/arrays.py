@@ -1,7 +1,8 @@
-"""In-memory datasets as uint8 arrays, and the readers of the array-shaped sources.
+"""In-memory datasets as uint8 arrays, the readers of the array-shaped sources, and their splits.
 
-Every reader returns a ``Arrays`` (train may be None for evaluation-only sources) with NHWC uint8
-images, int64 labels, the class count, and the normalisation statistics models should be built with.
+Every reader returns an ``Arrays`` (train may be None for evaluation-only sources) with NHWC uint8
+images, int64 labels, the class count, and the normalisation statistics models should be built with;
+``bundle_from_arrays`` puts them on the device as ``TensorSplit``s.
 """
 
 from __future__ import annotations
@@ -10,12 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
+from gkp.data import DataBundle, seeded_subset, training_indices
+from gkp.data.splits import TensorSplit
 from gkp.errors import DataError
-from gkp.models.cifar_resnet import CIFAR10_MEAN, CIFAR10_STD
-
-CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
-CIFAR100_STD = (0.2673, 0.2564, 0.2762)
+from gkp.layers.normalize import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD
 
 
 @dataclass(frozen=True)
@@ -115,7 +116,6 @@ def read_digits() -> Arrays:
     The split is fixed (stratified, 20% test, seed 0), so every run on digits sees the same test set.
     Flips would turn digits into other shapes, so the default augmentation is crops only.
     """
-    import torch
     import torch.nn.functional as F
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
@@ -149,3 +149,28 @@ def read_synthetic(num_classes: int, image_size: int, train_size: int, test_size
     train, test = make(train_size), make(test_size)
     mean, std = channel_stats(train.images)
     return Arrays(train, test, num_classes, mean, std, "none")
+
+
+def _tensor_split(arrays: ArraySet, index: np.ndarray, device: torch.device, augment: str) -> TensorSplit:
+    images = torch.from_numpy(np.ascontiguousarray(arrays.images[index])).permute(0, 3, 1, 2)
+    return TensorSplit(images.contiguous().to(device), torch.from_numpy(arrays.labels[index]).to(device), augment)
+
+
+def bundle_from_arrays(arrays: Arrays, cfg, device: torch.device) -> DataBundle:
+    """The splits of ``arrays`` on ``device`` under a ``DataConfig`` (validation part, subsets, augmentation)."""
+    augment = arrays.augment if cfg.augment == "auto" else cfg.augment
+    train = val = None
+    if arrays.train is not None:
+        train_idx, val_idx = training_indices(len(arrays.train.labels), cfg)
+        train = _tensor_split(arrays.train, train_idx, device, augment)
+        val = _tensor_split(arrays.train, val_idx, device, "none") if len(val_idx) else None
+    test_idx = seeded_subset(len(arrays.test.labels), cfg.test_size, cfg.split_seed)
+    return DataBundle(
+        train,
+        val,
+        _tensor_split(arrays.test, test_idx, device, "none"),
+        arrays.num_classes,
+        arrays.test.images.shape[1],
+        arrays.mean,
+        arrays.std,
+    )

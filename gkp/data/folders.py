@@ -11,9 +11,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from torch.utils.data import Dataset
+import torch
+from torch.utils.data import Dataset, Subset
 
+from gkp.data import DataBundle, seeded_subset, training_indices
+from gkp.data.splits import FolderSplit
 from gkp.errors import DataError
+from gkp.layers.normalize import IMAGENET_MEAN, IMAGENET_STD
 
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
 
@@ -75,3 +79,25 @@ def read_image_folders(root: str, image_size: int) -> tuple[Dataset, Dataset, in
     if len(test) == 0:
         raise DataError(f"imagefolder: no validation images found in {val_dir}")
     return train, test, len(train.classes)
+
+
+def bundle_from_folders(cfg, device: torch.device, num_classes: int | None = None) -> DataBundle:
+    """The splits of the image folders under ``cfg.root`` (a ``DataConfig``), streamed to ``device``; the
+    class count is the folders' (``num_classes`` is for generated data)."""
+    size = cfg.image_size or 224
+    train_set, test_set, num_classes = read_image_folders(cfg.root, size)
+    train_idx, val_idx = training_indices(len(train_set), cfg)
+    test_idx = seeded_subset(len(test_set), cfg.test_size, cfg.split_seed)
+    val = None
+    if len(val_idx):
+        plain = type(train_set)(train_set.root, transform=transforms_for(size, train=False))
+        val = FolderSplit(Subset(plain, val_idx.tolist()), device, cfg.num_workers)
+    return DataBundle(
+        FolderSplit(Subset(train_set, train_idx.tolist()), device, cfg.num_workers),
+        val,
+        FolderSplit(Subset(test_set, test_idx.tolist()), device, cfg.num_workers),
+        num_classes,
+        size,
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+    )

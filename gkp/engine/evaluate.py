@@ -36,12 +36,11 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from attacks import ATTACKS
-from attacks.common import PIXELS, Box, input_gradient, lp_norm
-from gkp.config import EvalConfig
 from gkp.engine.folding import batchnorm_folded
 from gkp.errors import AttackSanityError
 from gkp.seeding import derive_seed
+from gkp.settings import EvalConfig
+from gkp.threat import PIXELS, Box, input_gradient, lp_norm
 
 log = logging.getLogger(__name__)
 
@@ -181,7 +180,7 @@ def _attack_batch(
     result: AttackResult,
 ) -> torch.Tensor:
     """Run one attack on one batch; returns the per-sample robust flags."""
-    attack = ATTACKS.get(spec.name)
+    attack = spec.attack
     target, inputs, box = attack_space(model, x, spec)
     labels = predictions if spec.labels == "predicted" else y
     start = time.perf_counter()
@@ -219,7 +218,7 @@ def masking_warnings(results: list[AttackResult], specs: Sequence, zero_share: f
             "or gradient masking); check with apgd_t (DLR loss) or square"
         )
     threat = {s.label: (s.params.norm, getattr(s.params, "eps", None), s.space) for s in specs}
-    kinds = {s.label: ATTACKS.get(s.name).kind for s in specs}
+    kinds = {s.label: s.attack.kind for s in specs}
     for query in (r for r in results if kinds[r.label] == "query"):
         gradient = [r for r in results if kinds[r.label] == "gradient" and threat[r.label] == threat[query.label]]
         if gradient and query.score.accuracy < min(r.score.accuracy for r in gradient):
@@ -271,7 +270,7 @@ def evaluate(
             predictions = _finite_logits(model(x), "on clean images").argmax(1)
         benign.seconds += _timed(device, start)
         flags["benign"].append((predictions == y).cpu())
-        if index == 0 and any(ATTACKS.get(s.name).kind == "gradient" for s in attack_specs):
+        if index == 0 and any(s.attack.kind == "gradient" for s in attack_specs):
             zero_share = zero_gradient_share(model, x, y)
         for spec, result in zip(attack_specs, results, strict=True):
             generator = torch.Generator(device=device)

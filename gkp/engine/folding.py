@@ -23,7 +23,7 @@ import torch
 from torch import fx, nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
-from gkp.grouped.conv import GroupedKernelConv2d
+from gkp.layers.grouped_conv import GroupedKernelConv2d
 
 log = logging.getLogger(__name__)
 

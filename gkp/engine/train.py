@@ -23,12 +23,12 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from gkp.config import EvalConfig
 from gkp.engine.device import amp_dtype, use_channels_last
 from gkp.engine.evaluate import evaluate
 from gkp.engine.schedule import build_scheduler
 from gkp.errors import NonFiniteLossError
 from gkp.seeding import derive_seed
+from gkp.settings import EvalConfig
 
 log = logging.getLogger(__name__)
 

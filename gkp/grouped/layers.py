@@ -17,13 +17,13 @@ import numpy as np
 from scipy.spatial.distance import cdist
 from torch import nn
 
+from gkp.contracts import NO_CONTEXT, PruningContext, PruningMethod, Selection, no_snapshots
 from gkp.errors import PruningError
 from gkp.grouped.smoothness import grouped_kernel_smoothness
-from gkp.pruning.method import NO_CONTEXT, PruningContext, PruningMethod, no_snapshots
 from gkp.pruning.plan import GroupedKernelPlan
 from gkp.pruning.surgery import get_module
 
-# (layer name, float64 weight, params, context) -> filter order; params has a ``groups`` field.
+# (layer name, float64 weight, params, context) -> filter order; params are GroupedKernelParams.
 FilterOrder = Callable[[str, np.ndarray, Any, PruningContext], np.ndarray]
 
 
@@ -151,12 +151,10 @@ def grouped_kernel_method(
     summary: str,
     snapshot_epochs: Callable[[Any], tuple[int, ...]] = no_snapshots,
 ) -> PruningMethod:
-    """A ``PruningMethod`` from a filter-grouping and a selection function. ``params`` must have
-    ``groups`` and ``scope`` fields."""
+    """A ``PruningMethod`` from a filter-grouping and a selection function; ``params`` is a dataclass with
+    the fields of ``gkp.contracts.GroupedKernelParams`` (``groups``, ``scope``)."""
 
-    def select(
-        model: nn.Module, rate: float, settings: Any, context: PruningContext = NO_CONTEXT
-    ) -> dict[str, GroupedKernelPlan]:
+    def select(model: nn.Module, rate: float, settings: Any, context: PruningContext = NO_CONTEXT) -> Selection:
         problems = []
         for layer, conv in grouped_targets(model, settings.scope):
             check_groups(conv.out_channels, settings.groups, layer)
@@ -164,11 +162,11 @@ def grouped_kernel_method(
             order = np.asarray(order_filters(layer, weight, settings, context))
             keep = keep_per_group(conv.in_channels, rate, layer)
             problems.append(LayerProblem(layer, weight, order, settings.groups, keep))
-        return solve(problems, select_bucket, settings)
+        return Selection(solve(problems, select_bucket, settings))
 
-    def check(model: nn.Module, rate: float, settings: Any, context: PruningContext | None = None) -> None:
+    def check(model: nn.Module, rate: float, settings: Any, context: PruningContext = NO_CONTEXT) -> None:
         for layer, conv in grouped_targets(model, settings.scope):
             check_groups(conv.out_channels, settings.groups, layer)
             keep_per_group(conv.in_channels, rate, layer)
 
-    return PruningMethod(name, params, select, check, summary, snapshot_epochs)
+    return PruningMethod(name, params, select, check, summary, "grouped_kernels", snapshot_epochs)

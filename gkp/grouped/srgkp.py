@@ -20,10 +20,10 @@ from typing import Any, Literal
 
 import numpy as np
 
+from gkp.contracts import PruningContext
 from gkp.grouped.layers import Bucket, grouped_kernel_method
 from gkp.grouped.search import SearchSettings, beam_search
 from gkp.grouped.smoothness import filter_smoothness, running_sum, snake_order
-from gkp.pruning.method import PruningContext
 from gkp.schema import at_least, in_unit_interval, option
 
 

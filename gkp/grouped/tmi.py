@@ -30,12 +30,12 @@ from typing import Literal
 
 import numpy as np
 
+from gkp.contracts import PruningContext
 from gkp.errors import ConfigError
 from gkp.grouped import clustering
 from gkp.grouped.greedy import greedy_settings
 from gkp.grouped.layers import Bucket, grouped_kernel_method
 from gkp.grouped.search import beam_search
-from gkp.pruning.method import PruningContext
 from gkp.schema import at_least, in_unit_interval, option, positive
 
 log = logging.getLogger(__name__)

@@ -15,13 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gkp.models.groups import FilterGroup
-from gkp.models.normalize import Normalize
-
-# The CIFAR-10 statistics of the SR-GKP code (and many CIFAR repositories). Keeping them matters for
-# reproducing the paper's attacks, whose eps was given in units of this normalisation.
-CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR10_STD = (0.2023, 0.1994, 0.2010)
+from gkp.contracts import FilterGroup
+from gkp.layers.normalize import CIFAR10_MEAN, CIFAR10_STD, Normalize
 
 
 def conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
@@ -39,6 +34,11 @@ class ZeroPadShortcut(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x[:, :, :: self.stride, :: self.stride]
         return F.pad(x, (0, 0, 0, 0, 0, self.extra_channels))
+
+    def pooled_reads(self, inputs: torch.Tensor, output: torch.Tensor) -> int:
+        """The authors' ``AvgPool2d(kernel_size=1, stride=2)``: it reads the subsampled input, before the
+        zero channels (``gkp.contracts.CountedAsPooling``)."""
+        return inputs.shape[1] * output.shape[-2] * output.shape[-1]
 
 
 class BasicBlock(nn.Module):

@@ -15,11 +15,13 @@ import torch
 from torch import nn
 from torchvision.models.resnet import Bottleneck, ResNet
 
-from gkp.models.groups import FilterGroup
-from gkp.models.normalize import Normalize
+from gkp.contracts import FilterGroup
+from gkp.layers.normalize import IMAGENET_MEAN, IMAGENET_STD, Normalize
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+
+def stem_for(image_size: int) -> dict[str, str]:
+    """The stem for the data's image side: the small one for 64x64 (Tiny-ImageNet) and smaller."""
+    return {"stem": "small" if image_size <= 64 else "imagenet"}
 
 
 class BottleneckResNet(ResNet):

@@ -10,9 +10,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from gkp.models.cifar_resnet import CIFAR10_MEAN, CIFAR10_STD
-from gkp.models.groups import FilterGroup
-from gkp.models.normalize import Normalize
+from gkp.contracts import FilterGroup
+from gkp.layers.normalize import CIFAR10_MEAN, CIFAR10_STD, Normalize
 
 VGG16_LAYOUT = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512)
 

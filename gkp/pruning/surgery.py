@@ -15,10 +15,9 @@ from dataclasses import replace
 import torch
 from torch import nn
 
+from gkp.contracts import FilterGroup, model_spec
 from gkp.errors import PruningError
-from gkp.grouped.conv import GroupedKernelConv2d
-from gkp.models import model_spec
-from gkp.models.groups import FilterGroup
+from gkp.layers.grouped_conv import GroupedKernelConv2d
 from gkp.pruning.plan import FilterPlan, GroupedKernelPlan, Plan
 
 
@@ -40,7 +39,7 @@ def filter_groups(model: nn.Module) -> dict[str, FilterGroup]:
     if not hasattr(model, "filter_pruning_groups"):
         raise PruningError(
             f"{type(model).__name__} has no filter-pruning dependency table "
-            "(a filter_pruning_groups() method); see README, 'Adding a model'"
+            "(a filter_pruning_groups() method); see docs/extending.md, 'A model'"
         )
     return {group.conv: group for group in model.filter_pruning_groups()}
 

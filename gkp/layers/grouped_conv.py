@@ -3,7 +3,7 @@
 A conv whose filters form ``groups`` equal groups, group g keeping the kernels of input channels
 ``kept[g]`` only, holds exactly those kernels: a weight of shape (C_out, keep, k, k), rows in grouped
 filter order. It computes the same function in one of three forms, chosen per layer and device by
-timing (``gkp.grouped.forms.choose_forms``), since which is fastest depends on the layer's shape, the
+timing (``gkp.layers.forms.choose_forms``), since which is fastest depends on the layer's shape, the
 batch and the hardware:
 
 - ``grouped``: gather the input channels ``kept[0] + kept[1] + ...`` (a channel may be gathered by

@@ -1,5 +1,5 @@
 """Choose, per grouped-kernel conv and device, the fastest of its equivalent forms (see
-``gkp.grouped.conv``), by timing each form on the layer's own input shape.
+``gkp.layers.grouped_conv``), by timing each form on the layer's own input shape.
 
 Which form wins depends on the layer (channels, spatial size), the batch and the hardware: a grouped
 conv with few channels per group can run slower than the dense conv it replaces on some backends, and a
@@ -16,7 +16,7 @@ from collections import Counter
 import torch
 from torch import nn
 
-from gkp.grouped.conv import FORMS, GroupedKernelConv2d
+from gkp.layers.grouped_conv import FORMS, GroupedKernelConv2d
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +76,8 @@ def choose_forms(
     images of side ``input_size`` on the model's device (forward only, or forward + backward with
     ``train``), timed on inputs in the memory format they will run in (``channels_last`` or not);
     returns {layer name: form}."""
+    if not any(isinstance(m, GroupedKernelConv2d) for m in model.modules()):
+        return {}
     reference = next(model.parameters())
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     example = torch.rand(batch_size, 3, input_size, input_size, device=reference.device, dtype=reference.dtype)

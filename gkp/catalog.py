@@ -1,0 +1,133 @@
+"""Every registry, assembled in one place above the mechanisms: the models, datasets, pruning methods and
+attacks a config can name. Plans, surgery, layers, the engine and the evaluation import none of this;
+the config, the stages and the command line look names up here. Each entry fulfils its contract in
+``gkp.contracts``, which ``tests/test_contracts.py`` checks for every entry of every registry.
+
+To add an entry: write it (``docs/extending.md``) and add one line to its registry below.
+"""
+
+from __future__ import annotations
+
+import inspect
+from functools import partial
+from typing import Any
+
+import torch
+from torch import nn
+
+from attacks import apgd, apgd_targeted, cw, fgsm, fmn, pgd, square
+from baselines import chip, fpgm, group_norm, hrank, l1, l2, lamp, random_filters, slimming, taylor, thinet
+from gkp.contracts import ArchEntry, Attack, Dataset, ModelSpec, PruningMethod
+from gkp.data import DataBundle, sources
+from gkp.errors import ConfigError
+from gkp.grouped import greedy, largest, least_smooth, random_kernels, srgkp, tmi
+from gkp.models.cifar_resnet import CifarResNet
+from gkp.models.imagenet_resnet import BottleneckResNet, stem_for
+from gkp.models.vgg import VGG
+from gkp.registry import Registry, did_you_mean
+
+
+def _cifar_resnet(depth: int, note: str = "option-A shortcuts") -> ArchEntry:
+    return ArchEntry(partial(CifarResNet, depth), 32, f"CIFAR ResNet-{depth}, {note}")
+
+
+MODELS: Registry[ArchEntry] = Registry(
+    "model arch",
+    {
+        "resnet8": _cifar_resnet(8, "one block per stage, for smoke tests"),
+        **{f"resnet{d}": _cifar_resnet(d) for d in (20, 32, 44, 56, 110)},
+        "vgg16": ArchEntry(VGG, 32, "VGG-16 with BatchNorm for 32x32 inputs"),
+        "resnet50": ArchEntry(
+            partial(BottleneckResNet, (3, 4, 6, 3)), 224, "bottleneck ResNet-50 (torchvision)", stem_for
+        ),
+        "resnet101": ArchEntry(
+            partial(BottleneckResNet, (3, 4, 23, 3)), 224, "bottleneck ResNet-101 (torchvision)", stem_for
+        ),
+    },
+)
+
+DATASETS: Registry[Dataset] = Registry.of(
+    "dataset", (sources.CIFAR10, sources.CIFAR100, sources.IMAGEFOLDER, sources.NPZ, sources.DIGITS, sources.SYNTHETIC)
+)
+
+PRUNING_METHODS: Registry[PruningMethod] = Registry.of(
+    "pruning method",
+    (
+        # grouped kernel pruning (gkp/grouped/)
+        srgkp.METHOD,
+        tmi.METHOD,
+        greedy.METHOD,
+        least_smooth.METHOD,
+        largest.METHOD,
+        random_kernels.METHOD,
+        # filter pruning (baselines/)
+        l1.METHOD,
+        l1.L1_A,
+        l1.L1_B,
+        l2.METHOD,
+        fpgm.METHOD,
+        slimming.METHOD,
+        taylor.METHOD,
+        hrank.METHOD,
+        chip.METHOD,
+        thinet.METHOD,
+        lamp.METHOD,
+        group_norm.METHOD,
+        random_filters.METHOD,
+    ),
+)
+
+ATTACKS: Registry[Attack] = Registry.of(
+    "attack",
+    (fgsm.ATTACK, pgd.ATTACK, apgd.ATTACK, apgd_targeted.ATTACK, square.ATTACK, cw.ATTACK, fmn.ATTACK),
+)
+
+
+# ------------------------------------------------------------------------------------- models
+
+
+def arch_arg_names(arch: str) -> list[str]:
+    params = inspect.signature(MODELS.get(arch).build).parameters
+    return [name for name, p in params.items() if p.kind is p.POSITIONAL_OR_KEYWORD]
+
+
+def check_arch_args(arch: str, args: dict[str, Any], key_path: str = "model.args") -> None:
+    """Fail early, naming the valid arguments, when ``args`` has a key the constructor does not take."""
+    valid = arch_arg_names(arch)
+    for name in args:
+        if name not in valid:
+            raise ConfigError(
+                f"{key_path}.{name}: '{arch}' takes no argument '{name}'"
+                f"{did_you_mean(name, valid)}; valid arguments: {', '.join(valid)}"
+            )
+
+
+def build_model(arch: str, **args: Any) -> nn.Module:
+    """A freshly initialised ``arch`` carrying its ``ModelSpec`` (so checkpoints can rebuild it)."""
+    check_arch_args(arch, args)
+    model = MODELS.get(arch, "model.arch").build(**args)
+    model.gkp_spec = ModelSpec(arch, dict(args))
+    return model
+
+
+def model_for_data(arch: str, data: DataBundle, num_classes: int | None, args: dict[str, Any]) -> nn.Module:
+    """A new ``arch`` sized and normalised for ``data``: its class count (unless ``num_classes``), its
+    mean and std, and the arguments the arch derives from the image side; ``args`` override all."""
+    defaults = {
+        "num_classes": num_classes or data.num_classes,
+        "mean": list(data.mean),
+        "std": list(data.std),
+        **MODELS.get(arch).data_args(data.image_size),
+    }
+    return build_model(arch, **{**defaults, **args})
+
+
+# ------------------------------------------------------------------------------------- data
+
+
+def load_data(cfg, device: torch.device, num_classes: int | None = None) -> DataBundle:
+    """The splits of ``cfg`` (a ``DataConfig``) on ``device``; ``num_classes`` sizes generated data."""
+    bundle = DATASETS.get(cfg.name, "data.name").load(cfg, device, num_classes)
+    if cfg.mean is not None:
+        bundle.mean, bundle.std = tuple(cfg.mean), tuple(cfg.std)
+    return bundle

@@ -1,0 +1,95 @@
+"""The datasets a config can name (``data.name``), each a ``gkp.contracts.Dataset``: how to load it and
+what its ``data`` section must hold. Registered in ``gkp.catalog.DATASETS``.
+
+- ``cifar10``, ``cifar100``: torchvision's classes, which download (``data.download: true``) and verify.
+- ``imagefolder``: Tiny-ImageNet / ImageNet folders under ``data.root`` (``gkp.data.folders``).
+- ``npz``: files of ``images`` (uint8 N x H x W x 3) and ``labels``: ``data.path`` for evaluation only,
+  or ``data.train_path`` and ``data.test_path``.
+- ``digits``: the handwritten digits that ship inside scikit-learn, resized to 32x32: runs anywhere with
+  no download.
+- ``synthetic``: generated, learnable images for tests and benchmarks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from gkp.contracts import Dataset
+from gkp.data import DataBundle
+from gkp.data.arrays import Arrays, bundle_from_arrays, read_cifar, read_digits, read_npz, read_synthetic
+from gkp.data.folders import bundle_from_folders
+from gkp.errors import ConfigError
+
+Reader = Callable[..., Arrays]  # (DataConfig, num_classes) -> Arrays
+
+
+def _from_arrays(read: Reader) -> Callable[..., DataBundle]:
+    def load(cfg, device: torch.device, num_classes: int | None = None) -> DataBundle:
+        return bundle_from_arrays(read(cfg, num_classes), cfg, device)
+
+    return load
+
+
+def _reads_root(cfg, trains: bool) -> None:
+    """Every source but npz reads ``data.root`` (or nothing), never npz files."""
+    if cfg.path or cfg.train_path or cfg.test_path:
+        raise ConfigError(
+            f"data.path: path, train_path and test_path are for data.name: npz, "
+            f"not '{cfg.name}' (which reads data.root)"
+        )
+
+
+def _npz_paths(cfg, trains: bool) -> None:
+    if not (cfg.path or (cfg.train_path and cfg.test_path)):
+        raise ConfigError(
+            "data.path: an npz dataset needs data.path (evaluation only) or both data.train_path and data.test_path"
+        )
+    if trains and not cfg.train_path:
+        raise ConfigError(
+            "data.train_path: the train/finetune stages need an npz training file; "
+            "data.path is used for evaluation only"
+        )
+
+
+CIFAR10 = Dataset(
+    "cifar10",
+    _from_arrays(lambda cfg, classes: read_cifar("cifar10", cfg.root, cfg.download)),
+    "CIFAR-10 (50,000 + 10,000 32x32 images, 10 classes) under data.root; data.download fetches it",
+    _reads_root,
+)
+CIFAR100 = Dataset(
+    "cifar100",
+    _from_arrays(lambda cfg, classes: read_cifar("cifar100", cfg.root, cfg.download)),
+    "CIFAR-100 (50,000 + 10,000 32x32 images, 100 classes) under data.root; data.download fetches it",
+    _reads_root,
+)
+IMAGEFOLDER = Dataset(
+    "imagefolder",
+    bundle_from_folders,
+    "Tiny-ImageNet / ImageNet layout under data.root: train/<class>/, val/<class>/ (or Tiny-ImageNet's val/)",
+    _reads_root,
+)
+NPZ = Dataset(
+    "npz",
+    _from_arrays(lambda cfg, classes: read_npz(cfg.path, cfg.train_path, cfg.test_path)),
+    "npz files of uint8 images (N x H x W x 3) and labels: data.path, or data.train_path + data.test_path",
+    _npz_paths,
+)
+DIGITS = Dataset(
+    "digits",
+    _from_arrays(lambda cfg, classes: read_digits()),
+    "scikit-learn's handwritten digits (1,797 images, 10 classes) at 32x32: no download",
+    _reads_root,
+)
+SYNTHETIC = Dataset(
+    "synthetic",
+    _from_arrays(
+        lambda cfg, classes: read_synthetic(
+            classes or 10, cfg.image_size or 32, cfg.train_size or 512, cfg.test_size or 256
+        )
+    ),
+    "generated, learnable images for tests and benchmarks (data.image_size, train_size, test_size)",
+    _reads_root,
+)
