@@ -29,7 +29,7 @@ from gkp.settings import (
     TrainConfig,
     device_name_check,
 )
-from gkp.stages import STAGE_NAMES
+from gkp.stages import SAVED_MODELS, STAGE_NAMES, TRAINING_STAGES
 from gkp.suites import expand_suites
 
 StageName = Literal[STAGE_NAMES]
@@ -169,14 +169,14 @@ def _check_stages(exp: Experiment) -> None:
 
 def _check_data(exp: Experiment) -> None:
     dataset = DATASETS.get(exp.data.name, "data.name")
-    dataset.check(exp.data, any(s in exp.stages for s in ("train", "finetune")))
+    dataset.check(exp.data, any(s in exp.stages for s in TRAINING_STAGES))
     if (exp.data.mean is None) != (exp.data.std is None):
         raise ConfigError("data.mean: give data.mean and data.std together")
 
 
 def _check_training(exp: Experiment) -> None:
     labels = [a.label for a in exp.attacks]
-    for stage in ("train", "finetune"):
+    for stage in TRAINING_STAGES:
         cfg: TrainConfig = getattr(exp, stage)
         for label in cfg.eval_attacks:
             if label not in labels:
@@ -199,10 +199,10 @@ def _check_eval(exp: Experiment) -> None:
     if not exp.eval.models:
         raise ConfigError("eval.models: name at least one model, e.g. [final]")
     for name in exp.eval.models:
-        if name in ("final", "dense", "pruned"):
+        if name in SAVED_MODELS:
             continue
         if not name.startswith("best_") or name[5:] not in metrics:
-            choices = ["final", "dense", "pruned", *(f"best_{m}" for m in metrics)]
+            choices = [*reversed(SAVED_MODELS), *(f"best_{m}" for m in metrics)]
             raise ConfigError(
                 f"eval.models: unknown model '{name}'; valid choices: {', '.join(choices)} "
                 "(best_<label> for each label in finetune.eval_attacks)"

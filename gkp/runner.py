@@ -61,6 +61,8 @@ def preflight(ctx: Context, stages: tuple[str, ...]) -> None:
     will_make = models_made_by(stages, ctx.exp)
     for name in stages:
         stage = stage_named(name)
+        if stage.trains and ctx.data.train is None:
+            raise ConfigError(f"data: the {name} stage trains, and data '{ctx.exp.data.name}' has no training split")
         stage.check(ctx, will_make)
         for model in stage.reads(ctx.exp):
             if model not in will_make and not (model == "final" and will_make):

@@ -66,7 +66,8 @@ class Stage:
     ``run(ctx)`` does the work. ``reads(exp)`` names the models it loads (eval names: dense, pruned,
     final, best_<metric>); ``saves`` is the model it writes, as (eval name, file); ``files`` the other
     outputs in the run folder. ``sections`` are the config sections this stage adds to the ones earlier
-    stages depend on: together they make its fingerprint. ``check(ctx, will_make)`` raises before any
+    stages depend on: together they make its fingerprint. ``trains``: it runs the training loop on the
+    training split, with the config section of its own name. ``check(ctx, will_make)`` raises before any
     compute when the stage could not run (``will_make``: the models the stages about to run will save).
     """
 
@@ -77,6 +78,7 @@ class Stage:
     reads: Callable[[Experiment], tuple[str, ...]]
     saves: tuple[str, str] | None
     files: tuple[str, ...]
+    trains: bool = False
     check: Callable[[Context, frozenset[str]], None] = lambda ctx, will_make: None
 
     def fingerprint_sections(self) -> tuple[str, ...]:
@@ -108,8 +110,7 @@ def model_path(ctx: Context, name: str) -> Path | None:
     pipeline (fine-tuned, else pruned, else dense), ``best_<metric>`` a fine-tuning epoch's."""
     if name != "final":
         return _own_model(ctx, name)
-    saved = [stage.saves[0] for stage in STAGES if stage.saves]
-    return next((p for p in (_own_model(ctx, m) for m in reversed(saved)) if p is not None), None)
+    return next((p for p in (_own_model(ctx, m) for m in reversed(SAVED_MODELS)) if p is not None), None)
 
 
 def produced_by(model: str) -> str:
@@ -196,11 +197,6 @@ def finetune(ctx: Context) -> None:
     channels_last = use_channels_last(ctx.exp.finetune.channels_last, ctx.device)
     fastest_forms(ctx, model, ctx.exp.data.batch_size, train=True, channels_last=channels_last)
     _train_and_save(ctx, "finetune", model, "")
-
-
-def needs_training_data(ctx: Context, will_make: frozenset[str]) -> None:
-    if ctx.data.train is None:
-        raise ConfigError("data: the train/finetune stages need a training split")
 
 
 # ------------------------------------------------------------------ prune
@@ -317,7 +313,7 @@ def evaluate_models(ctx: Context) -> None:
     entries = [_evaluate_model(ctx, name) for name in ctx.exp.eval.models]
     training = {
         stage: json.loads((ctx.run.path / f"{stage}.json").read_text())
-        for stage in ("train", "finetune")
+        for stage in TRAINING_STAGES
         if (ctx.run.path / f"{stage}.json").is_file()
     }
     results = {
@@ -341,7 +337,7 @@ STAGES: tuple[Stage, ...] = (
         reads=lambda exp: (),
         saves=("dense", "dense.ckpt"),
         files=("train.json", "dense_best_<metric>.ckpt", "snapshots/", "metrics.csv", "tb/train/"),
-        check=needs_training_data,
+        trains=True,
     ),
     Stage(
         "prune",
@@ -361,7 +357,7 @@ STAGES: tuple[Stage, ...] = (
         reads=lambda exp: ("pruned",),
         saves=("final", "finetuned.ckpt"),
         files=("finetune.json", "best_<metric>.ckpt", "metrics.csv", "tb/finetune/"),
-        check=needs_training_data,
+        trains=True,
     ),
     Stage(
         "eval",
@@ -374,6 +370,8 @@ STAGES: tuple[Stage, ...] = (
     ),
 )
 STAGE_NAMES: tuple[str, ...] = tuple(stage.name for stage in STAGES)
+TRAINING_STAGES: tuple[str, ...] = tuple(stage.name for stage in STAGES if stage.trains)
+SAVED_MODELS: tuple[str, ...] = tuple(stage.saves[0] for stage in STAGES if stage.saves)
 
 
 def stage_named(name: str) -> Stage:

@@ -51,6 +51,15 @@ def authors_checkpoint(shared: Path, tmp_path_factory) -> Path:
     return destination
 
 
+@pytest.fixture
+def pinned_forms(monkeypatch):
+    """Grouped-kernel convs keep their default form instead of being timed: for runs whose test is not
+    about forms (timing every form of every layer costs seconds and proves nothing there)."""
+    from gkp import stages
+
+    monkeypatch.setattr(stages, "choose_forms", lambda *args, **kwargs: {})
+
+
 def tiny_config(**sections) -> dict:
     """A config that trains in seconds: ResNet-8 on 16x16 synthetic images."""
     config = {

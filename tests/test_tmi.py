@@ -64,7 +64,7 @@ TMI = tiny_config(
 )
 
 
-def test_tmi_gkp_runs_end_to_end_on_digits(tmp_path):
+def test_tmi_gkp_runs_end_to_end_on_digits(tmp_path, pinned_forms):
     results = run_experiment(build_experiment(TMI), out=tmp_path)
     assert sorted(p.name for p in (tmp_path / "snapshots").iterdir()) == ["epoch_0002.ckpt", "epoch_0003.ckpt"]
     plan = json.loads((tmp_path / "plan.json").read_text())
