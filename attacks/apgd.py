@@ -38,7 +38,7 @@ RHO = 0.75
 @dataclass(frozen=True)
 class APGDParams:
     eps: float = option(8 / 255, check=at_least(0), doc="radius of the ball")
-    norm: Literal["linf", "l2"] = option("linf")
+    norm: Literal["linf", "l2"] = option("linf", doc="the threat model's norm")
     steps: int = option(100, check=at_least(1), doc="iterations per run")
     restarts: int = option(1, check=at_least(1), doc="runs from new random points for the samples not yet fooled")
 

@@ -26,7 +26,7 @@ from gkp.threat import PIXELS, Box
 @dataclass(frozen=True)
 class APGDTargetedParams:
     eps: float = option(8 / 255, check=at_least(0), doc="radius of the ball")
-    norm: Literal["linf", "l2"] = option("linf")
+    norm: Literal["linf", "l2"] = option("linf", doc="the threat model's norm")
     steps: int = option(100, check=at_least(1), doc="iterations per target and run")
     targets: int = option(9, check=at_least(1), doc="target classes tried, highest-ranked first")
     restarts: int = option(1, check=at_least(1), doc="runs per target")

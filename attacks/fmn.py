@@ -30,8 +30,8 @@ from gkp.threat import PIXELS, Box, loss_and_gradient, lp_norm, per_sample, proj
 @dataclass(frozen=True)
 class FMNParams:
     eps: float | None = option(None, check=at_least(0.0), doc="robust when the smallest perturbation exceeds eps")
-    norm: Literal["linf", "l2"] = option("linf")
-    steps: int = option(100, check=at_least(1))
+    norm: Literal["linf", "l2"] = option("linf", doc="the threat model's norm")
+    steps: int = option(100, check=at_least(1), doc="iterations")
     alpha_init: float = option(1.0, check=positive, doc="first step length (of the L2-normalised gradient)")
     gamma_init: float = option(0.05, check=positive, doc="first relative change of the radius")
     gamma_final: float = option(0.001, check=positive, doc="last relative change of the radius")

@@ -26,7 +26,7 @@ from gkp.threat import PIXELS, Box, Norm, input_gradient, project
 @dataclass(frozen=True)
 class PGDParams:
     eps: float = option(8 / 255, check=at_least(0), doc="radius of the ball")
-    norm: Literal["linf", "l2"] = option("linf")
+    norm: Literal["linf", "l2"] = option("linf", doc="the threat model's norm")
     step_size: float | None = option(None, check=positive, doc="step per iteration; default eps / 4")
     steps: int = option(10, check=at_least(1), doc="iterations")
     random_start: bool = option(True, doc="start from a uniform random point in the eps-ball")

@@ -35,7 +35,7 @@ HALVINGS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
 @dataclass(frozen=True)
 class SquareParams:
     eps: float = option(8 / 255, check=at_least(0), doc="radius of the ball")
-    norm: Literal["linf", "l2"] = option("linf")
+    norm: Literal["linf", "l2"] = option("linf", doc="the threat model's norm")
     queries: int = option(5000, check=at_least(1), doc="queries per sample at most")
     p_init: float = option(0.8, check=in_unit_interval, doc="initial fraction of the image a window covers")
 

@@ -37,7 +37,7 @@ StageName = Literal[STAGE_NAMES]
 
 @dataclass(frozen=True)
 class Experiment:
-    name: str = option(doc="run name (default: the config file's name); the run folder defaults to runs/<name>")
+    name: str = option(doc="run name; the run folder defaults to runs/<name>", default_text="the config file's name")
     seed: int = option(0, doc="the one seed: model init, epoch shuffling and augmentation, attack randomness")
     device: str = option(
         "auto", check=device_name_check, doc="auto (the first CUDA GPU, else the CPU), cpu, cuda, cuda:N or mps"

@@ -27,9 +27,11 @@ def option(
     check: Check | None = None,
     doc: str = "",
     default_factory: Any = dataclasses.MISSING,
+    default_text: str = "",
 ) -> Any:
-    """A dataclass field with an optional validity check (returns an error text or None) and a doc line."""
-    metadata = {"check": check, "doc": doc}
+    """A dataclass field with an optional validity check (returns an error text or None), a doc line and,
+    for a default computed elsewhere, how the config reference shows it (``default_text``)."""
+    metadata = {"check": check, "doc": doc, "default_text": default_text}
     if default_factory is not dataclasses.MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)

@@ -146,12 +146,19 @@ class AttackSpec:
     normalized image range when ``clip``), as the SR-GKP code did; ``labels: predicted`` attacks the model's
     own predictions (their FGSM)."""
 
-    attack: Attack
-    label: str
-    params: Any
-    space: Literal["pixel", "normalized"] = "pixel"
-    labels: Literal["true", "predicted"] = "true"
-    clip: bool = True
+    attack: Attack = option(doc="a registered attack, by name (see Attacks below)", default_text="(required)")
+    label: str = option(
+        doc="its name in results; default: the attack's name, or pgd_1, pgd_2, ... when a name repeats",
+        default_text="the name",
+    )
+    params: Any = option(doc="the attack's own parameters, as keys of the entry (see Attacks below)")
+    space: Literal["pixel", "normalized"] = option(
+        "pixel", doc="pixel: eps in [0, 1] pixel units; normalized: in normalized-input units (the SR-GKP code's)"
+    )
+    labels: Literal["true", "predicted"] = option(
+        "true", doc="attack the true labels, or the model's own predictions (the SR-GKP code's FGSM)"
+    )
+    clip: bool = option(True, doc="space normalized: clip to the normalized image range")
 
     @property
     def name(self) -> str:

@@ -11,6 +11,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from gkp.errors import ConfigError
@@ -37,10 +39,34 @@ def _strong(eps: Any, norm: str = "linf") -> list[dict[str, Any]]:
     return [{"name": name, "eps": eps, "norm": norm} for name in ("apgd_ce", "apgd_t", "square")]
 
 
+@dataclass(frozen=True)
+class Suite:
+    """A named list of attacks: ``make(**arguments)`` returns the attack entries, ``keys`` are the
+    arguments a config may give it."""
+
+    make: Callable[..., list[dict[str, Any]]]
+    keys: tuple[str, ...]
+    summary: str
+
+
 SUITES = {
-    "paper-cifar": (lambda: _paper((0.01, 0.1), "8/255", "2/255", clip=True), ()),
-    "paper-imagenet": (lambda: _paper((0.001, 0.01, 0.1), "4/255", "1/255", clip=False), ()),
-    "strong": (_strong, ("eps", "norm")),
+    "paper-cifar": Suite(
+        lambda: _paper((0.01, 0.1), "8/255", "2/255", clip=True),
+        (),
+        "the SR-GKP paper's CIFAR-10 evaluation as its code ran it: FGSM 0.01 and 0.1 on the predicted labels, "
+        "PGD eps 8/255, step 2/255, 3 steps; normalized units, clipped",
+    ),
+    "paper-imagenet": Suite(
+        lambda: _paper((0.001, 0.01, 0.1), "4/255", "1/255", clip=False),
+        (),
+        "their Tiny-ImageNet / ImageNet evaluation: FGSM 0.001, 0.01, 0.1, PGD eps 4/255, step 1/255, 3 steps; "
+        "normalized units, unclipped",
+    ),
+    "strong": Suite(
+        _strong,
+        ("eps", "norm"),
+        "the AutoAttack protocol's attacks at eps (pixel units) and norm: APGD-CE, APGD-T (DLR), Square",
+    ),
 }
 
 
@@ -57,7 +83,8 @@ def expand_suites(entries: list[Any]) -> list[tuple[str, Any]]:
                 f"attacks[{i}].suite: unknown suite {name!r}{did_you_mean(str(name), list(SUITES))}; "
                 f"valid suites: {', '.join(SUITES)}"
             )
-        make, keys = SUITES[name]
+        suite = SUITES[name]
+        keys = suite.keys
         arguments = {k: v for k, v in entry.items() if k != "suite"}
         for key in arguments:
             if key not in keys:
@@ -66,5 +93,5 @@ def expand_suites(entries: list[Any]) -> list[tuple[str, Any]]:
                 )
         if "eps" in keys and "eps" not in arguments:
             raise ConfigError(f"attacks[{i}].eps: the suite {name} needs an eps (pixel units), e.g. 8/255")
-        expanded += [(f"attacks[{i}] ({name})", attack) for attack in make(**arguments)]
+        expanded += [(f"attacks[{i}] ({name})", attack) for attack in suite.make(**arguments)]
     return expanded

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import fields
 from pathlib import Path
 
 import pytest
 
 from gkp.cli import main
-from gkp.config import DataConfig, EvalConfig, Experiment, ModelConfig, PruneConfig, TrainConfig, load_experiment
+from gkp.config import load_experiment
 
 from conftest import ROOT, tiny_config, write_config
 
@@ -49,24 +48,6 @@ def test_run_prints_the_results_table(tmp_path, capsys):
     fgsm = details[2].split()
     assert fgsm[0] == "fgsm" and fgsm[2] == "/" and fgsm[3] == "128" and "eps=0.0313725" in fgsm
     assert details[-1].startswith("worst case")
-
-
-def test_the_readme_documents_every_config_key():
-    readme = (ROOT / "README.md").read_text()
-    sections = {
-        "model": ModelConfig,
-        "data": DataConfig,
-        "train": TrainConfig,
-        "prune": PruneConfig,
-        "eval": EvalConfig,
-    }
-    for field in fields(Experiment):
-        if field.name in sections:
-            keys = [f"{field.name}.{inner.name}" for inner in fields(sections[field.name])]
-        else:
-            keys = [f"{field.name}.*" if field.name == "finetune" else field.name]
-        for key in keys:
-            assert f"`{key}`" in readme, f"{key} is missing from the config reference in README.md"
 
 
 def test_security_curves_from_minimum_norm_runs(tmp_path, capsys):

@@ -67,7 +67,7 @@ def read_image_folders(root: str, image_size: int) -> tuple[Dataset, Dataset, in
             raise DataError(
                 f"imagefolder: {folder.resolve()} does not exist. data.root must hold train/ and "
                 "val/, one subfolder per class (Tiny-ImageNet's val/images + val_annotations.txt "
-                "also works); see README, 'Data layout'"
+                "also works); see docs/models-and-data.md, 'Data layout'"
             )
     train = ImageFolder(str(train_dir), transform=transforms_for(image_size, train=True))
     if (val_dir / "val_annotations.txt").is_file():

@@ -29,7 +29,9 @@ FilterOrder = Callable[[str, np.ndarray, Any, PruningContext], np.ndarray]
 
 def grouped_targets(model: nn.Module, scope: str) -> list[tuple[str, nn.Conv2d]]:
     if not hasattr(model, "grouped_kernel_targets"):
-        raise PruningError(f"{type(model).__name__} declares no grouped_kernel_targets(); see README, 'Adding a model'")
+        raise PruningError(
+            f"{type(model).__name__} declares no grouped_kernel_targets(); see docs/extending.md, 'A model'"
+        )
     targets = []
     for name in model.grouped_kernel_targets(scope):
         conv = get_module(model, name)
