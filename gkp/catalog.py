@@ -1,5 +1,5 @@
-"""Every registry, assembled in one place above the mechanisms: the models, datasets, pruning methods and
-attacks a config can name. Plans, surgery, layers, the engine and the evaluation import none of this;
+"""Every registry, assembled in one place above the mechanisms: the models, datasets, pruning methods,
+attacks and attack suites a config can name. Plans, surgery, layers, the engine and the evaluation import none of this;
 the config, the stages and the command line look names up here. Each entry fulfils its contract in
 ``gkp.contracts``, which ``tests/test_contracts.py`` checks for every entry of every registry.
 
@@ -9,7 +9,6 @@ To add an entry: write it (``docs/extending.md``) and add one line to its regist
 from __future__ import annotations
 
 import inspect
-from functools import partial
 from typing import Any
 
 import torch
@@ -17,33 +16,17 @@ from torch import nn
 
 from attacks import apgd, apgd_targeted, cw, fgsm, fmn, pgd, square
 from baselines import chip, fpgm, group_norm, hrank, l1, l2, lamp, random_filters, slimming, taylor, thinet
+from gkp import suites
 from gkp.contracts import ArchEntry, Attack, Dataset, ModelSpec, PruningMethod
 from gkp.data import DataBundle, sources
 from gkp.errors import ConfigError
 from gkp.grouped import greedy, largest, least_smooth, random_kernels, srgkp, tmi
-from gkp.models.cifar_resnet import CifarResNet
-from gkp.models.imagenet_resnet import BottleneckResNet, stem_for
-from gkp.models.vgg import VGG
+from gkp.models import cifar_resnet, imagenet_resnet, vgg
 from gkp.registry import Registry, did_you_mean
+from gkp.suites import Suite
 
-
-def _cifar_resnet(depth: int, note: str = "option-A shortcuts") -> ArchEntry:
-    return ArchEntry(partial(CifarResNet, depth), 32, f"CIFAR ResNet-{depth}, {note}")
-
-
-MODELS: Registry[ArchEntry] = Registry(
-    "model arch",
-    {
-        "resnet8": _cifar_resnet(8, "one block per stage, for smoke tests"),
-        **{f"resnet{d}": _cifar_resnet(d) for d in (20, 32, 44, 56, 110)},
-        "vgg16": ArchEntry(VGG, 32, "VGG-16 with BatchNorm for 32x32 inputs"),
-        "resnet50": ArchEntry(
-            partial(BottleneckResNet, (3, 4, 6, 3)), 224, "bottleneck ResNet-50 (torchvision)", stem_for
-        ),
-        "resnet101": ArchEntry(
-            partial(BottleneckResNet, (3, 4, 23, 3)), 224, "bottleneck ResNet-101 (torchvision)", stem_for
-        ),
-    },
+MODELS: Registry[ArchEntry] = Registry.of(
+    "model arch", (*cifar_resnet.ENTRIES, vgg.ENTRY, imagenet_resnet.RESNET50, imagenet_resnet.RESNET101)
 )
 
 DATASETS: Registry[Dataset] = Registry.of(
@@ -76,6 +59,8 @@ PRUNING_METHODS: Registry[PruningMethod] = Registry.of(
         random_filters.METHOD,
     ),
 )
+
+SUITES: Registry[Suite] = Registry.of("suite", (suites.PAPER_CIFAR, suites.PAPER_IMAGENET, suites.STRONG))
 
 ATTACKS: Registry[Attack] = Registry.of(
     "attack",

@@ -1,7 +1,7 @@
 """The ``gkp`` command.
 
 gkp run CONFIG [--set key=value ...] [--out DIR] [--restart]    all the config's stages
-gkp train|prune|finetune|eval CONFIG [...]                      one stage
+gkp STAGE CONFIG [...]                                          one stage of gkp.pipeline.STAGES
 gkp check CONFIG [--set ...]                                    validate and print the resolved config
 gkp import-checkpoint SRC.pt DST.ckpt                           convert an SR-GKP authors' release
 gkp info CKPT [--input-size N] [--convention authors]           arch, plan, params and MACs
@@ -16,7 +16,7 @@ import logging
 import sys
 
 from gkp.errors import GkpError
-from gkp.stages import STAGES
+from gkp.pipeline import STAGES
 
 
 def _add_experiment_arguments(parser: argparse.ArgumentParser) -> None:

@@ -9,16 +9,18 @@ naming the key path and the valid choices. ``docs/config.md`` lists every key.
 from __future__ import annotations
 
 import re
+import typing
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 
-from gkp.catalog import ATTACKS, DATASETS, MODELS, PRUNING_METHODS, check_arch_args
+from gkp.catalog import ATTACKS, DATASETS, MODELS, PRUNING_METHODS, SUITES, check_arch_args
 from gkp.errors import ConfigError
+from gkp.pipeline import SAVED_MODELS, STAGE_NAMES, TRAINING_STAGES, stage_named
 from gkp.registry import did_you_mean
-from gkp.schema import build, option, to_plain
+from gkp.schema import build, option, to_plain, to_yaml
 from gkp.settings import (
     AttackSpec,
     DataConfig,
@@ -29,7 +31,6 @@ from gkp.settings import (
     TrainConfig,
     device_name_check,
 )
-from gkp.stages import SAVED_MODELS, STAGE_NAMES, TRAINING_STAGES
 from gkp.suites import expand_suites
 
 StageName = Literal[STAGE_NAMES]
@@ -93,7 +94,12 @@ def _check_budget(prune: PruneConfig, method) -> None:
             raise ConfigError(f"prune.rates.{key}: must be in [0, 1), got {value}")
 
 
-MODE_KEYS = {"space": ("pixel", "normalized"), "labels": ("true", "predicted"), "clip": (True, False)}
+# The evaluation-mode keys of an attack entry, with their choices (AttackSpec's Literals; clip is a bool).
+MODE_KEYS = {
+    name: typing.get_args(hint) or (True, False)
+    for name, hint in typing.get_type_hints(AttackSpec).items()
+    if name in ("space", "labels", "clip")
+}
 
 
 def _attack_mode(entry: dict, path: str) -> dict[str, Any]:
@@ -133,7 +139,7 @@ def _build_attacks(raw: Any) -> tuple[AttackSpec, ...]:
         return ()
     if not isinstance(raw, list):
         raise ConfigError(f"attacks: must be a list of attacks such as [{{name: pgd, eps: 8/255}}], got {raw!r}")
-    entries = expand_suites(raw)
+    entries = expand_suites(raw, SUITES)
     names = [entry.get("name") if isinstance(entry, dict) else None for _, entry in entries]
     specs = tuple(
         _build_attack(path, entry, _default_label(str(names[i]), names, i)) for i, (path, entry) in enumerate(entries)
@@ -195,17 +201,15 @@ def _check_training(exp: Experiment) -> None:
 
 
 def _check_eval(exp: Experiment) -> None:
-    metrics = ["benign", *exp.finetune.eval_attacks]
     if not exp.eval.models:
         raise ConfigError("eval.models: name at least one model, e.g. [final]")
+    best = [model for stage in TRAINING_STAGES for model in stage_named(stage).best_models(exp)]
+    choices = ["final", *(m for m in SAVED_MODELS if m != "final"), *best]
     for name in exp.eval.models:
-        if name in SAVED_MODELS:
-            continue
-        if not name.startswith("best_") or name[5:] not in metrics:
-            choices = [*reversed(SAVED_MODELS), *(f"best_{m}" for m in metrics)]
+        if name not in choices:
             raise ConfigError(
                 f"eval.models: unknown model '{name}'; valid choices: {', '.join(choices)} "
-                "(best_<label> for each label in finetune.eval_attacks)"
+                "(best_<label> for each label in finetune.eval_attacks, dense_best_<label> for train.eval_attacks)"
             )
 
 
@@ -219,6 +223,7 @@ def build_experiment(raw: Any, default_name: str = "experiment") -> Experiment:
     prune = _build_prune(raw.pop("prune", None))
     attacks = _build_attacks(raw.pop("attacks", None))
     exp = replace(build(Experiment, raw, ""), prune=prune, attacks=attacks)
+    _check_data(exp)
     if exp.model.arch is None and exp.model.checkpoint is None:
         raise ConfigError(
             f"model.arch: required unless model.checkpoint is set; valid choices: {', '.join(MODELS.names())}"
@@ -229,7 +234,6 @@ def build_experiment(raw: Any, default_name: str = "experiment") -> Experiment:
     if not re.fullmatch(r"[A-Za-z0-9_.\-]+", exp.name):
         raise ConfigError(f"name: must be letters, digits, '_', '.' or '-' (it names a folder), got {exp.name!r}")
     _check_stages(exp)
-    _check_data(exp)
     _check_training(exp)
     _check_eval(exp)
     return exp
@@ -308,7 +312,7 @@ def load_experiment(path: str | Path, overrides: list[str] | tuple[str, ...] = (
 
 
 def dump_experiment(exp: Experiment) -> str:
-    return yaml.safe_dump(exp.to_dict(), sort_keys=False)
+    return to_yaml(exp.to_dict())
 
 
 __all__ = ["Experiment", "load_experiment", "build_experiment", "dump_experiment"]

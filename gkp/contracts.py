@@ -80,11 +80,12 @@ def no_data_args(image_size: int) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class ArchEntry:
-    """A registered architecture: ``build(num_classes=..., mean=..., std=..., **args)`` returns a
+    """A registered architecture ``name``: ``build(num_classes=..., mean=..., std=..., **args)`` returns a
     ``PrunableModel``; ``input_size`` is the image side it is meant for; ``data_args(image_size)`` gives
     the constructor arguments that depend on the data's image side (a stem, say) unless the config sets
     them."""
 
+    name: str
     build: Callable[..., nn.Module]
     input_size: int
     description: str
@@ -232,7 +233,7 @@ class Attack:
     kind: AttackKind
     summary: str
     norms: tuple[str, ...] = ("linf",)
-    quick: Mapping[str, Any] = field(default_factory=dict)
+    quick: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
         require_fields(self.params, AttackParams, f"attack '{self.name}'")

@@ -13,10 +13,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
-from gkp.catalog import ATTACKS, DATASETS, MODELS, PRUNING_METHODS
+from gkp.catalog import ATTACKS, DATASETS, MODELS, PRUNING_METHODS, SUITES
 from gkp.config import Experiment
+from gkp.pipeline import STAGES
 from gkp.settings import AttackSpec
-from gkp.suites import SUITES
 
 DOCUMENT = Path(__file__).resolve().parents[1] / "docs" / "config.md"
 
@@ -166,8 +166,29 @@ def attack_entry_keys() -> str:
     return "## Keys of every entry of `attacks`\n\n" + table(("key", "default", "meaning"), body)
 
 
+def stages_table() -> str:
+    """The pipeline's stages as ``gkp.pipeline.STAGES`` declares them."""
+    body = []
+    for stage in STAGES:
+        saves = [f"`{stage.saves[1]}` ({stage.saves[0]})"] if stage.saves else []
+        best = [f"`{stage.best_prefix}best_<metric>.ckpt`"] if stage.trains else []
+        body.append(
+            (
+                f"`{stage.name}`",
+                stage.summary,
+                ", ".join([*saves, *best, *(f"`{f}`" for f in stage.files)]),
+                ", ".join(stage.sections),
+            )
+        )
+    return (
+        "## Stages (`stages`)\n\nEach stage reads the previous stages' models from the run folder and writes "
+        "these; a finished stage is skipped when the config sections it depends on (its own and every earlier "
+        "stage's) are unchanged.\n\n" + table(("stage", "what", "writes", "config sections it adds"), body)
+    )
+
+
 def config_reference() -> str:
-    parts = [INTRODUCTION, *config_sections(), attack_entry_keys(), *registries()]
+    parts = [INTRODUCTION, *config_sections(), attack_entry_keys(), stages_table(), *registries()]
     return "\n\n".join(part.rstrip() for part in parts) + "\n"
 
 

@@ -10,7 +10,7 @@
                 per_sample_<model>.npz  per-sample flags of the evaluation, and minimum-norm attacks' norms
                 state/         <stage>_last.ckpt (resume), <stage>.started and <stage>.done markers
 
-Each stage has a fingerprint: a hash of the config sections it depends on (``gkp.stages.STAGES`` names
+Each stage has a fingerprint: a hash of the config sections it depends on (``gkp.pipeline.STAGES`` names
 them). A finished stage with the same fingerprint is skipped; a finished or interrupted stage with a
 different one stops the run with the differing keys named, so finished results are never overwritten
 silently.
@@ -19,7 +19,6 @@ silently.
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import logging
@@ -41,11 +40,10 @@ from torch import nn
 from gkp.checkpoint import read_checkpoint, save_checkpoint
 from gkp.engine.train import TrainingState
 from gkp.errors import RunFolderError
+from gkp.pipeline import EXECUTION_ONLY
+from gkp.schema import to_yaml
 
 log = logging.getLogger(__name__)
-
-# Keys that change how a run executes, not what it computes (device is not in any stage's sections).
-EXECUTION_ONLY = (("data", "num_workers"),)
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -56,20 +54,6 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 def write_json_atomic(path: Path, data: Any) -> None:
     write_text_atomic(path, json.dumps(data, indent=2) + "\n")
-
-
-def _fingerprint_payload(plain_config: dict[str, Any], sections: tuple[str, ...]) -> dict[str, Any]:
-    chosen = {k: plain_config.get(k) for k in sections}
-    for section, key in EXECUTION_ONLY:
-        if isinstance(chosen.get(section), dict):
-            chosen[section] = {k: v for k, v in chosen[section].items() if k != key}
-    return chosen
-
-
-def fingerprint(plain_config: dict[str, Any], sections: tuple[str, ...]) -> str:
-    """A hash of the config ``sections`` (execution-only keys left out) of a plain config."""
-    text = json.dumps(_fingerprint_payload(plain_config, sections), sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def differences(old: Any, new: Any, path: str = "") -> list[str]:
@@ -165,16 +149,15 @@ class RunDir:
         if conflicts:
             old_config = self.path / "config.yaml"
             old = yaml.safe_load(old_config.read_text()) if old_config.is_file() else {}
-            changed = [
-                d for d in differences(old, plain) if not d.startswith(("device:", "name:", "data.num_workers:"))
-            ]
+            ignored = ("device:", "name:", *(f"{section}.{key}:" for section, key in EXECUTION_ONLY))
+            changed = [d for d in differences(old, plain) if not d.startswith(ignored)]
             raise RunFolderError(
                 f"{self.path} already holds stage(s) {', '.join(conflicts)} computed from a different config "
                 f"({'; '.join(changed[:6]) or 'see config.yaml'}). Its results are kept: pass --out DIR for a "
                 f"new run, or --restart to move the old run aside to {self.path.name}.old-<time> and start over"
             )
         self.state.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(self.path / "config.yaml", yaml.safe_dump(plain, sort_keys=False))
+        write_text_atomic(self.path / "config.yaml", to_yaml(plain))
         env_file = self.path / "env.json"
         previous = json.loads(env_file.read_text()) if env_file.is_file() else {}
         earlier = [{k: v for k, v in previous.items() if k != "earlier"}, *previous.get("earlier", [])]

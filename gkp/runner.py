@@ -1,4 +1,4 @@
-"""The pipeline runner: ``run_experiment`` runs the stages of ``gkp.stages.STAGES`` a config asks for.
+"""The pipeline runner: ``run_experiment`` runs the stages of ``gkp.pipeline.STAGES`` a config asks for.
 
 It resolves the device, loads the data, checks that every stage it will run has its inputs and that its
 settings are feasible (before any compute), prepares the run folder, then runs the stages in order.
@@ -18,8 +18,9 @@ from gkp.checkpoint import read_checkpoint
 from gkp.config import Experiment
 from gkp.engine.device import resolve_device, set_determinism
 from gkp.errors import ConfigError
+from gkp.pipeline import RESULTS_FILE, STAGES, models_made_by, stage_named
 from gkp.rundir import RunDir
-from gkp.stages import STAGES, Context, require_model, stage_named
+from gkp.stages import Context, require_model
 
 log = logging.getLogger(__name__)
 
@@ -47,14 +48,6 @@ def _check_model_fits_data(ctx: Context) -> None:
         )
 
 
-def models_made_by(stages: tuple[str, ...], exp: Experiment) -> frozenset[str]:
-    """The models (eval names) that running ``stages`` saves; fine-tuning also saves its best epochs."""
-    made = {stage.saves[0] for stage in STAGES if stage.name in stages and stage.saves}
-    if "finetune" in stages:
-        made |= {f"best_{metric}" for metric in ("benign", *exp.finetune.eval_attacks)}
-    return frozenset(made)
-
-
 def preflight(ctx: Context, stages: tuple[str, ...]) -> None:
     """Fail before any compute when a stage would lack its input or its settings cannot work."""
     _check_model_fits_data(ctx)
@@ -63,7 +56,7 @@ def preflight(ctx: Context, stages: tuple[str, ...]) -> None:
         stage = stage_named(name)
         if stage.trains and ctx.data.train is None:
             raise ConfigError(f"data: the {name} stage trains, and data '{ctx.exp.data.name}' has no training split")
-        stage.check(ctx, will_make)
+        stage.preflight(ctx, will_make)
         for model in stage.reads(ctx.exp):
             if model not in will_make and not (model == "final" and will_make):
                 require_model(ctx, model)
@@ -87,8 +80,9 @@ def run_experiment(
     log.info("run folder %s on %s", run.path, device)
     for name in stages:
         _run_stage(ctx, name)
-    results_file = run.path / "results.json"
-    return json.loads(results_file.read_text()) if "eval" in stages and results_file.is_file() else None
+    results_file = run.path / RESULTS_FILE
+    ran_eval = any(RESULTS_FILE in stage_named(name).files for name in stages)
+    return json.loads(results_file.read_text()) if ran_eval and results_file.is_file() else None
 
 
 def _run_stage(ctx: Context, name: str) -> None:

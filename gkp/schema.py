@@ -15,6 +15,8 @@ from collections.abc import Callable
 from fractions import Fraction
 from typing import Any, Literal
 
+import yaml
+
 from gkp.errors import ConfigError
 from gkp.registry import did_you_mean
 
@@ -147,6 +149,11 @@ def build(cls: type, data: Any, path: str) -> Any:
         values[name] = value
     instance = cls(**values)
     return instance.resolved() if hasattr(instance, "resolved") else instance
+
+
+def to_yaml(plain: Any) -> str:
+    """Plain data as YAML, keys in their own order (resolved configs, as ``gkp check`` prints them)."""
+    return yaml.safe_dump(plain, sort_keys=False)
 
 
 def to_plain(value: Any) -> Any:

@@ -175,7 +175,9 @@ class AttackSpec:
 @dataclass(frozen=True)
 class EvalConfig:
     models: tuple[str, ...] = option(
-        ("final",), doc="models to evaluate: final, dense, pruned, best_<metric>; the first is the main one"
+        ("final",),
+        doc="models to evaluate: final, dense, pruned, best_<metric> (fine-tuning's best epochs), "
+        "dense_best_<metric> (training's); the first is the main one",
     )
     fold_batchnorm: bool = option(
         True, doc="evaluate and attack a copy with each BatchNorm folded into its conv (same function, faster)"

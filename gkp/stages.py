@@ -1,12 +1,7 @@
-"""The pipeline's stages, declared once: train -> prune -> finetune -> eval.
-
-``STAGES`` is the one table of what each stage runs, which models it reads, the model and the files it
-writes in the run folder, the config sections its fingerprint covers and what it checks before any
-compute. The config (valid ``stages``), the command line (one subcommand per stage), the run folder
-(fingerprints) and the runner (order, preflight, which file holds which model) all read it.
-
-Each stage is a function of the run ``Context``; it reads its inputs from the run folder and writes its
-outputs atomically, so a stage run alone (``gkp prune CONFIG``) gives what it gives inside ``gkp run``.
+"""What each stage of the pipeline does (the table of stages is ``gkp.pipeline.STAGES``): train, prune,
+finetune and evaluate, each a function of the run ``Context``. A stage reads its inputs from the run
+folder and writes its outputs atomically, so a stage run alone (``gkp prune CONFIG``) gives what it gives
+inside ``gkp run``; the ``check_*`` functions run before any compute.
 """
 
 from __future__ import annotations
@@ -14,9 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,9 +27,10 @@ from gkp.engine.evaluate import evaluate
 from gkp.engine.train import FitOutcome, fit
 from gkp.errors import ConfigError, RunFolderError
 from gkp.layers.forms import choose_forms
+from gkp.pipeline import RESULTS_FILE, SAVED_MODELS, TRAINING_STAGES, model_file, produced_by, stage_named
 from gkp.pruning.plan import Plan
 from gkp.pruning.surgery import apply as apply_plan
-from gkp.rundir import RunDir, StageStore, fingerprint, write_json_atomic
+from gkp.rundir import RunDir, StageStore, write_json_atomic
 from gkp.schema import to_plain
 from gkp.seeding import derive_seed, seed_everything
 
@@ -59,47 +53,12 @@ class Context:
         return stage_named(stage).fingerprint(self.exp.to_dict())
 
 
-@dataclass(frozen=True)
-class Stage:
-    """One stage of the pipeline.
-
-    ``run(ctx)`` does the work. ``reads(exp)`` names the models it loads (eval names: dense, pruned,
-    final, best_<metric>); ``saves`` is the model it writes, as (eval name, file); ``files`` the other
-    outputs in the run folder. ``sections`` are the config sections this stage adds to the ones earlier
-    stages depend on: together they make its fingerprint. ``trains``: it runs the training loop on the
-    training split, with the config section of its own name. ``check(ctx, will_make)`` raises before any
-    compute when the stage could not run (``will_make``: the models the stages about to run will save).
-    """
-
-    name: str
-    run: Callable[[Context], None]
-    summary: str
-    sections: tuple[str, ...]
-    reads: Callable[[Experiment], tuple[str, ...]]
-    saves: tuple[str, str] | None
-    files: tuple[str, ...]
-    trains: bool = False
-    check: Callable[[Context, frozenset[str]], None] = lambda ctx, will_make: None
-
-    def fingerprint_sections(self) -> tuple[str, ...]:
-        earlier = STAGES[: STAGE_NAMES.index(self.name) + 1]
-        return tuple(section for stage in earlier for section in stage.sections)
-
-    def fingerprint(self, plain_config: dict[str, Any]) -> str:
-        return fingerprint(plain_config, self.fingerprint_sections())
-
-
 # ------------------------------------------------------------------ models and their files
-
-
-def model_file(name: str) -> str | None:
-    """The run-folder file of a model a stage saves (dense, pruned, final)."""
-    return next((stage.saves[1] for stage in STAGES if stage.saves and stage.saves[0] == name), None)
 
 
 def _own_model(ctx: Context, name: str) -> Path | None:
     """The model ``name`` as its stage saved it; the dense model may also be ``model.checkpoint``."""
-    candidates = [ctx.run.path / (model_file(name) or f"{name}.ckpt")]
+    candidates = [ctx.run.path / model_file(name)]
     if name == "dense" and ctx.exp.model.checkpoint:
         candidates.append(Path(ctx.exp.model.checkpoint))
     return next((p for p in candidates if p.is_file()), None)
@@ -111,11 +70,6 @@ def model_path(ctx: Context, name: str) -> Path | None:
     if name != "final":
         return _own_model(ctx, name)
     return next((p for p in (_own_model(ctx, m) for m in reversed(SAVED_MODELS)) if p is not None), None)
-
-
-def produced_by(model: str) -> str:
-    """The stage that saves ``model`` (fine-tuning also saves the best_<metric> models)."""
-    return next((stage.name for stage in STAGES if stage.saves and stage.saves[0] == model), "finetune")
 
 
 def require_model(ctx: Context, name: str) -> Path:
@@ -150,11 +104,10 @@ def _summary(outcome: FitOutcome, cfg, best_prefix: str) -> dict[str, Any]:
     return {"select_on": cfg.select_on, "epochs": cfg.epochs, "best": best, "final": outcome.final}
 
 
-def _train_and_save(
-    ctx: Context, stage: str, model: nn.Module, best_prefix: str, snapshot_epochs: frozenset[int] = frozenset()
-) -> None:
+def _train_and_save(ctx: Context, stage: str, model: nn.Module, snapshot_epochs: frozenset[int] = frozenset()) -> None:
     """Run ``fit`` for a training stage, then save its final model and its best-epoch summary."""
     cfg = getattr(ctx.exp, stage)
+    best_prefix = stage_named(stage).best_prefix
     store = StageStore(ctx.run, stage, ctx.fingerprint(stage), best_prefix)
     try:
         outcome = fit(
@@ -188,7 +141,7 @@ def method_snapshots(exp: Experiment) -> tuple[int, ...]:
 def train(ctx: Context) -> None:
     seed_everything(ctx.exp.seed)
     snapshots = frozenset(ctx.exp.train.snapshot_epochs) | frozenset(method_snapshots(ctx.exp))
-    _train_and_save(ctx, "train", new_model(ctx).to(ctx.device), "dense_", snapshots)
+    _train_and_save(ctx, "train", new_model(ctx).to(ctx.device), snapshots)
 
 
 def finetune(ctx: Context) -> None:
@@ -196,21 +149,20 @@ def finetune(ctx: Context) -> None:
     model, _ = load_model(require_model(ctx, "pruned"), ctx.device)
     channels_last = use_channels_last(ctx.exp.finetune.channels_last, ctx.device)
     fastest_forms(ctx, model, ctx.exp.data.batch_size, train=True, channels_last=channels_last)
-    _train_and_save(ctx, "finetune", model, "")
+    _train_and_save(ctx, "finetune", model)
 
 
 # ------------------------------------------------------------------ prune
 
 
 def pruning_context(ctx: Context) -> PruningContext:
-    """The snapshots, calibration images and budget refinements a method may read; the calibration
-    batches are drawn once, when a method first asks for them."""
+    """The snapshots, calibration images and budget refinements a method may read."""
     prune = ctx.exp.prune
     seed = derive_seed(ctx.exp.seed, "calibration")
     return PruningContext(
         snapshots=lambda epoch: read_checkpoint(ctx.run.snapshot_path(epoch))["state_dict"],
-        calibration=cache(
-            lambda: calibration_batches(ctx.data.train, prune.calibration.batches, prune.calibration.batch_size, seed)
+        calibration=lambda: calibration_batches(
+            ctx.data.train, prune.calibration.batches, prune.calibration.batch_size, seed
         ),
         rates=prune.rates,
         target_macs=prune.target_macs,
@@ -323,56 +275,4 @@ def evaluate_models(ctx: Context) -> None:
         "other_models": entries[1:],
         "training": training,
     }
-    write_json_atomic(ctx.run.path / "results.json", results)
-
-
-# ------------------------------------------------------------------ the table
-
-STAGES: tuple[Stage, ...] = (
-    Stage(
-        "train",
-        train,
-        "train the dense model",
-        sections=("seed", "deterministic", "model", "data", "train"),
-        reads=lambda exp: (),
-        saves=("dense", "dense.ckpt"),
-        files=("train.json", "dense_best_<metric>.ckpt", "snapshots/", "metrics.csv", "tb/train/"),
-        trains=True,
-    ),
-    Stage(
-        "prune",
-        prune,
-        "prune the dense model one-shot",
-        sections=("prune",),
-        reads=lambda exp: ("dense",),
-        saves=("pruned", "pruned.ckpt"),
-        files=("plan.json",),
-        check=check_pruning,
-    ),
-    Stage(
-        "finetune",
-        finetune,
-        "fine-tune the pruned model",
-        sections=("finetune",),
-        reads=lambda exp: ("pruned",),
-        saves=("final", "finetuned.ckpt"),
-        files=("finetune.json", "best_<metric>.ckpt", "metrics.csv", "tb/finetune/"),
-        trains=True,
-    ),
-    Stage(
-        "eval",
-        evaluate_models,
-        "evaluate benign and adversarial accuracy",
-        sections=("attacks", "eval"),
-        reads=lambda exp: tuple(exp.eval.models),
-        saves=None,
-        files=("results.json", "per_sample_<model>.npz"),
-    ),
-)
-STAGE_NAMES: tuple[str, ...] = tuple(stage.name for stage in STAGES)
-TRAINING_STAGES: tuple[str, ...] = tuple(stage.name for stage in STAGES if stage.trains)
-SAVED_MODELS: tuple[str, ...] = tuple(stage.saves[0] for stage in STAGES if stage.saves)
-
-
-def stage_named(name: str) -> Stage:
-    return STAGES[STAGE_NAMES.index(name)]
+    write_json_atomic(ctx.run.path / RESULTS_FILE, results)

@@ -1,4 +1,5 @@
-"""Ready-made attack suites a config can name among its attacks, e.g. ``attacks: [{suite: paper-cifar}]``.
+"""Ready-made attack suites a config can name among its attacks, e.g. ``attacks: [{suite: paper-cifar}]``,
+registered in ``gkp.catalog.SUITES``.
 
 - ``paper-cifar``: the SR-GKP paper's CIFAR-10 evaluation exactly as its code ran it: FGSM eps 0.01 and
   0.1 on the model's own predictions, then PGD eps 8/255, step 2/255, 3 steps, no random start, on the
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gkp.errors import ConfigError
-from gkp.registry import did_you_mean
+from gkp.registry import Registry
 
 
 def _paper(fgsm_eps: tuple[float, ...], pgd_eps: str, pgd_step: str, clip: bool) -> list[dict[str, Any]]:
@@ -42,49 +43,45 @@ def _strong(eps: Any, norm: str = "linf") -> list[dict[str, Any]]:
 @dataclass(frozen=True)
 class Suite:
     """A named list of attacks: ``make(**arguments)`` returns the attack entries, ``keys`` are the
-    arguments a config may give it."""
+    arguments a config may give it. Registered in ``gkp.catalog.SUITES``."""
 
+    name: str
     make: Callable[..., list[dict[str, Any]]]
     keys: tuple[str, ...]
     summary: str
 
 
-SUITES = {
-    "paper-cifar": Suite(
-        lambda: _paper((0.01, 0.1), "8/255", "2/255", clip=True),
-        (),
-        "the SR-GKP paper's CIFAR-10 evaluation as its code ran it: FGSM 0.01 and 0.1 on the predicted labels, "
-        "PGD eps 8/255, step 2/255, 3 steps; normalized units, clipped",
-    ),
-    "paper-imagenet": Suite(
-        lambda: _paper((0.001, 0.01, 0.1), "4/255", "1/255", clip=False),
-        (),
-        "their Tiny-ImageNet / ImageNet evaluation: FGSM 0.001, 0.01, 0.1, PGD eps 4/255, step 1/255, 3 steps; "
-        "normalized units, unclipped",
-    ),
-    "strong": Suite(
-        _strong,
-        ("eps", "norm"),
-        "the AutoAttack protocol's attacks at eps (pixel units) and norm: APGD-CE, APGD-T (DLR), Square",
-    ),
-}
+PAPER_CIFAR = Suite(
+    "paper-cifar",
+    lambda: _paper((0.01, 0.1), "8/255", "2/255", clip=True),
+    (),
+    "the SR-GKP paper's CIFAR-10 evaluation as its code ran it: FGSM 0.01 and 0.1 on the predicted labels, "
+    "PGD eps 8/255, step 2/255, 3 steps; normalized units, clipped",
+)
+PAPER_IMAGENET = Suite(
+    "paper-imagenet",
+    lambda: _paper((0.001, 0.01, 0.1), "4/255", "1/255", clip=False),
+    (),
+    "their Tiny-ImageNet / ImageNet evaluation: FGSM 0.001, 0.01, 0.1, PGD eps 4/255, step 1/255, 3 steps; "
+    "normalized units, unclipped",
+)
+STRONG = Suite(
+    "strong",
+    _strong,
+    ("eps", "norm"),
+    "the AutoAttack protocol's attacks at eps (pixel units) and norm: APGD-CE, APGD-T (DLR), Square",
+)
 
 
-def expand_suites(entries: list[Any]) -> list[tuple[str, Any]]:
-    """(key path, attack entry) for every attack, suites replaced by their attacks in order."""
+def expand_suites(entries: list[Any], suites: Registry[Suite]) -> list[tuple[str, Any]]:
+    """(key path, attack entry) for every attack, the ``suites`` named replaced by their attacks in order."""
     expanded = []
     for i, entry in enumerate(entries):
         if not (isinstance(entry, dict) and "suite" in entry):
             expanded.append((f"attacks[{i}]", entry))
             continue
-        name = entry["suite"]
-        if name not in SUITES:
-            raise ConfigError(
-                f"attacks[{i}].suite: unknown suite {name!r}{did_you_mean(str(name), list(SUITES))}; "
-                f"valid suites: {', '.join(SUITES)}"
-            )
-        suite = SUITES[name]
-        keys = suite.keys
+        suite = suites.get(entry["suite"], f"attacks[{i}].suite")
+        name, keys = suite.name, suite.keys
         arguments = {k: v for k, v in entry.items() if k != "suite"}
         for key in arguments:
             if key not in keys:

@@ -18,15 +18,15 @@ PYTHON="${PYTHON:-python3}"
 constraints=(-c "$GKP_ROOT/requirements.lock")
 [ "${GKP_UNLOCKED:-0}" = 1 ] && constraints=()
 stamp="$(cat "$GKP_ROOT/pyproject.toml" "$GKP_ROOT/requirements.lock" | sha256sum | cut -d' ' -f1) ${#constraints[@]}"
-if [ ! -x "$GKP_VENV/bin/python" ] || [ "$(cat "$GKP_VENV/.pyproject.sha256" 2>/dev/null)" != "$stamp" ]; then
+if [ ! -x "$GKP_VENV/bin/python" ] || [ "$(cat "$GKP_VENV/.gkp-install-stamp" 2>/dev/null)" != "$stamp" ]; then
     echo "setting up $GKP_VENV (torch and friends: a few GB, about a minute) ..." >&2
     rm -rf "$GKP_VENV"
     "$PYTHON" -m venv "$GKP_VENV"
     "$GKP_VENV/bin/python" -m pip install --quiet --upgrade pip
     # Plain ranges (torch>=2.4) take the registry's regular torch build, with which torchvision imports;
     # the lock pins that build's exact version.
-    "$GKP_VENV/bin/python" -m pip install --quiet "${constraints[@]}" -e "$GKP_ROOT[dev]"
-    echo "$stamp" > "$GKP_VENV/.pyproject.sha256"
+    "$GKP_VENV/bin/python" -m pip install --quiet ${constraints[@]+"${constraints[@]}"} -e "$GKP_ROOT[dev]"
+    echo "$stamp" > "$GKP_VENV/.gkp-install-stamp"
 else
     "$GKP_VENV/bin/python" -m pip install --quiet --no-deps -e "$GKP_ROOT"
 fi

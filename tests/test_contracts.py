@@ -1,5 +1,6 @@
 """Every entry of every registry against its contract in ``gkp.contracts``: a model, dataset, pruning
-method or attack added to ``gkp.catalog`` is checked here with no test to write by hand."""
+method or attack added to ``gkp.catalog`` is checked here with no test to write by hand; and the table of
+stages (``gkp.pipeline.STAGES``)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import torch.nn.functional as F
 from test_data import _png_tree, _write_npz
 
 from gkp.catalog import ATTACKS, DATASETS, MODELS, PRUNING_METHODS, build_model, load_data
+from gkp.config import Experiment
 from gkp.contracts import (
     AttackParams,
     CountedAsPooling,
@@ -24,6 +26,7 @@ from gkp.contracts import (
 )
 from gkp.errors import ConfigError, DataError, PruningError
 from gkp.layers.normalize import Normalize
+from gkp.pipeline import STAGES, resolve
 from gkp.pruning.plan import LAYER_TYPES, Plan
 from gkp.pruning.surgery import apply, apply_mask
 from gkp.schema import build
@@ -33,22 +36,25 @@ from test_grouped import assert_same_logits
 from test_pruning import randomise_batchnorm
 
 CPU = torch.device("cpu")
-SIDES = {"resnet50": 64, "resnet101": 64}  # bottleneck ResNets at Tiny-ImageNet's side (their small stem)
+
+
+def side(arch: str) -> int:
+    """The image side an arch is tested at: its own, at most 64 (bottleneck ResNets at Tiny-ImageNet's)."""
+    return min(MODELS.get(arch).input_size, 64)
+
 
 # ------------------------------------------------------------------------------------------- models
 
 
 def built(arch: str, **args) -> torch.nn.Module:
-    side = SIDES.get(arch, MODELS.get(arch).input_size)
-    return build_model(arch, **{**MODELS.get(arch).data_args(side), **args})
+    return build_model(arch, **{**MODELS.get(arch).data_args(side(arch)), **args})
 
 
 @pytest.mark.parametrize("arch", MODELS.names())
 def test_every_arch_runs_forward_and_backward(arch):
     torch.manual_seed(0)
     model = build_model(arch, num_classes=7)
-    side = SIDES.get(arch, 32)
-    x = torch.rand(2, 3, side, side)
+    x = torch.rand(2, 3, side(arch), side(arch))
     logits = model(x)
     assert logits.shape == (2, 7) and torch.isfinite(logits).all()
     logits.sum().backward()
@@ -295,3 +301,19 @@ def test_an_attack_without_eps_is_refused_when_it_is_registered():
 
     with pytest.raises(TypeError, match="attack 'broken'.*missing: eps"):
         Attack("broken", NoEps, lambda *args: None, "gradient", "no eps")
+
+
+# ------------------------------------------------------------------------------------------- stages
+
+
+@pytest.mark.parametrize("stage", STAGES, ids=lambda stage: stage.name)
+def test_every_stage_names_functions_that_exist(stage):
+    assert callable(resolve(stage.function))
+    assert stage.check is None or callable(resolve(stage.check))
+
+
+def test_the_stages_fingerprints_cover_every_section_that_changes_results():
+    sections = [section for stage in STAGES for section in stage.sections]
+    execution_only = {"name", "device", "stages"}  # where and how a run goes, not what it computes
+    assert len(sections) == len(set(sections))
+    assert set(sections) == {f.name for f in dataclasses.fields(Experiment)} - execution_only

@@ -30,13 +30,13 @@ FOUNDATION = {
     "gkp.settings",
 }
 MECHANISM_PREFIXES = ("gkp.layers", "gkp.pruning", "gkp.engine")
-MECHANISM_MODULES = {"gkp.counting", "gkp.data", "gkp.data.splits", "gkp.data.augment"}
+MECHANISM_MODULES = {"gkp.counting", "gkp.data", "gkp.data.splits", "gkp.data.augment", "gkp.data.statistics"}
 ENTRY_PREFIXES = ("attacks", "baselines", "gkp.grouped", "gkp.models")
-ENTRY_MODULES = {"gkp.data.arrays", "gkp.data.folders", "gkp.data.sources"}
+ENTRY_MODULES = {"gkp.data.arrays", "gkp.data.folders", "gkp.data.sources", "gkp.suites"}
 APPLICATION = {  # the catalog and what reads it
     "gkp.catalog",
     "gkp.config",
-    "gkp.suites",
+    "gkp.pipeline",
     "gkp.checkpoint",
     "gkp.authors",
     "gkp.rundir",

@@ -15,8 +15,8 @@ import torch
 
 from gkp.data import DataBundle, seeded_subset, training_indices
 from gkp.data.splits import TensorSplit
+from gkp.data.statistics import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD
 from gkp.errors import DataError
-from gkp.layers.normalize import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,8 @@ from torch.utils.data import Dataset, Subset
 
 from gkp.data import DataBundle, seeded_subset, training_indices
 from gkp.data.splits import FolderSplit
+from gkp.data.statistics import IMAGENET_MEAN, IMAGENET_STD
 from gkp.errors import DataError
-from gkp.layers.normalize import IMAGENET_MEAN, IMAGENET_STD
 
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
 

@@ -217,7 +217,7 @@ def masking_warnings(results: list[AttackResult], specs: Sequence, zero_share: f
             "input gradient: gradient attacks on the cross-entropy cannot move them (saturated softmax "
             "or gradient masking); check with apgd_t (DLR loss) or square"
         )
-    threat = {s.label: (s.params.norm, getattr(s.params, "eps", None), s.space) for s in specs}
+    threat = {s.label: (s.params.norm, s.params.eps, s.space) for s in specs}
     kinds = {s.label: s.attack.kind for s in specs}
     for query in (r for r in results if kinds[r.label] == "query"):
         gradient = [r for r in results if kinds[r.label] == "gradient" and threat[r.label] == threat[query.label]]

@@ -10,13 +10,15 @@ convention: ``conv1 bn1 layer{1,2,3}.{i}.{conv1,bn1,conv2,bn2} fc``.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gkp.contracts import FilterGroup
-from gkp.layers.normalize import CIFAR10_MEAN, CIFAR10_STD, Normalize
+from gkp.contracts import ArchEntry, FilterGroup
+from gkp.data.statistics import CIFAR10_MEAN, CIFAR10_STD
+from gkp.layers.normalize import Normalize
 
 
 def conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
@@ -113,3 +115,10 @@ class CifarResNet(nn.Module):
         return [
             f"layer{s}.{i}.conv{c}" for s in (1, 2, 3) for i in range(len(getattr(self, f"layer{s}"))) for c in (1, 2)
         ]
+
+
+def _entry(depth: int, note: str = "option-A shortcuts") -> ArchEntry:
+    return ArchEntry(f"resnet{depth}", partial(CifarResNet, depth), 32, f"CIFAR ResNet-{depth}, {note}")
+
+
+ENTRIES = (_entry(8, "one block per stage, for smoke tests"), *(_entry(depth) for depth in (20, 32, 44, 56, 110)))

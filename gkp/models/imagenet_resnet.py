@@ -9,14 +9,16 @@ torchvision's stem for 224x224 inputs.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 from typing import Literal
 
 import torch
 from torch import nn
 from torchvision.models.resnet import Bottleneck, ResNet
 
-from gkp.contracts import FilterGroup
-from gkp.layers.normalize import IMAGENET_MEAN, IMAGENET_STD, Normalize
+from gkp.contracts import ArchEntry, FilterGroup
+from gkp.data.statistics import IMAGENET_MEAN, IMAGENET_STD
+from gkp.layers.normalize import Normalize
 
 
 def stem_for(image_size: int) -> dict[str, str]:
@@ -62,3 +64,11 @@ class BottleneckResNet(ResNet):
         return [
             f"layer{s}.{i}.{c}" for s in (1, 2, 3, 4) for i in range(len(getattr(self, f"layer{s}"))) for c in convs
         ]
+
+
+RESNET50 = ArchEntry(
+    "resnet50", partial(BottleneckResNet, (3, 4, 6, 3)), 224, "bottleneck ResNet-50 (torchvision)", stem_for
+)
+RESNET101 = ArchEntry(
+    "resnet101", partial(BottleneckResNet, (3, 4, 23, 3)), 224, "bottleneck ResNet-101 (torchvision)", stem_for
+)

@@ -10,8 +10,9 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from gkp.contracts import FilterGroup
-from gkp.layers.normalize import CIFAR10_MEAN, CIFAR10_STD, Normalize
+from gkp.contracts import ArchEntry, FilterGroup
+from gkp.data.statistics import CIFAR10_MEAN, CIFAR10_STD
+from gkp.layers.normalize import Normalize
 
 VGG16_LAYOUT = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512)
 
@@ -62,3 +63,6 @@ class VGG(nn.Module):
     def grouped_kernel_targets(self, scope: str = "3x3") -> list[str]:
         """Convs grouped kernel pruning prunes: every conv but the first (whose 3 inputs are the image)."""
         return [f"features.{i}" for i, m in enumerate(self.features) if isinstance(m, nn.Conv2d)][1:]
+
+
+ENTRY = ArchEntry("vgg16", VGG, 32, "VGG-16 with BatchNorm for 32x32 inputs")

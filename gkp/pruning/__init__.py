@@ -1,1 +1,1 @@
-"""Pruning plans (what to keep), surgery (building the smaller model) and the method registry."""
+"""Pruning plans (what each pruned layer keeps) and surgery (building the smaller model a plan describes)."""
