@@ -66,7 +66,7 @@ def _own_model(ctx: Context, name: str) -> Path | None:
 
 def model_path(ctx: Context, name: str) -> Path | None:
     """The checkpoint behind an eval model name, if it exists: ``final`` is the newest model along the
-    pipeline (fine-tuned, else pruned, else dense), ``best_<metric>`` a fine-tuning epoch's."""
+    pipeline (fine-tuned, else pruned, else dense); best-epoch models are their files."""
     if name != "final":
         return _own_model(ctx, name)
     return next((p for p in (_own_model(ctx, m) for m in reversed(SAVED_MODELS)) if p is not None), None)
