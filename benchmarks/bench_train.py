@@ -20,10 +20,10 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 
 from gkp.catalog import build_model
+from gkp.contracts import TrainingHooks
 from gkp.data.splits import TensorSplit
 from gkp.engine.device import resolve_device
-from gkp.engine.train import train_one_epoch
-from gkp.settings import TrainConfig
+from gkp.engine.train import LoopSettings, Optimization, cross_entropy, train_one_epoch
 
 
 class PILImages(Dataset):
@@ -56,10 +56,18 @@ def plain_epoch(model, loader, optimizer, device) -> float:
 
 
 def ours_epoch(model, split, optimizer, device, batch_size: int, epoch: int) -> float:
-    cfg = TrainConfig(amp="auto", channels_last="auto")
+    settings = LoopSettings(stage="bench", seed=0, batch_size=batch_size, amp="auto", channels_last="auto")
     start = time.perf_counter()
     train_one_epoch(
-        model, split, cfg, optimizer, None, batch_size=batch_size, seed=epoch, device=device, description="ours"
+        model,
+        split,
+        Optimization(optimizer, None, None),
+        objective=cross_entropy(),
+        hooks=TrainingHooks(),
+        settings=settings,
+        seed=epoch,
+        device=device,
+        description="ours",
     )
     if device.type == "cuda":
         torch.cuda.synchronize(device)

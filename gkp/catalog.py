@@ -1,6 +1,7 @@
 """Every registry, assembled in one place above the mechanisms: the models, datasets, pruning methods,
-attacks and attack suites a config can name. Plans, surgery, layers, the engine and the evaluation import none of this;
-the config, the stages and the command line look names up here. Each entry fulfils its contract in
+attacks, attack suites and adversarial-training objectives a config can name. Plans, surgery, layers,
+the engine and the evaluation import none of this; the config, the stages and the command line look
+names up here. Each entry fulfils its contract in
 ``gkp.contracts``, which ``tests/test_contracts.py`` checks for every entry of every registry.
 
 To add an entry: write it (``docs/extending.md``) and add one line to its registry below.
@@ -14,10 +15,26 @@ from typing import Any
 import torch
 from torch import nn
 
-from attacks import apgd, apgd_targeted, cw, fgsm, fmn, pgd, square
-from baselines import chip, fpgm, group_norm, hrank, l1, l2, lamp, random_filters, slimming, taylor, thinet
-from gkp import suites
-from gkp.contracts import ArchEntry, Attack, Dataset, ModelSpec, PruningMethod
+from attacks import apgd, apgd_targeted, cw, fgsm, fmn, pgd, pgd_kl, square
+from baselines import (
+    chip,
+    fpgm,
+    fpgm_soft,
+    group_norm,
+    hrank,
+    hrank_iterative,
+    l1,
+    l2,
+    lamp,
+    random_filters,
+    rap_admm,
+    sfp,
+    slimming,
+    taylor,
+    thinet,
+)
+from gkp import adversarial, suites
+from gkp.contracts import AdversarialTraining, ArchEntry, Attack, Dataset, ModelSpec, PruningMethod
 from gkp.data import DataBundle, sources
 from gkp.errors import ConfigError
 from gkp.grouped import greedy, largest, least_smooth, random_kernels, srgkp, tmi
@@ -57,6 +74,11 @@ PRUNING_METHODS: Registry[PruningMethod] = Registry.of(
         lamp.METHOD,
         group_norm.METHOD,
         random_filters.METHOD,
+        # filter pruning during training (baselines/)
+        sfp.METHOD,
+        fpgm_soft.METHOD,
+        rap_admm.METHOD,
+        hrank_iterative.METHOD,
     ),
 )
 
@@ -64,7 +86,11 @@ SUITES: Registry[Suite] = Registry.of("suite", (suites.PAPER_CIFAR, suites.PAPER
 
 ATTACKS: Registry[Attack] = Registry.of(
     "attack",
-    (fgsm.ATTACK, pgd.ATTACK, apgd.ATTACK, apgd_targeted.ATTACK, square.ATTACK, cw.ATTACK, fmn.ATTACK),
+    (fgsm.ATTACK, pgd.ATTACK, apgd.ATTACK, apgd_targeted.ATTACK, square.ATTACK, cw.ATTACK, fmn.ATTACK, pgd_kl.ATTACK),
+)
+
+ADVERSARIAL_TRAINING: Registry[AdversarialTraining] = Registry.of(
+    "adversarial training", (adversarial.PGD, adversarial.TRADES, adversarial.FGSM_RS)
 )
 
 

@@ -16,12 +16,13 @@ from typing import Any, Literal
 
 import yaml
 
-from gkp.catalog import ATTACKS, DATASETS, MODELS, PRUNING_METHODS, SUITES, check_arch_args
+from gkp.catalog import ADVERSARIAL_TRAINING, ATTACKS, DATASETS, MODELS, PRUNING_METHODS, SUITES, check_arch_args
 from gkp.errors import ConfigError
-from gkp.pipeline import SAVED_MODELS, STAGE_NAMES, TRAINING_STAGES, stage_named
+from gkp.pipeline import STAGE_NAMES, TRAINING_SECTIONS, eval_model_choices, trains
 from gkp.registry import did_you_mean
 from gkp.schema import build, option, to_plain, to_yaml
 from gkp.settings import (
+    AdversarialSpec,
     AttackSpec,
     DataConfig,
     EvalConfig,
@@ -76,7 +77,36 @@ def _build_prune(raw: Any) -> PruneConfig | None:
     prune = build(PruneConfig, raw, "prune")
     method = PRUNING_METHODS.get(prune.method, "prune.method")
     _check_budget(prune, method)
-    return replace(prune, params=build(method.params, prune.params, "prune.params"))
+    if method.training is None and prune.during is not None:
+        raise ConfigError(
+            f"prune.during: '{method.name}' prunes one-shot after training; only training-time methods "
+            f"({', '.join(n for n, m in PRUNING_METHODS.items() if m.training)}) take it"
+        )
+    during = prune.during or (method.training.during if method.training else None)
+    return replace(prune, params=build(method.params, prune.params, "prune.params"), during=during)
+
+
+def _build_adversarial(raw: Any, path: str) -> AdversarialSpec | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict) or "method" not in raw:
+        raise ConfigError(
+            f"{path}: a mapping with a 'method' (one of {', '.join(ADVERSARIAL_TRAINING.names())}) and its "
+            f"parameters, e.g. {{method: pgd, eps: 8/255, steps: 10}}, got {raw!r}"
+        )
+    method = ADVERSARIAL_TRAINING.get(raw["method"], f"{path}.method")
+    params = {k: v for k, v in raw.items() if k != "method"}
+    return AdversarialSpec(method, build(method.params, params, path))
+
+
+def _pop_adversarial(raw: dict) -> dict[str, AdversarialSpec | None]:
+    """Each training section's ``adversarial`` entry, built, and removed from ``raw``."""
+    specs = {}
+    for section in TRAINING_SECTIONS:
+        if isinstance(raw.get(section), dict) and "adversarial" in raw[section]:
+            raw[section] = dict(raw[section])
+            specs[section] = _build_adversarial(raw[section].pop("adversarial"), f"{section}.adversarial")
+    return specs
 
 
 def _check_budget(prune: PruneConfig, method) -> None:
@@ -171,18 +201,38 @@ def _check_stages(exp: Experiment) -> None:
         )
     if "prune" in exp.stages and exp.prune is None:
         raise ConfigError("prune: the prune stage needs a prune section, e.g. prune: {method: l1, rate: 0.4375}")
+    if exp.prune is not None and exp.prune.during is not None:
+        _check_training_time_stages(exp)
+
+
+def _check_training_time_stages(exp: Experiment) -> None:
+    """A training-time method trains inside the prune stage with the recipe of ``prune.during``: that
+    section's own stage would train a second time, so it must not run in the same config."""
+    during, method = exp.prune.during, exp.prune.method
+    if during not in exp.stages:
+        return
+    if during == "train":
+        raise ConfigError(
+            f"stages: with prune.during: train, {method} trains the model from scratch inside the prune stage "
+            "with the train section's recipe; remove 'train' from stages (or set prune.during: finetune to "
+            "start from a trained dense model)"
+        )
+    raise ConfigError(
+        f"stages: with prune.during: finetune, {method} fine-tunes the dense model inside the prune stage with "
+        "the finetune section's recipe; remove 'finetune' from stages (or set prune.during: train)"
+    )
 
 
 def _check_data(exp: Experiment) -> None:
     dataset = DATASETS.get(exp.data.name, "data.name")
-    dataset.check(exp.data, any(s in exp.stages for s in TRAINING_STAGES))
+    dataset.check(exp.data, any(trains(stage, exp) for stage in exp.stages))
     if (exp.data.mean is None) != (exp.data.std is None):
         raise ConfigError("data.mean: give data.mean and data.std together")
 
 
 def _check_training(exp: Experiment) -> None:
     labels = [a.label for a in exp.attacks]
-    for stage in TRAINING_STAGES:
+    for stage in TRAINING_SECTIONS:
         cfg: TrainConfig = getattr(exp, stage)
         for label in cfg.eval_attacks:
             if label not in labels:
@@ -196,20 +246,21 @@ def _check_training(exp: Experiment) -> None:
             raise ConfigError(f"{stage}.milestones: schedule multistep needs milestones, e.g. [150, 225]")
         if list(cfg.milestones) != sorted(set(cfg.milestones)):
             raise ConfigError(f"{stage}.milestones: must be increasing epochs, got {list(cfg.milestones)}")
-        if stage in exp.stages and cfg.select_on == "val" and exp.data.val_fraction <= 0:
+        used = any(trains(name, exp) == stage for name in exp.stages)
+        if used and cfg.select_on == "val" and exp.data.val_fraction <= 0:
             raise ConfigError(f"{stage}.select_on: 'val' needs a validation split: set data.val_fraction, e.g. 0.1")
 
 
 def _check_eval(exp: Experiment) -> None:
     if not exp.eval.models:
         raise ConfigError("eval.models: name at least one model, e.g. [final]")
-    best = [model for stage in TRAINING_STAGES for model in stage_named(stage).best_models(exp)]
-    choices = ["final", *(m for m in SAVED_MODELS if m != "final"), *best]
+    choices = eval_model_choices(exp)
     for name in exp.eval.models:
         if name not in choices:
             raise ConfigError(
                 f"eval.models: unknown model '{name}'; valid choices: {', '.join(choices)} "
-                "(best_<label> for each label in finetune.eval_attacks, dense_best_<label> for train.eval_attacks)"
+                "(best_<label> for each label in finetune.eval_attacks, dense_best_<label> for train.eval_attacks; "
+                "masked and pruning_best_<label> with a training-time method)"
             )
 
 
@@ -222,7 +273,10 @@ def build_experiment(raw: Any, default_name: str = "experiment") -> Experiment:
     raw.setdefault("name", default_name)
     prune = _build_prune(raw.pop("prune", None))
     attacks = _build_attacks(raw.pop("attacks", None))
+    adversarial = _pop_adversarial(raw)
     exp = replace(build(Experiment, raw, ""), prune=prune, attacks=attacks)
+    for section, spec in adversarial.items():
+        exp = replace(exp, **{section: replace(getattr(exp, section), adversarial=spec)})
     _check_data(exp)
     if exp.model.arch is None and exp.model.checkpoint is None:
         raise ConfigError(

@@ -14,6 +14,9 @@ the moment it is registered. ``docs/extending.md`` walks through adding each.
 - An **attack** (``Attack``) maps a batch inside a ``gkp.threat.Box`` to adversarial images; its
   parameters hold ``eps`` and ``norm``.
 - A **dataset** (``Dataset``) loads a config's ``data`` section into a ``gkp.data.DataBundle``.
+- The **training loop** (``gkp.engine.train.fit``) runs ``Phase``s of a ``Recipe`` each, computes its loss
+  with an ``Objective`` (cross-entropy, or an adversarial-training entry's) and calls ``TrainingHooks`` at
+  fixed points of every step and epoch; a training-time pruning method is such hooks (``TrainingTime``).
 """
 
 from __future__ import annotations
@@ -171,6 +174,8 @@ class PruningMethod:
     ``snapshot_epochs(params)`` lists the training snapshots the method reads. ``budgets`` names how its
     size may be set (``rate``, and for filter methods ``rates`` and ``target_macs``); ``calibrated``
     methods read calibration images. A "grouped_kernels" method's params are ``GroupedKernelParams``.
+    A training-time method (``training`` set) acts while the model trains; its ``select`` then reads the
+    trained model's zeroed filters (see ``TrainingTime``).
     """
 
     name: str
@@ -182,6 +187,7 @@ class PruningMethod:
     snapshot_epochs: Callable[[Any], tuple[int, ...]] = field(default=no_snapshots)
     budgets: frozenset[str] = frozenset({"rate"})
     calibrated: bool = False
+    training: TrainingTime | None = None
 
     def __post_init__(self) -> None:
         if self.kind == "grouped_kernels":
@@ -253,6 +259,111 @@ class Dataset:
     load: Callable[[Any, torch.device, int | None], DataBundle]
     summary: str
     check: Callable[[Any, bool], None] = lambda cfg, trains: None
+
+
+# ------------------------------------------------------------------------------------------- training
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How one phase of training optimises: SGD settings, a learning-rate schedule stepped once per epoch
+    (``gkp.engine.schedule``) and the number of epochs. ``Recipe.of(section)`` reads a config's ``train``
+    or ``finetune`` section."""
+
+    epochs: int
+    lr: float
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    nesterov: bool = False
+    schedule: str = "step"
+    step_size: int = 100
+    milestones: tuple[int, ...] = ()
+    gamma: float = 0.1
+
+    @classmethod
+    def of(cls, section: Any) -> Recipe:
+        return cls(**{f.name: getattr(section, f.name) for f in dataclasses.fields(cls)})
+
+
+@dataclass(frozen=True)
+class Phase:
+    """A stretch of training with its own optimizer and schedule (a fresh SGD each phase): ``name`` ("" for
+    a run of one phase), its ``recipe``, and ``final``: whether the model has its final structure during
+    it, so that its epochs may become best-epoch models (an ADMM phase's soft-pruned model may not)."""
+
+    name: str
+    recipe: Recipe
+    final: bool = True
+
+
+class TrainingHooks:
+    """Extension points of the training loop; every one is a no-op here, and the loop calls all of them
+    at every step and epoch, whoever implements them. Per step: ``regularizer(model)`` (a term added to
+    the loss, or None), ``after_backward(model)`` (gradients are unscaled: mask or add to them),
+    ``after_step(model)`` (after the optimizer: re-apply masks). Per epoch (0-based within the phase):
+    ``start_epoch`` and ``end_epoch`` (after the schedule's step, before the epoch's evaluation).
+    ``start_phase(model, phase)`` runs when a phase begins, not when a resumed run re-enters it.
+    ``state_dict()`` is saved with every resume checkpoint and given back to ``load_state_dict`` on
+    resume: everything a hook keeps between epochs must be in it (tensors on any device)."""
+
+    def start_phase(self, model: nn.Module, phase: int) -> None:
+        pass
+
+    def start_epoch(self, model: nn.Module, phase: int, epoch: int) -> None:
+        pass
+
+    def regularizer(self, model: nn.Module) -> torch.Tensor | None:
+        return None
+
+    def after_backward(self, model: nn.Module) -> None:
+        pass
+
+    def after_step(self, model: nn.Module) -> None:
+        pass
+
+    def end_epoch(self, model: nn.Module, phase: int, epoch: int) -> None:
+        pass
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+Objective = Callable[
+    [nn.Module, torch.Tensor, torch.Tensor, "torch.Generator | None"], tuple[torch.Tensor, torch.Tensor]
+]
+"""``objective(model, x, y, generator) -> (mean loss, logits)``: the loss one training step minimises on
+a batch (model in train mode) and the logits its accuracy is counted on. Randomness (an attack's random
+start) comes only from ``generator``, seeded per epoch."""
+
+During = Literal["train", "finetune"]
+
+
+@dataclass(frozen=True)
+class TrainingTime:
+    """How a training-time pruning method acts. ``build(model, rate, params, context, recipe)`` returns the
+    ``Phase``s it trains (given the recipe of the config section it trains with) and its
+    ``TrainingHooks``, which zero filters as the method prescribes. ``during`` is where it acts by default:
+    "train" (from a fresh initialisation, with the ``train`` section's recipe) or "finetune" (from the
+    trained dense model, with the ``finetune`` section's)."""
+
+    build: Callable[..., tuple[list[Phase], TrainingHooks]]
+    during: During
+
+
+@dataclass(frozen=True)
+class AdversarialTraining:
+    """A registered adversarial-training objective: ``params`` (a dataclass with ``eps``, in pixel units)
+    and ``objective(attack, params, label_smoothing) -> Objective``, where ``attack`` is the registered
+    ``Attack`` named ``attack`` that crafts its training examples."""
+
+    name: str
+    params: type
+    attack: str
+    objective: Callable[..., Objective]
+    summary: str
 
 
 # ------------------------------------------------------------------------------------------- checks

@@ -5,11 +5,14 @@ Two conventions:
 - ``"macs"`` (default): what convolutions and linear layers multiply. Per sample, a conv costs
   ``output elements x (in_channels / groups) x kernel area``, a grouped-kernel conv
   ``output elements x kept kernels x kernel area``, a linear layer ``in x out``.
-- ``"authors"``: the SR-GKP authors' counts (their tables' MACs), which add 2 per BatchNorm output
-  element and, for every pooling layer, 1 per element its windows read (output elements x window area;
-  a model's own modules that they counted as pooling, such as the option-A shortcut's subsampling, their
-  ``AvgPool2d(kernel_size=1, stride=2)``, say what they read: ``gkp.contracts.CountedAsPooling``). With it,
-  ResNet-56 on 32x32 inputs counts 126.561M MACs as in their Table 2.
+- ``"authors"``: the SR-GKP authors' counts (their tables' MACs, ``get_macs_dpf`` with
+  ``ignore_zero=True``): a conv or linear layer costs its **non-zero** weights x output positions, so
+  filters zeroed in place (the training-time baselines' masks) count as removed; and they add 2 per
+  BatchNorm output element and, for every pooling layer, 1 per element its windows read (output elements
+  x window area; a model's own modules that they counted as pooling, such as the option-A shortcut's
+  subsampling, their ``AvgPool2d(kernel_size=1, stride=2)``, say what they read:
+  ``gkp.contracts.CountedAsPooling``). With it, ResNet-56 on 32x32 inputs counts 126.561M MACs as in
+  their Table 2, and with 43.75% of the filters of every conv zeroed 71.661M, as their FPGM row.
 
 Counts are measured by running one dummy input through the model with forward hooks, so pruned and
 grouped layers are counted as they really are.
@@ -42,6 +45,11 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def count_nonzero_params(model: nn.Module) -> int:
+    """Parameters that are not exactly zero (a masked model's zeroed filters left out)."""
+    return sum(int(torch.count_nonzero(p)) for p in model.parameters())
+
+
 def _pair(value) -> tuple[int, int]:
     return (value, value) if isinstance(value, int) else tuple(value)
 
@@ -51,6 +59,12 @@ def _window_area(module: nn.Module, inputs: torch.Tensor, output: torch.Tensor) 
         return (inputs.shape[-2] // output.shape[-2]) * (inputs.shape[-1] // output.shape[-1])
     height, width = _pair(module.kernel_size)
     return height * width
+
+
+def _nonzero_macs(module: nn.Module, output: torch.Tensor) -> int:
+    """Non-zero weights x output positions (a linear layer has one position)."""
+    positions = output[0].numel() // output.shape[1]
+    return int(torch.count_nonzero(module.weight)) * positions
 
 
 def _multiply_macs(module: nn.Module, output: torch.Tensor) -> int:
@@ -82,9 +96,11 @@ def count_macs(
     height, width = (input_size, input_size) if isinstance(input_size, int) else input_size
     total = 0
 
+    multiply = _nonzero_macs if convention == "authors" else _multiply_macs
+
     def multiply_hook(module: nn.Module, _inputs, output: torch.Tensor) -> None:
         nonlocal total
-        total += _multiply_macs(module, output)
+        total += multiply(module, output)
 
     def authors_hook(module: nn.Module, inputs, output: torch.Tensor) -> None:
         nonlocal total

@@ -21,6 +21,7 @@ from typing import Any
 # Keys that change how a run executes, not what it computes (device is in no stage's sections).
 EXECUTION_ONLY = (("data", "num_workers"),)
 RESULTS_FILE = "results.json"
+TRAINING_SECTIONS = ("train", "finetune")  # the config sections that hold a training recipe
 
 
 def resolve(path: str) -> Callable[..., Any]:
@@ -60,9 +61,11 @@ class Stage:
     reads: Callable[[Any], tuple[str, ...]]
     saves: tuple[str, str] | None
     files: tuple[str, ...]
-    trains: bool = False
+    trains: Callable[[Any], str | None] = lambda exp: None
     best_prefix: str = ""
     check: str | None = None
+    reads_sections: Callable[[dict[str, Any]], tuple[str, ...]] = lambda plain: ()
+    also_saves: Callable[[Any], tuple[str, ...]] = lambda exp: ()
 
     def run(self, ctx: Any) -> None:
         resolve(self.function)(ctx)
@@ -71,19 +74,34 @@ class Stage:
         if self.check is not None:
             resolve(self.check)(ctx, will_make)
 
-    def fingerprint_sections(self) -> tuple[str, ...]:
+    def fingerprint_sections(self, plain_config: dict[str, Any]) -> tuple[str, ...]:
         earlier = STAGES[: STAGE_NAMES.index(self.name) + 1]
-        return tuple(section for stage in earlier for section in stage.sections)
+        sections = [s for stage in earlier for s in (*stage.sections, *stage.reads_sections(plain_config))]
+        return tuple(dict.fromkeys(sections))
 
     def fingerprint(self, plain_config: dict[str, Any]) -> str:
-        return fingerprint(plain_config, self.fingerprint_sections())
+        return fingerprint(plain_config, self.fingerprint_sections(plain_config))
 
     def best_models(self, exp: Any) -> tuple[str, ...]:
         """The best-epoch models a training stage saves: one per metric it tracks."""
-        if not self.trains:
+        section = self.trains(exp)
+        if section is None:
             return ()
-        metrics = ("benign", *getattr(exp, self.name).eval_attacks)
+        metrics = ("benign", *getattr(exp, section).eval_attacks)
         return tuple(f"{self.best_prefix}best_{metric}" for metric in metrics)
+
+    def models(self, exp: Any) -> tuple[str, ...]:
+        """Every model (eval name) the stage saves for this config."""
+        return (*((self.saves[0],) if self.saves else ()), *self.also_saves(exp), *self.best_models(exp))
+
+
+def training_time(exp: Any) -> str | None:
+    """The section a training-time pruning method trains with (``prune.during``), or None."""
+    return exp.prune.during if getattr(exp, "prune", None) is not None else None
+
+
+def _prune_reads_sections(plain: dict[str, Any]) -> tuple[str, ...]:
+    return ("finetune",) if (plain.get("prune") or {}).get("during") == "finetune" else ()
 
 
 STAGES: tuple[Stage, ...] = (
@@ -95,18 +113,23 @@ STAGES: tuple[Stage, ...] = (
         reads=lambda exp: (),
         saves=("dense", "dense.ckpt"),
         files=("train.json", "snapshots/", "metrics.csv", "tb/train/"),
-        trains=True,
+        trains=lambda exp: "train",
         best_prefix="dense_",
     ),
     Stage(
         "prune",
-        "prune the dense model one-shot",
+        "prune the dense model one-shot; a training-time method trains while it prunes (and alone writes "
+        "masked.ckpt, the model as trained, its best epochs, prune.json and metrics)",
         "gkp.stages:prune",
         sections=("prune",),
-        reads=lambda exp: ("dense",),
+        reads=lambda exp: () if training_time(exp) == "train" else ("dense",),
         saves=("pruned", "pruned.ckpt"),
-        files=("plan.json",),
+        files=("plan.json", "masked.ckpt", "prune.json", "metrics.csv", "tb/prune/"),
         check="gkp.stages:check_pruning",
+        trains=training_time,
+        best_prefix="pruning_",
+        reads_sections=_prune_reads_sections,
+        also_saves=lambda exp: ("masked",) if training_time(exp) else (),
     ),
     Stage(
         "finetune",
@@ -116,7 +139,7 @@ STAGES: tuple[Stage, ...] = (
         reads=lambda exp: ("pruned",),
         saves=("final", "finetuned.ckpt"),
         files=("finetune.json", "metrics.csv", "tb/finetune/"),
-        trains=True,
+        trains=lambda exp: "finetune",
     ),
     Stage(
         "eval",
@@ -129,7 +152,6 @@ STAGES: tuple[Stage, ...] = (
     ),
 )
 STAGE_NAMES: tuple[str, ...] = tuple(stage.name for stage in STAGES)
-TRAINING_STAGES: tuple[str, ...] = tuple(stage.name for stage in STAGES if stage.trains)
 SAVED_MODELS: tuple[str, ...] = tuple(stage.saves[0] for stage in STAGES if stage.saves)
 
 
@@ -137,24 +159,27 @@ def stage_named(name: str) -> Stage:
     return STAGES[STAGE_NAMES.index(name)]
 
 
+def trains(stage: str, exp: Any) -> str | None:
+    """The section whose recipe stage ``stage`` trains with under this config, or None."""
+    return stage_named(stage).trains(exp)
+
+
+def eval_model_choices(exp: Any) -> list[str]:
+    """The names ``eval.models`` may use under this config: final, each stage's models and best epochs."""
+    named = [model for stage in STAGES for model in stage.models(exp)]
+    return ["final", *(m for m in dict.fromkeys(named) if m != "final")]
+
+
 def model_file(name: str) -> str:
     """The run-folder file of a model: a stage's saved model, or a best-epoch model (``<name>.ckpt``)."""
     return next((stage.saves[1] for stage in STAGES if stage.saves and stage.saves[0] == name), f"{name}.ckpt")
 
 
-def produced_by(model: str) -> str | None:
-    """The stage that saves ``model``: its own model, or a training stage's best-epoch model."""
-    for stage in STAGES:
-        if stage.saves and stage.saves[0] == model:
-            return stage.name
-    best = [stage for stage in STAGES if stage.trains and model.startswith(f"{stage.best_prefix}best_")]
-    return max(best, key=lambda stage: len(stage.best_prefix)).name if best else None
+def produced_by(model: str, exp: Any) -> str | None:
+    """The stage that saves ``model`` under this config."""
+    return next((stage.name for stage in STAGES if model in stage.models(exp)), None)
 
 
 def models_made_by(stages: tuple[str, ...], exp: Any) -> frozenset[str]:
     """The models (eval names) that running ``stages`` saves, best-epoch models included."""
-    made = set()
-    for stage in (stage_named(name) for name in stages):
-        made |= {stage.saves[0]} if stage.saves else set()
-        made |= set(stage.best_models(exp))
-    return frozenset(made)
+    return frozenset(model for name in stages for model in stage_named(name).models(exp))

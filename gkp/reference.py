@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
-from gkp.catalog import ATTACKS, DATASETS, MODELS, PRUNING_METHODS, SUITES
+from gkp.catalog import ADVERSARIAL_TRAINING, ATTACKS, DATASETS, MODELS, PRUNING_METHODS, SUITES
 from gkp.config import Experiment
 from gkp.pipeline import STAGES
 from gkp.settings import AttackSpec
@@ -79,9 +79,13 @@ def meaning(field: dataclasses.Field, annotation: Any) -> str:
 
 
 def section_class(annotation: Any) -> type | None:
-    """The dataclass a field holds, if it holds one (``X | None`` included)."""
+    """The dataclass a field holds, if it holds one (``X | None`` included); a spec naming a registry
+    entry (``plain()``, such as ``train.adversarial``) is one key, its entries documented below."""
     options = [annotation, *typing.get_args(annotation)]
-    return next((o for o in options if isinstance(o, type) and dataclasses.is_dataclass(o)), None)
+    return next(
+        (o for o in options if isinstance(o, type) and dataclasses.is_dataclass(o) and not hasattr(o, "plain")),
+        None,
+    )
 
 
 def rows(cls: type, prefix: str = "") -> Iterator[tuple[str, str, str]]:
@@ -141,6 +145,8 @@ def registries() -> Iterator[str]:
     for name, method in PRUNING_METHODS.items():
         budgets = ", ".join(f"`prune.{b}`" for b in sorted(method.budgets))
         extras = " Reads calibration images (`prune.calibration`)." if method.calibrated else ""
+        if method.training is not None:
+            extras += f" Prunes while training; `prune.during` default: {method.training.during}."
         yield (
             f"### `{name}`\n\n{method.summary}. Plans: {method.kind.replace('_', ' ')}; budget: {budgets}.{extras}\n\n"
             + params_table(method.params, "prune.params.")
@@ -153,6 +159,12 @@ def registries() -> Iterator[str]:
         )
     suites = [(f"`{name}`", ", ".join(suite.keys) or "none", suite.summary) for name, suite in SUITES.items()]
     yield "## Attack suites (`attacks[].suite`)\n\n" + table(("suite", "keys", "what"), suites)
+    yield ("## Adversarial training (`train.adversarial.method`, `finetune.adversarial.method`) and its parameters")
+    for name, entry in ADVERSARIAL_TRAINING.items():
+        yield (
+            f"### `{name}`\n\n{entry.summary}; examples from the `{entry.attack}` attack.\n\n"
+            + params_table(entry.params, "")
+        )
 
 
 def attack_entry_keys() -> str:
@@ -171,7 +183,7 @@ def stages_table() -> str:
     body = []
     for stage in STAGES:
         saves = [f"`{stage.saves[1]}` ({stage.saves[0]})"] if stage.saves else []
-        best = [f"`{stage.best_prefix}best_<metric>.ckpt`"] if stage.trains else []
+        best = [f"`{stage.best_prefix}best_<metric>.ckpt`"] if stage.trains(None) else []
         body.append(
             (
                 f"`{stage.name}`",

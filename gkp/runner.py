@@ -18,7 +18,7 @@ from gkp.checkpoint import read_checkpoint
 from gkp.config import Experiment
 from gkp.engine.device import resolve_device, set_determinism
 from gkp.errors import ConfigError
-from gkp.pipeline import RESULTS_FILE, STAGES, models_made_by, stage_named
+from gkp.pipeline import RESULTS_FILE, STAGES, models_made_by, stage_named, trains
 from gkp.rundir import RunDir
 from gkp.stages import Context, require_model
 
@@ -54,7 +54,7 @@ def preflight(ctx: Context, stages: tuple[str, ...]) -> None:
     will_make = models_made_by(stages, ctx.exp)
     for name in stages:
         stage = stage_named(name)
-        if stage.trains and ctx.data.train is None:
+        if trains(name, ctx.exp) and ctx.data.train is None:
             raise ConfigError(f"data: the {name} stage trains, and data '{ctx.exp.data.name}' has no training split")
         stage.preflight(ctx, will_make)
         for model in stage.reads(ctx.exp):

@@ -157,7 +157,10 @@ def to_yaml(plain: Any) -> str:
 
 
 def to_plain(value: Any) -> Any:
-    """Dataclasses, tuples and dicts as plain dicts and lists, ready for YAML or JSON."""
+    """Dataclasses, tuples and dicts as plain dicts and lists, ready for YAML or JSON; a value that names
+    a registry entry gives its own plain form (``plain()``)."""
+    if hasattr(value, "plain") and not isinstance(value, type):
+        return value.plain()
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {f.name: to_plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, (list, tuple)):

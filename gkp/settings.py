@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from gkp.contracts import Attack
+from gkp.contracts import AdversarialTraining, Attack
 from gkp.schema import at_least, in_open_unit_interval, in_unit_interval, option, positive, to_plain
 
 
@@ -71,6 +71,18 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
+class AdversarialSpec:
+    """Adversarial training: the registered objective ``method`` (``gkp.contracts.AdversarialTraining``)
+    and its ``params`` (eps and steps in pixel units)."""
+
+    method: AdversarialTraining = option(doc="pgd, trades or fgsm_rs (see docs/training.md)", default_text="(required)")
+    params: Any = option(doc="the method's own parameters, as keys of the entry", default_text="the method's")
+
+    def plain(self) -> dict[str, Any]:
+        return {"method": self.method.name, **to_plain(self.params)}
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     epochs: int = option(300, check=at_least(1), doc="epochs")
     lr: float = option(0.1, check=positive, doc="initial learning rate (SGD)")
@@ -88,6 +100,9 @@ class TrainConfig:
         0.0,
         check=at_least(0),
         doc="network slimming's L1 penalty on every BatchNorm scale (Liu et al.: 1e-5 for ResNets, 1e-4 for VGG)",
+    )
+    adversarial: AdversarialSpec | None = option(
+        None, doc="adversarial training, e.g. {method: pgd, eps: 8/255, steps: 10}; default: none (clean)"
     )
     amp: Literal["auto", "off", "fp16", "bf16"] = option(
         "auto", doc="mixed precision; auto: bfloat16 on CUDA (float16 where bf16 is missing), off on CPU"
@@ -136,6 +151,12 @@ class PruneConfig:
         doc="filter methods: keep this fraction of the dense MACs instead of a rate (solved within 0.5%)",
     )
     calibration: CalibrationConfig = option(default_factory=CalibrationConfig, doc="data-dependent methods' images")
+    during: Literal["train", "finetune"] | None = option(
+        None,
+        doc="training-time methods: train (from scratch with the train recipe) or finetune (from the dense "
+        "model with the finetune recipe), inside the prune stage; default: the method's own",
+        default_text="the method's",
+    )
     params: Any = option(default_factory=dict, doc="the method's own parameters (see docs/methods.md)")
 
 

@@ -16,18 +16,20 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from gkp.catalog import PRUNING_METHODS, model_for_data
+from baselines.slimming import BatchNormSparsity
+from gkp.catalog import ATTACKS, PRUNING_METHODS, model_for_data
 from gkp.checkpoint import load_model, read_checkpoint, save_checkpoint
-from gkp.contracts import PruningContext, Selection
-from gkp.counting import measure
+from gkp.contracts import Objective, Phase, PruningContext, PruningMethod, Recipe, Selection, TrainingHooks, model_spec
+from gkp.counting import count_nonzero_params, measure
 from gkp.data import DataBundle
 from gkp.data.splits import calibration_batches
 from gkp.engine.device import use_channels_last
 from gkp.engine.evaluate import evaluate
-from gkp.engine.train import FitOutcome, fit
+from gkp.engine.hooks import HookChain
+from gkp.engine.train import FitOutcome, LoopSettings, cross_entropy, fit
 from gkp.errors import ConfigError, RunFolderError
 from gkp.layers.forms import choose_forms
-from gkp.pipeline import RESULTS_FILE, SAVED_MODELS, TRAINING_STAGES, model_file, produced_by, stage_named
+from gkp.pipeline import RESULTS_FILE, SAVED_MODELS, STAGE_NAMES, model_file, produced_by, stage_named
 from gkp.pruning.plan import Plan
 from gkp.pruning.surgery import apply as apply_plan
 from gkp.rundir import RunDir, StageStore, write_json_atomic
@@ -75,7 +77,7 @@ def model_path(ctx: Context, name: str) -> Path | None:
 def require_model(ctx: Context, name: str) -> Path:
     path = model_path(ctx, name)
     if path is None:
-        stage = produced_by(name)
+        stage = produced_by(name, ctx.exp)
         raise RunFolderError(
             f"no '{name}' model in {ctx.run.path}: run the {stage} stage first "
             f"(gkp {stage} CONFIG){' or set model.checkpoint' if name == 'dense' else ''}"
@@ -101,34 +103,88 @@ def fastest_forms(ctx: Context, model: nn.Module, batch_size: int, train: bool, 
 
 def _summary(outcome: FitOutcome, cfg, best_prefix: str) -> dict[str, Any]:
     best = {m: {**r, "checkpoint": f"{best_prefix}best_{m}.ckpt"} for m, r in outcome.best.items()}
-    return {"select_on": cfg.select_on, "epochs": cfg.epochs, "best": best, "final": outcome.final}
+    return {"select_on": cfg.select_on, "epochs": len(outcome.history), "best": best, "final": outcome.final}
 
 
-def _train_and_save(ctx: Context, stage: str, model: nn.Module, snapshot_epochs: frozenset[int] = frozenset()) -> None:
-    """Run ``fit`` for a training stage, then save its final model and its best-epoch summary."""
-    cfg = getattr(ctx.exp, stage)
+def objective_of(cfg) -> Objective:
+    """The loss a training section minimises: its adversarial training's, else cross-entropy."""
+    if cfg.adversarial is None:
+        return cross_entropy(cfg.label_smoothing)
+    method = cfg.adversarial.method
+    return method.objective(ATTACKS.get(method.attack), cfg.adversarial.params, cfg.label_smoothing)
+
+
+def _hooks(cfg, method_hooks: TrainingHooks | None) -> TrainingHooks:
+    """A training-time method's hooks and the section's options' (network slimming's sparsity term)."""
+    hooks = [method_hooks] if method_hooks is not None else []
+    if cfg.bn_sparsity:
+        hooks.append(BatchNormSparsity(cfg.bn_sparsity))
+    return HookChain(hooks)
+
+
+def _epoch_evaluation(ctx: Context, cfg):
+    split = ctx.data.val if cfg.select_on == "val" else ctx.data.test
+    specs = [ctx.exp.attack(label) for label in cfg.eval_attacks]
+
+    def evaluate_epoch(model: nn.Module, description: str) -> dict[str, float]:
+        report = evaluate(
+            model,
+            split,
+            specs,
+            batch_size=ctx.exp.data.eval_batch_size,
+            seed=ctx.exp.seed,
+            description=description,
+            options=ctx.exp.eval,
+        )
+        return report.accuracies()
+
+    return evaluate_epoch
+
+
+def train_stage(
+    ctx: Context,
+    stage: str,
+    section: str,
+    model: nn.Module,
+    phases: list[Phase] | None = None,
+    method_hooks: TrainingHooks | None = None,
+    snapshot_epochs: frozenset[int] = frozenset(),
+) -> FitOutcome:
+    """Run the training loop for ``stage`` with the recipe of config section ``section`` (one phase
+    unless a training-time method gives its own), and write the stage's best-epoch summary."""
+    cfg = getattr(ctx.exp, section)
     best_prefix = stage_named(stage).best_prefix
     store = StageStore(ctx.run, stage, ctx.fingerprint(stage), best_prefix)
+    settings = LoopSettings(
+        stage=stage,
+        seed=ctx.exp.seed,
+        batch_size=ctx.exp.data.batch_size,
+        amp=cfg.amp,
+        channels_last=cfg.channels_last,
+        eval_every=cfg.eval_every,
+        metric_prefix=cfg.select_on,
+        snapshot_epochs=snapshot_epochs,
+    )
     try:
         outcome = fit(
             model,
-            cfg,
-            stage=stage,
+            phases or [Phase("", Recipe.of(cfg))],
             train_split=ctx.data.train,
-            select_split=ctx.data.val if cfg.select_on == "val" else ctx.data.test,
-            attack_specs=[ctx.exp.attack(label) for label in cfg.eval_attacks],
-            batch_size=ctx.exp.data.batch_size,
-            eval_batch_size=ctx.exp.data.eval_batch_size,
-            eval_options=ctx.exp.eval,
-            seed=ctx.exp.seed,
+            settings=settings,
             store=store,
-            snapshot_epochs=snapshot_epochs,
+            objective=objective_of(cfg),
+            hooks=_hooks(cfg, method_hooks),
+            evaluate_epoch=_epoch_evaluation(ctx, cfg),
         )
     finally:
         store.close()
+    write_json_atomic(ctx.run.path / f"{stage}.json", _summary(outcome, cfg, best_prefix))
+    return outcome
+
+
+def _save_trained(ctx: Context, stage: str, model: nn.Module, outcome: FitOutcome) -> None:
     metadata = {"stage": stage, "input_size": ctx.data.image_size, "final": outcome.final}
     save_checkpoint(ctx.run.path / stage_named(stage).saves[1], model, metadata)
-    write_json_atomic(ctx.run.path / f"{stage}.json", _summary(outcome, cfg, best_prefix))
 
 
 def method_snapshots(exp: Experiment) -> tuple[int, ...]:
@@ -141,7 +197,8 @@ def method_snapshots(exp: Experiment) -> tuple[int, ...]:
 def train(ctx: Context) -> None:
     seed_everything(ctx.exp.seed)
     snapshots = frozenset(ctx.exp.train.snapshot_epochs) | frozenset(method_snapshots(ctx.exp))
-    _train_and_save(ctx, "train", new_model(ctx).to(ctx.device), snapshots)
+    model = new_model(ctx).to(ctx.device)
+    _save_trained(ctx, "train", model, train_stage(ctx, "train", "train", model, snapshot_epochs=snapshots))
 
 
 def finetune(ctx: Context) -> None:
@@ -149,7 +206,7 @@ def finetune(ctx: Context) -> None:
     model, _ = load_model(require_model(ctx, "pruned"), ctx.device)
     channels_last = use_channels_last(ctx.exp.finetune.channels_last, ctx.device)
     fastest_forms(ctx, model, ctx.exp.data.batch_size, train=True, channels_last=channels_last)
-    _train_and_save(ctx, "finetune", model)
+    _save_trained(ctx, "finetune", model, train_stage(ctx, "finetune", "finetune", model))
 
 
 # ------------------------------------------------------------------ prune
@@ -179,38 +236,91 @@ def _select(ctx: Context, dense: nn.Module) -> tuple[Selection, float]:
 
 
 def prune(ctx: Context) -> None:
-    exp = ctx.exp
-    dense, _ = load_model(require_model(ctx, "dense"), ctx.device)
-    selection, seconds = _select(ctx, dense)
-    rate = None if exp.prune.target_macs is not None else exp.prune.rate  # a MACs target replaces the rate
-    plan = Plan(exp.prune.method, rate, selection.layers, to_plain(exp.prune.params))
-    pruned = apply_plan(dense, plan)
-    dense_cost, pruned_cost = measure(dense, ctx.data.image_size), measure(pruned, ctx.data.image_size)
-    before = evaluate(
-        pruned,
-        ctx.data.test,
-        batch_size=exp.data.eval_batch_size,
-        seed=exp.seed,
-        description="pruned eval",
-        options=exp.eval,
-    )
+    method = PRUNING_METHODS.get(ctx.exp.prune.method)
+    if method.training is None:
+        dense, _ = load_model(require_model(ctx, "dense"), ctx.device)
+        selection, seconds = _select(ctx, dense)
+        pruned = _cut(ctx, dense, selection)
+        _save_pruned(ctx, dense, selection, pruned, {"select_seconds": round(seconds, 3)})
+    else:
+        _prune_while_training(ctx, method)
+
+
+def _cut(ctx: Context, source: nn.Module, selection: Selection) -> nn.Module:
+    prune = ctx.exp.prune
+    rate = None if prune.target_macs is not None else prune.rate  # a MACs target replaces the rate
+    return apply_plan(source, Plan(prune.method, rate, selection.layers, to_plain(prune.params)))
+
+
+def _save_pruned(ctx: Context, source: nn.Module, selection: Selection, pruned: nn.Module, notes: dict) -> None:
+    """Write ``plan.json`` (the pruned model's plan, the costs before and after, ``notes``) and the model."""
+    source_cost, pruned_cost = measure(source, ctx.data.image_size), measure(pruned, ctx.data.image_size)
+    accuracy = _benign_accuracy(ctx, pruned, "pruned eval")
     log.info(
-        "prune: %s selected in %.2fs; %s -> %s; test accuracy before fine-tuning %.2f%%",
-        exp.prune.method,
-        seconds,
-        dense_cost.describe(),
+        "prune: %s; %s -> %s; test accuracy %.2f%%",
+        ctx.exp.prune.method,
+        source_cost.describe(),
         pruned_cost.describe(),
-        100 * before.benign.accuracy,
+        100 * accuracy,
     )
     metadata = {
-        "select_seconds": round(seconds, 3),
-        "dense": asdict(dense_cost),
+        **notes,
+        "dense": asdict(source_cost),
         "pruned": asdict(pruned_cost),
-        "test_accuracy_before_finetune": before.benign.accuracy,
+        "test_accuracy_before_finetune": accuracy,
         **({"selection": selection.notes} if selection.notes else {}),
     }
-    write_json_atomic(ctx.run.path / "plan.json", {**plan.to_dict(), "metadata": metadata})
+    write_json_atomic(ctx.run.path / "plan.json", {**model_spec(pruned).plan, "metadata": metadata})
     save_checkpoint(ctx.run.path / model_file("pruned"), pruned, {"stage": "prune", "input_size": ctx.data.image_size})
+
+
+def _benign_accuracy(ctx: Context, model: nn.Module, description: str) -> float:
+    report = evaluate(
+        model,
+        ctx.data.test,
+        batch_size=ctx.exp.data.eval_batch_size,
+        seed=ctx.exp.seed,
+        description=description,
+        options=ctx.exp.eval,
+    )
+    return report.benign.accuracy
+
+
+def _method_training(ctx: Context, method: PruningMethod, model: nn.Module) -> tuple[list[Phase], TrainingHooks]:
+    prune = ctx.exp.prune
+    recipe = Recipe.of(getattr(ctx.exp, prune.during))
+    return method.training.build(model, prune.rate, prune.params, pruning_context(ctx), recipe)
+
+
+def _prune_while_training(ctx: Context, method: PruningMethod) -> None:
+    """Train with the method's hooks (from scratch or from the dense model, as ``prune.during`` says),
+    keep the model as trained (``masked``), then cut out the zeroed filters that can be removed."""
+    exp = ctx.exp
+    seed_everything(exp.seed)
+    if exp.prune.during == "train":
+        model = new_model(ctx).to(ctx.device)
+    else:
+        model, _ = load_model(require_model(ctx, "dense"), ctx.device)
+    phases, hooks = _method_training(ctx, method, model)
+    outcome = train_stage(ctx, "prune", exp.prune.during, model, phases, hooks)
+    metadata = {"stage": "prune", "input_size": ctx.data.image_size, "final": outcome.final}
+    save_checkpoint(ctx.run.path / model_file("masked"), model, metadata)
+    selection = method.select(model, exp.prune.rate, exp.prune.params, pruning_context(ctx))
+    pruned = _cut(ctx, model, selection)
+    notes = {"trained": exp.prune.during, **_masked_physical_gap(ctx, model, pruned)}
+    _save_pruned(ctx, model, selection, pruned, notes)
+
+
+def _masked_physical_gap(ctx: Context, masked: nn.Module, pruned: nn.Module) -> dict[str, float]:
+    """How far the physical model is from the masked one as trained: exactly equal where the method zeroed
+    whole channels (BatchNorm included), not where it left the BatchNorm shift of a removed channel
+    active. The largest logit difference on the first test batch, and the masked model's accuracy."""
+    x, _ = next(iter(ctx.data.test.batches(ctx.exp.data.eval_batch_size)))
+    masked.eval(), pruned.eval()
+    with torch.no_grad():
+        gap = (masked(x) - pruned(x)).abs().max().item()
+    log.info("prune: the physical model's logits differ from the masked model's by up to %.3g", gap)
+    return {"masked_test_accuracy": _benign_accuracy(ctx, masked, "masked eval"), "masked_max_logit_difference": gap}
 
 
 def _check_snapshots(ctx: Context, will_make: frozenset[str]) -> None:
@@ -228,9 +338,12 @@ def _check_snapshots(ctx: Context, will_make: frozenset[str]) -> None:
 def check_pruning(ctx: Context, will_make: frozenset[str]) -> None:
     """The method's feasibility on the dense model (trained here or read), its data and its snapshots."""
     exp = ctx.exp
-    model = new_model(ctx) if "dense" in will_make else load_model(require_model(ctx, "dense"))[0]
+    fresh = "dense" in will_make or exp.prune.during == "train"
+    model = new_model(ctx) if fresh else load_model(require_model(ctx, "dense"))[0]
     method = PRUNING_METHODS.get(exp.prune.method, "prune.method")
     method.check(model, exp.prune.rate, exp.prune.params, pruning_context(ctx))
+    if method.training is not None:
+        _method_training(ctx, method, model)  # its phases must fit the section's epochs
     if method.calibrated and ctx.data.train is None:
         raise ConfigError(
             f"prune.method: {method.name} reads calibration images from the training split, and "
@@ -256,16 +369,18 @@ def _evaluate_model(ctx: Context, name: str) -> dict[str, Any]:
         description=f"eval {name}",
         options=ctx.exp.eval,
     )
-    cost = measure(model, ctx.data.image_size)
+    cost, authors = measure(model, ctx.data.image_size), measure(model, ctx.data.image_size, "authors")
     ctx.run.write_per_sample(name, report.per_sample)
-    return {"model": name, "checkpoint": str(path), "params": cost.params, "macs": cost.macs, **report.to_dict()}
+    counts = {"params": cost.params, "nonzero_params": count_nonzero_params(model), "macs": cost.macs}
+    counts["authors_macs"] = authors.macs
+    return {"model": name, "checkpoint": str(path), **counts, **report.to_dict()}
 
 
 def evaluate_models(ctx: Context) -> None:
     entries = [_evaluate_model(ctx, name) for name in ctx.exp.eval.models]
     training = {
         stage: json.loads((ctx.run.path / f"{stage}.json").read_text())
-        for stage in TRAINING_STAGES
+        for stage in STAGE_NAMES
         if (ctx.run.path / f"{stage}.json").is_file()
     }
     results = {

@@ -17,7 +17,6 @@ from gkp.config import build_experiment
 from gkp.contracts import PruningContext
 from gkp.counting import measure
 from gkp.data.splits import TensorSplit, calibration_batches
-from gkp.engine.train import add_bn_sparsity
 from gkp.errors import ConfigError, PruningError
 from gkp.pruning.plan import Plan, keep_count
 from gkp.pruning.surgery import apply, apply_mask, filter_groups
@@ -26,7 +25,7 @@ from gkp.runner import run_experiment
 from conftest import tiny_config
 from test_pruning import randomise_batchnorm
 
-BASELINES = {name: method for name, method in PRUNING_METHODS.items() if method.kind == "filters"}
+BASELINES = {name: m for name, m in PRUNING_METHODS.items() if m.kind == "filters" and m.training is None}
 METHODS = sorted(name for name in BASELINES if not name.startswith("l1_"))
 RATE = 0.5
 
@@ -208,12 +207,14 @@ def test_calibration_batches_are_seeded_distinct_unaugmented_training_samples():
 
 
 def test_slimming_sparsity_training_adds_the_l1_subgradient_to_every_batchnorm_scale():
+    from baselines.slimming import BatchNormSparsity
+
     model = build_model("resnet8")
     for module in model.modules():
         if isinstance(module, torch.nn.BatchNorm2d):
             module.weight.data.uniform_(-1, 1)
             module.weight.grad = torch.zeros_like(module.weight)
-    add_bn_sparsity(model, 1e-4)
+    BatchNormSparsity(1e-4).after_backward(model)
     for module in model.modules():
         if isinstance(module, torch.nn.BatchNorm2d):
             assert torch.equal(module.weight.grad, 1e-4 * torch.sign(module.weight.detach()))

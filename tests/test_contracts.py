@@ -1,10 +1,13 @@
 """Every entry of every registry against its contract in ``gkp.contracts``: a model, dataset, pruning
-method or attack added to ``gkp.catalog`` is checked here with no test to write by hand; and the table of
-stages (``gkp.pipeline.STAGES``)."""
+method (one-shot or training-time), attack or adversarial-training objective added to ``gkp.catalog`` is
+checked here with no test to write by hand; and the table of stages (``gkp.pipeline.STAGES``)."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import io
+import math
 import typing
 
 import numpy as np
@@ -13,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from test_data import _png_tree, _write_npz
 
-from gkp.catalog import ATTACKS, DATASETS, MODELS, PRUNING_METHODS, build_model, load_data
+from gkp.catalog import ADVERSARIAL_TRAINING, ATTACKS, DATASETS, MODELS, PRUNING_METHODS, build_model, load_data
 from gkp.config import Experiment
 from gkp.contracts import (
     AttackParams,
@@ -21,12 +24,14 @@ from gkp.contracts import (
     GroupedKernelParams,
     PrunableModel,
     PruningContext,
+    Recipe,
     Selection,
     model_spec,
 )
 from gkp.errors import ConfigError, DataError, PruningError
 from gkp.layers.normalize import Normalize
 from gkp.pipeline import STAGES, resolve
+from gkp.pruning.masks import mask_targets, zeroed_filters
 from gkp.pruning.plan import LAYER_TYPES, Plan
 from gkp.pruning.surgery import apply, apply_mask
 from gkp.schema import build
@@ -200,7 +205,11 @@ def defaults(method) -> object:
     return build(method.params, {}, "prune.params")
 
 
-@pytest.mark.parametrize("name", PRUNING_METHODS.names())
+ONE_SHOT = [name for name, method in PRUNING_METHODS.items() if method.training is None]
+TRAINING_TIME = [name for name, method in PRUNING_METHODS.items() if method.training is not None]
+
+
+@pytest.mark.parametrize("name", ONE_SHOT)
 def test_every_method_selects_a_valid_deterministic_plan_or_refuses_in_check(name, resnet20):
     method = PRUNING_METHODS.get(name)
     assert method.name == name and method.summary and method.kind in ("filters", "grouped_kernels")
@@ -231,7 +240,7 @@ def ranks_globally(method) -> bool:
     return method.kind == "filters" and "rates" not in method.budgets
 
 
-@pytest.mark.parametrize("name", PRUNING_METHODS.names())
+@pytest.mark.parametrize("name", ONE_SHOT)
 def test_every_method_refuses_a_rate_that_empties_a_layer_before_any_work(name, resnet20):
     """Layer-wise methods refuse it in ``check``; methods that rank all layers' channels together remove
     at most all but one channel of each layer instead (documented in baselines.common)."""
@@ -242,6 +251,69 @@ def test_every_method_refuses_a_rate_that_empties_a_layer_before_any_work(name, 
         return
     layers = method.select(resnet20, 0.999, defaults(method), full_context(resnet20)).layers
     assert layers and all(len(layer.kept) == 1 for layer in layers.values())
+
+
+def run_hooks(model, phases, hooks, batch) -> None:
+    """The training loop's calls, one SGD step per epoch on one batch."""
+    x, y = batch
+    for index, phase in enumerate(phases):
+        optimizer = torch.optim.SGD(model.parameters(), lr=phase.recipe.lr, momentum=0.9, weight_decay=5e-4)
+        hooks.start_phase(model, index)
+        for epoch in range(phase.recipe.epochs):
+            hooks.start_epoch(model, index, epoch)
+            penalty = hooks.regularizer(model)
+            loss = F.cross_entropy(model(x), y) + (penalty if penalty is not None else 0)
+            optimizer.zero_grad()
+            loss.backward()
+            hooks.after_backward(model)
+            optimizer.step()
+            hooks.after_step(model)
+            hooks.end_epoch(model, index, epoch)
+
+
+@pytest.mark.parametrize("rate", [0.5, 0.999])
+@pytest.mark.parametrize("name", TRAINING_TIME)
+def test_every_training_time_method_zeroes_its_rate_and_leaves_a_valid_plan(name, rate, resnet20):
+    """Through the loop's calls, each masked conv ends with floor(N x rate) filters zeroed (never all);
+    the phases fit the recipe and end with the final structure; the hooks' state survives a weights-only
+    checkpoint; ``select`` reads the zeroed filters into a plan whose physical model runs."""
+    method = PRUNING_METHODS.get(name)
+    model = copy.deepcopy(resnet20).train()
+    context = full_context(model)
+    method.check(model, rate, defaults(method), context)
+    targets = mask_targets(model, "all")
+    recipe = Recipe(epochs=2 * len(targets), lr=0.01)
+    phases, hooks = method.training.build(model, rate, defaults(method), context, recipe)
+    assert sum(p.recipe.epochs for p in phases) <= recipe.epochs and phases[-1].final
+    run_hooks(model, phases, hooks, context.calibration_batches()[0])
+    zeroed = zeroed_filters(model)
+    for conv in targets:
+        total = model.get_submodule(conv).out_channels
+        assert len(zeroed.get(conv, [])) == math.floor(total * rate + 1e-9) < total, conv
+    buffer = io.BytesIO()
+    torch.save(hooks.state_dict(), buffer)
+    buffer.seek(0)
+    hooks.load_state_dict(torch.load(buffer, weights_only=True))
+    selection = method.select(model, rate, defaults(method), context)
+    assert set(selection.layers) == {group.conv for group in model.filter_pruning_groups()}
+    pruned = apply(model, Plan(name, rate, selection.layers)).eval()
+    assert torch.isfinite(pruned(torch.rand(2, 3, 32, 32))).all()
+
+
+@pytest.mark.parametrize("name", ADVERSARIAL_TRAINING.names())
+def test_every_adversarial_training_objective_trains_on_a_batch(name, resnet20):
+    """Its attack is registered and takes its parameters; the objective returns a finite scalar loss with
+    gradients for the model, logits per sample, and leaves the model in train mode."""
+    entry = ADVERSARIAL_TRAINING.get(name)
+    assert entry.name == name and entry.summary and entry.attack in ATTACKS.names()
+    params = build(entry.params, {"eps": 4 / 255}, "adversarial")
+    objective = entry.objective(ATTACKS.get(entry.attack), params, 0.0)
+    model = copy.deepcopy(resnet20).train()
+    x, y = torch.rand(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
+    loss, logits = objective(model, x, y, torch.Generator().manual_seed(0))
+    assert loss.dim() == 0 and torch.isfinite(loss) and logits.shape == (4, 10) and model.training
+    loss.backward()
+    assert model.fc.weight.grad is not None
 
 
 GROUPED_KERNEL_METHODS = [name for name, method in PRUNING_METHODS.items() if method.kind == "grouped_kernels"]

@@ -15,7 +15,6 @@ from torch import nn
 from gkp import stages
 from gkp.catalog import build_model
 from gkp.config import EvalConfig, build_experiment
-from gkp.engine import train
 from gkp.engine.evaluate import evaluate, evaluated_model
 from gkp.engine.folding import batchnorm_folded, conv_batchnorm_pairs
 from gkp.layers.grouped_conv import FORMS, GroupedKernelConv2d
@@ -171,7 +170,6 @@ def test_the_config_switch_reaches_every_evaluation(tmp_path, monkeypatch):
         return evaluate(*args, **kwargs)
 
     monkeypatch.setattr(stages, "evaluate", recording)
-    monkeypatch.setattr(train, "evaluate", recording)
     config = tiny_config(
         stages=["train", "prune", "eval"],
         train={"epochs": 1},

@@ -32,7 +32,7 @@ FOUNDATION = {
 MECHANISM_PREFIXES = ("gkp.layers", "gkp.pruning", "gkp.engine")
 MECHANISM_MODULES = {"gkp.counting", "gkp.data", "gkp.data.splits", "gkp.data.augment", "gkp.data.statistics"}
 ENTRY_PREFIXES = ("attacks", "baselines", "gkp.grouped", "gkp.models")
-ENTRY_MODULES = {"gkp.data.arrays", "gkp.data.folders", "gkp.data.sources", "gkp.suites"}
+ENTRY_MODULES = {"gkp.data.arrays", "gkp.data.folders", "gkp.data.sources", "gkp.suites", "gkp.adversarial"}
 APPLICATION = {  # the catalog and what reads it
     "gkp.catalog",
     "gkp.config",

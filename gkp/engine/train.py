@@ -1,11 +1,18 @@
-"""The training / fine-tuning loop: SGD, per-epoch schedules, AMP and channels_last on CUDA, periodic
+"""The one training loop: phases of SGD epochs with hooks, AMP and channels_last on CUDA, periodic
 evaluation with best-epoch tracking, per-epoch resume checkpoints, and a stop on a non-finite loss.
+
+Everything a method or option changes about training goes through ``gkp.contracts``: the ``Phase``s (each
+with a fresh optimizer and schedule from its ``Recipe``), the ``Objective`` (the loss of a batch:
+cross-entropy, or an adversarial-training one) and the ``TrainingHooks`` (regularizers, gradient masks,
+re-applied masks, per-epoch re-selection, state that goes into resume checkpoints). The loop calls every
+hook at its point, whoever implements it.
 
 ``fit`` talks to the run folder only through a ``store`` (see ``gkp.rundir.StageStore``): it asks for a
 resume state at the start, and after every epoch hands over the new state, the metrics row and any
-improved best model. Each epoch's shuffling and augmentation come from a seed derived from the
-experiment seed, the stage and the epoch, so a run resumed after an interruption repeats exactly the
-epochs it lost (bit-identical on CPU with ``deterministic: true``).
+improved best model. Each epoch's shuffling, augmentation and objective randomness (an attack's random
+start) come from seeds derived from the experiment seed, the stage, the phase and the epoch, so a run
+resumed after an interruption repeats exactly the epochs it lost (bit-identical on CPU with
+``deterministic: true``).
 """
 
 from __future__ import annotations
@@ -13,9 +20,9 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -23,16 +30,46 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from gkp.contracts import Objective, Phase, TrainingHooks
 from gkp.engine.device import amp_dtype, use_channels_last
-from gkp.engine.evaluate import evaluate
 from gkp.engine.schedule import build_scheduler
 from gkp.errors import NonFiniteLossError
 from gkp.seeding import derive_seed
-from gkp.settings import EvalConfig
 
 log = logging.getLogger(__name__)
 
 NAN_CHECK_EVERY = 20  # steps between finiteness checks (each one syncs a GPU)
+NO_HOOKS = TrainingHooks()
+
+EpochEvaluation = Callable[[nn.Module, str], dict[str, float]]
+"""``evaluate(model, description) -> {metric: accuracy}`` on the selection split (benign and attacks)."""
+
+
+def cross_entropy(label_smoothing: float = 0.0) -> Objective:
+    """Plain training: the cross-entropy of the clean batch."""
+
+    def objective(model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = model(x)
+        return F.cross_entropy(logits, y, label_smoothing=label_smoothing), logits
+
+    return objective
+
+
+@dataclass(frozen=True)
+class LoopSettings:
+    """What the loop needs besides its phases: the stage (names checkpoints and seeds), the seed, the
+    batch size, precision and memory format ("auto" / "on" / "off" as in the config), how often it
+    evaluates (every ``eval_every`` epochs, 0: the last epoch only), the prefix of its metric columns and
+    the (1-based, counted across phases) epochs after which the weights are also kept as snapshots."""
+
+    stage: str
+    seed: int
+    batch_size: int
+    amp: str = "auto"
+    channels_last: str = "auto"
+    eval_every: int = 1
+    metric_prefix: str = "test"
+    snapshot_epochs: frozenset[int] = field(default_factory=frozenset)
 
 
 @dataclass
@@ -47,81 +84,127 @@ class FitOutcome:
 
 @dataclass
 class TrainingState:
-    """What a resume checkpoint holds besides the model weights."""
+    """What a resume checkpoint holds besides the model weights: the position (``epoch`` epochs of phase
+    ``phase`` completed), the optimizer, schedule and scaler of that phase, the hooks' state, and the
+    history and best epochs so far."""
 
-    epoch: int  # epochs completed
+    epoch: int
     optimizer: dict
     scheduler: dict
     scaler: dict | None
     history: list[dict[str, Any]]
     best: dict[str, dict[str, Any]]
+    phase: int = 0
+    hooks: dict = field(default_factory=dict)
 
 
-def _should_evaluate(cfg, epoch: int) -> bool:
-    last = epoch + 1 == cfg.epochs
-    return last or (cfg.eval_every > 0 and (epoch + 1) % cfg.eval_every == 0)
+@dataclass
+class Optimization:
+    """One phase's optimizer, schedule and (float16 only) gradient scaler."""
+
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: torch.amp.GradScaler | None
+
+    @classmethod
+    def start(cls, model: nn.Module, phase: Phase, settings: LoopSettings, device: torch.device) -> Optimization:
+        recipe = phase.recipe
+        optimizer = torch.optim.SGD(
+            model.parameters(),
+            lr=recipe.lr,
+            momentum=recipe.momentum,
+            weight_decay=recipe.weight_decay,
+            nesterov=recipe.nesterov,
+        )
+        scaler = torch.amp.GradScaler(device.type) if amp_dtype(settings.amp, device) == torch.float16 else None
+        return cls(optimizer, build_scheduler(recipe, optimizer), scaler)
+
+    def restore(self, state: TrainingState) -> None:
+        self.optimizer.load_state_dict(state.optimizer)
+        self.scheduler.load_state_dict(state.scheduler)
+        if self.scaler is not None and state.scaler:
+            self.scaler.load_state_dict(state.scaler)
+
+    def state(self) -> tuple[dict, dict, dict | None]:
+        return (
+            self.optimizer.state_dict(),
+            self.scheduler.state_dict(),
+            self.scaler.state_dict() if self.scaler else None,
+        )
+
+    @property
+    def lr(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
 
 
-def add_bn_sparsity(model: nn.Module, strength: float) -> None:
-    """Network slimming's sparsity training (Liu et al., ICCV 2017): add the subgradient of
-    ``strength * |gamma|`` to the gradient of every BatchNorm scale."""
-    for module in model.modules():
-        if isinstance(module, nn.BatchNorm2d) and module.weight is not None and module.weight.grad is not None:
-            module.weight.grad.add_(torch.sign(module.weight.detach()), alpha=strength)
+# ------------------------------------------------------------------------------------ one epoch
+
+
+def _step(model: nn.Module, loss: torch.Tensor, optimization: Optimization, hooks: TrainingHooks) -> None:
+    optimizer, scaler = optimization.optimizer, optimization.scaler
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+        hooks.after_backward(model)
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        hooks.after_backward(model)
+        optimizer.step()
+    hooks.after_step(model)
 
 
 def train_one_epoch(
     model: nn.Module,
     split,
-    cfg,
-    optimizer,
-    scaler,
+    optimization: Optimization,
     *,
-    batch_size: int,
+    objective: Objective,
+    hooks: TrainingHooks,
+    settings: LoopSettings,
     seed: int,
     device: torch.device,
     description: str,
 ) -> dict[str, float]:
     model.train()
-    dtype = amp_dtype(cfg.amp, device)
-    channels_last = use_channels_last(cfg.channels_last, device)
+    dtype = amp_dtype(settings.amp, device)
+    channels_last = use_channels_last(settings.channels_last, device)
+    generator = torch.Generator(device=device)
+    generator.manual_seed(derive_seed(seed, "objective"))
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+    penalty_sum = torch.zeros((), device=device, dtype=torch.float64)
     correct = torch.zeros((), device=device, dtype=torch.long)
     seen = 0
     start = time.perf_counter()
-    batches = split.batches(batch_size, train=True, seed=seed)
-    total = split.num_batches(batch_size, train=True)
+    batches = split.batches(settings.batch_size, train=True, seed=seed)
+    total = split.num_batches(settings.batch_size, train=True)
     for step, (x, y) in enumerate(tqdm(batches, total=total, desc=description, leave=False, disable=None)):
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=dtype) if dtype else nullcontext():
-            logits = model(x)
-            loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            if cfg.bn_sparsity:
-                scaler.unscale_(optimizer)
-                add_bn_sparsity(model, cfg.bn_sparsity)
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            if cfg.bn_sparsity:
-                add_bn_sparsity(model, cfg.bn_sparsity)
-            optimizer.step()
+            loss, logits = objective(model, x, y, generator)
+            penalty = hooks.regularizer(model)
+        total_loss = loss if penalty is None else loss + penalty
+        _step(model, total_loss, optimization, hooks)
         loss_sum += loss.detach().double() * len(y)
+        if penalty is not None:
+            penalty_sum += penalty.detach().double() * len(y)
         correct += (logits.detach().argmax(1) == y).sum()
         seen += len(y)
         if (step + 1) % NAN_CHECK_EVERY == 0 or step + 1 == total:
-            _check_finite(loss_sum, step)
+            _check_finite(loss_sum + penalty_sum, step)
     seconds = time.perf_counter() - start
-    return {
+    row = {
         "train_loss": loss_sum.item() / max(seen, 1),
         "train_accuracy": correct.item() / max(seen, 1),
         "seconds": round(seconds, 3),
         "images_per_second": round(seen / max(seconds, 1e-9), 1),
     }
+    if penalty_sum.item():
+        row["train_penalty"] = penalty_sum.item() / max(seen, 1)
+    return row
 
 
 def _check_finite(loss_sum: torch.Tensor, step: int) -> None:
@@ -130,90 +213,124 @@ def _check_finite(loss_sum: torch.Tensor, step: int) -> None:
         raise NonFiniteLossError(f"the training loss became {value} by step {step + 1} of the epoch")
 
 
+# ------------------------------------------------------------------------------------ the loop
+
+
+def epoch_seed(settings: LoopSettings, phase: Phase, epoch: int) -> int:
+    """The seed of one epoch's shuffling, augmentation and objective (single-phase runs keep the seeds
+    of the stage alone, so their epochs do not depend on whether phases exist)."""
+    names = (settings.stage, epoch) if not phase.name else (settings.stage, phase.name, epoch)
+    return derive_seed(settings.seed, *names)
+
+
+class _Run:
+    """The state of one ``fit`` call: where it is, what it has recorded, and how it persists."""
+
+    def __init__(self, model, phases, settings, store, hooks, evaluate_epoch):
+        self.model, self.phases, self.settings, self.store = model, list(phases), settings, store
+        self.hooks, self.evaluate_epoch = hooks, evaluate_epoch
+        self.history: list[dict[str, Any]] = []
+        self.best: dict[str, dict[str, Any]] = {}
+        self.total_epochs = sum(phase.recipe.epochs for phase in self.phases)
+
+    def epochs_before(self, phase_index: int) -> int:
+        return sum(phase.recipe.epochs for phase in self.phases[:phase_index])
+
+    def resume(self) -> TrainingState | None:
+        state = self.store.load_resume(self.model)
+        if state is not None:
+            self.history, self.best = state.history, state.best
+            self.hooks.load_state_dict(state.hooks)
+            done = self.epochs_before(state.phase) + state.epoch
+            log.info("%s: resuming after epoch %d of %d", self.settings.stage, done, self.total_epochs)
+        return state
+
+    def record(self, row: dict[str, Any], phase: Phase) -> None:
+        """Evaluate when due, track the best epochs (of final-structure phases only) and keep snapshots."""
+        if row["epoch"] == self.total_epochs or (
+            self.settings.eval_every > 0 and row["epoch"] % self.settings.eval_every == 0
+        ):
+            for metric, value in self.evaluate_epoch(self.model, f"{self.describe(row['epoch'])} eval").items():
+                row[f"{self.settings.metric_prefix}_{metric}"] = value
+                if phase.final and (metric not in self.best or value > self.best[metric]["accuracy"]):
+                    self.best[metric] = {"epoch": row["epoch"], "accuracy": value}
+                    self.store.save_best(metric, self.model, self.best[metric])
+        if row["epoch"] in self.settings.snapshot_epochs:
+            self.store.save_snapshot(row["epoch"], self.model)
+        self.history.append(row)
+        log.info(
+            "%s: %s", self.describe(row["epoch"]), ", ".join(_formatted(k, v) for k, v in row.items() if k != "epoch")
+        )
+
+    def describe(self, epoch: int) -> str:
+        return f"{self.settings.stage} {epoch}/{self.total_epochs}"
+
+
+def _formatted(key: str, value: Any) -> str:
+    return f"{key} {value:.4g}" if isinstance(value, float) else f"{key} {value}"
+
+
 def fit(
     model: nn.Module,
-    cfg,
+    phases: Sequence[Phase],
     *,
-    stage: str,
     train_split,
-    select_split,
-    attack_specs: Sequence,
-    batch_size: int,
-    eval_batch_size: int,
-    eval_options: EvalConfig,
-    seed: int,
+    settings: LoopSettings,
     store,
-    snapshot_epochs: frozenset[int] = frozenset(),
+    objective: Objective | None = None,
+    hooks: TrainingHooks = NO_HOOKS,
+    evaluate_epoch: EpochEvaluation | None = None,
 ) -> FitOutcome:
-    """Train ``model`` in place for ``cfg.epochs`` epochs (a ``TrainConfig``), resuming from ``store``;
-    after each epoch (1-based) in ``snapshot_epochs`` the weights are also kept as a snapshot. The epoch
-    evaluations follow ``eval_options`` (the config's ``eval:`` section)."""
+    """Train ``model`` in place through ``phases`` (each with a fresh SGD and schedule), resuming from
+    ``store``. Each step minimises ``objective`` (default: cross-entropy) plus the hooks' regularizer;
+    after each epoch the model is evaluated (``evaluate_epoch``, when due) and checkpointed."""
     device = next(model.parameters()).device
-    if use_channels_last(cfg.channels_last, device):
+    if use_channels_last(settings.channels_last, device):
         model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(
-        model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.nesterov
-    )
-    scheduler = build_scheduler(cfg, optimizer)
-    scaler = torch.amp.GradScaler(device.type) if amp_dtype(cfg.amp, device) == torch.float16 else None
-    state = store.load_resume(model)
-    if state is not None:
-        optimizer.load_state_dict(state.optimizer)
-        scheduler.load_state_dict(state.scheduler)
-        if scaler is not None and state.scaler:
-            scaler.load_state_dict(state.scaler)
-        log.info("%s: resuming after epoch %d of %d", stage, state.epoch, cfg.epochs)
-    history, best = (state.history, state.best) if state else ([], {})
-    for epoch in range(state.epoch if state else 0, cfg.epochs):
-        lr = optimizer.param_groups[0]["lr"]
-        description = f"{stage} {epoch + 1}/{cfg.epochs}"
-        try:
-            row = train_one_epoch(
-                model,
-                train_split,
-                cfg,
-                optimizer,
-                scaler,
-                batch_size=batch_size,
-                seed=derive_seed(seed, stage, epoch),
-                device=device,
-                description=description,
-            )
-        except NonFiniteLossError as error:
-            raise NonFiniteLossError(
-                f"{stage}, epoch {epoch + 1}: {error}. The last good checkpoint ({store.describe_last()}) is kept. "
-                f"Fix the cause (a lower {stage}.lr, the data) and start a new run (--out) or --restart"
-            ) from None
-        scheduler.step()
-        row = {"epoch": epoch + 1, "lr": lr, **row}
-        if _should_evaluate(cfg, epoch):
-            report = evaluate(
-                model,
-                select_split,
-                attack_specs,
-                batch_size=eval_batch_size,
-                seed=seed,
-                description=f"{description} eval",
-                options=eval_options,
-            )
-            for metric, value in report.accuracies().items():
-                row[f"{cfg.select_on}_{metric}"] = value
-                if metric not in best or value > best[metric]["accuracy"]:
-                    best[metric] = {"epoch": epoch + 1, "accuracy": value}
-                    store.save_best(metric, model, best[metric])
-        if epoch + 1 in snapshot_epochs:
-            store.save_snapshot(epoch + 1, model)
-        history.append(row)
-        log.info("%s: %s", description, ", ".join(f"{k} {v:.4g}" for k, v in row.items() if k != "epoch"))
-        store.save_epoch(
+    run = _Run(model, phases, settings, store, hooks, evaluate_epoch or (lambda m, d: {}))
+    objective = objective or cross_entropy()
+    state = run.resume()
+    start_phase, start_epoch = (state.phase, state.epoch) if state else (0, 0)
+    for index in range(start_phase, len(run.phases)):
+        phase = run.phases[index]
+        optimization = Optimization.start(model, phase, settings, device)
+        resuming = state is not None and index == start_phase
+        if resuming:
+            optimization.restore(state)
+        else:
+            hooks.start_phase(model, index)
+        for epoch in range(start_epoch if resuming else 0, phase.recipe.epochs):
+            _one_epoch(run, index, epoch, optimization, objective, train_split, device)
+    return FitOutcome(run.history, run.best)
+
+
+def _one_epoch(run: _Run, index: int, epoch: int, optimization, objective, train_split, device) -> None:
+    phase, model, hooks, settings = run.phases[index], run.model, run.hooks, run.settings
+    overall = run.epochs_before(index) + epoch + 1
+    lr = optimization.lr
+    hooks.start_epoch(model, index, epoch)
+    try:
+        row = train_one_epoch(
             model,
-            TrainingState(
-                epoch + 1,
-                optimizer.state_dict(),
-                scheduler.state_dict(),
-                scaler.state_dict() if scaler else None,
-                history,
-                best,
-            ),
+            train_split,
+            optimization,
+            objective=objective,
+            hooks=hooks,
+            settings=settings,
+            seed=epoch_seed(settings, phase, epoch),
+            device=device,
+            description=run.describe(overall),
         )
-    return FitOutcome(history, best)
+    except NonFiniteLossError as error:
+        raise NonFiniteLossError(
+            f"{settings.stage}, epoch {overall}: {error}. The last good checkpoint ({run.store.describe_last()}) "
+            "is kept. Fix the cause (a lower learning rate, the data) and start a new run "
+            "(--out) or --restart"
+        ) from None
+    optimization.scheduler.step()
+    hooks.end_epoch(model, index, epoch)
+    phase_column = {"phase": phase.name} if phase.name else {}
+    run.record({"epoch": overall, **phase_column, "lr": lr, **row}, phase)
+    optimizer, scheduler, scaler = optimization.state()
+    state = TrainingState(epoch + 1, optimizer, scheduler, scaler, run.history, run.best, index, hooks.state_dict())
+    run.store.save_epoch(model, state)

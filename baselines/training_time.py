@@ -1,0 +1,82 @@
+"""What the training-time filter-pruning methods (SFP, soft FPGM, RAP-ADMM, iterative HRank) share: the
+convs they mask and each conv's rate, masks kept as hook state, and the ``PruningMethod`` around their
+hooks.
+
+A training-time method's hooks zero filters while the model trains (``gkp.contracts.TrainingTime``);
+the prune stage then reads the trained model's zeroed filters (``gkp.pruning.masks.masked_selection``):
+the removable ones are cut out, the rest stay as zeros. Rates: ``prune.rate`` for every masked conv, or
+a ``prune.rates`` map by module-name prefix; each conv zeroes floor(filters x rate).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from baselines.allocation import check_rate_map, layer_rates
+from gkp.contracts import NO_CONTEXT, During, Phase, PruningContext, PruningMethod, Recipe, TrainingHooks, TrainingTime
+from gkp.errors import PruningError
+from gkp.pruning.masks import Masks, mask_targets, masked_selection, pruned_count
+
+Scope = Literal["all", "inner"]
+Build = Callable[[nn.Module, float, Any, PruningContext, Recipe], tuple[list[Phase], TrainingHooks]]
+
+
+def pruned_counts(model: nn.Module, scope: Scope, rate: float, context: PruningContext) -> dict[str, int]:
+    """The masked convs (forward order) and how many filters each zeroes."""
+    targets = mask_targets(model, scope)
+    check_rate_map(targets, context.rates)
+    rates = layer_rates(targets, rate, context.rates)
+    return {name: pruned_count(model.get_submodule(name).out_channels, rates[name], name) for name in targets}
+
+
+class MaskState(TrainingHooks):
+    """Hooks that keep per-conv keep masks (``self.masks``) in their resume state."""
+
+    def __init__(self) -> None:
+        self.masks: Masks = {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"masks": {name: keep.cpu() for name, keep in self.masks.items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.masks = dict(state.get("masks", {}))
+
+
+def filter_norms(model: nn.Module, name: str) -> torch.Tensor:
+    """The L2 norm of each flattened filter of a conv (float64)."""
+    return model.get_submodule(name).weight.detach().double().flatten(1).norm(dim=1)
+
+
+def phase_epochs(recipe: Recipe, epochs: int, what: str) -> Recipe:
+    if epochs < 1:
+        raise PruningError(f"{what} would have {epochs} epochs; give the training section more epochs")
+    return replace(recipe, epochs=epochs)
+
+
+def training_time_method(
+    name: str, params: type, build: Build, summary: str, during: During, calibrated: bool = False
+) -> PruningMethod:
+    """A ``PruningMethod`` whose ``build`` makes the phases and hooks that prune while training."""
+
+    def select(model: nn.Module, rate: float, settings: Any, context: PruningContext = NO_CONTEXT):
+        return masked_selection(model)
+
+    def check(model: nn.Module, rate: float, settings: Any, context: PruningContext = NO_CONTEXT) -> None:
+        pruned_counts(model, settings.scope, rate, context)
+
+    return PruningMethod(
+        name,
+        params,
+        select,
+        check,
+        summary,
+        "filters",
+        budgets=frozenset({"rate", "rates"}),
+        calibrated=calibrated,
+        training=TrainingTime(build, during),
+    )

@@ -1,0 +1,105 @@
+"""The cost of what training-time pruning and adversarial training add to a training epoch, against
+plain epochs of the same model measured in alternation in the same process.
+
+- Adversarial training: a PGD-k epoch against (k + 1) plain epochs (k attack steps of one forward and
+  backward pass each, plus the training step). Target: within 10%.
+- Training-time pruning: an epoch with SFP's or FPGM's hooks against one without (SFP re-selects its masks
+  after the epoch; FPGM masks the gradients at every step). Target: under 5% on ResNet-56.
+
+    python benchmarks/bench_training_time.py                      # ResNet-56, CPU defaults
+    python benchmarks/bench_training_time.py --device cuda --images 10000 --steps 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from baselines.fpgm_soft import FPGMHooks
+from baselines.sfp import SFPHooks
+from baselines.training_time import pruned_counts
+from gkp.adversarial import PGD, PGDTrainingParams
+from gkp.catalog import ATTACKS, build_model
+from gkp.contracts import PruningContext, TrainingHooks
+from gkp.data.splits import TensorSplit
+from gkp.engine.device import resolve_device
+from gkp.engine.train import LoopSettings, Optimization, cross_entropy, train_one_epoch
+
+
+def epoch_seconds(model, split, objective, hooks, settings, device) -> float:
+    optimization = Optimization(torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9), None, None)
+    start = time.perf_counter()
+    train_one_epoch(
+        model,
+        split,
+        optimization,
+        objective=objective,
+        hooks=hooks,
+        settings=settings,
+        seed=0,
+        device=device,
+        description="bench",
+    )
+    hooks.end_epoch(model, 0, 0)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
+
+
+def median_seconds(model, split, runs: dict, settings, device, rounds: int) -> dict[str, float]:
+    """Alternate the configurations round by round (after one warm-up round) and take medians."""
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for round_ in range(rounds + 1):
+        for name, (objective, hooks) in runs.items():
+            seconds = epoch_seconds(model, split, objective, hooks, settings, device)
+            if round_:
+                times[name].append(seconds)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", default="resnet56")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--images", type=int, default=1024, help="training images per epoch")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=3, help="PGD steps k of the adversarial training")
+    parser.add_argument("--rounds", type=int, default=3, help="timed rounds (after one warm-up)")
+    args = parser.parse_args()
+    device = resolve_device(args.device)
+    torch.manual_seed(0)
+    images = torch.randint(0, 256, (args.images, 3, 32, 32), dtype=torch.uint8, device=device)
+    split = TensorSplit(images, torch.randint(0, 10, (args.images,), device=device), "crop_flip")
+    model = build_model(args.arch).to(device)
+    settings = LoopSettings(stage="bench", seed=0, batch_size=args.batch_size, amp="off", channels_last="off")
+
+    counts = pruned_counts(model, "all", 0.4375, PruningContext())
+    sfp, fpgm = SFPHooks(counts, every=1, epochs=1), FPGMHooks(counts, {name: 0 for name in counts})
+    sfp.start_phase(model, 0)
+    fpgm.start_phase(model, 0)
+    params = PGDTrainingParams(steps=args.steps)
+    runs = {
+        "plain": (cross_entropy(), TrainingHooks()),
+        "sfp": (cross_entropy(), sfp),
+        "fpgm": (cross_entropy(), fpgm),
+        f"pgd-{args.steps}": (PGD.objective(ATTACKS.get(PGD.attack), params, 0.0), TrainingHooks()),
+    }
+    seconds = median_seconds(model, split, runs, settings, device, args.rounds)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
+    print(
+        f"{args.arch}, batch {args.batch_size}, {args.images} images/epoch, {device} [{name}], medians of {args.rounds}"
+    )
+    for run, value in seconds.items():
+        print(f"{run:>8}: {value:8.2f} s/epoch")
+    plain = seconds["plain"]
+    print(f"SFP hooks: {100 * (seconds['sfp'] / plain - 1):+.1f}% of a plain epoch (target < 5%)")
+    print(f"FPGM hooks: {100 * (seconds['fpgm'] / plain - 1):+.1f}% of a plain epoch (target < 5%)")
+    adversarial = seconds[f"pgd-{args.steps}"] / ((args.steps + 1) * plain)
+    print(f"PGD-{args.steps} training / ({args.steps} + 1) plain epochs: {adversarial:.3f} (target <= 1.10)")
+
+
+if __name__ == "__main__":
+    main()
