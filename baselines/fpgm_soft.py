@@ -20,12 +20,11 @@ budget of the SR-GKP paper's FPGM rows (ResNet-56: 71.661M MACs in the authors' 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 from torch import nn
 
-from baselines.training_time import MaskState, filter_norms, pruned_counts, training_time_method
+from baselines.training_time import SCOPE_DOC, MaskState, Scope, filter_norms, pruned_counts, training_time_method
 from gkp.contracts import Phase, PruningContext, Recipe
 from gkp.errors import PruningError
 from gkp.pruning.masks import lowest, mask_gradients, pruned_count, zero_filters
@@ -34,9 +33,7 @@ from gkp.schema import in_unit_interval, option
 
 @dataclass(frozen=True)
 class FPGMSoftParams:
-    scope: Literal["all", "inner"] = option(
-        "all", doc="masked convs: all (stem and every block conv, the official code) or inner (removable ones)"
-    )
+    scope: Scope = option("all", doc=SCOPE_DOC)
     norm_rate: float = option(
         0.0, check=in_unit_interval, doc="fraction zeroed by smallest L2 norm before the distance criterion"
     )

@@ -2,7 +2,8 @@
 Wang, Zhang, Zhang, Tian, Shao; CVPR 2020), layer by layer with fine-tuning in between. The one-shot
 variant is ``hrank``.
 
-One phase per masked conv, in forward order. At the start of the phase of conv k, its filters are
+One phase per masked conv, in the order the model registers them (its forward order for every registered
+architecture). At the start of the phase of conv k, its filters are
 ranked by the mean matrix rank of their feature maps (``relu(bn(conv(x)))``, eval mode, on the fixed,
 unaugmented calibration images of ``prune.calibration``; ranks as in ``hrank``), and the floor(N x rate)
 lowest are zeroed together with their BatchNorm scale and shift, so the channel outputs exactly zero and
@@ -15,21 +16,20 @@ block's output after the residual sum; here every conv is ranked on its own Batc
 the paper defines, and what masking the conv changes). The code also restarts each layer from the best
 *test* checkpoint of the previous layer; here each layer continues from where the last one ended, so no
 test image steers the pruning. Its default is 15 epochs per layer (30 in its README's help); the SR-GKP
-paper's HRank rows fit about 6 (ResNet-56) or 3 (ResNet-110) within its 300 epochs, which is the
-default here: the section's epochs divided by the masked convs.
+paper's HRank rows fit about 6 (ResNet-56) or 3 (ResNet-110) within its 300 epochs. The default here
+is the section's epochs divided by the masked convs, rounded down (300 epochs, 55 convs: 5 each).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Literal
 
 import torch
 from torch import nn
 
 from baselines.activations import feature_maps
 from baselines.hrank import feature_map_ranks
-from baselines.training_time import MaskState, phase_epochs, pruned_counts, training_time_method
+from baselines.training_time import SCOPE_DOC, MaskState, Scope, phase_recipe, pruned_counts, training_time_method
 from gkp.contracts import FilterGroup, Phase, PruningContext, Recipe
 from gkp.errors import PruningError
 from gkp.pruning.masks import conv_batchnorms, lowest, zero_filters
@@ -38,9 +38,7 @@ from gkp.schema import at_least, option
 
 @dataclass(frozen=True)
 class HRankIterativeParams:
-    scope: Literal["all", "inner"] = option(
-        "all", doc="masked convs: all (every conv, the official code; its VGG run gives the last rate 0) or inner"
-    )
+    scope: Scope = option("all", doc=SCOPE_DOC)
     layer_epochs: int | None = option(
         None, check=at_least(1), doc="fine-tuning epochs after each layer; default the section's epochs / layers"
     )
@@ -83,7 +81,7 @@ def build(model: nn.Module, rate: float, params: HRankIterativeParams, context: 
     epochs = params.layer_epochs if params.layer_epochs is not None else recipe.epochs // len(counts)
     schedule = "multistep" if params.layer_milestones else "constant"
     layer = replace(
-        phase_epochs(recipe, epochs, "each layer's fine-tune"),
+        phase_recipe(recipe, epochs, "each layer's fine-tune"),
         schedule=schedule,
         milestones=tuple(params.layer_milestones),
         gamma=0.1,

@@ -1,7 +1,8 @@
 """RAP-ADMM: "Adversarial Robustness vs. Model Compression, or Both?" (Ye, Xu, Liu, Cheng, Lambrechts,
 Zhang, Zhou, Ma, Wang, Lin; ICCV 2019), filter pruning by ADMM as its official code runs it.
 
-Two phases, each with a fresh optimizer and the training section's schedule:
+Two phases, each with a fresh optimizer and the section's learning-rate schedule compressed to its
+length (a step or milestone at epoch m of the section's E epochs falls at m x phase / E):
 
 1. ``admm`` (``admm_epochs``): minimise the loss plus sum over masked convs of
    ``rho / 2 * ||W - Z + U||_F^2``. At the start Z = Pi(W) and U = 0; at the start of every
@@ -24,13 +25,13 @@ default split: half the epochs each.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import nn
 
 from baselines.allocation import layer_rates
-from baselines.training_time import MaskState, phase_epochs, pruned_counts, training_time_method
+from baselines.training_time import SCOPE_DOC, MaskState, Scope, phase_recipe, pruned_counts, training_time_method
 from gkp.contracts import Phase, PruningContext, Recipe
 from gkp.pruning.masks import mask_gradients, zero_filters
 from gkp.schema import at_least, option, positive
@@ -40,9 +41,7 @@ ADMM, RETRAIN = 0, 1
 
 @dataclass(frozen=True)
 class RAPADMMParams:
-    scope: Literal["all", "inner"] = option(
-        "all", doc="masked convs: all (every conv, the official code) or inner (removable ones)"
-    )
+    scope: Scope = option("all", doc=SCOPE_DOC)
     admm_epochs: int | None = option(
         None, check=at_least(1), doc="epochs of the ADMM phase; default half the section's epochs"
     )
@@ -69,31 +68,36 @@ def kept_filters(weight: torch.Tensor, rate: float) -> torch.Tensor:
     return norms > threshold
 
 
+def _on_cpu(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {name: tensor.cpu() for name, tensor in tensors.items()}
+
+
 class ADMMHooks(MaskState):
+    """``z``: each masked conv's projection Z; ``u``: its scaled dual variable U; ``rho``: the penalty."""
+
     def __init__(self, rates: dict[str, float], params: RAPADMMParams):
         super().__init__()
         self.rates, self.params = rates, params
         self.rho = params.rho
-        self.Z: dict[str, torch.Tensor] = {}
-        self.U: dict[str, torch.Tensor] = {}
+        self.z: dict[str, torch.Tensor] = {}
+        self.u: dict[str, torch.Tensor] = {}
         self.phase = ADMM
 
-    def weight(self, model: nn.Module, name: str) -> torch.Tensor:
-        return model.get_submodule(name).weight
-
     def start_phase(self, model: nn.Module, phase: int) -> None:
+        weights = {name: model.get_submodule(name).weight for name in self.rates}
         if phase == ADMM:
-            self.Z = {name: project(self.weight(model, name), rate) for name, rate in self.rates.items()}
-            self.U = {name: torch.zeros_like(z) for name, z in self.Z.items()}
+            self.z = {name: project(weights[name], rate) for name, rate in self.rates.items()}
+            self.u = {name: torch.zeros_like(z) for name, z in self.z.items()}
         else:
-            self.masks = {name: kept_filters(self.weight(model, name), rate) for name, rate in self.rates.items()}
+            self.masks = {name: kept_filters(weights[name], rate) for name, rate in self.rates.items()}
             zero_filters(model, self.masks)
 
     def start_epoch(self, model: nn.Module, phase: int, epoch: int) -> None:
+        super().start_epoch(model, phase, epoch)
         self.phase = phase
         device = next(model.parameters()).device
-        self.Z = {name: z.to(device) for name, z in self.Z.items()}
-        self.U = {name: u.to(device) for name, u in self.U.items()}
+        self.z = {name: z.to(device) for name, z in self.z.items()}
+        self.u = {name: u.to(device) for name, u in self.u.items()}
         if phase == ADMM and epoch > 0 and epoch % self.params.update_every == 0:
             self.update(model)
 
@@ -102,14 +106,14 @@ class ADMMHooks(MaskState):
         """rho <- growth x rho; Z <- Pi(W + U); U <- U + W - Z."""
         self.rho *= self.params.rho_growth
         for name, rate in self.rates.items():
-            weight = self.weight(model, name).detach()
-            self.Z[name] = project(weight + self.U[name], rate)
-            self.U[name] = self.U[name] + weight - self.Z[name]
+            weight = model.get_submodule(name).weight.detach()
+            self.z[name] = project(weight + self.u[name], rate)
+            self.u[name] = self.u[name] + weight - self.z[name]
 
     def regularizer(self, model: nn.Module) -> torch.Tensor | None:
         if self.phase != ADMM:
             return None
-        terms = [(self.weight(model, n) - self.Z[n] + self.U[n]).pow(2).sum() for n in self.rates]
+        terms = [(model.get_submodule(n).weight - self.z[n] + self.u[n]).pow(2).sum() for n in self.rates]
         return 0.5 * self.rho * torch.stack(terms).sum()
 
     def after_backward(self, model: nn.Module) -> None:
@@ -121,19 +125,18 @@ class ADMMHooks(MaskState):
             zero_filters(model, self.masks)
 
     def state_dict(self) -> dict[str, Any]:
-        tensors = lambda d: {name: t.cpu() for name, t in d.items()}  # noqa: E731
         return {
             **super().state_dict(),
             "rho": self.rho,
             "phase": self.phase,
-            "Z": tensors(self.Z),
-            "U": tensors(self.U),
+            "z": _on_cpu(self.z),
+            "u": _on_cpu(self.u),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
         self.rho, self.phase = state.get("rho", self.params.rho), state.get("phase", ADMM)
-        self.Z, self.U = dict(state.get("Z", {})), dict(state.get("U", {}))
+        self.z, self.u = dict(state.get("z", {})), dict(state.get("u", {}))
 
 
 def build(model: nn.Module, rate: float, params: RAPADMMParams, context: PruningContext, recipe: Recipe):
@@ -141,8 +144,8 @@ def build(model: nn.Module, rate: float, params: RAPADMMParams, context: Pruning
     rates = layer_rates(targets, rate, context.rates)
     admm = params.admm_epochs if params.admm_epochs is not None else recipe.epochs // 2
     phases = [
-        Phase("admm", phase_epochs(recipe, admm, "the ADMM phase"), final=False),
-        Phase("retrain", phase_epochs(recipe, recipe.epochs - admm, "the retraining phase")),
+        Phase("admm", phase_recipe(recipe, admm, "the ADMM phase"), final=False),
+        Phase("retrain", phase_recipe(recipe, recipe.epochs - admm, "the retraining phase")),
     ]
     return phases, ADMMHooks(rates, params)
 

@@ -1,12 +1,13 @@
 """SFP: "Soft Filter Pruning for Accelerating Deep Convolutional Neural Networks" (He, Kang, Dong, Fu,
 Yang; IJCAI 2018), as its official CIFAR code runs it.
 
-Before the first epoch, and again after every ``every``-th epoch and after the last, each masked conv's
-filters are ranked by the L2 norm of their weights and the floor(N x rate) lowest are set to zero
-(weights only: BatchNorm stays, so a zeroed channel still emits relu(beta)). Nothing stops the zeroed
-filters from training: they regrow during the next epoch and compete again, so the pruned set can change
-until the end. Evaluations and best epochs see the model just after masking, as the official code
-selects on post-mask accuracy.
+Before the first epoch and after every epoch, each masked conv's filters are ranked by the L2 norm of
+their weights and the floor(N x rate) lowest are set to zero (weights only: BatchNorm stays, so a zeroed
+channel still emits a constant). Nothing stops the zeroed filters from training: they regrow during the
+next epoch and compete again, so the pruned set can change until the end. Evaluations and best epochs
+see the model just after masking, as the official code selects on post-mask accuracy. (Its
+``--epoch_prune`` can mask less often, leaving epochs whose regrown filters would be evaluated and kept
+as best models; its CIFAR script masks after every epoch, as here.)
 
 The official CIFAR script masks the stem and both convs of every block (``scope: all``) and trains from
 scratch (``prune.during: train``): 200 epochs, lr 0.1 with a one-epoch warm-up at 0.01. Its ``--rate``
@@ -17,44 +18,38 @@ index (numpy's argsort leaves them to the sort).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 from torch import nn
 
-from baselines.training_time import MaskState, filter_norms, pruned_counts, training_time_method
-from gkp.contracts import Phase, PruningContext, Recipe
+from baselines.training_time import SCOPE_DOC, Scope, filter_norms, pruned_counts, training_time_method
+from gkp.contracts import Phase, PruningContext, Recipe, TrainingHooks
 from gkp.pruning.masks import lowest, zero_filters
-from gkp.schema import at_least, option
+from gkp.schema import option
 
 
 @dataclass(frozen=True)
 class SFPParams:
-    scope: Literal["all", "inner"] = option(
-        "all", doc="masked convs: all (stem and every block conv, the official code) or inner (removable ones)"
-    )
-    every: int = option(1, check=at_least(1), doc="re-select and zero the masks after every N-th epoch (and the last)")
+    scope: Scope = option("all", doc=SCOPE_DOC)
 
 
-class SFPHooks(MaskState):
-    def __init__(self, counts: dict[str, int], every: int, epochs: int):
-        super().__init__()
-        self.counts, self.every, self.epochs = counts, every, epochs
+class SFPHooks(TrainingHooks):
+    """The masks are chosen afresh from the weights each time, so nothing needs keeping between epochs."""
+
+    def __init__(self, counts: dict[str, int]):
+        self.counts = counts
 
     def reselect(self, model: nn.Module) -> None:
-        self.masks = {name: lowest(filter_norms(model, name), count) for name, count in self.counts.items()}
-        zero_filters(model, self.masks)
+        zero_filters(model, {name: lowest(filter_norms(model, name), count) for name, count in self.counts.items()})
 
     def start_phase(self, model: nn.Module, phase: int) -> None:
         self.reselect(model)
 
     def end_epoch(self, model: nn.Module, phase: int, epoch: int) -> None:
-        if epoch % self.every == 0 or epoch + 1 == self.epochs:
-            self.reselect(model)
+        self.reselect(model)
 
 
 def build(model: nn.Module, rate: float, params: SFPParams, context: PruningContext, recipe: Recipe):
-    hooks = SFPHooks(pruned_counts(model, params.scope, rate, context), params.every, recipe.epochs)
-    return [Phase("", recipe)], hooks
+    return [Phase("", recipe)], SFPHooks(pruned_counts(model, params.scope, rate, context))
 
 
 METHOD = training_time_method(

@@ -23,6 +23,7 @@ from gkp.errors import PruningError
 from gkp.pruning.masks import Masks, mask_targets, masked_selection, pruned_count
 
 Scope = Literal["all", "inner"]
+SCOPE_DOC = "masked convs: all (the stem and every block conv, as the official code) or inner (the removable ones)"
 Build = Callable[[nn.Module, float, Any, PruningContext, Recipe], tuple[list[Phase], TrainingHooks]]
 
 
@@ -35,10 +36,15 @@ def pruned_counts(model: nn.Module, scope: Scope, rate: float, context: PruningC
 
 
 class MaskState(TrainingHooks):
-    """Hooks that keep per-conv keep masks (``self.masks``) in their resume state."""
+    """Hooks that keep per-conv keep masks (``self.masks``) in their resume state; a resumed run's masks
+    move to the model's device before its first epoch."""
 
     def __init__(self) -> None:
         self.masks: Masks = {}
+
+    def start_epoch(self, model: nn.Module, phase: int, epoch: int) -> None:
+        device = next(model.parameters()).device
+        self.masks = {name: keep.to(device) for name, keep in self.masks.items()}
 
     def state_dict(self) -> dict[str, Any]:
         return {"masks": {name: keep.cpu() for name, keep in self.masks.items()}}
@@ -52,10 +58,14 @@ def filter_norms(model: nn.Module, name: str) -> torch.Tensor:
     return model.get_submodule(name).weight.detach().double().flatten(1).norm(dim=1)
 
 
-def phase_epochs(recipe: Recipe, epochs: int, what: str) -> Recipe:
+def phase_recipe(recipe: Recipe, epochs: int, what: str) -> Recipe:
+    """The section's recipe compressed to a phase of ``epochs``: its step size and milestones scale with
+    the epochs, so each phase decays its learning rate as the whole section would."""
     if epochs < 1:
         raise PruningError(f"{what} would have {epochs} epochs; give the training section more epochs")
-    return replace(recipe, epochs=epochs)
+    scale = epochs / recipe.epochs
+    milestones = tuple(sorted({max(1, round(m * scale)) for m in recipe.milestones}))
+    return replace(recipe, epochs=epochs, step_size=max(1, round(recipe.step_size * scale)), milestones=milestones)
 
 
 def training_time_method(

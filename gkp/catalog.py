@@ -42,6 +42,9 @@ from gkp.models import cifar_resnet, imagenet_resnet, vgg
 from gkp.registry import Registry, did_you_mean
 from gkp.suites import Suite
 
+# Network slimming's sparsity training (``train.bn_sparsity``), a training hook the stages add.
+BatchNormSparsity = slimming.BatchNormSparsity
+
 MODELS: Registry[ArchEntry] = Registry.of(
     "model arch", (*cifar_resnet.ENTRIES, vgg.ENTRY, imagenet_resnet.RESNET50, imagenet_resnet.RESNET101)
 )

@@ -20,6 +20,9 @@ from typing import Any
 
 # Keys that change how a run executes, not what it computes (device is in no stage's sections).
 EXECUTION_ONLY = (("data", "num_workers"),)
+# Keys added after run folders existed, left out of the fingerprints while unset (None), so that the
+# stages those folders finished keep their fingerprints.
+ADDED_LATER = (("train", "adversarial"), ("finetune", "adversarial"), ("prune", "during"))
 RESULTS_FILE = "results.json"
 TRAINING_SECTIONS = ("train", "finetune")  # the config sections that hold a training recipe
 
@@ -35,6 +38,9 @@ def fingerprint(plain_config: dict[str, Any], sections: tuple[str, ...]) -> str:
     chosen = {k: plain_config.get(k) for k in sections}
     for section, key in EXECUTION_ONLY:
         if isinstance(chosen.get(section), dict):
+            chosen[section] = {k: v for k, v in chosen[section].items() if k != key}
+    for section, key in ADDED_LATER:
+        if isinstance(chosen.get(section), dict) and chosen[section].get(key, 0) is None:
             chosen[section] = {k: v for k, v in chosen[section].items() if k != key}
     text = json.dumps(chosen, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -65,6 +71,7 @@ class Stage:
     best_prefix: str = ""
     check: str | None = None
     reads_sections: Callable[[dict[str, Any]], tuple[str, ...]] = lambda plain: ()
+    reads_sections_doc: str = ""
     also_saves: Callable[[Any], tuple[str, ...]] = lambda exp: ()
 
     def run(self, ctx: Any) -> None:
@@ -129,6 +136,7 @@ STAGES: tuple[Stage, ...] = (
         trains=training_time,
         best_prefix="pruning_",
         reads_sections=_prune_reads_sections,
+        reads_sections_doc="finetune, when a training-time method trains with it",
         also_saves=lambda exp: ("masked",) if training_time(exp) else (),
     ),
     Stage(

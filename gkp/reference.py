@@ -183,13 +183,14 @@ def stages_table() -> str:
     body = []
     for stage in STAGES:
         saves = [f"`{stage.saves[1]}` ({stage.saves[0]})"] if stage.saves else []
-        best = [f"`{stage.best_prefix}best_<metric>.ckpt`"] if stage.trains(None) else []
+        best = [f"`{stage.best_prefix}best_<metric>.ckpt`"] if stage.trains(None) or stage.best_prefix else []
+        sections = ", ".join(stage.sections) + (f"; {stage.reads_sections_doc}" if stage.reads_sections_doc else "")
         body.append(
             (
                 f"`{stage.name}`",
                 stage.summary,
                 ", ".join([*saves, *best, *(f"`{f}`" for f in stage.files)]),
-                ", ".join(stage.sections),
+                sections,
             )
         )
     return (

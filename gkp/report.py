@@ -16,26 +16,34 @@ def _aligned(row: list[str], widths: list[int]) -> str:
     return "  ".join(cells)
 
 
+def _has_zeroed_weights(entry: dict[str, Any]) -> bool:
+    return entry.get("nonzero_params", entry["params"]) < entry["params"]
+
+
+def _millions(value: float | None) -> str:
+    return "-" if value is None else f"{value / 1e6:.3f}"
+
+
 def results_table(*runs: dict[str, Any]) -> str:
     """One row per evaluated model of each run: params, MACs, benign, each attack and the worst case
-    (accuracy in %). With several runs, rows are named ``run/model`` and missing attacks show as '-'."""
+    (accuracy in %). With several runs, rows are named ``run/model`` and missing attacks show as '-'.
+    When a model has filters zeroed in place (a training-time method's masked model), a column gives the
+    SR-GKP authors' MACs, which count only non-zero weights."""
     labels: list[str] = []
     for results in runs:
         labels += [a["label"] for a in results["attacks"] if a["label"] not in labels]
-    header = ["model", "params (M)", "MACs (M)", "benign", *labels] + (["worst case"] if labels else [])
+    entries = [(results, entry) for results in runs for entry in [results, *results.get("other_models", [])]]
+    authors = any(_has_zeroed_weights(entry) for _, entry in entries)
+    header = ["model", "params (M)", "MACs (M)", *(["authors' MACs (M)"] if authors else []), "benign", *labels]
+    header += ["worst case"] if labels else []
     rows = []
-    for results in runs:
-        for entry in [results, *results.get("other_models", [])]:
-            scores = {a["label"]: _percent(a["accuracy"]) for a in entry["attacks"]}
-            name = entry["model"] if len(runs) == 1 else f"{results['name']}/{entry['model']}"
-            row = [
-                name,
-                f"{entry['params'] / 1e6:.3f}",
-                f"{entry['macs'] / 1e6:.3f}",
-                _percent(entry["benign"]["accuracy"]),
-            ]
-            row += [scores.get(label, "-") for label in labels]
-            rows.append(row + ([_percent(entry["worst_case"]["accuracy"])] if labels else []))
+    for results, entry in entries:
+        scores = {a["label"]: _percent(a["accuracy"]) for a in entry["attacks"]}
+        name = entry["model"] if len(runs) == 1 else f"{results['name']}/{entry['model']}"
+        row = [name, _millions(entry["params"]), _millions(entry["macs"])]
+        row += [_millions(entry.get("authors_macs"))] if authors else []
+        row += [_percent(entry["benign"]["accuracy"]), *(scores.get(label, "-") for label in labels)]
+        rows.append(row + ([_percent(entry["worst_case"]["accuracy"])] if labels else []))
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     totals = sorted({results["benign"]["total"] for results in runs})
     title = runs[0]["name"] if len(runs) == 1 else ", ".join(results["name"] for results in runs)

@@ -16,8 +16,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from baselines.slimming import BatchNormSparsity
-from gkp.catalog import ATTACKS, PRUNING_METHODS, model_for_data
+from gkp.catalog import ATTACKS, PRUNING_METHODS, BatchNormSparsity, model_for_data
 from gkp.checkpoint import load_model, read_checkpoint, save_checkpoint
 from gkp.contracts import Objective, Phase, PruningContext, PruningMethod, Recipe, Selection, TrainingHooks, model_spec
 from gkp.counting import count_nonzero_params, measure
@@ -241,7 +240,7 @@ def prune(ctx: Context) -> None:
         dense, _ = load_model(require_model(ctx, "dense"), ctx.device)
         selection, seconds = _select(ctx, dense)
         pruned = _cut(ctx, dense, selection)
-        _save_pruned(ctx, dense, selection, pruned, {"select_seconds": round(seconds, 3)})
+        _save_pruned(ctx, dense, selection, pruned, {"select_seconds": round(seconds, 3)}, "dense")
     else:
         _prune_while_training(ctx, method)
 
@@ -252,8 +251,11 @@ def _cut(ctx: Context, source: nn.Module, selection: Selection) -> nn.Module:
     return apply_plan(source, Plan(prune.method, rate, selection.layers, to_plain(prune.params)))
 
 
-def _save_pruned(ctx: Context, source: nn.Module, selection: Selection, pruned: nn.Module, notes: dict) -> None:
-    """Write ``plan.json`` (the pruned model's plan, the costs before and after, ``notes``) and the model."""
+def _save_pruned(
+    ctx: Context, source: nn.Module, selection: Selection, pruned: nn.Module, notes: dict, source_name: str
+) -> None:
+    """Write ``plan.json`` (the pruned model's plan, the costs of ``source``, named ``source_name``, and of
+    the pruned model, and ``notes``) and the pruned model."""
     source_cost, pruned_cost = measure(source, ctx.data.image_size), measure(pruned, ctx.data.image_size)
     accuracy = _benign_accuracy(ctx, pruned, "pruned eval")
     log.info(
@@ -265,7 +267,7 @@ def _save_pruned(ctx: Context, source: nn.Module, selection: Selection, pruned: 
     )
     metadata = {
         **notes,
-        "dense": asdict(source_cost),
+        source_name: asdict(source_cost),
         "pruned": asdict(pruned_cost),
         "test_accuracy_before_finetune": accuracy,
         **({"selection": selection.notes} if selection.notes else {}),
@@ -308,15 +310,18 @@ def _prune_while_training(ctx: Context, method: PruningMethod) -> None:
     selection = method.select(model, exp.prune.rate, exp.prune.params, pruning_context(ctx))
     pruned = _cut(ctx, model, selection)
     notes = {"trained": exp.prune.during, **_masked_physical_gap(ctx, model, pruned)}
-    _save_pruned(ctx, model, selection, pruned, notes)
+    _save_pruned(ctx, model, selection, pruned, notes, "masked")
 
 
 def _masked_physical_gap(ctx: Context, masked: nn.Module, pruned: nn.Module) -> dict[str, float]:
     """How far the physical model is from the masked one as trained: exactly equal where the method zeroed
     whole channels (BatchNorm included), not where it left the BatchNorm shift of a removed channel
     active. The largest logit difference on the first test batch, and the masked model's accuracy."""
-    x, _ = next(iter(ctx.data.test.batches(ctx.exp.data.eval_batch_size)))
-    masked.eval(), pruned.eval()
+    split = ctx.data.test
+    count = min(ctx.exp.data.eval_batch_size, split.num_samples)
+    (x, _), *_ = split.take(torch.arange(count), count)
+    masked.eval()
+    pruned.eval()
     with torch.no_grad():
         gap = (masked(x) - pruned(x)).abs().max().item()
     log.info("prune: the physical model's logits differ from the masked model's by up to %.3g", gap)

