@@ -77,7 +77,7 @@ def main() -> None:
     settings = LoopSettings(stage="bench", seed=0, batch_size=args.batch_size, amp="off", channels_last="off")
 
     counts = pruned_counts(model, "all", 0.4375, PruningContext())
-    sfp, fpgm = SFPHooks(counts, every=1, epochs=1), FPGMHooks(counts, {name: 0 for name in counts})
+    sfp, fpgm = SFPHooks(counts), FPGMHooks(counts, {name: 0 for name in counts})
     sfp.start_phase(model, 0)
     fpgm.start_phase(model, 0)
     params = PGDTrainingParams(steps=args.steps)

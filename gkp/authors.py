@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from gkp.catalog import build_model
 from gkp.checkpoint import save_checkpoint
@@ -186,8 +187,8 @@ def our_name(authors_name: str) -> str:
     raise CheckpointError(f"the authors' tensor '{authors_name}' has no counterpart in our ResNet")
 
 
-def import_authors_resnet(source: str | Path, destination: str | Path) -> dict[str, Any]:
-    """Convert an authors' CIFAR ResNet pickle into our checkpoint at ``destination``; returns its metadata."""
+def authors_resnet(source: str | Path) -> nn.Module:
+    """Our ResNet with the weights of an authors' CIFAR ResNet pickle and their normalisation inside."""
     root = unpickle_records(source)
     if root.qualified_name != "models.resnet.CifarResNet":
         raise CheckpointError(
@@ -207,6 +208,12 @@ def import_authors_resnet(source: str | Path, destination: str | Path) -> dict[s
         model.load_state_dict(tensors, strict=False)
     except RuntimeError as error:
         raise CheckpointError(f"{source}: tensor shapes do not match ({error})") from error
+    return model
+
+
+def import_authors_resnet(source: str | Path, destination: str | Path) -> dict[str, Any]:
+    """Convert an authors' CIFAR ResNet pickle into our checkpoint at ``destination``; returns its metadata."""
+    model = authors_resnet(source)
     metadata = {
         "source": str(source),
         "imported_from": "authors' whole-module pickle (adv_robust_gkp)",

@@ -21,6 +21,7 @@ from torch import nn
 from gkp.catalog import build_model
 from gkp.contracts import model_spec
 from gkp.errors import CheckpointError, GkpError
+from gkp.export import read_safetensors
 from gkp.pruning.plan import Plan
 from gkp.pruning.surgery import apply as apply_plan
 
@@ -58,10 +59,13 @@ def save_checkpoint(path: str | Path, model: nn.Module, metadata: dict[str, Any]
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """The checkpoint's dict, loaded without executing anything from the file."""
+    """The checkpoint's dict, loaded without executing anything from the file (a ``.safetensors`` file of
+    ``gkp export`` as well)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
+    if path.suffix == ".safetensors":
+        return read_safetensors(path)
     if not zipfile.is_zipfile(path):
         raise CheckpointError(f"{path} is corrupt or not a torch checkpoint (not a zip archive)")
     try:

@@ -4,7 +4,10 @@ gkp run CONFIG [--set key=value ...] [--out DIR] [--restart]    all the config's
 gkp STAGE CONFIG [...]                                          one stage of gkp.pipeline.STAGES
 gkp check CONFIG [--set ...]                                    validate and print the resolved config
 gkp import-checkpoint SRC.pt DST.ckpt                           convert an SR-GKP authors' release
-gkp info CKPT [--input-size N] [--convention authors]           arch, plan, params and MACs
+gkp zoo                                                         the released checkpoints known by name
+gkp fetch NAME [--from FILE]                                    download (or bring in), verify, convert, cache
+gkp info CKPT|zoo:NAME [--input-size N] [--convention authors]  arch, plan, params and MACs
+gkp export CKPT|zoo:NAME --format safetensors|onnx [--out PATH]  for use outside this project
 gkp compare RUN_DIR [RUN_DIR ...]                               several runs' results in one table
 gkp curves RUN_DIR [RUN_DIR ...] --attack LABEL [--out PREFIX]  security curves (CSV and PNG)
 """
@@ -52,8 +55,17 @@ def build_parser() -> argparse.ArgumentParser:
     importer = commands.add_parser("import-checkpoint", help="convert the SR-GKP authors' released ResNet pickle")
     importer.add_argument("source")
     importer.add_argument("destination")
+    commands.add_parser("zoo", help="list the released checkpoints model.checkpoint: zoo:NAME can name")
+    fetch = commands.add_parser("fetch", help="download, verify, convert and cache a released checkpoint")
+    fetch.add_argument("name", help="a name of gkp zoo, e.g. resnet56-akamaster")
+    fetch.add_argument(
+        "--from",
+        dest="source_file",
+        metavar="FILE",
+        help="the released file, downloaded elsewhere (machines without internet): verified and converted",
+    )
     info = commands.add_parser("info", help="describe a checkpoint")
-    info.add_argument("checkpoint")
+    info.add_argument("checkpoint", help="a checkpoint file, or zoo:NAME")
     info.add_argument("--input-size", type=int, help="image side for MACs (default: the checkpoint's)")
     info.add_argument(
         "--convention",
@@ -61,6 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
         default="macs",
         help="MACs of convs and linear layers, or the SR-GKP authors' count (+ BatchNorm, pooling)",
     )
+    export = commands.add_parser("export", help="write a checkpoint as safetensors or ONNX")
+    export.add_argument("checkpoint", help="a checkpoint file, or zoo:NAME")
+    export.add_argument("--format", choices=("safetensors", "onnx"), default="safetensors")
+    export.add_argument("--out", help="output file (default: the checkpoint's name with .safetensors or .onnx)")
+    export.add_argument("--input-size", type=int, help="ONNX: the example's image side (default: the checkpoint's)")
     compare = commands.add_parser("compare", help="print the results of several runs in one table")
     compare.add_argument("runs", nargs="+", help="run folders (each with a results.json)")
     curves = commands.add_parser("curves", help="robust accuracy against eps from a minimum-norm attack")
@@ -93,8 +110,9 @@ def _info(args: argparse.Namespace) -> None:
     from gkp.catalog import MODELS
     from gkp.checkpoint import model_from_payload, read_checkpoint
     from gkp.counting import measure
+    from gkp.zoo import local_checkpoint
 
-    payload = read_checkpoint(args.checkpoint)
+    payload = read_checkpoint(local_checkpoint(args.checkpoint))
     model = model_from_payload(payload, args.checkpoint)
     size = args.input_size or payload["metadata"].get("input_size") or MODELS.get(payload["arch"]).input_size
     cost = measure(model, size, convention=args.convention)
@@ -109,6 +127,25 @@ def _info(args: argparse.Namespace) -> None:
     print(f"MACs:       {cost.macs:,} ({cost.macs / 1e6:.3f}M) at {size}x{size}, {args.convention} convention")
     if payload["metadata"]:
         print(f"metadata:   {payload['metadata']}")
+
+
+def _export(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from gkp.catalog import MODELS
+    from gkp.checkpoint import model_from_payload, read_checkpoint
+    from gkp.export import export_onnx, write_safetensors
+    from gkp.zoo import local_checkpoint
+
+    source = local_checkpoint(args.checkpoint)
+    payload = read_checkpoint(source)
+    out = Path(args.out or source.with_suffix(f".{args.format}").name)
+    if args.format == "safetensors":
+        write_safetensors(payload, out)
+    else:
+        size = args.input_size or payload["metadata"].get("input_size") or MODELS.get(payload["arch"]).input_size
+        export_onnx(model_from_payload(payload, str(source)), out, size)
+    print(f"wrote {out}")
 
 
 def _compare(args: argparse.Namespace) -> None:
@@ -146,8 +183,18 @@ def main(argv: list[str] | None = None) -> int:
 
             import_authors_resnet(args.source, args.destination)
             print(f"wrote {args.destination}")
+        elif args.command == "zoo":
+            from gkp.zoo import zoo_table
+
+            print(zoo_table())
+        elif args.command == "fetch":
+            from gkp.zoo import fetch
+
+            print(f"{fetch(args.name, args.source_file)} (model.checkpoint: zoo:{args.name})")
         elif args.command == "info":
             _info(args)
+        elif args.command == "export":
+            _export(args)
         elif args.command == "compare":
             _compare(args)
         elif args.command == "curves":

@@ -33,6 +33,7 @@ from gkp.settings import (
     device_name_check,
 )
 from gkp.suites import expand_suites
+from gkp.zoo import check_zoo_name
 
 StageName = Literal[STAGE_NAMES]
 
@@ -282,6 +283,7 @@ def build_experiment(raw: Any, default_name: str = "experiment") -> Experiment:
         raise ConfigError(
             f"model.arch: required unless model.checkpoint is set; valid choices: {', '.join(MODELS.names())}"
         )
+    check_zoo_name(exp.model.checkpoint)
     if exp.model.arch is not None:
         MODELS.get(exp.model.arch, "model.arch")
         check_arch_args(exp.model.arch, exp.model.args)

@@ -366,6 +366,23 @@ class AdversarialTraining:
     summary: str
 
 
+# ------------------------------------------------------------------------------------------- importers
+
+
+@dataclass(frozen=True)
+class Importer:
+    """A released checkpoint format the model zoo converts (``gkp.importers``, ``checkpoints/MANIFEST``).
+
+    ``convert(source, entry) -> model``: reads the file at ``source`` without executing anything from it
+    and returns the model built by ``gkp.catalog.build_model`` for ``entry.arch`` with
+    ``entry.num_classes`` and the normalisation ``entry.mean`` / ``entry.std`` inside, computing what the
+    source's own model computes. Raises ``CheckpointError`` when the file does not match the entry."""
+
+    name: str
+    convert: Callable[[Any, Any], nn.Module]
+    summary: str
+
+
 # ------------------------------------------------------------------------------------------- checks
 
 

@@ -21,6 +21,7 @@ from gkp.errors import ConfigError
 from gkp.pipeline import RESULTS_FILE, STAGES, models_made_by, stage_named, trains
 from gkp.rundir import RunDir
 from gkp.stages import Context, require_model
+from gkp.zoo import local_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ def _check_model_fits_data(ctx: Context) -> None:
         )
     if not ctx.exp.model.checkpoint:
         return
-    payload = read_checkpoint(ctx.exp.model.checkpoint)
+    payload = read_checkpoint(local_checkpoint(ctx.exp.model.checkpoint))
     if ctx.exp.model.arch is not None and ctx.exp.model.arch != payload["arch"]:
         raise ConfigError(
             f"model.arch: the config says {ctx.exp.model.arch} but model.checkpoint holds "

@@ -33,7 +33,11 @@ class ModelConfig:
         None, doc="a registered architecture (see Models below); optional with model.checkpoint, which names its own"
     )
     num_classes: int | None = option(None, check=at_least(2), doc="output classes; default: the dataset's")
-    checkpoint: str | None = option(None, doc="start from this checkpoint instead of training (drop train from stages)")
+    checkpoint: str | None = option(
+        None,
+        doc="start from this checkpoint instead of training (drop train from stages): a file, or zoo:NAME, a "
+        "released checkpoint fetched and converted once (gkp zoo lists them)",
+    )
     args: dict = option(
         default_factory=dict, doc="extra constructor arguments, e.g. {stem: small} for ResNet-50 on 64x64"
     )

@@ -34,6 +34,7 @@ from gkp.pruning.surgery import apply as apply_plan
 from gkp.rundir import RunDir, StageStore, write_json_atomic
 from gkp.schema import to_plain
 from gkp.seeding import derive_seed, seed_everything
+from gkp.zoo import local_checkpoint
 
 if TYPE_CHECKING:
     from gkp.config import Experiment
@@ -61,7 +62,7 @@ def _own_model(ctx: Context, name: str) -> Path | None:
     """The model ``name`` as its stage saved it; the dense model may also be ``model.checkpoint``."""
     candidates = [ctx.run.path / model_file(name)]
     if name == "dense" and ctx.exp.model.checkpoint:
-        candidates.append(Path(ctx.exp.model.checkpoint))
+        candidates.append(local_checkpoint(ctx.exp.model.checkpoint))
     return next((p for p in candidates if p.is_file()), None)
 
 

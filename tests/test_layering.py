@@ -34,6 +34,9 @@ MECHANISM_MODULES = {"gkp.counting", "gkp.data", "gkp.data.splits", "gkp.data.au
 ENTRY_PREFIXES = ("attacks", "baselines", "gkp.grouped", "gkp.models")
 ENTRY_MODULES = {"gkp.data.arrays", "gkp.data.folders", "gkp.data.sources", "gkp.suites", "gkp.adversarial"}
 APPLICATION = {  # the catalog and what reads it
+    "gkp.zoo",
+    "gkp.importers",
+    "gkp.export",
     "gkp.catalog",
     "gkp.config",
     "gkp.pipeline",
