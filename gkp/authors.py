@@ -133,8 +133,8 @@ def unpickle_records(path: str | Path) -> ModuleRecord:
         raise CheckpointError(f"{path} does not exist")
     if not zipfile.is_zipfile(path):
         raise CheckpointError(
-            f"{path} is not a zip-format torch file (torch.save since 1.6); "
-            "re-save it with a recent torch or convert it by hand"
+            f"{path} is not a complete zip-format torch file: it is truncated or corrupt (download it again and "
+            "check its sha256), or saved in torch's legacy format, which the authors' releases are not"
         )
     with zipfile.ZipFile(path) as archive:
         pickles = [n for n in archive.namelist() if n.endswith("data.pkl")]

@@ -20,7 +20,7 @@ from torch import nn
 
 from gkp.catalog import build_model
 from gkp.contracts import model_spec
-from gkp.errors import CheckpointError, GkpError
+from gkp.errors import CheckpointError, GkpError, relative_path_note
 from gkp.export import read_safetensors
 from gkp.pruning.plan import Plan
 from gkp.pruning.surgery import apply as apply_plan
@@ -63,7 +63,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     ``gkp export`` as well)."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
+        raise CheckpointError(f"checkpoint {path} does not exist{relative_path_note(path)}")
     if path.suffix == ".safetensors":
         return read_safetensors(path)
     if not zipfile.is_zipfile(path):

@@ -3,6 +3,7 @@
 gkp run CONFIG [--set key=value ...] [--out DIR] [--restart]    all the config's stages
 gkp STAGE CONFIG [...]                                          one stage of gkp.pipeline.STAGES
 gkp check CONFIG [--set ...]                                    validate and print the resolved config
+gkp list [methods|attacks|suites|models|datasets|adversarial]   what a config can name, one line each
 gkp import-checkpoint SRC.pt DST.ckpt                           convert an SR-GKP authors' release
 gkp zoo                                                         the released checkpoints known by name
 gkp fetch NAME [--from FILE]                                    download (or bring in), verify, convert, cache
@@ -17,22 +18,17 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from gkp.errors import GkpError
 from gkp.pipeline import STAGES
 
 
 def _add_experiment_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("config", help="YAML experiment file")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config key, e.g. --set prune.rate=0.625 (repeatable)",
-    )
-    parser.add_argument("--out", help="run folder (default: runs/<name>)")
+    parser.add_argument("config", help="YAML experiment file (docs/config.md lists every key)")
+    _add_overrides(parser)
+    parser.add_argument("--out", help="run folder (default: runs/<name>); a new, empty or earlier run folder")
     parser.add_argument(
         "--restart",
         action="store_true",
@@ -40,55 +36,103 @@ def _add_experiment_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gkp", description="Robustness-aware structured pruning experiments")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    commands = parser.add_subparsers(dest="command", required=True)
-    _add_experiment_arguments(commands.add_parser("run", help="run the config's stages"))
-    for stage in STAGES:
-        _add_experiment_arguments(
-            commands.add_parser(stage.name, help=f"run only the {stage.name} stage: {stage.summary}")
-        )
-    check = commands.add_parser("check", help="validate a config and print it resolved")
-    check.add_argument("config")
-    check.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    importer = commands.add_parser("import-checkpoint", help="convert the SR-GKP authors' released ResNet pickle")
-    importer.add_argument("source")
-    importer.add_argument("destination")
-    commands.add_parser("zoo", help="list the released checkpoints model.checkpoint: zoo:NAME can name")
-    fetch = commands.add_parser("fetch", help="download, verify, convert and cache a released checkpoint")
-    fetch.add_argument("name", help="a name of gkp zoo, e.g. resnet56-akamaster")
-    fetch.add_argument(
+def _add_overrides(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key (YAML value; list entries by index, suites' attacks included), e.g. "
+        "--set prune.rate=0.625 or --set attacks.2.steps=20 (repeatable)",
+    )
+
+
+def _add_check_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", help="YAML experiment file")
+    _add_overrides(parser)
+
+
+def _add_import_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("source", help="the authors' .pt file (a whole-module pickle; nothing in it is run)")
+    parser.add_argument("destination", help="the checkpoint to write (.ckpt)")
+
+
+def _add_list_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("kind", nargs="?", choices=tuple(LISTS), help="list one kind only (default: all)")
+
+
+def _add_fetch_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("name", help="a name of gkp zoo, e.g. resnet56-akamaster")
+    parser.add_argument(
         "--from",
         dest="source_file",
         metavar="FILE",
         help="the released file, downloaded elsewhere (machines without internet): verified and converted",
     )
-    info = commands.add_parser("info", help="describe a checkpoint")
-    info.add_argument("checkpoint", help="a checkpoint file, or zoo:NAME")
-    info.add_argument("--input-size", type=int, help="image side for MACs (default: the checkpoint's)")
-    info.add_argument(
+
+
+def _add_info_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", help="a checkpoint file, or zoo:NAME")
+    parser.add_argument("--input-size", type=int, help="image side for MACs (default: the checkpoint's)")
+    parser.add_argument(
         "--convention",
         choices=("macs", "authors"),
         default="macs",
-        help="MACs of convs and linear layers, or the SR-GKP authors' count (+ BatchNorm, pooling)",
+        help="MACs of convs and linear layers, or the SR-GKP authors' count (non-zero weights, BatchNorm, pooling)",
     )
-    export = commands.add_parser("export", help="write a checkpoint as safetensors or ONNX")
-    export.add_argument("checkpoint", help="a checkpoint file, or zoo:NAME")
-    export.add_argument("--format", choices=("safetensors", "onnx"), default="safetensors")
-    export.add_argument("--out", help="output file (default: the checkpoint's name with .safetensors or .onnx)")
-    export.add_argument("--input-size", type=int, help="ONNX: the example's image side (default: the checkpoint's)")
-    compare = commands.add_parser("compare", help="print the results of several runs in one table")
-    compare.add_argument("runs", nargs="+", help="run folders (each with a results.json)")
-    curves = commands.add_parser("curves", help="robust accuracy against eps from a minimum-norm attack")
-    curves.add_argument(
+
+
+def _add_export_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", help="a checkpoint file, or zoo:NAME")
+    parser.add_argument("--format", choices=("safetensors", "onnx"), default="safetensors", help="the file format")
+    parser.add_argument("--out", help="output file (default: the checkpoint's name with .safetensors or .onnx)")
+    parser.add_argument("--input-size", type=int, help="ONNX: the example's image side (default: the checkpoint's)")
+
+
+def _add_compare_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("runs", nargs="+", help="run folders (each with a results.json)")
+
+
+def _add_curves_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
         "runs",
         nargs="+",
         help="run folders evaluated with a minimum-norm attack (fmn, cw_l2); RUN_DIR:MODEL picks a model",
     )
-    curves.add_argument("--attack", required=True, help="label of the minimum-norm attack in those runs")
-    curves.add_argument("--model", default="final", help="the model of runs given without one (default: final)")
-    curves.add_argument("--out", default="security_curves", help="writes OUT.csv and OUT.png")
+    parser.add_argument("--attack", required=True, help="label of the minimum-norm attack in those runs")
+    parser.add_argument("--model", default="final", help="the model of runs given without one (default: final)")
+    parser.add_argument("--out", default="security_curves", help="writes OUT.csv and OUT.png")
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("robust-gkp")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gkp",
+        description="Robustness-aware structured pruning experiments: train, prune, fine-tune and attack "
+        "CNNs from one YAML config.",
+        epilog="Run `gkp COMMAND --help` for a command's arguments and an example.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"gkp {_version()}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for command in COMMANDS:
+        sub = commands.add_parser(
+            command.name,
+            help=command.help,
+            description=command.help,
+            epilog=f"example:\n  {command.example}",
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        command.arguments(sub)
     return parser
 
 
@@ -148,6 +192,20 @@ def _export(args: argparse.Namespace) -> None:
     print(f"wrote {out}")
 
 
+def _described(results: dict, folder) -> dict:
+    """Results with the method, rate and data of their run, read from its config.yaml where results.json
+    (written before they were recorded there) lacks them."""
+    import yaml
+
+    config_file = folder / "config.yaml"
+    if "method" in results or not config_file.is_file():
+        return results
+    config = yaml.safe_load(config_file.read_text()) or {}
+    prune = config.get("prune") or {}
+    rate = prune.get("rate") if prune.get("target_macs") is None else None
+    return {**results, "method": prune.get("method"), "rate": rate, "data": (config.get("data") or {}).get("name")}
+
+
 def _compare(args: argparse.Namespace) -> None:
     import json
     from pathlib import Path
@@ -160,8 +218,169 @@ def _compare(args: argparse.Namespace) -> None:
         path = Path(folder) / "results.json"
         if not path.is_file():
             raise RunFolderError(f"{path} does not exist: run the eval stage of that run first (gkp eval CONFIG)")
-        runs.append(json.loads(path.read_text()))
-    print(results_table(*runs))
+        runs.append(_described(json.loads(path.read_text()), Path(folder)))
+    folders = [Path(folder).resolve().name for folder in args.runs]
+    print(results_table(*runs, names=folders if len(set(folders)) == len(folders) else list(args.runs)))
+
+
+def _zoo(args: argparse.Namespace) -> None:
+    from gkp.zoo import zoo_table
+
+    print(zoo_table())
+
+
+def _fetch(args: argparse.Namespace) -> None:
+    from gkp.zoo import fetch
+
+    print(f"{fetch(args.name, args.source_file)} (model.checkpoint: zoo:{args.name})")
+
+
+def _check(args: argparse.Namespace) -> None:
+    from gkp.config import dump_experiment, load_experiment
+
+    print(dump_experiment(load_experiment(args.config, args.overrides)), end="")
+
+
+def _import(args: argparse.Namespace) -> None:
+    from gkp.authors import import_authors_resnet
+
+    import_authors_resnet(args.source, args.destination)
+    print(f"wrote {args.destination}")
+
+
+def _curves(args: argparse.Namespace) -> None:
+    from gkp.curves import load_curves, write_curves
+
+    runs = load_curves(args.runs, args.attack, args.model)
+    write_curves(runs, f"{args.out}.csv", f"{args.out}.png", args.attack)
+    print(f"wrote {args.out}.csv and {args.out}.png")
+
+
+def _entries(kind: str) -> list[tuple[str, str]]:
+    """(name, one line) of every entry of a registry ``gkp list`` shows."""
+    from gkp import catalog
+
+    if kind == "methods":
+        return [
+            (n, f"{m.summary} [{'during training' if m.training else 'one-shot'}]")
+            for n, m in catalog.PRUNING_METHODS.items()
+        ]
+    if kind == "attacks":
+        return [(n, a.summary) for n, a in catalog.ATTACKS.items()]
+    if kind == "suites":
+        return [(n, s.summary) for n, s in catalog.SUITES.items()]
+    if kind == "models":
+        return [(n, m.description) for n, m in catalog.MODELS.items()]
+    if kind == "datasets":
+        return [(n, d.summary) for n, d in catalog.DATASETS.items()]
+    return [(n, a.summary) for n, a in catalog.ADVERSARIAL_TRAINING.items()]
+
+
+LISTS = {
+    "methods": "pruning methods (prune.method)",
+    "attacks": "attacks (attacks[].name)",
+    "suites": "attack suites (attacks[].suite)",
+    "models": "models (model.arch)",
+    "datasets": "datasets (data.name)",
+    "adversarial": "adversarial training (train.adversarial.method)",
+}
+
+
+def _list(args: argparse.Namespace) -> None:
+    for kind in [args.kind] if args.kind else LISTS:
+        entries = _entries(kind)
+        width = max(len(name) for name, _ in entries)
+        print(f"{LISTS[kind]}:")
+        print("\n".join(f"  {name.ljust(width)}  {line}" for name, line in entries))
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    help: str
+    example: str
+    arguments: Callable[[argparse.ArgumentParser], None]
+    handler: Callable[[argparse.Namespace], None]
+
+
+COMMANDS = (
+    Command(
+        "run",
+        "run the config's stages",
+        "gkp run configs/quickstart.yaml --set prune.rate=0.625",
+        _add_experiment_arguments,
+        _run,
+    ),
+    *(
+        Command(
+            stage.name,
+            f"run only the {stage.name} stage: {stage.summary}",
+            f"gkp {stage.name} configs/quickstart.yaml",
+            _add_experiment_arguments,
+            _run,
+        )
+        for stage in STAGES
+    ),
+    Command(
+        "check",
+        "validate a config and print it resolved",
+        "gkp check configs/quickstart.yaml --set prune.method=fpgm",
+        _add_check_arguments,
+        _check,
+    ),
+    Command(
+        "list",
+        "the methods, attacks, suites, models, datasets and adversarial training a config can name",
+        "gkp list methods",
+        _add_list_arguments,
+        _list,
+    ),
+    Command(
+        "import-checkpoint",
+        "convert the SR-GKP authors' released ResNet pickle",
+        "gkp import-checkpoint adv_robust_gkp_resnet20_cifar10.pt resnet20.ckpt",
+        _add_import_arguments,
+        _import,
+    ),
+    Command(
+        "zoo", "list the released checkpoints model.checkpoint: zoo:NAME can name", "gkp zoo", lambda parser: None, _zoo
+    ),
+    Command(
+        "fetch",
+        "download, verify, convert and cache a released checkpoint",
+        "gkp fetch resnet56-akamaster --from resnet56-4bfd9763.th",
+        _add_fetch_arguments,
+        _fetch,
+    ),
+    Command(
+        "info",
+        "describe a checkpoint: arch, plan, params and MACs",
+        "gkp info runs/quickstart/finetuned.ckpt --convention authors",
+        _add_info_arguments,
+        _info,
+    ),
+    Command(
+        "export",
+        "write a checkpoint as safetensors or ONNX",
+        "gkp export runs/quickstart/finetuned.ckpt --format onnx",
+        _add_export_arguments,
+        _export,
+    ),
+    Command(
+        "compare",
+        "print the results of several runs in one table",
+        "gkp compare runs/quickstart runs/quickstart-srgkp",
+        _add_compare_arguments,
+        _compare,
+    ),
+    Command(
+        "curves",
+        "robust accuracy against eps from a minimum-norm attack (CSV and PNG)",
+        "gkp curves runs/fmn_run --attack fmn --out curves",
+        _add_curves_arguments,
+        _curves,
+    ),
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -171,38 +390,9 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(message)s",
         datefmt="%H:%M:%S",
     )
+    command = next(command for command in COMMANDS if command.name == args.command)
     try:
-        if args.command in ("run", *(stage.name for stage in STAGES)):
-            _run(args)
-        elif args.command == "check":
-            from gkp.config import dump_experiment, load_experiment
-
-            print(dump_experiment(load_experiment(args.config, args.overrides)), end="")
-        elif args.command == "import-checkpoint":
-            from gkp.authors import import_authors_resnet
-
-            import_authors_resnet(args.source, args.destination)
-            print(f"wrote {args.destination}")
-        elif args.command == "zoo":
-            from gkp.zoo import zoo_table
-
-            print(zoo_table())
-        elif args.command == "fetch":
-            from gkp.zoo import fetch
-
-            print(f"{fetch(args.name, args.source_file)} (model.checkpoint: zoo:{args.name})")
-        elif args.command == "info":
-            _info(args)
-        elif args.command == "export":
-            _export(args)
-        elif args.command == "compare":
-            _compare(args)
-        elif args.command == "curves":
-            from gkp.curves import load_curves, write_curves
-
-            runs = load_curves(args.runs, args.attack, args.model)
-            write_curves(runs, f"{args.out}.csv", f"{args.out}.png", args.attack)
-            print(f"wrote {args.out}.csv and {args.out}.png")
+        command.handler(args)
     except GkpError as error:
         print(f"gkp: error: {error}", file=sys.stderr)
         return 2

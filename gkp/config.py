@@ -171,10 +171,8 @@ def _build_attacks(raw: Any) -> tuple[AttackSpec, ...]:
     if not isinstance(raw, list):
         raise ConfigError(f"attacks: must be a list of attacks such as [{{name: pgd, eps: 8/255}}], got {raw!r}")
     entries = expand_suites(raw, SUITES)
-    names = [entry.get("name") if isinstance(entry, dict) else None for _, entry in entries]
-    specs = tuple(
-        _build_attack(path, entry, _default_label(str(names[i]), names, i)) for i, (path, entry) in enumerate(entries)
-    )
+    labels = _default_labels([entry for _, entry in entries])
+    specs = tuple(_build_attack(path, entry, labels[i]) for i, (path, entry) in enumerate(entries))
     labels = [s.label for s in specs]
     for label in labels:
         if labels.count(label) > 1:
@@ -182,10 +180,19 @@ def _build_attacks(raw: Any) -> tuple[AttackSpec, ...]:
     return specs
 
 
-def _default_label(name: str, names: list[str], index: int) -> str:
-    if names.count(name) == 1:
-        return name
-    return f"{name}_{names[: index + 1].count(name)}"
+def _default_labels(entries: list[Any]) -> list[str]:
+    """Each entry's label when it gives none: its attack's name, numbered (pgd_1, pgd_2) only among the
+    unlabelled entries of that name when there are several, or when an explicit label already takes it."""
+    mappings = [entry if isinstance(entry, dict) else {} for entry in entries]
+    explicit = {entry["label"] for entry in mappings if entry.get("label")}
+    unlabelled = [str(entry.get("name")) for entry in mappings if not entry.get("label")]
+    labels, seen = [], {}
+    for entry in mappings:
+        name = str(entry.get("name"))
+        seen[name] = seen.get(name, 0) + (not entry.get("label"))
+        alone = unlabelled.count(name) == 1 and name not in explicit
+        labels.append(name if alone else f"{name}_{seen[name]}")
+    return labels
 
 
 def _check_stages(exp: Experiment) -> None:
@@ -362,6 +369,8 @@ def read_config(path: str | Path, seen: tuple[Path, ...] = ()) -> dict:
 
 def load_experiment(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Experiment:
     raw = read_config(path)
+    if any(assignment.startswith("attacks.") for assignment in overrides) and isinstance(raw.get("attacks"), list):
+        raw["attacks"] = [entry for _, entry in expand_suites(raw["attacks"], SUITES)]  # members by index
     for assignment in overrides:
         apply_override(raw, assignment)
     return build_experiment(raw, default_name=Path(path).stem)

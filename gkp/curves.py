@@ -80,11 +80,7 @@ def write_curves(
             [f"{budget:.6g}", *(f"{curve[i]:.6f}" for curve in curves)] for i, budget in enumerate(budgets)
         )
     if png_path is not None:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        from matplotlib import pyplot as plt
-
+        plt = _pyplot()
         figure, axes = plt.subplots(figsize=(5, 3.5))
         for (name, _), curve in zip(runs, curves, strict=True):
             axes.plot(budgets, 100 * curve, label=name)
@@ -95,3 +91,48 @@ def write_curves(
         figure.savefig(png_path, dpi=120)
         plt.close(figure)
     return budgets
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    return plt
+
+
+def write_training_curves(metrics_csv: str | Path, png_path: str | Path) -> None:
+    """The run's metrics.csv as a figure: training loss, and training and evaluation accuracy (benign and
+    each tracked attack) per epoch, the stages one after another on the epoch axis."""
+    with open(metrics_csv, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    if not rows:
+        return
+    stages = list(dict.fromkeys(row["stage"] for row in rows))
+    offsets, start = {}, 0
+    for stage in stages:
+        offsets[stage] = start
+        start += max(int(row["epoch"]) for row in rows if row["stage"] == stage)
+    evaluated = [c for c in rows[0] if c.startswith(("test_", "val_"))]
+    for row in rows[1:]:
+        evaluated += [c for c in row if c.startswith(("test_", "val_")) and c not in evaluated]
+    plt = _pyplot()
+    figure, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    panels = (("loss", ("train_loss",)), ("accuracy (%)", ("train_accuracy", *evaluated)))
+    for axis, (title, columns) in zip(axes, panels, strict=True):
+        for stage in stages:
+            for column in columns:
+                points = [
+                    (offsets[stage] + int(row["epoch"]), float(row[column]) * (100 if "accuracy" in title else 1))
+                    for row in rows
+                    if row["stage"] == stage and row.get(column) not in (None, "")
+                ]
+                if points:
+                    axis.plot(*zip(*points, strict=True), marker=".", label=f"{stage}: {column}")
+        axis.set(xlabel="epoch (stages one after another)", title=title)
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(png_path, dpi=110)
+    plt.close(figure)

@@ -1,5 +1,8 @@
 """Exceptions with messages meant for the user: each names the problem and how to fix it."""
 
+import os
+from pathlib import Path
+
 
 class GkpError(Exception):
     """Base class of every error the command line reports without a traceback."""
@@ -31,3 +34,10 @@ class PruningError(GkpError):
 
 class AttackSanityError(GkpError):
     """An attack produced an invalid adversarial batch (outside the eps-ball or image range, NaN)."""
+
+
+def relative_path_note(path: str | Path) -> str:
+    """What a missing relative path was read against: configs' paths resolve from the current folder."""
+    if Path(path).is_absolute():
+        return ""
+    return f" (relative paths are read from the current folder, {os.getcwd()}, not from the config file's)"

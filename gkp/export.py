@@ -13,7 +13,10 @@
 from __future__ import annotations
 
 import json
+import math
+import os
 import struct
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -39,21 +42,38 @@ PAYLOAD_KEYS = ("arch", "arch_args", "plan", "metadata")
 
 
 def write_safetensors(payload: dict[str, Any], path: str | Path) -> None:
-    """A checkpoint payload (``gkp.checkpoint``) as a safetensors file."""
+    """A checkpoint payload (``gkp.checkpoint``) as a safetensors file, written atomically."""
+    if sys.byteorder != "little":
+        raise CheckpointError("safetensors stores little-endian bytes; export on a little-endian machine")
     header: dict[str, Any] = {}
     blobs, offset = [], 0
     for name, tensor in payload["state_dict"].items():
-        data = tensor.detach().cpu().contiguous()
-        raw = data.reshape(-1).view(torch.uint8).numpy().tobytes()
-        header[name] = {"dtype": SAFETENSORS_DTYPES[data.dtype], "shape": list(data.shape)}
+        if tensor.dtype not in SAFETENSORS_DTYPES:
+            raise CheckpointError(f"{name}: safetensors has no type for {tensor.dtype}")
+        raw = tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+        header[name] = {"dtype": SAFETENSORS_DTYPES[tensor.dtype], "shape": list(tensor.shape)}
         header[name]["data_offsets"] = [offset, offset + len(raw)]
         blobs.append(raw)
         offset += len(raw)
-    described = {key: payload[key] for key in PAYLOAD_KEYS}
-    header["__metadata__"] = {"format": "pt", "gkp": json.dumps(described, default=str)}
+    try:
+        described = json.dumps({key: payload[key] for key in PAYLOAD_KEYS})
+    except TypeError as error:
+        raise CheckpointError(f"the checkpoint's description is not JSON ({error})") from error
+    header["__metadata__"] = {"format": "pt", "gkp": described}
     text = json.dumps(header).encode()
     text += b" " * (-len(text) % 8)
-    Path(path).write_bytes(struct.pack("<Q", len(text)) + text + b"".join(blobs))
+    _write_atomic(Path(path), struct.pack("<Q", len(text)) + text + b"".join(blobs))
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        temporary.write_bytes(data)
+        os.replace(temporary, path)
+    except OSError as error:
+        raise CheckpointError(f"cannot write {path} ({error.strerror or error})") from error
+    finally:
+        temporary.unlink(missing_ok=True)
 
 
 def read_safetensors(path: str | Path) -> dict[str, Any]:
@@ -63,16 +83,22 @@ def read_safetensors(path: str | Path) -> dict[str, Any]:
         (length,) = struct.unpack("<Q", data[:8])
         header = json.loads(data[8 : 8 + length])
         described = json.loads(header.pop("__metadata__")["gkp"])
-    except (struct.error, ValueError, KeyError, TypeError) as error:
+        body = memoryview(data)[8 + length :]
+        state = {name: _tensor(spec, body) for name, spec in header.items()}
+    except (struct.error, ValueError, KeyError, TypeError, RuntimeError) as error:
         raise CheckpointError(f"{path} is not a safetensors file written by gkp export ({error})") from error
-    body = memoryview(data)[8 + length :]
-    state = {}
-    for name, spec in header.items():
-        begin, end = spec["data_offsets"]
-        raw = bytearray(body[begin:end])
-        flat = torch.frombuffer(raw, dtype=torch.uint8) if raw else torch.empty(0, dtype=torch.uint8)
-        state[name] = flat.view(TORCH_DTYPES[spec["dtype"]]).reshape(spec["shape"])
     return {**described, "state_dict": state}
+
+
+def _tensor(spec: dict[str, Any], body: memoryview) -> torch.Tensor:
+    dtype = TORCH_DTYPES[spec["dtype"]]
+    begin, end = spec["data_offsets"]
+    expected = math.prod(spec["shape"]) * torch.empty(0, dtype=dtype).element_size()
+    if end - begin != expected or end > len(body):
+        raise ValueError(f"bytes {begin}..{end} do not hold a {spec['dtype']} tensor of shape {spec['shape']}")
+    raw = bytearray(body[begin:end])
+    flat = torch.frombuffer(raw, dtype=torch.uint8) if raw else torch.empty(0, dtype=torch.uint8)
+    return flat.view(dtype).reshape(spec["shape"])
 
 
 def export_onnx(model: nn.Module, path: str | Path, input_size: int) -> None:
@@ -81,12 +107,15 @@ def export_onnx(model: nn.Module, path: str | Path, input_size: int) -> None:
     except ImportError as error:
         raise CheckpointError("--format onnx needs the onnx package: pip install onnx") from error
     example = torch.rand(1, 3, input_size, input_size)
-    torch.onnx.export(
-        model.eval(),
-        (example,),
-        str(path),
-        input_names=["images"],
-        output_names=["logits"],
-        dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
-        dynamo=False,
-    )
+    try:
+        torch.onnx.export(
+            model.eval(),
+            (example,),
+            str(path),
+            input_names=["images"],
+            output_names=["logits"],
+            dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
+            dynamo=False,
+        )
+    except (RuntimeError, OSError, torch.onnx.errors.OnnxExporterError) as error:
+        raise CheckpointError(f"the ONNX export to {path} failed ({error})") from error

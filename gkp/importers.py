@@ -43,13 +43,15 @@ def _model_for(entry: Any) -> nn.Module:
     return build_model(entry.arch, num_classes=entry.num_classes, mean=list(entry.mean), std=list(entry.std))
 
 
-OPTIONAL = ("normalize.", "num_batches_tracked")  # the entry gives one; files of older torch lack the other
+NORMALISATION = "normalize."  # the entry gives the normalisation, not the file
+BATCHNORM_COUNTER = "num_batches_tracked"  # files saved by older torch lack it
 
 
 def _load_into(model: nn.Module, tensors: dict[str, torch.Tensor], source: Path) -> nn.Module:
     """Load the file's tensors, refusing any mismatch but a missing BatchNorm counter."""
-    expected = {k for k in model.state_dict() if not k.startswith(OPTIONAL[0])}
-    if not set(tensors) <= expected or any(not k.endswith(OPTIONAL[1]) for k in expected - set(tensors)):
+    expected = {k for k in model.state_dict() if not k.startswith(NORMALISATION)}
+    missing = expected - set(tensors)
+    if not set(tensors) <= expected or any(not k.endswith(BATCHNORM_COUNTER) for k in missing):
         missing, extra = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
         raise CheckpointError(
             f"{source} does not match {model.gkp_spec.arch}: missing {missing[:4]}, unexpected {extra[:4]}"
@@ -132,8 +134,10 @@ def convert_torchvision(source: Path, entry: Any) -> nn.Module:
 
 def convert_authors(source: Path, entry: Any) -> nn.Module:
     model = authors_resnet(source)
-    if model.gkp_spec.arch != entry.arch:
-        raise CheckpointError(f"{source} holds a {model.gkp_spec.arch}, the manifest says {entry.arch}")
+    spec = model.gkp_spec
+    described = (spec.arch, spec.args["num_classes"], tuple(spec.args["mean"]), tuple(spec.args["std"]))
+    if described != (entry.arch, entry.num_classes, tuple(entry.mean), tuple(entry.std)):
+        raise CheckpointError(f"{source} holds {described} (arch, classes, mean, std), the manifest says otherwise")
     return model.eval()
 
 

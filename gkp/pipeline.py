@@ -20,9 +20,14 @@ from typing import Any
 
 # Keys that change how a run executes, not what it computes (device is in no stage's sections).
 EXECUTION_ONLY = (("data", "num_workers"),)
-# Keys added after run folders existed, left out of the fingerprints while unset (None), so that the
-# stages those folders finished keep their fingerprints.
-ADDED_LATER = (("train", "adversarial"), ("finetune", "adversarial"), ("prune", "during"))
+# Keys added after run folders existed, left out of the fingerprints while at their defaults, so that
+# the stages those folders finished keep their fingerprints: (section, key, default).
+ADDED_LATER = (
+    ("train", "adversarial", None),
+    ("finetune", "adversarial", None),
+    ("prune", "during", None),
+    ("data", "subset", "seeded"),
+)
 RESULTS_FILE = "results.json"
 TRAINING_SECTIONS = ("train", "finetune")  # the config sections that hold a training recipe
 
@@ -39,8 +44,8 @@ def fingerprint(plain_config: dict[str, Any], sections: tuple[str, ...]) -> str:
     for section, key in EXECUTION_ONLY:
         if isinstance(chosen.get(section), dict):
             chosen[section] = {k: v for k, v in chosen[section].items() if k != key}
-    for section, key in ADDED_LATER:
-        if isinstance(chosen.get(section), dict) and chosen[section].get(key, 0) is None:
+    for section, key, default in ADDED_LATER:
+        if isinstance(chosen.get(section), dict) and key in chosen[section] and chosen[section][key] == default:
             chosen[section] = {k: v for k, v in chosen[section].items() if k != key}
     text = json.dumps(chosen, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -119,7 +124,7 @@ STAGES: tuple[Stage, ...] = (
         sections=("seed", "deterministic", "model", "data", "train"),
         reads=lambda exp: (),
         saves=("dense", "dense.ckpt"),
-        files=("train.json", "snapshots/", "metrics.csv", "tb/train/"),
+        files=("train.json", "snapshots/", "metrics.csv", "training_curves.png", "tb/train/"),
         trains=lambda exp: "train",
         best_prefix="dense_",
     ),
@@ -131,7 +136,7 @@ STAGES: tuple[Stage, ...] = (
         sections=("prune",),
         reads=lambda exp: () if training_time(exp) == "train" else ("dense",),
         saves=("pruned", "pruned.ckpt"),
-        files=("plan.json", "masked.ckpt", "prune.json", "metrics.csv", "tb/prune/"),
+        files=("plan.json", "masked.ckpt", "prune.json", "metrics.csv", "training_curves.png", "tb/prune/"),
         check="gkp.stages:check_pruning",
         trains=training_time,
         best_prefix="pruning_",
@@ -146,7 +151,7 @@ STAGES: tuple[Stage, ...] = (
         sections=("finetune",),
         reads=lambda exp: ("pruned",),
         saves=("final", "finetuned.ckpt"),
-        files=("finetune.json", "metrics.csv", "tb/finetune/"),
+        files=("finetune.json", "metrics.csv", "training_curves.png", "tb/finetune/"),
         trains=lambda exp: "finetune",
     ),
     Stage(

@@ -32,6 +32,11 @@ recipe. Every key can also be set from the command line with `--set key.path=val
 numeric parts index lists: `--set attacks.1.steps=20`). A config may start from another with
 `base: other.yaml` (a path relative to it): mappings merge key by key, anything else is replaced, and the
 run's `name` is never inherited. Numbers may be written as fractions: `eps: 8/255`.
+
+**Relative paths** in a config (`data.root`, `data.path`, `data.train_path`, `data.test_path`,
+`model.checkpoint`) are read from the folder the command runs in, like `--out` and `runs/`, not from the
+config file's folder (`base:` alone is relative to the file that names it). Run from the repository's
+root, or write absolute paths.
 """
 
 

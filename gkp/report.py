@@ -24,33 +24,71 @@ def _millions(value: float | None) -> str:
     return "-" if value is None else f"{value / 1e6:.3f}"
 
 
-def results_table(*runs: dict[str, Any]) -> str:
-    """One row per evaluated model of each run: params, MACs, benign, each attack and the worst case
-    (accuracy in %). With several runs, rows are named ``run/model`` and missing attacks show as '-'.
-    When a model has filters zeroed in place (a training-time method's masked model), a column gives the
-    SR-GKP authors' MACs, which count only non-zero weights."""
+def _unbounded(attack: dict[str, Any]) -> bool:
+    """A minimum-norm attack without eps: it bounds no threat model, so it has a median norm, not an accuracy."""
+    return "median_norm" in attack and attack["params"].get("eps") is None
+
+
+def _labels(runs: tuple[dict[str, Any], ...], unbounded: bool) -> list[str]:
     labels: list[str] = []
     for results in runs:
-        labels += [a["label"] for a in results["attacks"] if a["label"] not in labels]
-    entries = [(results, entry) for results in runs for entry in [results, *results.get("other_models", [])]]
-    authors = any(_has_zeroed_weights(entry) for _, entry in entries)
-    header = ["model", "params (M)", "MACs (M)", *(["authors' MACs (M)"] if authors else []), "benign", *labels]
-    header += ["worst case"] if labels else []
+        labels += [a["label"] for a in results["attacks"] if _unbounded(a) == unbounded and a["label"] not in labels]
+    return labels
+
+
+def _norm_header(runs: tuple[dict[str, Any], ...], label: str) -> str:
+    norm = next(a["params"].get("norm", "") for r in runs for a in r["attacks"] if a["label"] == label)
+    return f"{label} median {norm}"
+
+
+def _data(results: dict[str, Any]) -> str:
+    return f"{results.get('data', '?')} ({results['benign']['total']})"
+
+
+def _run_columns(results: dict[str, Any], entry: dict[str, Any]) -> list[str]:
+    """method and rate of a row; the dense model has neither."""
+    pruned = entry["model"] not in ("dense",) and not entry["model"].startswith("dense_")
+    method, rate = results.get("method"), results.get("rate")
+    return [str(method) if pruned and method else "-", f"{rate:g}" if pruned and rate is not None else "-"]
+
+
+def results_table(*runs: dict[str, Any], names: list[str] | None = None) -> str:
+    """One row per evaluated model of each run: params, MACs, benign, each attack and the worst case
+    (accuracy in %). With several runs, rows are named ``run/model`` (``names``: the runs' folder names,
+    default their config names), a method and a rate column say what each row is, missing attacks show
+    as '-', and runs on different data get a data column. When a model has filters zeroed in place (a
+    training-time method's masked model), a column gives the SR-GKP authors' MACs, which count only
+    non-zero weights. Minimum-norm attacks without eps bound no threat model: they get a column of their
+    median adversarial norm, after the accuracies."""
+    names = names or [results["name"] for results in runs]
+    labels, unbounded = _labels(runs, unbounded=False), _labels(runs, unbounded=True)
+    entries = [(i, r, e) for i, r in enumerate(runs) for e in [r, *r.get("other_models", [])]]
+    several, authors = len(runs) > 1, any(_has_zeroed_weights(entry) for _, _, entry in entries)
+    data = len({_data(results) for results in runs}) > 1
+    header = ["model", *(["method", "rate"] if several else []), *(["data"] if data else [])]
+    header += ["params (M)", "MACs (M)", *(["authors' MACs (M)"] if authors else []), "benign", *labels]
+    header += (["worst case"] if labels else []) + [_norm_header(runs, label) for label in unbounded]
     rows = []
-    for results, entry in entries:
-        scores = {a["label"]: _percent(a["accuracy"]) for a in entry["attacks"]}
-        name = entry["model"] if len(runs) == 1 else f"{results['name']}/{entry['model']}"
-        row = [name, _millions(entry["params"]), _millions(entry["macs"])]
+    for index, results, entry in entries:
+        attacks = {a["label"]: a for a in entry["attacks"]}
+        row = [f"{names[index]}/{entry['model']}" if several else entry["model"]]
+        row += _run_columns(results, entry) if several else []
+        row += [_data(results)] if data else []
+        row += [_millions(entry["params"]), _millions(entry["macs"])]
         row += [_millions(entry.get("authors_macs"))] if authors else []
-        row += [_percent(entry["benign"]["accuracy"]), *(scores.get(label, "-") for label in labels)]
-        rows.append(row + ([_percent(entry["worst_case"]["accuracy"])] if labels else []))
+        row += [_percent(entry["benign"]["accuracy"])]
+        row += [_percent(attacks[label]["accuracy"]) if label in attacks else "-" for label in labels]
+        row += [_percent(entry["worst_case"]["accuracy"])] if labels else []
+        row += [_norm(attacks.get(label, {}).get("median_norm")) for label in unbounded]
+        rows.append(row)
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    totals = sorted({results["benign"]["total"] for results in runs})
-    title = runs[0]["name"] if len(runs) == 1 else ", ".join(results["name"] for results in runs)
-    images = " / ".join(str(total) for total in totals)
-    return "\n".join(
-        [f"{title}: accuracy (%) on {images} test images", *(_aligned(r, widths) for r in [header, *rows])]
-    )
+    title = ", ".join(dict.fromkeys(names))
+    images = "" if data else f" on {runs[0]['benign']['total']} test images"
+    return "\n".join([f"{title}: accuracy (%){images}", *(_aligned(r, widths) for r in [header, *rows])])
+
+
+def _norm(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4g}"
 
 
 def _setting(value: Any) -> str:

@@ -57,12 +57,15 @@ def write_json_atomic(path: Path, data: Any) -> None:
 
 
 def differences(old: Any, new: Any, path: str = "") -> list[str]:
-    """Key paths where two plain configs differ, as 'key: old -> new'."""
+    """Key paths where two plain configs differ, as 'key: old -> new' (list entries as key[i], so that a
+    changed attack reads 'attacks[1].steps: 10 -> 20')."""
     if isinstance(old, dict) and isinstance(new, dict):
         found = []
         for key in list(old) + [k for k in new if k not in old]:
             found += differences(old.get(key), new.get(key), f"{path}.{key}" if path else str(key))
         return found
+    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+        return [d for i, (a, b) in enumerate(zip(old, new, strict=True)) for d in differences(a, b, f"{path}[{i}]")]
     return [] if old == new else [f"{path}: {old!r} -> {new!r}"]
 
 
@@ -156,12 +159,30 @@ class RunDir:
                 f"({'; '.join(changed[:6]) or 'see config.yaml'}). Its results are kept: pass --out DIR for a "
                 f"new run, or --restart to move the old run aside to {self.path.name}.old-<time> and start over"
             )
-        self.state.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(self.path / "config.yaml", to_yaml(plain))
+        self._check_usable()
+        try:
+            self.state.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(self.path / "config.yaml", to_yaml(plain))
+        except OSError as error:
+            raise RunFolderError(
+                f"{self.path} cannot be a run folder ({error.strerror or error}); pass --out a folder you can write"
+            ) from error
         env_file = self.path / "env.json"
         previous = json.loads(env_file.read_text()) if env_file.is_file() else {}
         earlier = [{k: v for k, v in previous.items() if k != "earlier"}, *previous.get("earlier", [])]
         write_json_atomic(env_file, {**environment(device), "earlier": earlier if previous else []})
+
+    def _check_usable(self) -> None:
+        """A run folder is new, empty, or a run folder already (it has config.yaml): never a file, never
+        a folder of other things that a run would write beside."""
+        if self.path.exists() and not self.path.is_dir():
+            raise RunFolderError(f"{self.path} is a file, not a folder; pass --out a new or empty folder")
+        is_run = (self.path / "config.yaml").is_file() or self.state.is_dir()
+        if self.path.is_dir() and not is_run and any(self.path.iterdir()):
+            raise RunFolderError(
+                f"{self.path} holds other files and is not a run folder (it has no config.yaml); pass --out a "
+                "new or empty folder, so that nothing in it is mixed with a run's outputs"
+            )
 
     def is_done(self, stage: str) -> bool:
         return self._done_marker(stage).is_file()

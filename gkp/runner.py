@@ -42,6 +42,12 @@ def _check_model_fits_data(ctx: Context) -> None:
             f"{payload['arch']}; drop model.arch (the checkpoint names its own) or fix it"
         )
     classes = payload["arch_args"].get("num_classes")
+    if ctx.exp.model.num_classes is not None and classes is not None and classes != ctx.exp.model.num_classes:
+        raise ConfigError(
+            f"model.num_classes: the config says {ctx.exp.model.num_classes} but model.checkpoint "
+            f"{ctx.exp.model.checkpoint} predicts {classes} classes; drop model.num_classes (the checkpoint "
+            "names its own) or fix it"
+        )
     if classes is not None and classes < ctx.data.num_classes:
         raise ConfigError(
             f"model.checkpoint: {ctx.exp.model.checkpoint} predicts {classes} classes but "

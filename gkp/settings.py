@@ -58,10 +58,15 @@ class DataConfig:
     )
     split_seed: int = option(0, doc="seed of the validation split and of size subsets")
     train_size: int | None = option(
-        None, check=at_least(1), doc="use a seeded subset of this many (synthetic: how many to generate)"
+        None, check=at_least(1), doc="use a subset of this many (data.subset says which; synthetic: how many to make)"
     )
     test_size: int | None = option(
-        None, check=at_least(1), doc="use a seeded subset of this many (synthetic: how many to generate)"
+        None, check=at_least(1), doc="use a subset of this many (data.subset says which; synthetic: how many to make)"
+    )
+    subset: Literal["seeded", "first"] = option(
+        "seeded",
+        doc="which images train_size / test_size keep: a random subset (seeded by split_seed), or the first N, "
+        "as the paper-mode checks and most published figures take the test set",
     )
     image_size: int | None = option(
         None, check=at_least(8), doc="image side of imagefolder (default 224) and synthetic (default 32) data"

@@ -20,6 +20,7 @@ from gkp.catalog import ATTACKS, PRUNING_METHODS, BatchNormSparsity, model_for_d
 from gkp.checkpoint import load_model, read_checkpoint, save_checkpoint
 from gkp.contracts import Objective, Phase, PruningContext, PruningMethod, Recipe, Selection, TrainingHooks, model_spec
 from gkp.counting import count_nonzero_params, measure
+from gkp.curves import write_training_curves
 from gkp.data import DataBundle
 from gkp.data.splits import calibration_batches
 from gkp.engine.device import use_channels_last
@@ -179,6 +180,7 @@ def train_stage(
     finally:
         store.close()
     write_json_atomic(ctx.run.path / f"{stage}.json", _summary(outcome, cfg, best_prefix))
+    write_training_curves(ctx.run.path / "metrics.csv", ctx.run.path / "training_curves.png")
     return outcome
 
 
@@ -389,8 +391,12 @@ def evaluate_models(ctx: Context) -> None:
         for stage in STAGE_NAMES
         if (ctx.run.path / f"{stage}.json").is_file()
     }
+    prune = ctx.exp.prune
     results = {
         "name": ctx.exp.name,
+        "method": prune.method if prune else None,
+        "rate": prune.rate if prune and prune.target_macs is None else None,
+        "data": ctx.exp.data.name,
         "device": str(ctx.device),
         **entries[0],
         "other_models": entries[1:],

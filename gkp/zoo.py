@@ -5,8 +5,9 @@ first hex digits in the file name, that prefix, checked as torch.hub checks it),
 it (``gkp.importers``), its architecture, dataset and normalisation, source, licence and reported metrics.
 ``fetch`` downloads a file once (torch.hub's downloader, with a progress bar), verifies it, converts it
 into our checkpoint format and caches the result in ``$GKP_ZOO_CACHE`` (default
-``~/.cache/robust-gkp/zoo``); later calls return the cached checkpoint without touching the network. A file
-brought in by hand (``gkp fetch NAME --from FILE``, for machines without internet) is verified and converted
+``$XDG_CACHE_HOME/robust-gkp/zoo``, i.e. ``~/.cache/robust-gkp/zoo``) under a name that carries the
+published hash; later calls return the cached checkpoint without touching the network. A file brought in
+by hand (``gkp fetch NAME --from FILE``, for machines without internet) is copied, verified and converted
 the same way. A file that fails verification is deleted and never converted.
 """
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import urllib.error
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -54,8 +56,13 @@ class ZooEntry:
     def file_name(self) -> str:
         return self.url.rsplit("/", 1)[-1]
 
+    @property
+    def digest(self) -> str:
+        """The published hash, in full or its prefix."""
+        return (self.sha256 or self.sha256_prefix).lower()
+
     def check_digest(self, digest: str) -> bool:
-        return digest == self.sha256 if self.sha256 else digest.startswith(self.sha256_prefix or "\0")
+        return digest == self.digest if self.sha256 else digest.startswith(self.digest)
 
 
 def _entry(name: str, raw: Any) -> ZooEntry:
@@ -100,63 +107,85 @@ def _expected(entry: ZooEntry) -> str:
     return entry.sha256 or f"{entry.sha256_prefix}... (the first hex digits)"
 
 
+def _by_hand(entry: ZooEntry) -> str:
+    return (
+        f"download {entry.url} on a machine that has internet (sha256 {_expected(entry)}), copy the file "
+        f"to this machine and run: gkp fetch {entry.name} --from FILE"
+    )
+
+
 def _download(entry: ZooEntry, destination: Path) -> None:
     """The file at the entry's URL into ``destination``, or a ZooError saying how to bring it in by hand."""
     try:
         torch.hub.download_url_to_file(entry.url, str(destination), progress=True)
-    except (urllib.error.URLError, OSError, ValueError) as error:
-        destination.unlink(missing_ok=True)
-        raise ZooError(
-            f"could not download {entry.url} ({getattr(error, 'reason', error)}). Without internet here: "
-            f"download that URL on a machine that has it (sha256 {_expected(entry)}), copy the file to this "
-            f"machine and run: gkp fetch {entry.name} --from FILE"
-        ) from error
+    except urllib.error.HTTPError as error:
+        message = f"{entry.url} answered {error.code} {error.reason}: the file may have moved; {_by_hand(entry)}"
+        raise ZooError(message) from None
+    except urllib.error.URLError as error:
+        message = f"could not reach {entry.url} ({error.reason}). Without internet here: {_by_hand(entry)}"
+        raise ZooError(message) from None
+    except OSError as error:
+        raise ZooError(f"could not write the download of {entry.url} to {destination.parent} ({error})") from error
 
 
-def _verified(entry: ZooEntry, path: Path, delete: bool) -> str:
+def _verified(entry: ZooEntry, path: Path, origin: str | Path) -> str:
+    """The sha256 of ``path`` (a download or copy of ``origin``), or a ZooError when it is not the
+    entry's; the caller deletes the file."""
     digest = sha256_of(path)
     if not entry.check_digest(digest):
-        if delete:
-            path.unlink(missing_ok=True)
         raise ZooError(
-            f"{path} has sha256 {digest}, but {entry.name} is {_expected(entry)}: it is not the released file"
-            f"{' (the download was deleted)' if delete else ''}"
+            f"{origin} has sha256 {digest}, but {entry.name} is {_expected(entry)}: it is not the released file, "
+            "so nothing was converted"
         )
     return digest
 
 
-def cached_path(name: str) -> Path:
-    return cache_dir() / f"{name}.ckpt"
+def cached_path(entry: ZooEntry) -> Path:
+    """The converted checkpoint's file, named by the published hash, so that a changed entry is fetched anew."""
+    return cache_dir() / f"{entry.name}-{entry.digest[:8]}.ckpt"
 
 
 def fetch(name: str, source_file: str | Path | None = None, manifest: dict[str, ZooEntry] | None = None) -> Path:
-    """The converted checkpoint of zoo entry ``name``: cached, else downloaded (or read from
+    """The converted checkpoint of zoo entry ``name``: cached, else downloaded (or copied from
     ``source_file``), verified, converted and cached."""
-    from gkp.importers import IMPORTERS
-
     entry = entry_named(name, manifest)
-    destination = cached_path(name)
+    destination = cached_path(entry)
     if destination.is_file() and source_file is None:
         return destination
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    download = destination.with_name(f".{name}.{os.getpid()}.download")
-    raw = Path(source_file) if source_file is not None else download
+    raw = destination.with_name(f".{destination.name}.{os.getpid()}.download")
     try:
-        if source_file is None:
-            _download(entry, download)
-        elif not raw.is_file():
-            raise ZooError(f"--from {raw}: no such file")
-        digest = _verified(entry, raw, delete=source_file is None)
-        try:
-            model = IMPORTERS.get(entry.format).convert(raw, entry)
-        except CheckpointError as error:
-            raise ZooError(f"{name}: {error}") from error
-        metadata = {"zoo": name, "url": entry.url, "sha256": digest, "source": entry.source}
-        metadata |= {"licence": entry.licence, "reported": entry.reported, "input_size": entry.input_size}
-        save_checkpoint(destination, model, metadata)
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        _bring_in(entry, source_file, raw)
+        digest = _verified(entry, raw, source_file or entry.url)
+        _convert(entry, raw, digest, destination)
+    except OSError as error:
+        raise ZooError(f"{name}: {error}") from error
     finally:
-        download.unlink(missing_ok=True)
+        raw.unlink(missing_ok=True)
     return destination
+
+
+def _bring_in(entry: ZooEntry, source_file: str | Path | None, raw: Path) -> None:
+    """The released file at ``raw``: downloaded, or a copy of ``source_file`` (so that what is verified is
+    what is converted, and the user's file is never touched)."""
+    if source_file is None:
+        _download(entry, raw)
+    elif not Path(source_file).is_file():
+        raise ZooError(f"--from {source_file}: no such file")
+    else:
+        shutil.copyfile(source_file, raw)
+
+
+def _convert(entry: ZooEntry, raw: Path, digest: str, destination: Path) -> None:
+    from gkp.importers import IMPORTERS
+
+    try:
+        model = IMPORTERS.get(entry.format).convert(raw, entry)
+    except CheckpointError as error:
+        raise ZooError(f"{entry.name}: {error}") from error
+    metadata = {"zoo": entry.name, "url": entry.url, "sha256": digest, "source": entry.source}
+    metadata |= {"licence": entry.licence, "reported": entry.reported, "input_size": entry.input_size}
+    save_checkpoint(destination, model, metadata)
 
 
 def is_zoo_name(checkpoint: str | None) -> bool:
@@ -183,7 +212,7 @@ def zoo_table(manifest: dict[str, ZooEntry] | None = None) -> str:
     rows = [("name", "arch", "dataset", "reported", "licence", "cached", "source")]
     for name, entry in manifest.items():
         reported = ", ".join(f"{k} {v}" for k, v in entry.reported.items()) or "-"
-        cached = "yes" if cached_path(name).is_file() else "no"
+        cached = "yes" if cached_path(entry).is_file() else "no"
         rows.append((name, entry.arch, entry.dataset, reported, entry.licence, cached, entry.source))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     return "\n".join("  ".join([*(c.ljust(w) for c, w in zip(row, widths, strict=False)), row[-1]]) for row in rows)

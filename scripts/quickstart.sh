@@ -7,3 +7,5 @@ source "$(dirname "$0")/env.sh"
 gkp run configs/quickstart.yaml "$@"
 gkp run configs/quickstart_srgkp.yaml "$@"
 gkp compare runs/quickstart runs/quickstart-srgkp
+echo
+echo "gkp lives in $GKP_VENV: run 'source $GKP_VENV/bin/activate' to use it in this shell."

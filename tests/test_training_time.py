@@ -379,9 +379,14 @@ def test_keys_added_later_leave_the_fingerprints_of_configs_that_do_not_set_them
     from gkp.pipeline import STAGES
 
     plain = build_experiment(tiny_config()).to_dict()
-    older = {**plain, "train": dict(plain["train"]), "finetune": dict(plain["finetune"]), "prune": dict(plain["prune"])}
-    for section, key in (("train", "adversarial"), ("finetune", "adversarial"), ("prune", "during")):
-        assert older[section].pop(key) is None
+    older = {**plain, **{section: dict(plain[section]) for section in ("train", "finetune", "prune", "data")}}
+    for section, key, default in (
+        ("train", "adversarial", None),
+        ("finetune", "adversarial", None),
+        ("prune", "during", None),
+        ("data", "subset", "seeded"),
+    ):
+        assert older[section].pop(key) == default
     assert all(stage.fingerprint(plain) == stage.fingerprint(older) for stage in STAGES)
     adversarial = build_experiment(tiny_config(train={"adversarial": {"method": "pgd"}})).to_dict()
     assert STAGES[0].fingerprint(adversarial) != STAGES[0].fingerprint(plain)

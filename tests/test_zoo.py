@@ -67,16 +67,18 @@ def test_the_torchvision_entries_are_torchvisions_own_weights(arch):
     assert entry.reported["imagenet_val_top1"] == weights.meta["_metrics"]["ImageNet-1K"]["acc@1"]
 
 
-def test_the_torchvision_importer_loads_torchvisions_state_dict_and_matches_its_logits(tmp_path):
+@pytest.mark.parametrize("arch", ["resnet50", "resnet101"])
+def test_the_torchvision_importer_loads_torchvisions_state_dict_and_matches_its_logits(tmp_path, arch):
     torch.manual_seed(0)
-    reference = torchvision.models.resnet50().eval()
-    torch.save(reference.state_dict(), tmp_path / "resnet50.pth")
-    model = IMPORTERS.get("torchvision").convert(tmp_path / "resnet50.pth", MANIFEST["resnet50-torchvision"])
+    reference = getattr(torchvision.models, arch)().eval()
+    torch.save(reference.state_dict(), tmp_path / f"{arch}.pth")
+    entry = MANIFEST[f"{arch}-torchvision"]
+    model = IMPORTERS.get("torchvision").convert(tmp_path / f"{arch}.pth", entry)
     x = torch.rand(2, 3, 64, 64)
-    mean, std = torch.tensor(MANIFEST["resnet50-torchvision"].mean), torch.tensor(MANIFEST["resnet50-torchvision"].std)
+    mean, std = torch.tensor(entry.mean), torch.tensor(entry.std)
     with torch.no_grad():
         expected = reference((x - mean[:, None, None]) / std[:, None, None])
-        torch.testing.assert_close(model(x), expected, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(model(x), expected, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("name", IMPORTERS.names())
@@ -84,7 +86,7 @@ def test_every_importer_refuses_a_file_that_is_not_its_format(name, tmp_path):
     importer = IMPORTERS.get(name)
     assert importer.summary
     torch.save({"something": torch.zeros(3)}, tmp_path / "foreign.pt")
-    entry = next(entry for entry in MANIFEST.values() if entry.format == name)
+    entry = next((entry for entry in MANIFEST.values() if entry.format == name), MANIFEST["resnet20-akamaster"])
     with pytest.raises(CheckpointError):
         importer.convert(tmp_path / "foreign.pt", entry)
 
@@ -213,16 +215,35 @@ def test_a_fetch_downloads_with_progress_verifies_converts_and_then_reuses_the_c
 
 def test_a_download_with_the_wrong_hash_is_refused_and_deleted(server, cache):
     manifest = served("resnet20-akamaster", f"{server}/resnet56-4bfd9763.th")
-    with pytest.raises(ZooError, match="is not the released file .the download was deleted"):
+    with pytest.raises(ZooError, match="resnet56-4bfd9763.th has sha256 4bfd9763.*it is not the released file"):
         fetch("resnet20-akamaster", manifest=manifest)
-    assert not cache.exists() or list(cache.iterdir()) == []
+    assert list(cache.iterdir()) == []  # the download was deleted, nothing was converted
+
+
+def test_a_brought_in_file_with_the_wrong_hash_is_refused_and_left_alone(shared, cache, tmp_path):
+    mine = tmp_path / "mine.th"
+    mine.write_bytes((shared / "checkpoints" / "resnet56-4bfd9763.th").read_bytes())
+    with pytest.raises(ZooError, match="mine.th has sha256"):
+        fetch("resnet20-akamaster", mine)
+    assert mine.is_file() and list(cache.iterdir()) == []
+    with pytest.raises(ZooError, match="--from .*nowhere.th: no such file"):
+        fetch("resnet20-akamaster", tmp_path / "nowhere.th")
+
+
+def test_the_cache_is_named_by_the_published_hash_so_a_changed_entry_is_fetched_anew(shared, cache):
+    path = fetch("resnet20-akamaster", shared / "checkpoints" / "resnet20-12fca82f.th")
+    assert path.name == "resnet20-akamaster-12fca82f.ckpt"
+    assert fetch("resnet20-akamaster") == path  # cached: no network needed
+    changed = served("resnet20-akamaster", "http://127.0.0.1:9/resnet20-new.th", sha256="ab" * 32)
+    with pytest.raises(ZooError, match="could not reach"):  # not the stale cached file
+        fetch("resnet20-akamaster", manifest=changed)
 
 
 def test_a_hash_prefix_is_checked_like_torch_hub_does(server, cache):
     ok = served("resnet56-akamaster", f"{server}/resnet56-4bfd9763.th", sha256=None, sha256_prefix="4bfd9763")
     assert fetch("resnet56-akamaster", manifest=ok).is_file()
     wrong = served("resnet20-akamaster", f"{server}/resnet20-12fca82f.th", sha256=None, sha256_prefix="4bfd9763")
-    with pytest.raises(ZooError, match="4bfd9763... .the first hex digits"):
+    with pytest.raises(ZooError, match="4bfd9763... .the first hex digits.: it is not the released file"):
         fetch("resnet20-akamaster", manifest=wrong)
 
 
@@ -275,7 +296,7 @@ def test_gkp_eval_of_a_zoo_name_in_a_config(shared, cache, prefix_npz, tmp_path)
     assert main(["eval", str(write_config(tmp_path / "zoo.yaml", config)), "--out", str(tmp_path / "run")]) == 0
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert results["benign"]["total"] == 500 and results["benign"]["correct"] >= 499
-    assert results["checkpoint"] == str(cache / "resnet56-akamaster.ckpt")
+    assert results["checkpoint"] == str(cache / "resnet56-akamaster-4bfd9763.ckpt")
 
 
 def test_srgkp_prunes_the_imported_akamaster_resnet56_end_to_end(shared, cache, prefix_npz, tmp_path):
@@ -347,3 +368,27 @@ def test_an_onnx_export_runs_in_onnx_runtime_like_pytorch(pruned_models, kind, t
     (logits,) = session.run(None, {"images": x.numpy()})
     with torch.no_grad():
         np.testing.assert_allclose(logits, model(x).numpy(), atol=1e-5, rtol=1e-5)
+
+
+def test_safetensors_round_trips_every_dtype_and_refuses_a_damaged_file(tmp_path):
+    from gkp.export import read_safetensors, write_safetensors
+
+    state = {
+        "f32": torch.rand(2, 3),
+        "f16": torch.rand(4).half(),
+        "bf16": torch.rand(3).bfloat16(),
+        "i64": torch.tensor(7),  # 0-dim, as BatchNorm's counter
+        "bool": torch.tensor([True, False, True]),
+        "empty": torch.zeros(0, 4),
+        "strided": torch.rand(4, 4).t(),
+    }
+    payload = {"arch": "resnet8", "arch_args": {}, "plan": None, "metadata": {"epoch": 3}, "state_dict": state}
+    path = tmp_path / "all.safetensors"
+    write_safetensors(payload, path)
+    back = read_safetensors(path)
+    assert back["metadata"] == {"epoch": 3} and back["arch"] == "resnet8"
+    for name, tensor in state.items():
+        assert back["state_dict"][name].dtype == tensor.dtype and torch.equal(back["state_dict"][name], tensor)
+    path.write_bytes(path.read_bytes()[:-5])
+    with pytest.raises(CheckpointError, match="is not a safetensors file written by gkp export"):
+        read_safetensors(path)

@@ -35,6 +35,14 @@ def seeded_subset(count: int, size: int | None, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).permutation(count)[:size])
 
 
+def subset(count: int, size: int | None, cfg) -> np.ndarray:
+    """The indices ``train_size`` / ``test_size`` keep of ``count`` under a ``DataConfig``: a seeded
+    random subset, or the first ``size`` (``data.subset: first``)."""
+    if cfg.subset == "first":
+        return np.arange(min(size, count) if size is not None else count)
+    return seeded_subset(count, size, cfg.split_seed)
+
+
 def hold_out(count: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(train indices, validation indices): a seeded ``fraction`` of ``count`` held out, both sorted."""
     if fraction <= 0:
@@ -46,6 +54,6 @@ def hold_out(count: int, fraction: float, seed: int) -> tuple[np.ndarray, np.nda
 
 def training_indices(count: int, cfg) -> tuple[np.ndarray, np.ndarray]:
     """(train indices, validation indices) of a training set of ``count`` under a ``DataConfig``: the
-    validation part held out first, then the seeded ``train_size`` subset of the rest."""
+    validation part held out first, then the ``train_size`` subset of the rest."""
     train_idx, val_idx = hold_out(count, cfg.val_fraction, cfg.split_seed)
-    return train_idx[seeded_subset(len(train_idx), cfg.train_size, cfg.split_seed)], val_idx
+    return train_idx[subset(len(train_idx), cfg.train_size, cfg)], val_idx

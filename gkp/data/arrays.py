@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gkp.data import DataBundle, seeded_subset, training_indices
+from gkp.data import DataBundle, subset, training_indices
 from gkp.data.splits import TensorSplit
 from gkp.data.statistics import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD
-from gkp.errors import DataError
+from gkp.errors import DataError, relative_path_note
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,7 @@ def read_npz_file(path: str, key: str) -> ArraySet:
     file = Path(path)
     if not file.is_file():
         raise DataError(
-            f"{key}: the npz file {file.resolve()} does not exist; it must hold 'images' "
+            f"{key}: the npz file {path} does not exist{relative_path_note(path)}; it must hold 'images' "
             "(uint8, N x H x W x 3) and 'labels' (N integers)"
         )
     try:
@@ -89,6 +89,8 @@ def read_npz_file(path: str, key: str) -> ArraySet:
         raise DataError(
             f"{key}: {file}: 'images' must be uint8 N x H x W x 3 (or N x H x W), got {images.dtype} {images.shape}"
         )
+    if images.shape[0] == 0:
+        raise DataError(f"{key}: {file} holds no images (its 'images' array is empty)")
     if labels.shape != (images.shape[0],) or not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0:
         raise DataError(
             f"{key}: {file}: 'labels' must be {images.shape[0]} non-negative integers, "
@@ -107,7 +109,22 @@ def read_npz(path: str | None, train_path: str | None, test_path: str | None) ->
     test = read_npz_file(test_path or path, "data.test_path" if test_path else "data.path")
     train = read_npz_file(train_path, "data.train_path") if train_path else None
     labels = test.labels if train is None else np.concatenate([train.labels, test.labels])
+    if train is not None:
+        _check_classes_present(train.labels, int(labels.max()) + 1, train_path)
     return Arrays(train, test, int(labels.max()) + 1, CIFAR10_MEAN, CIFAR10_STD, "crop_flip")
+
+
+def _check_classes_present(labels: np.ndarray, num_classes: int, path: str) -> None:
+    """The class count of an npz is its largest label + 1: every class below it must have training images,
+    or the labels are not what they seem (a 10-class set whose labels run up to 37, say)."""
+    missing = sorted(set(range(num_classes)) - set(np.unique(labels).tolist()))
+    if missing:
+        shown = ", ".join(map(str, missing[:8])) + (", ..." if len(missing) > 8 else "")
+        raise DataError(
+            f"data.train_path: {path}: its labels run up to {num_classes - 1}, so the model would have "
+            f"{num_classes} classes, but {len(missing)} of them have no training image ({shown}); "
+            "relabel the classes 0..K-1"
+        )
 
 
 def read_digits() -> Arrays:
@@ -164,7 +181,7 @@ def bundle_from_arrays(arrays: Arrays, cfg, device: torch.device) -> DataBundle:
         train_idx, val_idx = training_indices(len(arrays.train.labels), cfg)
         train = _tensor_split(arrays.train, train_idx, device, augment)
         val = _tensor_split(arrays.train, val_idx, device, "none") if len(val_idx) else None
-    test_idx = seeded_subset(len(arrays.test.labels), cfg.test_size, cfg.split_seed)
+    test_idx = subset(len(arrays.test.labels), cfg.test_size, cfg)
     return DataBundle(
         train,
         val,

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset, Subset
 
-from gkp.data import DataBundle, seeded_subset, training_indices
+from gkp.data import DataBundle, subset, training_indices
 from gkp.data.splits import FolderSplit
 from gkp.data.statistics import IMAGENET_MEAN, IMAGENET_STD
 from gkp.errors import DataError
@@ -87,7 +87,7 @@ def bundle_from_folders(cfg, device: torch.device, num_classes: int | None = Non
     size = cfg.image_size or 224
     train_set, test_set, num_classes = read_image_folders(cfg.root, size)
     train_idx, val_idx = training_indices(len(train_set), cfg)
-    test_idx = seeded_subset(len(test_set), cfg.test_size, cfg.split_seed)
+    test_idx = subset(len(test_set), cfg.test_size, cfg)
     val = None
     if len(val_idx):
         plain = type(train_set)(train_set.root, transform=transforms_for(size, train=False))

@@ -262,20 +262,26 @@ def evaluate(
     results = [AttackResult(s.name, s.label, s.settings()) for s in attack_specs]
     flags: dict[str, list[torch.Tensor]] = {"benign": [], **{s.label: [] for s in attack_specs}}
     zero_share = None
-    batches = split.batches(batch_size, train=False)
-    total = split.num_batches(batch_size, train=False)
-    for index, (x, y) in enumerate(tqdm(batches, total=total, desc=description, leave=False, disable=None)):
+    # Progress in images, once clean and once per attack, with the attack under way named.
+    progress = tqdm(
+        total=split.num_samples * (1 + len(attack_specs)), desc=description, unit="img", leave=False, disable=None
+    )
+    for index, (x, y) in enumerate(split.batches(batch_size, train=False)):
         start = time.perf_counter()
         with torch.no_grad():
             predictions = _finite_logits(model(x), "on clean images").argmax(1)
         benign.seconds += _timed(device, start)
         flags["benign"].append((predictions == y).cpu())
+        progress.update(len(y))
         if index == 0 and any(s.attack.kind == "gradient" for s in attack_specs):
             zero_share = zero_gradient_share(model, x, y)
         for spec, result in zip(attack_specs, results, strict=True):
+            progress.set_postfix_str(spec.label)
             generator = torch.Generator(device=device)
             generator.manual_seed(derive_seed(seed, "attack", spec.label, index))
             flags[spec.label].append(_attack_batch(model, x, y, predictions, spec, generator, result).cpu())
+            progress.update(len(y))
+    progress.close()
     per_sample = {label: torch.cat(values).numpy() for label, values in flags.items() if values}
     robust = per_sample.get("benign", np.zeros(0, dtype=bool)).copy()
     for spec, result in zip(attack_specs, results, strict=True):

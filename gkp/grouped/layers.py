@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 from scipy.spatial.distance import cdist
 from torch import nn
+from tqdm import tqdm
 
 from gkp.contracts import NO_CONTEXT, PruningContext, PruningMethod, Selection, no_snapshots
 from gkp.errors import PruningError
@@ -127,14 +128,18 @@ class Bucket:
 SelectBucket = Callable[[Bucket, Any], np.ndarray]  # -> (rows, keep) kept GK indices per row, ascending
 
 
-def solve(problems: list[LayerProblem], select_bucket: SelectBucket, params: Any) -> dict[str, GroupedKernelPlan]:
+def solve(
+    problems: list[LayerProblem], select_bucket: SelectBucket, params: Any, name: str = "selection"
+) -> dict[str, GroupedKernelPlan]:
     buckets: dict[tuple[int, int, tuple[int, int]], list[LayerProblem]] = {}
     for problem in problems:
         key = (problem.weight.shape[1], problem.keep, problem.weight.shape[2:])
         buckets.setdefault(key, []).append(problem)
     plans = {}
+    progress = tqdm(total=len(problems), desc=f"{name}: kernels", unit="layer", leave=False, disable=None)
     for layers in buckets.values():
         kept = select_bucket(Bucket(layers), params)
+        progress.update(len(layers))
         row = 0
         for layer in layers:
             rows = kept[row : row + layer.groups]
@@ -142,6 +147,7 @@ def solve(problems: list[LayerProblem], select_bucket: SelectBucket, params: Any
             plans[layer.name] = GroupedKernelPlan(
                 tuple(int(f) for f in layer.filter_order), tuple(tuple(int(j) for j in group) for group in rows)
             )
+    progress.close()
     return {problem.name: plans[problem.name] for problem in problems}
 
 
@@ -158,13 +164,14 @@ def grouped_kernel_method(
 
     def select(model: nn.Module, rate: float, settings: Any, context: PruningContext = NO_CONTEXT) -> Selection:
         problems = []
-        for layer, conv in grouped_targets(model, settings.scope):
+        targets = grouped_targets(model, settings.scope)
+        for layer, conv in tqdm(targets, desc=f"{name}: filter groups", unit="layer", leave=False, disable=None):
             check_groups(conv.out_channels, settings.groups, layer)
             weight = conv.weight.detach().double().cpu().numpy()
             order = np.asarray(order_filters(layer, weight, settings, context))
             keep = keep_per_group(conv.in_channels, rate, layer)
             problems.append(LayerProblem(layer, weight, order, settings.groups, keep))
-        return Selection(solve(problems, select_bucket, settings))
+        return Selection(solve(problems, select_bucket, settings, name))
 
     def check(model: nn.Module, rate: float, settings: Any, context: PruningContext = NO_CONTEXT) -> None:
         for layer, conv in grouped_targets(model, settings.scope):

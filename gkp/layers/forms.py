@@ -15,6 +15,7 @@ from collections import Counter
 
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from gkp.layers.grouped_conv import FORMS, GroupedKernelConv2d
 
@@ -86,7 +87,10 @@ def choose_forms(
     model.eval()
     chosen, by_shape = {}, {}
     try:
-        for name, shape in _input_shapes(model, example).items():
+        shapes = _input_shapes(model, example)
+        for name, shape in tqdm(
+            shapes.items(), desc="timing grouped conv forms", unit="layer", leave=False, disable=None
+        ):
             layer = model.get_submodule(name)
             key = (tuple(shape), layer.extra_repr().rsplit(", form=", 1)[0], layer.restore is None)
             if key not in by_shape:  # layers of the same shape are timed once

@@ -1,0 +1,238 @@
+"""What a new user trips over: bad inputs that must stop with one line naming the problem and the fix (a
+table), the command line's list, version and help, the compare table, labels, suites and subsets."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from gkp.catalog import load_data
+from gkp.cli import COMMANDS, build_parser, main
+from gkp.config import build_experiment, load_experiment
+from gkp.report import results_table
+from gkp.runner import run_experiment
+from gkp.settings import DataConfig
+
+from conftest import tiny_config, write_config
+
+CPU = "cpu"
+ONE_EPOCH = {"train": {"epochs": 1}, "stages": ["train"]}
+
+
+def npz(path: Path, count: int, labels=None) -> str:
+    images = np.random.default_rng(0).integers(0, 256, (count, 8, 8, 3), dtype=np.uint8)
+    np.savez(path, images=images, labels=np.arange(count) % 3 if labels is None else np.asarray(labels))
+    return str(path)
+
+
+def _empty_npz(tmp: Path) -> tuple[dict, str]:
+    data = {"name": "npz", "train_path": npz(tmp / "a.npz", 0), "test_path": npz(tmp / "b.npz", 4)}
+    return tiny_config(data=data, **ONE_EPOCH), str(tmp / "run")
+
+
+def _gappy_labels(tmp: Path) -> tuple[dict, str]:
+    train = npz(tmp / "a.npz", 40, labels=[0, 1, 2, 37] * 10)
+    data = {"name": "npz", "train_path": train, "test_path": npz(tmp / "b.npz", 4)}
+    return tiny_config(data=data, **ONE_EPOCH), str(tmp / "run")
+
+
+def _out_is_a_file(tmp: Path) -> tuple[dict, str]:
+    (tmp / "notes.md").write_text("mine")
+    return tiny_config(**ONE_EPOCH), str(tmp / "notes.md")
+
+
+def _out_under_a_file(tmp: Path) -> tuple[dict, str]:
+    (tmp / "notes.md").write_text("mine")
+    return tiny_config(**ONE_EPOCH), str(tmp / "notes.md" / "run")
+
+
+def _out_holds_other_files(tmp: Path) -> tuple[dict, str]:
+    (tmp / "mine").mkdir()
+    (tmp / "mine" / "thesis.tex").write_text("mine")
+    return tiny_config(**ONE_EPOCH), str(tmp / "mine")
+
+
+def _out_unwritable(tmp: Path) -> tuple[dict, str]:
+    return tiny_config(**ONE_EPOCH), "/proc/gkp-run"
+
+
+def _classes_unlike_the_checkpoint(tmp: Path) -> tuple[dict, str]:
+    from gkp.catalog import build_model
+    from gkp.checkpoint import save_checkpoint
+
+    save_checkpoint(tmp / "ten.ckpt", build_model("resnet8", num_classes=10))
+    model = {"arch": None, "checkpoint": str(tmp / "ten.ckpt"), "num_classes": 100}
+    return tiny_config(model=model, stages=["eval"], attacks=[]), str(tmp / "run")
+
+
+def _missing_relative_npz(tmp: Path) -> tuple[dict, str]:
+    data = {"name": "npz", "train_path": "data/nowhere.npz", "test_path": npz(tmp / "b.npz", 4)}
+    return tiny_config(data=data, **ONE_EPOCH), str(tmp / "run")
+
+
+BAD_RUNS = [
+    ("npz without images", _empty_npz, "a.npz holds no images"),
+    ("npz labels with gaps", _gappy_labels, "labels run up to 37, so the model would have 38 classes, but 34"),
+    ("--out is a file", _out_is_a_file, "notes.md is a file, not a folder; pass --out a new or empty folder"),
+    ("--out under a file", _out_under_a_file, "cannot be a run folder (Not a directory); pass --out a folder"),
+    ("--out holds other files", _out_holds_other_files, "holds other files and is not a run folder"),
+    ("--out cannot be made", _out_unwritable, "/proc/gkp-run cannot be a run folder"),
+    ("num_classes unlike the checkpoint", _classes_unlike_the_checkpoint, "the config says 100 but model.checkpoint"),
+    ("a relative npz path that is not there", _missing_relative_npz, "relative paths are read from the current folder"),
+]
+
+
+@pytest.mark.parametrize("make, message", [(m, t) for _, m, t in BAD_RUNS], ids=[n for n, _, _ in BAD_RUNS])
+def test_bad_runs_stop_with_one_line_naming_the_problem(make, message, tmp_path, capsys):
+    config, out = make(tmp_path)
+    path = write_config(tmp_path / "x.yaml", config)
+    assert main(["run", str(path), "--out", out]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("gkp: error: ") and "\n" not in error and message in error, error
+    if "holds other files" in message:
+        assert sorted(p.name for p in (tmp_path / "mine").iterdir()) == ["thesis.tex"]  # nothing written beside
+
+
+def test_a_truncated_authors_file_says_it_is_truncated(tmp_path, shared):
+    from gkp.authors import import_authors_resnet
+    from gkp.errors import CheckpointError
+
+    whole = (shared / "checkpoints" / "adv_robust_gkp_resnet20_cifar10.pt").read_bytes()
+    (tmp_path / "cut.pt").write_bytes(whole[: len(whole) // 2])
+    assert not zipfile.is_zipfile(tmp_path / "cut.pt")
+    with pytest.raises(CheckpointError, match="truncated or corrupt .download it again and check its sha256"):
+        import_authors_resnet(tmp_path / "cut.pt", tmp_path / "out.ckpt")
+
+
+def test_a_changed_attack_is_named_by_its_key_path(tmp_path):
+    from gkp.errors import RunFolderError
+
+    config = tiny_config(stages=["eval"], attacks=[{"name": "fgsm"}, {"name": "pgd", "steps": 2}])
+    config["model"] = {"checkpoint": str(_checkpoint(tmp_path))}
+    run_experiment(build_experiment(config), out=tmp_path / "run")
+    config["attacks"][1]["steps"] = 3
+    with pytest.raises(RunFolderError, match=r"\(attacks\[1\]\.steps: 2 -> 3\)"):
+        run_experiment(build_experiment(config), out=tmp_path / "run")
+
+
+def _checkpoint(tmp_path: Path) -> Path:
+    from gkp.catalog import build_model
+    from gkp.checkpoint import save_checkpoint
+
+    save_checkpoint(tmp_path / "m.ckpt", build_model("resnet8", num_classes=10))
+    return tmp_path / "m.ckpt"
+
+
+# ------------------------------------------------------------------------------------------- config
+
+
+def test_an_unlabelled_attack_keeps_its_name_beside_a_labelled_one():
+    attacks = [{"name": "fmn", "label": "fmn_l2", "norm": "l2"}, {"name": "fmn"}]
+    assert [a.label for a in build_experiment(tiny_config(attacks=attacks)).attacks] == ["fmn_l2", "fmn"]
+    twice = [{"name": "pgd", "label": "pgd"}, {"name": "pgd"}, {"name": "pgd"}]
+    assert [a.label for a in build_experiment(tiny_config(attacks=twice)).attacks] == ["pgd", "pgd_1", "pgd_2"]
+
+
+def test_set_reaches_an_attack_of_a_suite(tmp_path):
+    path = write_config(tmp_path / "x.yaml", tiny_config(attacks=[{"suite": "paper-cifar"}]))
+    exp = load_experiment(path, ["attacks.2.steps=20"])
+    assert [a.label for a in exp.attacks] == ["fgsm_0.01", "fgsm_0.1", "pgd_3"] and exp.attacks[2].params.steps == 20
+    assert exp.attacks[2].space == "normalized"  # the rest of the suite's setting stays
+
+
+def test_the_first_n_images_instead_of_a_seeded_subset():
+    first = load_data(DataConfig(name="digits", test_size=50, subset="first"), CPU)
+    seeded = load_data(DataConfig(name="digits", test_size=50), CPU)
+    full = load_data(DataConfig(name="digits"), CPU)
+    index = torch.arange(50)
+    (x_first, y_first), *_ = first.test.take(index, 50)
+    (x_full, y_full), *_ = full.test.take(index, 50)
+    assert (x_first == x_full).all() and (y_first == y_full).all()
+    (x_seeded, _), *_ = seeded.test.take(index, 50)
+    assert not (x_seeded == x_full).all()
+
+
+# ------------------------------------------------------------------------------------------- command line
+
+
+def test_gkp_list_names_every_registered_entry(capsys):
+    from gkp.catalog import ADVERSARIAL_TRAINING, ATTACKS, DATASETS, MODELS, PRUNING_METHODS, SUITES
+
+    assert main(["list"]) == 0
+    names = {line.split()[0] for line in capsys.readouterr().out.splitlines() if line.startswith("  ")}
+    registries = (PRUNING_METHODS, ATTACKS, SUITES, MODELS, DATASETS, ADVERSARIAL_TRAINING)
+    assert names == {name for registry in registries for name in registry.names()}
+    assert (
+        main(["list", "suites"]) == 0 and capsys.readouterr().out.splitlines()[0] == "attack suites (attacks[].suite):"
+    )
+
+
+def test_version_and_a_help_with_an_example_for_every_command(capsys):
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    assert capsys.readouterr().out.startswith("gkp ")
+    parser = build_parser()
+    for command in COMMANDS:
+        with pytest.raises(SystemExit):
+            parser.parse_args([command.name, "--help"])
+        text = capsys.readouterr().out
+        assert f"example:\n  gkp {command.name}" in text
+        arguments = parser._subparsers._group_actions[0].choices[command.name]._actions
+        assert all(action.help for action in arguments), command.name
+
+
+# ------------------------------------------------------------------------------------------- compare
+
+
+def _results(name: str, method: str | None, data: str, total: int, attacks: list[dict]) -> dict:
+    entry = {"params": 10**6, "macs": 2 * 10**6, "benign": {"accuracy": 0.5, "total": total}, "attacks": attacks}
+    worst = {"worst_case": {"accuracy": 0.25}}
+    return {
+        "name": name,
+        "method": method,
+        "rate": 0.5 if method else None,
+        "data": data,
+        "model": "final",
+        **entry,
+        **worst,
+    }
+
+
+def test_compare_names_rows_by_folder_says_what_each_is_and_keeps_median_norms_apart():
+    pgd = {"label": "pgd", "accuracy": 0.25, "params": {"eps": 0.03, "norm": "linf"}}
+    fmn = {"label": "fmn", "accuracy": 0.0, "params": {"eps": None, "norm": "l2"}, "median_norm": 0.4321}
+    runs = [_results("same", "l1", "cifar10", 100, [pgd, fmn]), _results("same", "srgkp", "digits", 360, [pgd])]
+    lines = results_table(*runs, names=["run_a", "run_b"]).splitlines()
+    assert lines[0] == "run_a, run_b: accuracy (%)"
+    header = "model method rate data params (M) MACs (M) benign pgd worst case fmn median l2"
+    assert lines[1].split() == header.split()
+    assert lines[2].split()[:4] == ["run_a/final", "l1", "0.5", "cifar10"] and lines[2].split()[-1] == "0.4321"
+    assert lines[3].split()[:4] == ["run_b/final", "srgkp", "0.5", "digits"] and lines[3].split()[-1] == "-"
+
+
+def test_the_quick_start_tells_how_to_get_the_gkp_command():
+    root = Path(__file__).resolve().parents[1]
+    assert "bin/activate" in (root / "scripts" / "quickstart.sh").read_text()
+    readme = (root / "README.md").read_text()
+    assert readme.index("source ~/.cache/robust-gkp/venv/bin/activate") < readme.index("gkp run CONFIG")
+
+
+def test_results_say_which_method_rate_and_data_they_are_and_training_is_drawn(tmp_path):
+    config = tiny_config(train={"epochs": 1}, finetune={"epochs": 1}, attacks=[])
+    results = run_experiment(build_experiment(config), out=tmp_path / "run")
+    saved = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert (tmp_path / "run" / "training_curves.png").stat().st_size > 10_000
+    assert (
+        (results["method"], results["rate"], results["data"])
+        == ("l1", 0.5, "synthetic")
+        == (
+            saved["method"],
+            saved["rate"],
+            saved["data"],
+        )
+    )
