@@ -78,6 +78,7 @@ class Stage:
     reads_sections: Callable[[dict[str, Any]], tuple[str, ...]] = lambda plain: ()
     reads_sections_doc: str = ""
     also_saves: Callable[[Any], tuple[str, ...]] = lambda exp: ()
+    repeatable: bool = False
 
     def run(self, ctx: Any) -> None:
         resolve(self.function)(ctx)
@@ -161,7 +162,8 @@ STAGES: tuple[Stage, ...] = (
         sections=("attacks", "eval"),
         reads=lambda exp: tuple(exp.eval.models),
         saves=None,
-        files=(RESULTS_FILE, "per_sample_<model>.npz"),
+        files=(RESULTS_FILE, "per_sample_<model>.npz", "evaluations/<fingerprint>/"),
+        repeatable=True,
     ),
 )
 STAGE_NAMES: tuple[str, ...] = tuple(stage.name for stage in STAGES)

@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import platform
+import shutil
 import socket
 import subprocess
 import sys
@@ -38,9 +39,10 @@ import yaml
 from torch import nn
 
 from gkp.checkpoint import read_checkpoint, save_checkpoint
+from gkp.engine.evaluate import AttackOutcome
 from gkp.engine.train import TrainingState
 from gkp.errors import RunFolderError
-from gkp.pipeline import EXECUTION_ONLY
+from gkp.pipeline import EXECUTION_ONLY, RESULTS_FILE
 from gkp.schema import to_yaml
 
 log = logging.getLogger(__name__)
@@ -49,6 +51,13 @@ log = logging.getLogger(__name__)
 def write_text_atomic(path: Path, text: str) -> None:
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     temporary.write_text(text)
+    os.replace(temporary, path)
+
+
+def _save_npz_atomic(path: Path, arrays: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
+    np.savez(temporary, **arrays)
     os.replace(temporary, path)
 
 
@@ -144,11 +153,27 @@ class RunDir:
             self.path.rename(aside)
             log.warning("--restart: moved the previous run to %s", aside)
 
-    def prepare(self, plain: dict[str, Any], fingerprints: dict[str, str], device: torch.device) -> None:
+    def prepare(
+        self,
+        plain: dict[str, Any],
+        fingerprints: dict[str, str],
+        device: torch.device,
+        repeatable: frozenset[str] = frozenset(),
+    ) -> None:
         """Create or re-open the folder for the plain config ``plain`` whose stages have ``fingerprints``;
-        refuse it if its stages were computed from another config."""
+        refuse it if its stages were computed from another config. A ``repeatable`` stage whose own
+        settings alone changed (the evaluation, with other attacks or models) is not a conflict: it runs
+        again, and what it wrote before stays beside (``evaluations/``)."""
         recorded = self.recorded_fingerprints()
-        conflicts = [stage for stage, value in fingerprints.items() if recorded.get(stage, value) != value]
+        changed = [stage for stage, value in fingerprints.items() if recorded.get(stage, value) != value]
+        repeated = changed if all(stage in repeatable for stage in changed) else []
+        conflicts = [stage for stage in changed if stage not in repeated]
+        for stage in repeated:
+            self._started_marker(stage).unlink(missing_ok=True)
+            self._done_marker(stage).unlink(missing_ok=True)
+            log.info(
+                "%s: its settings changed; it runs again, earlier results stay in %s", stage, self.path / "evaluations"
+            )
         if conflicts:
             old_config = self.path / "config.yaml"
             old = yaml.safe_load(old_config.read_text()) if old_config.is_file() else {}
@@ -202,12 +227,43 @@ class RunDir:
     def per_sample_path(self, model: str) -> Path:
         return self.path / f"per_sample_{model}.npz"
 
-    def write_per_sample(self, model: str, arrays: dict[str, np.ndarray]) -> None:
-        """Per-sample flags (benign and each attack) and minimum-norm attacks' norms of one evaluated model."""
-        path = self.per_sample_path(model)
-        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
-        np.savez(temporary, **arrays)
-        os.replace(temporary, path)
+    def write_per_sample(self, model: str, arrays: dict[str, np.ndarray], evaluation: str) -> None:
+        """Per-sample flags (benign and each attack) and minimum-norm attacks' norms of one evaluated model,
+        in the evaluation's folder and, as the latest, in the run folder."""
+        for path in (self.evaluation_path(evaluation) / self.per_sample_path(model).name, self.per_sample_path(model)):
+            _save_npz_atomic(path, arrays)
+
+    # ------------------------------------------------------------ evaluations side by side
+
+    def evaluation_path(self, evaluation: str) -> Path:
+        """The folder of one evaluation (named by the eval stage's fingerprint): its results.json and
+        per-sample files stay there when the run is evaluated again with other attacks or models."""
+        return self.path / "evaluations" / evaluation
+
+    def _partial_path(self, evaluation: str, model: str) -> Path:
+        return self.evaluation_path(evaluation) / "partial" / model
+
+    def finished_attacks(self, evaluation: str, model: str) -> dict[str, AttackOutcome]:
+        """The attacks an interrupted evaluation of ``model`` finished, by label."""
+        finished = {}
+        for path in sorted(self._partial_path(evaluation, model).glob("*.npz")):
+            with np.load(path) as arrays:
+                norms = arrays["norms"] if bool(arrays["has_norms"]) else None
+                finished[path.stem] = AttackOutcome(arrays["correct"], norms, float(arrays["seconds"]))
+        return finished
+
+    def save_finished_attack(self, evaluation: str, model: str, label: str, outcome: AttackOutcome) -> None:
+        norms = outcome.norms if outcome.norms is not None else np.zeros(0)
+        arrays = {"correct": outcome.correct, "norms": norms, "has_norms": outcome.norms is not None}
+        _save_npz_atomic(self._partial_path(evaluation, model) / f"{label}.npz", {**arrays, "seconds": outcome.seconds})
+
+    def write_results(self, evaluation: str, results: dict[str, Any]) -> None:
+        """The evaluation's results in its folder and, as the latest, in the run folder; its partial state
+        is then no longer needed."""
+        self.evaluation_path(evaluation).mkdir(parents=True, exist_ok=True)
+        write_json_atomic(self.evaluation_path(evaluation) / RESULTS_FILE, results)
+        write_json_atomic(self.path / RESULTS_FILE, results)
+        shutil.rmtree(self.evaluation_path(evaluation) / "partial", ignore_errors=True)
 
     # ------------------------------------------------------------ metrics
 

@@ -83,7 +83,8 @@ def run_experiment(
     ctx = Context(exp, run, device, load_data(exp.data, device, exp.model.num_classes))
     preflight(ctx, stages)
     plain = exp.to_dict()
-    run.prepare(plain, {stage.name: stage.fingerprint(plain) for stage in STAGES}, device)
+    repeatable = frozenset(stage.name for stage in STAGES if stage.repeatable)
+    run.prepare(plain, {stage.name: stage.fingerprint(plain) for stage in STAGES}, device, repeatable)
     log.info("run folder %s on %s", run.path, device)
     for name in stages:
         _run_stage(ctx, name)

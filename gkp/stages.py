@@ -29,7 +29,7 @@ from gkp.engine.hooks import HookChain
 from gkp.engine.train import FitOutcome, LoopSettings, cross_entropy, fit
 from gkp.errors import ConfigError, RunFolderError
 from gkp.layers.forms import choose_forms
-from gkp.pipeline import RESULTS_FILE, SAVED_MODELS, STAGE_NAMES, model_file, produced_by, stage_named
+from gkp.pipeline import SAVED_MODELS, STAGE_NAMES, model_file, produced_by, stage_named
 from gkp.pruning.plan import Plan
 from gkp.pruning.surgery import apply as apply_plan
 from gkp.rundir import RunDir, StageStore, write_json_atomic
@@ -368,6 +368,7 @@ def _evaluate_model(ctx: Context, name: str) -> dict[str, Any]:
     model, _ = load_model(path, ctx.device)
     batch_size = ctx.exp.data.eval_batch_size
     fastest_forms(ctx, model, batch_size, train=bool(ctx.exp.attacks), channels_last=ctx.exp.eval.channels_last)
+    evaluation = ctx.fingerprint("eval")
     report = evaluate(
         model,
         ctx.data.test,
@@ -376,9 +377,11 @@ def _evaluate_model(ctx: Context, name: str) -> dict[str, Any]:
         seed=ctx.exp.seed,
         description=f"eval {name}",
         options=ctx.exp.eval,
+        finished=ctx.run.finished_attacks(evaluation, name),
+        on_finished=lambda label, outcome: ctx.run.save_finished_attack(evaluation, name, label, outcome),
     )
     cost, authors = measure(model, ctx.data.image_size), measure(model, ctx.data.image_size, "authors")
-    ctx.run.write_per_sample(name, report.per_sample)
+    ctx.run.write_per_sample(name, report.per_sample, evaluation)
     counts = {"params": cost.params, "nonzero_params": count_nonzero_params(model), "macs": cost.macs}
     counts["authors_macs"] = authors.macs
     return {"model": name, "checkpoint": str(path), **counts, **report.to_dict()}
@@ -402,4 +405,4 @@ def evaluate_models(ctx: Context) -> None:
         "other_models": entries[1:],
         "training": training,
     }
-    write_json_atomic(ctx.run.path / RESULTS_FILE, results)
+    ctx.run.write_results(ctx.fingerprint("eval"), {**results, "evaluation": ctx.fingerprint("eval")})

@@ -109,15 +109,69 @@ def test_a_truncated_authors_file_says_it_is_truncated(tmp_path, shared):
         import_authors_resnet(tmp_path / "cut.pt", tmp_path / "out.ckpt")
 
 
-def test_a_changed_attack_is_named_by_its_key_path(tmp_path):
+def test_a_changed_training_setting_is_named_by_its_key_path(tmp_path):
     from gkp.errors import RunFolderError
 
-    config = tiny_config(stages=["eval"], attacks=[{"name": "fgsm"}, {"name": "pgd", "steps": 2}])
-    config["model"] = {"checkpoint": str(_checkpoint(tmp_path))}
+    config = tiny_config(stages=["train"], train={"epochs": 1, "schedule": "multistep", "milestones": [1, 2]})
     run_experiment(build_experiment(config), out=tmp_path / "run")
-    config["attacks"][1]["steps"] = 3
-    with pytest.raises(RunFolderError, match=r"\(attacks\[1\]\.steps: 2 -> 3\)"):
+    config["train"]["milestones"] = [1, 3]
+    with pytest.raises(RunFolderError, match=r"\(train\.milestones\[1\]: 2 -> 3\)"):
         run_experiment(build_experiment(config), out=tmp_path / "run")
+
+
+EVAL_ONLY = {"stages": ["eval"], "attacks": [{"name": "fgsm"}, {"name": "pgd", "steps": 2}]}
+
+
+def test_a_finished_run_is_evaluated_again_with_other_attacks_and_keeps_both_results(tmp_path):
+    config = tiny_config(**EVAL_ONLY, model={"checkpoint": str(_checkpoint(tmp_path))})
+    first = run_experiment(build_experiment(config), out=tmp_path / "run")
+    checkpoint_time = (tmp_path / "m.ckpt").stat().st_mtime_ns
+    config["attacks"][1]["steps"] = 3
+    config["eval"] = {"models": ["final", "dense"]}
+    second = run_experiment(build_experiment(config), out=tmp_path / "run")
+    assert first["attacks"][1]["params"]["steps"] == 2 and second["attacks"][1]["params"]["steps"] == 3
+    assert len(second["other_models"]) == 1 and (tmp_path / "m.ckpt").stat().st_mtime_ns == checkpoint_time
+    evaluations = sorted((tmp_path / "run" / "evaluations").iterdir())
+    kept = [
+        json.loads((folder / "results.json").read_text())["attacks"][1]["params"]["steps"] for folder in evaluations
+    ]
+    assert sorted(kept) == [2, 3] and json.loads((tmp_path / "run" / "results.json").read_text()) == second
+
+
+def test_an_interrupted_evaluation_resumes_after_its_finished_attacks(tmp_path, monkeypatch):
+    import dataclasses
+
+    from gkp.catalog import ATTACKS
+
+    config = tiny_config(**EVAL_ONLY, model={"checkpoint": str(_checkpoint(tmp_path))})
+    straight = run_experiment(build_experiment(config), out=tmp_path / "straight")
+    calls = {"fgsm": 0}
+    fgsm, pgd = ATTACKS.get("fgsm"), ATTACKS.get("pgd")
+
+    def counting_fgsm(*args):
+        calls["fgsm"] += 1
+        return fgsm.run(*args)
+
+    def interrupted_pgd(*args):
+        raise KeyboardInterrupt
+
+    exp = build_experiment(config)
+    broken = [
+        dataclasses.replace(a, attack=dataclasses.replace(a.attack, run=interrupted_pgd)) if a.name == "pgd" else a
+        for a in exp.attacks
+    ]
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(dataclasses.replace(exp, attacks=tuple(broken)), out=tmp_path / "run")
+    assert (tmp_path / "run" / "evaluations").is_dir()
+    counted = [
+        dataclasses.replace(a, attack=dataclasses.replace(fgsm, run=counting_fgsm)) if a.name == "fgsm" else a
+        for a in exp.attacks
+    ]
+    resumed = run_experiment(dataclasses.replace(exp, attacks=tuple(counted)), out=tmp_path / "run")
+    assert calls["fgsm"] == 0 and pgd is exp.attacks[1].attack  # fgsm's finished results were kept
+    assert [a["correct"] for a in resumed["attacks"]] == [a["correct"] for a in straight["attacks"]]
+    assert resumed["worst_case"]["correct"] == straight["worst_case"]["correct"]
+    assert not any((tmp_path / "run" / "evaluations").glob("*/partial"))
 
 
 def _checkpoint(tmp_path: Path) -> Path:

@@ -27,7 +27,7 @@ import copy
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -244,6 +244,16 @@ def evaluated_model(model: nn.Module, options: EvalConfig) -> nn.Module:
     return evaluated.to(memory_format=torch.channels_last) if options.channels_last else evaluated
 
 
+@dataclass(frozen=True)
+class AttackOutcome:
+    """What one attack gave on a whole split: per-sample robust flags, minimum-norm attacks' per-sample
+    norms, and its seconds; what an interrupted evaluation keeps of each finished attack."""
+
+    correct: np.ndarray
+    norms: np.ndarray | None
+    seconds: float
+
+
 def evaluate(
     model: nn.Module,
     split,
@@ -253,44 +263,78 @@ def evaluate(
     seed: int,
     description: str = "eval",
     options: EvalConfig = DEFAULT_OPTIONS,
+    finished: Mapping[str, AttackOutcome] | None = None,
+    on_finished: Callable[[str, AttackOutcome], None] | None = None,
 ) -> EvalReport:
     """Accuracy of ``model`` (put in eval mode) on ``split``, clean and under each ``AttackSpec`` of
-    ``attack_specs``, computed on ``evaluated_model(model, options)``."""
+    ``attack_specs``, computed on ``evaluated_model(model, options)``. Attacks run one after another over
+    the whole split; each finished one is handed to ``on_finished``, and the attacks in ``finished`` (by
+    label) are taken as given instead of run again, so an interrupted evaluation resumes per attack with
+    the same results (each batch's attack randomness depends only on the seed, the label and the batch)."""
     model = evaluated_model(model, options)
-    device = next(model.parameters()).device
-    benign = Score()
-    results = [AttackResult(s.name, s.label, s.settings()) for s in attack_specs]
-    flags: dict[str, list[torch.Tensor]] = {"benign": [], **{s.label: [] for s in attack_specs}}
-    zero_share = None
-    # Progress in images, once clean and once per attack, with the attack under way named.
     progress = tqdm(
         total=split.num_samples * (1 + len(attack_specs)), desc=description, unit="img", leave=False, disable=None
     )
+    benign, predictions, zero_share = _benign_pass(model, split, batch_size, attack_specs, progress)
+    finished = dict(finished or {})
+    results = []
+    for spec in attack_specs:
+        progress.set_postfix_str(spec.label)
+        if spec.label not in finished:
+            finished[spec.label] = _attack_pass(model, split, batch_size, spec, predictions, seed, progress)
+            if on_finished is not None:
+                on_finished(spec.label, finished[spec.label])
+        else:
+            progress.update(split.num_samples)
+        results.append(_result(spec, finished[spec.label]))
+    progress.close()
+    per_sample = {"benign": benign.pop("flags"), **{r.label: finished[r.label].correct for r in results}}
+    robust = per_sample["benign"].copy()
+    for spec, result in zip(attack_specs, results, strict=True):
+        if spec.params.eps is not None:  # a minimum-norm attack without eps bounds no threat model
+            robust &= per_sample[result.label]
+        if result.norms:
+            per_sample[f"{result.label}_norm"] = result.norm_array()
+    score = Score(int(per_sample["benign"].sum()), len(per_sample["benign"]), benign["seconds"])
+    worst = Score(int(robust.sum()), len(robust), score.seconds + sum(r.score.seconds for r in results))
+    return EvalReport(score, results, worst, per_sample, masking_warnings(results, attack_specs, zero_share))
+
+
+def _benign_pass(
+    model, split, batch_size: int, attack_specs, progress
+) -> tuple[dict, list[torch.Tensor], float | None]:
+    """({flags, seconds}, the predictions of each batch, the first batch's share of zero gradients)."""
+    device = next(model.parameters()).device
+    flags, predictions, seconds, zero_share = [], [], 0.0, None
     for index, (x, y) in enumerate(split.batches(batch_size, train=False)):
         start = time.perf_counter()
         with torch.no_grad():
-            predictions = _finite_logits(model(x), "on clean images").argmax(1)
-        benign.seconds += _timed(device, start)
-        flags["benign"].append((predictions == y).cpu())
+            predicted = _finite_logits(model(x), "on clean images").argmax(1)
+        seconds += _timed(device, start)
+        flags.append((predicted == y).cpu())
+        predictions.append(predicted)
         progress.update(len(y))
         if index == 0 and any(s.attack.kind == "gradient" for s in attack_specs):
             zero_share = zero_gradient_share(model, x, y)
-        for spec, result in zip(attack_specs, results, strict=True):
-            progress.set_postfix_str(spec.label)
-            generator = torch.Generator(device=device)
-            generator.manual_seed(derive_seed(seed, "attack", spec.label, index))
-            flags[spec.label].append(_attack_batch(model, x, y, predictions, spec, generator, result).cpu())
-            progress.update(len(y))
-    progress.close()
-    per_sample = {label: torch.cat(values).numpy() for label, values in flags.items() if values}
-    robust = per_sample.get("benign", np.zeros(0, dtype=bool)).copy()
-    for spec, result in zip(attack_specs, results, strict=True):
-        correct = per_sample[result.label]
-        result.score.correct, result.score.total = int(correct.sum()), len(correct)
-        if spec.params.eps is not None:  # a minimum-norm attack without eps bounds no threat model
-            robust &= correct
-        if result.norms:
-            per_sample[f"{result.label}_norm"] = result.norm_array()
-    benign.correct, benign.total = int(per_sample["benign"].sum()), len(per_sample["benign"])
-    worst = Score(int(robust.sum()), len(robust), benign.seconds + sum(r.score.seconds for r in results))
-    return EvalReport(benign, results, worst, per_sample, masking_warnings(results, attack_specs, zero_share))
+    return {"flags": torch.cat(flags).numpy(), "seconds": seconds}, predictions, zero_share
+
+
+def _attack_pass(model, split, batch_size: int, spec, predictions, seed: int, progress) -> AttackOutcome:
+    device = next(model.parameters()).device
+    result = AttackResult(spec.name, spec.label, spec.settings())
+    flags = []
+    for index, (x, y) in enumerate(split.batches(batch_size, train=False)):
+        generator = torch.Generator(device=device)
+        generator.manual_seed(derive_seed(seed, "attack", spec.label, index))
+        flags.append(_attack_batch(model, x, y, predictions[index], spec, generator, result).cpu())
+        progress.update(len(y))
+    norms = result.norm_array() if result.norms else None
+    return AttackOutcome(torch.cat(flags).numpy(), norms, result.score.seconds)
+
+
+def _result(spec, outcome: AttackOutcome) -> AttackResult:
+    result = AttackResult(spec.name, spec.label, spec.settings())
+    result.score.correct, result.score.total = int(outcome.correct.sum()), len(outcome.correct)
+    result.score.seconds = outcome.seconds
+    result.norms = [torch.from_numpy(outcome.norms)] if outcome.norms is not None else []
+    return result
