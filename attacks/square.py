@@ -4,8 +4,10 @@ model's outputs, never a gradient, so it is immune to gradient masking.
 
 Random search on the margin loss z_y - max_{i != y} z_i (fooled when negative): each query changes a
 random square window of side s = round(sqrt(p * H * W)), p falling from ``p_init`` by halves after
-10, 50, 200, 500, 1000, 2000, 4000, 6000 and 8000 of every 10,000 queries, and keeps the change where
-the margin drops.
+queries 10, 50, 200, 500, 1000, 2000, 4000, 6000 and 8000, and keeps the change where the margin drops.
+With ``rescale_schedule`` (the Square paper's code) those marks are fractions of 10,000 of the query
+budget; without it (AutoAttack's standard evaluation, ``resc_schedule=False``) they are query counts,
+whatever the budget.
 
 - L-inf: start from vertical stripes of +-eps; a query sets the window to +-eps, one sign per channel.
 - L2: start from tiles of pseudo-Gaussian patterns scaled to norm eps; a query replaces the content of
@@ -38,10 +40,13 @@ class SquareParams:
     norm: Literal["linf", "l2"] = option("linf", doc="the threat model's norm")
     queries: int = option(5000, check=at_least(1), doc="queries per sample at most")
     p_init: float = option(0.8, check=in_unit_interval, doc="initial fraction of the image a window covers")
+    rescale_schedule: bool = option(
+        True, doc="halve the window at fractions of the budget (Square's code) or at query counts (AutoAttack's)"
+    )
 
 
-def window_side(p_init: float, query: int, queries: int, height: int, width: int) -> int:
-    progress = int(query / queries * 10000)
+def window_side(p_init: float, query: int, queries: int, height: int, width: int, rescale: bool = True) -> int:
+    progress = int(query / queries * 10000) if rescale else query
     p = p_init / 2 ** sum(progress > mark for mark in HALVINGS)
     return min(max(round(math.sqrt(p * height * width)), 1), max(min(height, width) - 1, 1))
 
@@ -143,6 +148,7 @@ def square(
     p_init: float,
     generator: torch.Generator | None,
     box: Box,
+    rescale_schedule: bool = True,
 ) -> torch.Tensor:
     x = x.detach()
     initial = _initial_linf if norm == "linf" else _initial_l2
@@ -153,7 +159,7 @@ def square(
         active = torch.nonzero(best >= 0).squeeze(1)
         if active.numel() == 0:
             break
-        side = window_side(p_init, query, queries, x.shape[2], x.shape[3])
+        side = window_side(p_init, query, queries, x.shape[2], x.shape[3], rescale_schedule)
         delta = propose(x_best[active] - x[active], eps, side, generator)
         candidate = box.clamp(x[active] + delta)
         value = _margin(model, candidate, y[active])
@@ -181,6 +187,7 @@ def run(
         p_init=params.p_init,
         generator=generator,
         box=box,
+        rescale_schedule=params.rescale_schedule,
     )
 
 

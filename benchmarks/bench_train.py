@@ -3,6 +3,10 @@ channels_last on CUDA) against a plain torchvision loop (a Dataset of PIL images
 RandomHorizontalFlip + ToTensor, read by a DataLoader with worker processes), same model, batch size,
 augmentation and optimizer, measured in the same process. Prints images/second and the ratio.
 
+Then fine-tuning after pruning: epochs of our loop on the dense model, the L1-pruned one and the SR-GKP
+one at rate 0.4375 (the same MACs), in alternation; the grouped model trains in the dense form, as the
+finetune stage runs it. Target: SR-GKP's epoch at most 1.05x the dense model's.
+
     python benchmarks/bench_train.py                         # ResNet-20, CPU defaults
     python benchmarks/bench_train.py --arch resnet56 --device cuda --images 20000
 """
@@ -55,8 +59,10 @@ def plain_epoch(model, loader, optimizer, device) -> float:
     return seen / (time.perf_counter() - start)
 
 
-def ours_epoch(model, split, optimizer, device, batch_size: int, epoch: int) -> float:
-    settings = LoopSettings(stage="bench", seed=0, batch_size=batch_size, amp="auto", channels_last="auto")
+def ours_epoch(
+    model, split, optimizer, device, batch_size: int, epoch: int, amp: str = "auto", channels_last: str = "auto"
+) -> float:
+    settings = LoopSettings(stage="bench", seed=0, batch_size=batch_size, amp=amp, channels_last=channels_last)
     start = time.perf_counter()
     train_one_epoch(
         model,
@@ -90,6 +96,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--epochs", type=int, default=3, help="timed epochs per loop (after one warm-up)")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader worker processes of the plain loop")
+    parser.add_argument("--amp", default="auto", choices=("auto", "off", "fp16", "bf16"), help="our loop's precision")
+    parser.add_argument("--channels-last", default="auto", choices=("auto", "on", "off"), help="our loop's layout")
+    parser.add_argument("--no-pruned", action="store_true", help="skip the fine-tuning rows (dense, L1, SR-GKP)")
     args = parser.parse_args()
     device = resolve_device(args.device)
     rng = np.random.default_rng(0)
@@ -115,7 +124,7 @@ def main() -> None:
     plain_rates, our_rates = [], []
     for epoch in range(args.epochs + 1):  # alternate, so both loops see the same machine load
         plain_rate = plain_epoch(plain_model, loader, plain_opt, device)
-        our_rate = ours_epoch(our_model, split, our_opt, device, args.batch_size, epoch)
+        our_rate = ours_epoch(our_model, split, our_opt, device, args.batch_size, epoch, args.amp, args.channels_last)
         if epoch:  # the first epoch of each is a warm-up
             plain_rates.append(plain_rate)
             our_rates.append(our_rate)
@@ -123,8 +132,44 @@ def main() -> None:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
     print(f"{args.arch}, batch {args.batch_size}, {args.images} images/epoch, {device} [{name}]")
     print(f"plain torchvision DataLoader loop ({args.workers} workers): {plain:9.1f} images/s")
-    print(f"gkp training loop:                                {ours:9.1f} images/s")
-    print(f"ratio gkp / plain: {ours / plain:.2f}x")
+    print(f"gkp training loop (amp {args.amp}, channels_last {args.channels_last}): {ours:9.1f} images/s")
+    print(f"ratio gkp / plain (amp {args.amp}, channels_last {args.channels_last}): {ours / plain:.2f}x")
+    if device.type == "cuda":
+        print(f"peak GPU memory: {torch.cuda.max_memory_allocated(device) / 2**20:.0f} MiB")
+    if not args.no_pruned:
+        fine_tuning(args.arch, split, device, args.batch_size, args.epochs)
+
+
+def pruned_models(arch: str, device: torch.device) -> dict[str, torch.nn.Module]:
+    """The dense model and its L1 and SR-GKP versions at rate 0.4375, the grouped one in the dense form."""
+    from gkp.catalog import PRUNING_METHODS
+    from gkp.layers.forms import use_form
+    from gkp.pruning.plan import Plan
+    from gkp.pruning.surgery import apply
+
+    torch.manual_seed(0)
+    dense = build_model(arch).to(device)
+    models = {"dense": dense}
+    for method in ("l1", "srgkp"):
+        entry = PRUNING_METHODS.get(method)
+        models[method] = apply(dense, Plan(method, 0.4375, entry.select(dense, 0.4375, entry.params()).layers))
+    use_form(models["srgkp"], "dense")
+    return models
+
+
+def fine_tuning(arch: str, split, device: torch.device, batch_size: int, epochs: int) -> None:
+    models = pruned_models(arch, device)
+    optimizers = {k: torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9) for k, m in models.items()}
+    rates: dict[str, list[float]] = {name: [] for name in models}
+    for epoch in range(epochs + 1):
+        for name, model in models.items():
+            rate = ours_epoch(model, split, optimizers[name], device, batch_size, epoch)
+            if epoch:
+                rates[name].append(rate)
+    dense = float(np.median(rates["dense"]))
+    for name in models:
+        rate = float(np.median(rates[name]))
+        print(f"fine-tuning {name:>6}: {rate:9.1f} images/s, step time {dense / rate:.2f}x the dense model's")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,12 +25,11 @@ from gkp.counting import count_nonzero_params, measure
 from gkp.curves import write_training_curves
 from gkp.data import DataBundle
 from gkp.data.splits import calibration_batches
-from gkp.engine.device import use_channels_last
 from gkp.engine.evaluate import evaluate
 from gkp.engine.hooks import HookChain
 from gkp.engine.train import FitOutcome, LoopSettings, cross_entropy, fit
 from gkp.errors import ConfigError, RunFolderError
-from gkp.layers.forms import choose_forms
+from gkp.layers.forms import choose_forms, use_form
 from gkp.pipeline import SAVED_MODELS, STAGE_NAMES, model_file, produced_by, stage_named
 from gkp.pruning.plan import Plan
 from gkp.pruning.surgery import apply as apply_plan
@@ -91,12 +92,38 @@ def new_model(ctx: Context) -> nn.Module:
     return model_for_data(ctx.exp.model.arch, ctx.data, ctx.exp.model.num_classes, ctx.exp.model.args)
 
 
-def fastest_forms(ctx: Context, model: nn.Module, batch_size: int, train: bool, channels_last: bool) -> None:
+def forms_cache() -> Path:
+    """The file of grouped-conv form timings kept across stages and runs on this machine."""
+    default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "robust-gkp" / "forms.json"
+    return Path(os.environ.get("GKP_FORMS_CACHE", default))
+
+
+def fastest_forms(ctx: Context, model: nn.Module, batch_size: int, train: bool, channels_last: bool) -> dict[str, int]:
     """Run each layer that has several equivalent forms in its fastest one on this device and batch,
-    timed in the memory format it will run in. The forms sum in different orders, and timings vary, so
-    deterministic runs keep the default forms."""
-    if not ctx.exp.deterministic:
-        choose_forms(model, ctx.data.image_size, batch_size, train=train, channels_last=channels_last)
+    timed in the memory format it will run in, once per machine (``forms_cache``), so that the same
+    command gives the same numbers; deterministic runs keep the default forms. Returns how many layers
+    run in each form."""
+    if ctx.exp.deterministic:
+        return {}
+    path = forms_cache()
+    try:
+        timings = json.loads(path.read_text()) if path.is_file() else {}
+    except ValueError:
+        timings = {}
+    known = dict(timings)
+    chosen = choose_forms(
+        model, ctx.data.image_size, batch_size, train=train, channels_last=channels_last, timings=timings
+    )
+    if timings != known:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(path, timings)
+    return dict(Counter(chosen.values()))
+
+
+def training_forms(model: nn.Module) -> None:
+    """Grouped-kernel layers train in the dense form: the same arithmetic as the masked dense model, at
+    the dense model's step time (the grouped forms' backward passes cost several times more on CPU)."""
+    use_form(model, "dense")
 
 
 # ------------------------------------------------------------------ train and finetune
@@ -206,8 +233,7 @@ def train(ctx: Context) -> None:
 def finetune(ctx: Context) -> None:
     seed_everything(ctx.exp.seed)
     model, _ = load_model(require_model(ctx, "pruned"), ctx.device)
-    channels_last = use_channels_last(ctx.exp.finetune.channels_last, ctx.device)
-    fastest_forms(ctx, model, ctx.exp.data.batch_size, train=True, channels_last=channels_last)
+    training_forms(model)
     _save_trained(ctx, "finetune", model, train_stage(ctx, "finetune", "finetune", model))
 
 
@@ -367,7 +393,7 @@ def _evaluate_model(ctx: Context, name: str) -> dict[str, Any]:
     path = require_model(ctx, name)
     model, _ = load_model(path, ctx.device)
     batch_size = ctx.exp.data.eval_batch_size
-    fastest_forms(ctx, model, batch_size, train=bool(ctx.exp.attacks), channels_last=ctx.exp.eval.channels_last)
+    forms = fastest_forms(ctx, model, batch_size, train=bool(ctx.exp.attacks), channels_last=ctx.exp.eval.channels_last)
     evaluation = ctx.fingerprint("eval")
     report = evaluate(
         model,
@@ -384,7 +410,7 @@ def _evaluate_model(ctx: Context, name: str) -> dict[str, Any]:
     ctx.run.write_per_sample(name, report.per_sample, evaluation)
     counts = {"params": cost.params, "nonzero_params": count_nonzero_params(model), "macs": cost.macs}
     counts["authors_macs"] = authors.macs
-    return {"model": name, "checkpoint": str(path), **counts, **report.to_dict()}
+    return {"model": name, "checkpoint": str(path), **counts, **({"forms": forms} if forms else {}), **report.to_dict()}
 
 
 def evaluate_models(ctx: Context) -> None:

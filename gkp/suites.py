@@ -37,7 +37,9 @@ def _paper(fgsm_eps: tuple[float, ...], pgd_eps: str, pgd_step: str, clip: bool)
 
 def _strong(eps: Any, norm: str = "linf") -> list[dict[str, Any]]:
     # no fixed labels: a config may hold the suite twice (say L-inf and L2), labelled apgd_ce_1, apgd_ce_2, ...
-    return [{"name": name, "eps": eps, "norm": norm} for name in ("apgd_ce", "apgd_t", "square")]
+    attacks = [{"name": name, "eps": eps, "norm": norm} for name in ("apgd_ce", "apgd_t", "square")]
+    attacks[2]["rescale_schedule"] = False  # AutoAttack's standard evaluation: resc_schedule=False
+    return attacks
 
 
 @dataclass(frozen=True)

@@ -51,6 +51,12 @@ def authors_checkpoint(shared: Path, tmp_path_factory) -> Path:
     return destination
 
 
+@pytest.fixture(autouse=True)
+def forms_cache(tmp_path, monkeypatch):
+    """Form timings go to a file of the test's own, never to the user's cache."""
+    monkeypatch.setenv("GKP_FORMS_CACHE", str(tmp_path / "forms.json"))
+
+
 @pytest.fixture
 def pinned_forms(monkeypatch):
     """Grouped-kernel convs keep their default form instead of being timed: for runs whose test is not

@@ -238,3 +238,17 @@ def test_gradient_masking_is_reported(trained_tiny):
     assert any("exactly zero cross-entropy input gradient" in w for w in report.warnings)
     assert any("gradient-free attack 'square'" in w and "gradient masking" in w for w in report.warnings)
     assert report.attacks[0].score.correct == report.benign.correct  # the gradient attack is blind here
+
+
+def test_square_halves_its_window_at_query_counts_in_autoattacks_standard_evaluation():
+    """AutoAttack's standard Square (resc_schedule=False) halves p after queries 10, 50, 200, ..., whatever
+    the budget; Square's own code rescales those marks to a budget of 10,000."""
+    from attacks.square import window_side
+
+    side = lambda query, rescale: window_side(0.8, query, 5000, 32, 32, rescale)  # noqa: E731
+    assert [side(q, False) for q in (10, 11, 50, 51, 4000, 4001)] == [29, 20, 20, 14, 4, 3]
+    assert side(30, False) == 20 and side(30, True) == 14  # 30 of 5,000 is 60 of 10,000
+    from gkp.suites import STRONG
+
+    square = next(a for a in STRONG.make(eps=8 / 255) if a["name"] == "square")
+    assert square["rescale_schedule"] is False

@@ -206,3 +206,39 @@ def test_choose_forms_times_in_the_memory_format_that_will_run(channels_last, mo
     monkeypatch.setattr(forms, "_time_form", recording)
     choose_forms(grouped, 32, batch_size=2, channels_last=channels_last, repeats=1)
     assert seen == {channels_last}
+
+
+def test_form_timings_are_kept_so_a_layer_shape_is_timed_once_per_machine(monkeypatch):
+    model = build_model("resnet20")
+    grouped = apply(model, plan_for(model, "gkp_random"))
+    timed_calls = []
+
+    def counting(layer, x, form, train, repeats):
+        timed_calls.append(form)
+        return {"grouped": 3.0, "per_group": 2.0, "dense": 1.0}[form]
+
+    monkeypatch.setattr(forms, "_time_form", counting)
+    timings: dict[str, str] = {}
+    first = choose_forms(grouped, 32, batch_size=2, timings=timings)
+    assert set(first.values()) == {"dense"} and timed_calls and all("| forward |" in key for key in timings)
+    calls = len(timed_calls)
+    timings = {key: "per_group" for key in timings}  # what an earlier run recorded wins over timing
+    second = choose_forms(grouped, 32, batch_size=2, timings=timings)
+    assert len(timed_calls) == calls and set(second.values()) == {"per_group"}
+
+
+def test_the_same_grouped_command_gives_the_same_numbers(tmp_path):
+    """Fine-tuning runs in the dense form and evaluation forms are timed once per machine, so two runs of
+    one SR-GKP config agree exactly (timed forms used to change the fine-tuned weights between runs)."""
+    from gkp.checkpoint import read_checkpoint
+    from gkp.config import build_experiment
+    from gkp.runner import run_experiment
+
+    from conftest import tiny_config
+
+    config = tiny_config(prune={"method": "srgkp", "rate": 0.5}, train={"epochs": 1}, finetune={"epochs": 1})
+    results = [run_experiment(build_experiment(config), out=tmp_path / f"run{i}") for i in (0, 1)]
+    states = [read_checkpoint(tmp_path / f"run{i}" / "finetuned.ckpt")["state_dict"] for i in (0, 1)]
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+    assert [a["correct"] for a in results[0]["attacks"]] == [a["correct"] for a in results[1]["attacks"]]
+    assert sum(results[0]["forms"].values()) == 6  # ResNet-8: each block's two convs, grouped

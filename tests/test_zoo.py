@@ -156,7 +156,7 @@ def prefix(shared):
     ("name", "file", "correct"),
     [
         ("resnet20-akamaster", "resnet20-12fca82f.th", 4648),
-        ("resnet56-akamaster", "resnet56-4bfd9763.th", 4659),
+        pytest.param("resnet56-akamaster", "resnet56-4bfd9763.th", 4659, marks=pytest.mark.slow),
         ("resnet20-srgkp-authors", "adv_robust_gkp_resnet20_cifar10.pt", 4647),
     ],
 )
@@ -281,7 +281,7 @@ def test_an_unknown_zoo_name_is_refused_with_the_known_ones():
 def prefix_npz(shared, tmp_path) -> dict[str, str]:
     with np.load(shared / "data" / "cifar10_train_prefix.npz") as arrays:
         np.savez(tmp_path / "train.npz", images=arrays["images"][:512], labels=arrays["labels"][:512])
-        np.savez(tmp_path / "test.npz", images=arrays["images"][4160:], labels=arrays["labels"][4160:])
+        np.savez(tmp_path / "test.npz", images=arrays["images"][4460:], labels=arrays["labels"][4460:])
     return {"name": "npz", "train_path": str(tmp_path / "train.npz"), "test_path": str(tmp_path / "test.npz")}
 
 
@@ -295,7 +295,7 @@ def test_gkp_eval_of_a_zoo_name_in_a_config(shared, cache, prefix_npz, tmp_path)
     }
     assert main(["eval", str(write_config(tmp_path / "zoo.yaml", config)), "--out", str(tmp_path / "run")]) == 0
     results = json.loads((tmp_path / "run" / "results.json").read_text())
-    assert results["benign"]["total"] == 500 and results["benign"]["correct"] >= 499
+    assert results["benign"]["total"] == 200 and results["benign"]["correct"] >= 199
     assert results["checkpoint"] == str(cache / "resnet56-akamaster-4bfd9763.ckpt")
 
 
@@ -313,7 +313,7 @@ def test_srgkp_prunes_the_imported_akamaster_resnet56_end_to_end(shared, cache, 
     final, dense = results, results["other_models"][0]
     plan = json.loads((tmp_path / "run" / "plan.json").read_text())
     assert plan["method"] == "srgkp" and len(plan["layers"]) == 54 and final["macs"] < 0.6 * dense["macs"]
-    assert dense["benign"]["correct"] >= 499 and final["benign"]["accuracy"] > 0.25  # one-shot, not fine-tuned: 0.374
+    assert dense["benign"]["correct"] >= 199 and final["benign"]["accuracy"] > 0.25  # one-shot, not fine-tuned
 
 
 # ------------------------------------------------------------------------------------------- export

@@ -4,6 +4,11 @@
 Which form wins depends on the layer (channels, spatial size), the batch and the hardware: a grouped
 conv with few channels per group can run slower than the dense conv it replaces on some backends, and a
 pruned model slower than its dense original is a defect, not a footnote.
+
+The forms compute the same function but sum in different orders, so the choice shows in the last digits
+of every result. ``choose_forms`` therefore takes a ``timings`` mapping (the stages keep it in a file):
+a layer shape timed once on a machine keeps its form there, and the same command gives the same numbers.
+``use_form`` puts every layer in one form (training runs in the ``dense`` form: see ``gkp.stages``).
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import logging
 import statistics
 import time
 from collections import Counter
+from collections.abc import MutableMapping
 
 import torch
 from torch import nn
@@ -64,6 +70,20 @@ def _time_form(layer: GroupedKernelConv2d, x: torch.Tensor, form: str, train: bo
     return statistics.median(times[1:])
 
 
+def use_form(model: nn.Module, form: str) -> None:
+    """Put every ``GroupedKernelConv2d`` of ``model`` in ``form``."""
+    for module in model.modules():
+        if isinstance(module, GroupedKernelConv2d):
+            module.form = form
+
+
+def _timing_key(device: torch.device, shape, layer_key: str, train: bool, channels_last: bool) -> str:
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu x{torch.get_num_threads()}"
+    passes = "forward+backward" if train else "forward"
+    layout = "channels_last" if channels_last else "contiguous"
+    return f"{name} | torch {torch.__version__} | {passes} | {layout} | {tuple(shape)} | {layer_key}"
+
+
 def choose_forms(
     model: nn.Module,
     input_size: int,
@@ -72,11 +92,13 @@ def choose_forms(
     train: bool = False,
     channels_last: bool = False,
     repeats: int = 2,
+    timings: MutableMapping[str, str] | None = None,
 ) -> dict[str, str]:
     """Set every ``GroupedKernelConv2d`` of ``model`` to its fastest form for batches of ``batch_size``
     images of side ``input_size`` on the model's device (forward only, or forward + backward with
     ``train``), timed on inputs in the memory format they will run in (``channels_last`` or not);
-    returns {layer name: form}."""
+    returns {layer name: form}. A layer whose key (device, torch version, pass, memory format, input
+    shape, layer) is in ``timings`` takes the form recorded there; the others are timed and recorded."""
     if not any(isinstance(m, GroupedKernelConv2d) for m in model.modules()):
         return {}
     reference = next(model.parameters())
@@ -85,21 +107,23 @@ def choose_forms(
     example = example.contiguous(memory_format=memory_format)
     was_training = model.training
     model.eval()
-    chosen, by_shape = {}, {}
+    chosen: dict[str, str] = {}
+    timings = {} if timings is None else timings
     try:
         shapes = _input_shapes(model, example)
         for name, shape in tqdm(
             shapes.items(), desc="timing grouped conv forms", unit="layer", leave=False, disable=None
         ):
             layer = model.get_submodule(name)
-            key = (tuple(shape), layer.extra_repr().rsplit(", form=", 1)[0], layer.restore is None)
-            if key not in by_shape:  # layers of the same shape are timed once
+            layer_key = f"{layer.extra_repr().rsplit(', form=', 1)[0]}, restore={layer.restore is not None}"
+            key = _timing_key(reference.device, shape, layer_key, train, channels_last)
+            if timings.get(key) not in FORMS:  # layers of one shape are timed once, here or in an earlier run
                 x = torch.randn(shape, device=reference.device, dtype=reference.dtype)
                 x = x.contiguous(memory_format=memory_format).requires_grad_(train)
-                timings = {form: _time_form(layer, x, form, train, repeats) for form in FORMS}
-                by_shape[key] = min(timings, key=timings.get)
+                seconds = {form: _time_form(layer, x, form, train, repeats) for form in FORMS}
+                timings[key] = min(seconds, key=seconds.get)
                 layer.zero_grad(set_to_none=True)
-            layer.form = chosen[name] = by_shape[key]
+            layer.form = chosen[name] = timings[key]
     finally:
         model.train(was_training)
     if chosen:

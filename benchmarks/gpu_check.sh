@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Every GPU figure the project cares about, in one run of under 8 minutes on one GPU, with one summary:
+# training throughput of ResNet-56 against a plain DataLoader loop (AMP and channels_last on and off),
+# fine-tuning the SR-GKP model against the dense and L1 ones, grouped against dense latency at batch 256,
+# a 10,000-image paper-cifar evaluation of ResNet-56, what PGD-AT and the training-time methods add to an
+# epoch, and the peak GPU memory of each. Put its output in your note.
+#
+#   bash benchmarks/gpu_check.sh               # on the GPU
+#   bash benchmarks/gpu_check.sh --cpu-smoke   # tiny sizes on the CPU: checks that the script runs
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD"
+PYTHON="${PYTHON:-python}"
+if [ "${1:-}" = "--cpu-smoke" ]; then
+    device=cpu; images=64; eval_images=32; batches=4; epochs=1; rounds=1; arch=resnet8; workers=0
+else
+    device=cuda; images=20000; eval_images=10000; batches=256; epochs=2; rounds=3; arch=resnet56; workers=4
+fi
+log="$(mktemp)"
+trap 'rm -f "$log"' EXIT
+run() {
+    echo "== $*" | tee -a "$log"
+    "$PYTHON" "$@" 2>&1 | grep -v '^\s*$' | tee -a "$log"
+}
+"$PYTHON" -c "import torch; print('torch', torch.__version__, '| cuda', torch.cuda.is_available(), '|', torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'cpu')" | tee -a "$log"
+run benchmarks/bench_train.py --arch "$arch" --device "$device" --images "$images" --epochs "$epochs" --workers "$workers"
+run benchmarks/bench_train.py --arch "$arch" --device "$device" --images "$images" --epochs "$epochs" --workers "$workers" --amp off --channels-last off --no-pruned
+run benchmarks/bench_grouped.py --arch "$arch" --device "$device" --batches "$batches" --repeats "$rounds"
+run benchmarks/bench_eval.py --arch "$arch" --device "$device" --images "$eval_images"
+run benchmarks/bench_training_time.py --arch "$arch" --device "$device" --images "$((images / 4))" --rounds "$rounds" --steps 3
+echo
+echo "== summary"
+grep -E "ratio|step time|paper-cifar evaluation|hooks|PGD-|peak GPU memory|^torch" "$log" || true
