@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterable, Mapping
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm import tqdm
 
 from gkp.contracts import Batch, FilterGroup
 
@@ -20,7 +21,7 @@ def _run(model: nn.Module, batches: Iterable[Batch], hooks: list) -> None:
     try:
         model.eval()
         with torch.no_grad():
-            for x, _ in batches:
+            for x, _ in tqdm(batches, desc="calibration batches", unit="batch", leave=False, disable=None):
                 model(x)
     finally:
         model.train(training)
