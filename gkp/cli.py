@@ -9,6 +9,7 @@ gkp zoo                                                         the released che
 gkp fetch NAME [--from FILE]                                    download (or bring in), verify, convert, cache
 gkp info CKPT|zoo:NAME [--input-size N] [--convention authors]  arch, plan, params and MACs
 gkp export CKPT|zoo:NAME --format safetensors|onnx [--out PATH]  for use outside this project
+gkp sweep SPEC [--dry-run]                                      a grid of runs sharing their dense models
 gkp compare RUN_DIR [RUN_DIR ...]                               several runs' results in one table
 gkp curves RUN_DIR [RUN_DIR ...] --attack LABEL [--out PREFIX]  security curves (CSV and PNG)
 """
@@ -88,6 +89,14 @@ def _add_export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", choices=("safetensors", "onnx"), default="safetensors", help="the file format")
     parser.add_argument("--out", help="output file (default: the checkpoint's name with .safetensors or .onnx)")
     parser.add_argument("--input-size", type=int, help="ONNX: the example's image side (default: the checkpoint's)")
+
+
+def _add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("spec", help="sweep spec YAML: base config, grid of overrides (see docs/running.md)")
+    parser.add_argument("--dry-run", action="store_true", help="list the runs and their status; run nothing")
+    parser.add_argument(
+        "--launcher", choices=("local",), default="local", help="local: one run per visible GPU at a time (a CPU: one)"
+    )
 
 
 def _add_compare_arguments(parser: argparse.ArgumentParser) -> None:
@@ -235,6 +244,24 @@ def _fetch(args: argparse.Namespace) -> None:
     print(f"{fetch(args.name, args.source_file)} (model.checkpoint: zoo:{args.name})")
 
 
+def _sweep(args: argparse.Namespace) -> None:
+    from gkp.errors import RunFolderError
+    from gkp.sweep import load_sweep, results_of, run_sweep, status_table
+
+    sweep = load_sweep(args.spec)
+    if not args.dry_run:
+        failed = run_sweep(sweep)
+        if failed:
+            print(status_table(sweep))
+            raise RunFolderError(
+                f"sweep {sweep.name}: {len(failed)} run(s) failed: {', '.join(failed)}; rerun to retry"
+            )
+    print(status_table(sweep))
+    finished = results_of(sweep)
+    if finished and not args.dry_run:
+        _compare(argparse.Namespace(runs=[str(folder) for folder in finished]))
+
+
 def _check(args: argparse.Namespace) -> None:
     from gkp.config import dump_experiment, load_experiment
 
@@ -365,6 +392,13 @@ COMMANDS = (
         "gkp export runs/quickstart/finetuned.ckpt --format onnx",
         _add_export_arguments,
         _export,
+    ),
+    Command(
+        "sweep",
+        "run a grid of configs that share their dense models; rerun to continue",
+        "gkp sweep configs/sweeps/quickstart.yaml --dry-run",
+        _add_sweep_arguments,
+        _sweep,
     ),
     Command(
         "compare",

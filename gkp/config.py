@@ -186,12 +186,18 @@ def _default_labels(entries: list[Any]) -> list[str]:
     mappings = [entry if isinstance(entry, dict) else {} for entry in entries]
     explicit = {entry["label"] for entry in mappings if entry.get("label")}
     unlabelled = [str(entry.get("name")) for entry in mappings if not entry.get("label")]
-    labels, seen = [], {}
+    labels, taken = [], set(explicit)
     for entry in mappings:
         name = str(entry.get("name"))
-        seen[name] = seen.get(name, 0) + (not entry.get("label"))
-        alone = unlabelled.count(name) == 1 and name not in explicit
-        labels.append(name if alone else f"{name}_{seen[name]}")
+        if entry.get("label"):
+            labels.append(entry["label"])
+            continue
+        label = name if unlabelled.count(name) == 1 and name not in explicit else None
+        number = 1
+        while label is None or label in taken:
+            label, number = f"{name}_{number}", number + 1
+        taken.add(label)
+        labels.append(label)
     return labels
 
 

@@ -28,6 +28,8 @@ ADDED_LATER = (
     ("prune", "during", None),
     ("data", "subset", "seeded"),
 )
+# Attack parameters added later, left out of the fingerprints at their defaults: (attack, key, default).
+ADDED_LATER_TO_ATTACKS = (("square", "rescale_schedule", True),)
 RESULTS_FILE = "results.json"
 TRAINING_SECTIONS = ("train", "finetune")  # the config sections that hold a training recipe
 
@@ -47,8 +49,21 @@ def fingerprint(plain_config: dict[str, Any], sections: tuple[str, ...]) -> str:
     for section, key, default in ADDED_LATER:
         if isinstance(chosen.get(section), dict) and key in chosen[section] and chosen[section][key] == default:
             chosen[section] = {k: v for k, v in chosen[section].items() if k != key}
+    if isinstance(chosen.get("attacks"), list):
+        chosen["attacks"] = [_without_later_defaults(attack) for attack in chosen["attacks"]]
     text = json.dumps(chosen, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _without_later_defaults(attack: Any) -> Any:
+    if not isinstance(attack, dict):
+        return attack
+    later = {
+        key
+        for name, key, default in ADDED_LATER_TO_ATTACKS
+        if attack.get("name") == name and attack.get(key) == default
+    }
+    return {k: v for k, v in attack.items() if k not in later}
 
 
 @dataclass(frozen=True)

@@ -73,8 +73,11 @@ def differences(old: Any, new: Any, path: str = "") -> list[str]:
         for key in list(old) + [k for k in new if k not in old]:
             found += differences(old.get(key), new.get(key), f"{path}.{key}" if path else str(key))
         return found
-    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
-        return [d for i, (a, b) in enumerate(zip(old, new, strict=True)) for d in differences(a, b, f"{path}[{i}]")]
+    if isinstance(old, list) and isinstance(new, list):
+        pairs = [
+            (old[i] if i < len(old) else None, new[i] if i < len(new) else None) for i in range(max(len(old), len(new)))
+        ]
+        return [d for i, (a, b) in enumerate(pairs) for d in differences(a, b, f"{path}[{i}]")]
     return [] if old == new else [f"{path}: {old!r} -> {new!r}"]
 
 
@@ -169,6 +172,7 @@ class RunDir:
         repeated = changed if all(stage in repeatable for stage in changed) else []
         conflicts = [stage for stage in changed if stage not in repeated]
         for stage in repeated:
+            self._keep_results_aside(recorded[stage])
             self._started_marker(stage).unlink(missing_ok=True)
             self._done_marker(stage).unlink(missing_ok=True)
             log.info(
@@ -178,13 +182,13 @@ class RunDir:
             old_config = self.path / "config.yaml"
             old = yaml.safe_load(old_config.read_text()) if old_config.is_file() else {}
             ignored = ("device:", "name:", *(f"{section}.{key}:" for section, key in EXECUTION_ONLY))
-            changed = [d for d in differences(old, plain) if not d.startswith(ignored)]
+            differing_keys = [d for d in differences(old, plain) if not d.startswith(ignored)]
             raise RunFolderError(
                 f"{self.path} already holds stage(s) {', '.join(conflicts)} computed from a different config "
-                f"({'; '.join(changed[:6]) or 'see config.yaml'}). Its results are kept: pass --out DIR for a "
+                f"({'; '.join(differing_keys[:6]) or 'see config.yaml'}). Its results are kept: pass --out DIR for a "
                 f"new run, or --restart to move the old run aside to {self.path.name}.old-<time> and start over"
             )
-        self._check_usable()
+        self.check_usable()
         try:
             self.state.mkdir(parents=True, exist_ok=True)
             write_text_atomic(self.path / "config.yaml", to_yaml(plain))
@@ -197,13 +201,13 @@ class RunDir:
         earlier = [{k: v for k, v in previous.items() if k != "earlier"}, *previous.get("earlier", [])]
         write_json_atomic(env_file, {**environment(device), "earlier": earlier if previous else []})
 
-    def _check_usable(self) -> None:
+    def check_usable(self) -> None:
         """A run folder is new, empty, or a run folder already (it has config.yaml): never a file, never
         a folder of other things that a run would write beside."""
         if self.path.exists() and not self.path.is_dir():
             raise RunFolderError(f"{self.path} is a file, not a folder; pass --out a new or empty folder")
         is_run = (self.path / "config.yaml").is_file() or self.state.is_dir()
-        if self.path.is_dir() and not is_run and any(self.path.iterdir()):
+        if self.path.is_dir() and not is_run and any(not p.name.startswith(".") for p in self.path.iterdir()):
             raise RunFolderError(
                 f"{self.path} holds other files and is not a run folder (it has no config.yaml); pass --out a "
                 "new or empty folder, so that nothing in it is mixed with a run's outputs"
@@ -243,26 +247,48 @@ class RunDir:
     def _partial_path(self, evaluation: str, model: str) -> Path:
         return self.evaluation_path(evaluation) / "partial" / model
 
-    def finished_attacks(self, evaluation: str, model: str) -> dict[str, AttackOutcome]:
-        """The attacks an interrupted evaluation of ``model`` finished, by label."""
+    def finished_attacks(self, evaluation: str, model: str, checkpoint: str) -> dict[str, AttackOutcome]:
+        """The attacks an interrupted evaluation of ``model`` finished on the same ``checkpoint`` (its
+        identity: path, size and time), by label."""
         finished = {}
-        for path in sorted(self._partial_path(evaluation, model).glob("*.npz")):
+        for path in sorted(self._partial_path(evaluation, model).glob("[!.]*.npz")):  # not a half-written temp
             with np.load(path) as arrays:
+                if str(arrays["checkpoint"]) != checkpoint:  # another model since (fine-tuned after a prune)
+                    continue
                 norms = arrays["norms"] if bool(arrays["has_norms"]) else None
                 finished[path.stem] = AttackOutcome(arrays["correct"], norms, float(arrays["seconds"]))
         return finished
 
-    def save_finished_attack(self, evaluation: str, model: str, label: str, outcome: AttackOutcome) -> None:
+    def save_finished_attack(
+        self, evaluation: str, model: str, checkpoint: str, label: str, outcome: AttackOutcome
+    ) -> None:
         norms = outcome.norms if outcome.norms is not None else np.zeros(0)
         arrays = {"correct": outcome.correct, "norms": norms, "has_norms": outcome.norms is not None}
-        _save_npz_atomic(self._partial_path(evaluation, model) / f"{label}.npz", {**arrays, "seconds": outcome.seconds})
+        arrays |= {"seconds": outcome.seconds, "checkpoint": checkpoint}
+        _save_npz_atomic(self._partial_path(evaluation, model) / f"{label}.npz", arrays)
+
+    def _keep_results_aside(self, evaluation: str) -> None:
+        """Before an evaluation runs again: the latest results (and the config they came from) into their
+        evaluation's folder, where runs made before evaluations/ existed have none yet."""
+        folder = self.evaluation_path(evaluation)
+        if (folder / RESULTS_FILE).is_file() or not (self.path / RESULTS_FILE).is_file():
+            return
+        folder.mkdir(parents=True, exist_ok=True)
+        for path in [self.path / RESULTS_FILE, self.path / "config.yaml", *self.path.glob("per_sample_*.npz")]:
+            if path.is_file():
+                shutil.copy2(path, folder / path.name)
 
     def write_results(self, evaluation: str, results: dict[str, Any]) -> None:
         """The evaluation's results in its folder and, as the latest, in the run folder; its partial state
         is then no longer needed."""
         self.evaluation_path(evaluation).mkdir(parents=True, exist_ok=True)
         write_json_atomic(self.evaluation_path(evaluation) / RESULTS_FILE, results)
+        shutil.copy2(self.path / "config.yaml", self.evaluation_path(evaluation) / "config.yaml")
         write_json_atomic(self.path / RESULTS_FILE, results)
+        evaluated = {f"per_sample_{entry['model']}.npz" for entry in [results, *results.get("other_models", [])]}
+        for stale in self.path.glob("per_sample_*.npz"):  # models an earlier evaluation ran, this one did not
+            if stale.name not in evaluated:
+                stale.unlink()
         shutil.rmtree(self.evaluation_path(evaluation) / "partial", ignore_errors=True)
 
     # ------------------------------------------------------------ metrics

@@ -79,6 +79,7 @@ def run_experiment(
     set_determinism(exp.deterministic)
     run = RunDir(out or Path("runs") / exp.name)
     if restart:
+        run.check_usable()  # --restart moves aside a run folder, never a user's file or folder
         run.move_aside()
     ctx = Context(exp, run, device, load_data(exp.data, device, exp.model.num_classes))
     preflight(ctx, stages)

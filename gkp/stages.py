@@ -106,18 +106,31 @@ def fastest_forms(ctx: Context, model: nn.Module, batch_size: int, train: bool, 
     if ctx.exp.deterministic:
         return {}
     path = forms_cache()
-    try:
-        timings = json.loads(path.read_text()) if path.is_file() else {}
-    except ValueError:
-        timings = {}
+    timings = _read_timings(path)
     known = dict(timings)
     chosen = choose_forms(
         model, ctx.data.image_size, batch_size, train=train, channels_last=channels_last, timings=timings
     )
     if timings != known:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(path, timings)
+        _record_timings(path, {k: v for k, v in timings.items() if k not in known})
     return dict(Counter(chosen.values()))
+
+
+def _read_timings(path: Path) -> dict[str, str]:
+    try:
+        timings = json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError):
+        return {}
+    return timings if isinstance(timings, dict) else {}
+
+
+def _record_timings(path: Path, new: dict[str, str]) -> None:
+    """Add timings to the file; a choice another run recorded meanwhile wins, so that all keep one."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(path, {**new, **_read_timings(path)})
+    except OSError as error:
+        log.warning("could not record grouped-conv form timings in %s (%s): they will be timed again", path, error)
 
 
 def training_forms(model: nn.Module) -> None:
@@ -395,6 +408,8 @@ def _evaluate_model(ctx: Context, name: str) -> dict[str, Any]:
     batch_size = ctx.exp.data.eval_batch_size
     forms = fastest_forms(ctx, model, batch_size, train=bool(ctx.exp.attacks), channels_last=ctx.exp.eval.channels_last)
     evaluation = ctx.fingerprint("eval")
+    status = path.stat()
+    identity = f"{path.resolve()} {status.st_size} {status.st_mtime_ns}"
     report = evaluate(
         model,
         ctx.data.test,
@@ -403,8 +418,8 @@ def _evaluate_model(ctx: Context, name: str) -> dict[str, Any]:
         seed=ctx.exp.seed,
         description=f"eval {name}",
         options=ctx.exp.eval,
-        finished=ctx.run.finished_attacks(evaluation, name),
-        on_finished=lambda label, outcome: ctx.run.save_finished_attack(evaluation, name, label, outcome),
+        finished=ctx.run.finished_attacks(evaluation, name, identity),
+        on_finished=lambda label, outcome: ctx.run.save_finished_attack(evaluation, name, identity, label, outcome),
     )
     cost, authors = measure(model, ctx.data.image_size), measure(model, ctx.data.image_size, "authors")
     ctx.run.write_per_sample(name, report.per_sample, evaluation)

@@ -12,9 +12,20 @@ from gkp.config import load_experiment
 from conftest import ROOT, tiny_config, write_config
 
 
-@pytest.mark.parametrize("config", sorted((ROOT / "configs").rglob("*.yaml")), ids=lambda p: str(p.relative_to(ROOT)))
+SWEEPS = ROOT / "configs" / "sweeps"
+CONFIGS = sorted(p for p in (ROOT / "configs").rglob("*.yaml") if SWEEPS not in p.parents)
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: str(p.relative_to(ROOT)))
 def test_every_shipped_config_validates(config: Path):
     load_experiment(config)
+
+
+@pytest.mark.parametrize("spec", sorted(SWEEPS.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_sweep_resolves_every_cell(spec: Path):
+    from gkp.sweep import load_sweep
+
+    assert all(cell.problem is None for cell in load_sweep(spec).cells)
 
 
 def test_check_prints_the_resolved_config(tmp_path, capsys):

@@ -3,6 +3,7 @@ table), the command line's list, version and help, the compare table, labels, su
 
 from __future__ import annotations
 
+import copy
 import json
 import zipfile
 from pathlib import Path
@@ -123,7 +124,7 @@ EVAL_ONLY = {"stages": ["eval"], "attacks": [{"name": "fgsm"}, {"name": "pgd", "
 
 
 def test_a_finished_run_is_evaluated_again_with_other_attacks_and_keeps_both_results(tmp_path):
-    config = tiny_config(**EVAL_ONLY, model={"checkpoint": str(_checkpoint(tmp_path))})
+    config = tiny_config(**copy.deepcopy(EVAL_ONLY), model={"checkpoint": str(_checkpoint(tmp_path))})
     first = run_experiment(build_experiment(config), out=tmp_path / "run")
     checkpoint_time = (tmp_path / "m.ckpt").stat().st_mtime_ns
     config["attacks"][1]["steps"] = 3
@@ -143,7 +144,7 @@ def test_an_interrupted_evaluation_resumes_after_its_finished_attacks(tmp_path, 
 
     from gkp.catalog import ATTACKS
 
-    config = tiny_config(**EVAL_ONLY, model={"checkpoint": str(_checkpoint(tmp_path))})
+    config = tiny_config(**copy.deepcopy(EVAL_ONLY), model={"checkpoint": str(_checkpoint(tmp_path))})
     straight = run_experiment(build_experiment(config), out=tmp_path / "straight")
     calls = {"fgsm": 0}
     fgsm, pgd = ATTACKS.get("fgsm"), ATTACKS.get("pgd")
@@ -290,3 +291,52 @@ def test_results_say_which_method_rate_and_data_they_are_and_training_is_drawn(t
             saved["data"],
         )
     )
+
+
+def test_finished_attacks_of_another_checkpoint_or_half_written_are_not_reused(tmp_path):
+    from gkp.engine.evaluate import AttackOutcome
+    from gkp.rundir import RunDir
+
+    run = RunDir(tmp_path)
+    outcome = AttackOutcome(np.array([True, False]), None, 1.5)
+    run.save_finished_attack("fp", "final", "pruned.ckpt 10 1", "pgd", outcome)
+    assert set(run.finished_attacks("fp", "final", "pruned.ckpt 10 1")) == {"pgd"}
+    assert run.finished_attacks("fp", "final", "finetuned.ckpt 12 2") == {}
+    (tmp_path / "evaluations" / "fp" / "partial" / "final" / ".fgsm.npz.1.tmp.npz").write_bytes(b"half")
+    assert set(run.finished_attacks("fp", "final", "pruned.ckpt 10 1")) == {"pgd"}
+
+
+def test_restart_never_moves_a_folder_that_is_not_a_run_and_dotfiles_do_not_count(tmp_path):
+    from gkp.errors import RunFolderError
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("mine")
+    with pytest.raises(RunFolderError, match="is not a run folder"):
+        run_experiment(build_experiment(tiny_config(**ONE_EPOCH)), out=mine, restart=True)
+    assert (mine / "thesis.tex").is_file()
+    dotted = tmp_path / "dotted"
+    dotted.mkdir()
+    (dotted / ".gitkeep").write_text("")
+    run_experiment(build_experiment(tiny_config(**ONE_EPOCH)), out=dotted)
+    assert (dotted / "dense.ckpt").is_file()
+
+
+def test_results_of_a_run_from_before_evaluations_existed_are_kept_when_it_is_evaluated_again(tmp_path):
+    config = tiny_config(**copy.deepcopy(EVAL_ONLY), model={"checkpoint": str(_checkpoint(tmp_path))})
+    first = run_experiment(build_experiment(config), out=tmp_path / "run")
+    import shutil
+
+    shutil.rmtree(tmp_path / "run" / "evaluations")  # as a run folder made before them
+    config["attacks"][1]["steps"] = 3
+    run_experiment(build_experiment(config), out=tmp_path / "run")
+    kept = json.loads((tmp_path / "run" / "evaluations" / first["evaluation"] / "results.json").read_text())
+    assert kept == first and (tmp_path / "run" / "evaluations" / first["evaluation"] / "config.yaml").is_file()
+
+
+def test_the_square_schedule_key_leaves_older_evaluations_fingerprints_alone():
+    from gkp.pipeline import stage_named
+
+    plain = build_experiment(tiny_config(attacks=[{"name": "square", "queries": 10}])).to_dict()
+    older = {**plain, "attacks": [{k: v for k, v in a.items() if k != "rescale_schedule"} for a in plain["attacks"]]}
+    assert stage_named("eval").fingerprint(plain) == stage_named("eval").fingerprint(older)

@@ -37,6 +37,7 @@ APPLICATION = {  # the catalog and what reads it
     "gkp.zoo",
     "gkp.importers",
     "gkp.export",
+    "gkp.sweep",
     "gkp.catalog",
     "gkp.config",
     "gkp.pipeline",

@@ -51,7 +51,8 @@ def read_cifar(name: str, root: str, download: bool) -> Arrays:
         test = dataset_class(root, train=False, download=download)
     except RuntimeError as error:
         raise DataError(
-            f"{name} was not found or is corrupt in {folder} ({error}). Set data.download: true "
+            f"{name} was not found or is corrupt in {folder}{relative_path_note(root)} ({error}). "
+            "Set data.download: true "
             f"to fetch it (about 170 MB), or set data.root to the folder that holds "
             f"{dataset_class.base_folder}"
         ) from error

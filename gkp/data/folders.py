@@ -17,7 +17,7 @@ from torch.utils.data import Dataset, Subset
 from gkp.data import DataBundle, subset, training_indices
 from gkp.data.splits import FolderSplit
 from gkp.data.statistics import IMAGENET_MEAN, IMAGENET_STD
-from gkp.errors import DataError
+from gkp.errors import DataError, relative_path_note
 
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
 
@@ -65,7 +65,8 @@ def read_image_folders(root: str, image_size: int) -> tuple[Dataset, Dataset, in
     for folder in (train_dir, val_dir):
         if not folder.is_dir():
             raise DataError(
-                f"imagefolder: {folder.resolve()} does not exist. data.root must hold train/ and "
+                f"imagefolder: {folder.resolve()} does not exist{relative_path_note(folder)}. "
+                "data.root must hold train/ and "
                 "val/, one subfolder per class (Tiny-ImageNet's val/images + val_annotations.txt "
                 "also works); see docs/models-and-data.md, 'Data layout'"
             )

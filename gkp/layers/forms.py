@@ -14,6 +14,7 @@ a layer shape timed once on a machine keeps its form there, and the same command
 from __future__ import annotations
 
 import logging
+import platform
 import statistics
 import time
 from collections import Counter
@@ -77,11 +78,14 @@ def use_form(model: nn.Module, form: str) -> None:
             module.form = form
 
 
-def _timing_key(device: torch.device, shape, layer_key: str, train: bool, channels_last: bool) -> str:
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu x{torch.get_num_threads()}"
+def _timing_key(device: torch.device, dtype, shape, layer_key: str, train: bool, channels_last: bool) -> str:
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = f"{platform.node()} {platform.processor() or platform.machine()} x{torch.get_num_threads()}"
     passes = "forward+backward" if train else "forward"
     layout = "channels_last" if channels_last else "contiguous"
-    return f"{name} | torch {torch.__version__} | {passes} | {layout} | {tuple(shape)} | {layer_key}"
+    return f"{name} | torch {torch.__version__} | {dtype} | {passes} | {layout} | {tuple(shape)} | {layer_key}"
 
 
 def choose_forms(
@@ -116,7 +120,7 @@ def choose_forms(
         ):
             layer = model.get_submodule(name)
             layer_key = f"{layer.extra_repr().rsplit(', form=', 1)[0]}, restore={layer.restore is not None}"
-            key = _timing_key(reference.device, shape, layer_key, train, channels_last)
+            key = _timing_key(reference.device, reference.dtype, shape, layer_key, train, channels_last)
             if timings.get(key) not in FORMS:  # layers of one shape are timed once, here or in an earlier run
                 x = torch.randn(shape, device=reference.device, dtype=reference.dtype)
                 x = x.contiguous(memory_format=memory_format).requires_grad_(train)

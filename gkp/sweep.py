@@ -1,0 +1,211 @@
+"""Sweeps: a grid of config overrides over one base config, run as cells that share their dense models.
+
+A sweep spec (YAML)::
+
+    name: table10                      # default: the spec file's name
+    base: ../configs/srgkp/resnet56_r0.4375.yaml   # relative to the spec file
+    out: runs/table10                  # default: runs/<name>
+    grid:                              # config key paths and their values; the cells are the product
+      prune.method: [l1, fpgm, srgkp]
+      prune.rate: [0.4375, 0.625]
+    cells:                             # optional: more cells, each a mapping of overrides
+      - {prune.method: tmigkp, prune.rate: 0.4375}
+
+Cells whose dense model would be trained the same way (the same train-stage fingerprint: model, data,
+training recipe, seed) share one: it is trained once, in ``<out>/dense-<fingerprint>``, and each such cell
+starts from it (``model.checkpoint``) in its own folder ``<out>/<cell>``. Cells that need more of the
+training than the dense model (a method reading training snapshots, or pruning while it trains from
+scratch) run their own training. Every cell is a plain run of ``gkp run`` on the config written to
+``<out>/configs/<cell>.yaml``, so rerunning the sweep continues whatever was interrupted and skips what
+finished. ``--launcher local`` runs one cell per visible GPU at a time (one at a time on a CPU).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from gkp.catalog import PRUNING_METHODS
+from gkp.config import apply_override, build_experiment, read_config
+from gkp.errors import ConfigError
+from gkp.pipeline import RESULTS_FILE, stage_named
+from gkp.schema import to_yaml
+
+
+@dataclass
+class Cell:
+    """One run of the sweep: its name, overrides, resolved raw config, folder and the dense run it reads."""
+
+    name: str
+    overrides: dict[str, Any]
+    raw: dict[str, Any]
+    folder: Path
+    dense: Path | None = None
+    problem: str | None = None  # why it cannot run (a method that does not exist yet, say)
+
+
+@dataclass
+class Sweep:
+    name: str
+    out: Path
+    cells: list[Cell]
+    dense_runs: dict[Path, dict[str, Any]] = field(default_factory=dict)
+
+
+def _cell_name(overrides: dict[str, Any]) -> str:
+    parts = [f"{key.rsplit('.', 1)[-1]}-{value}" for key, value in overrides.items()]
+    return re.sub(r"[^A-Za-z0-9_.\-]+", "_", "_".join(parts)) or "base"
+
+
+def _overrides(spec: dict[str, Any]) -> list[dict[str, Any]]:
+    grid = spec.get("grid") or {}
+    if not isinstance(grid, dict) or any(not isinstance(v, list) or not v for v in grid.values()):
+        raise ConfigError("sweep grid: a mapping of config key paths to non-empty lists of values")
+    combos = [dict(zip(grid, values, strict=True)) for values in itertools.product(*grid.values())] if grid else []
+    extra = spec.get("cells") or []
+    if not isinstance(extra, list) or any(not isinstance(c, dict) for c in extra):
+        raise ConfigError("sweep cells: a list of mappings of config key paths to values")
+    return combos + extra or [{}]
+
+
+def _resolved(base: dict[str, Any], overrides: dict[str, Any], name: str) -> dict[str, Any]:
+    raw = json.loads(json.dumps(base))
+    for key, value in overrides.items():
+        apply_override(raw, f"{key}={yaml.safe_dump(value, default_flow_style=True).strip()}")
+    raw["name"] = name
+    return raw
+
+
+def _shares_dense(exp) -> bool:
+    """A cell can start from a shared dense model unless it trains itself or reads training snapshots."""
+    if "train" not in exp.stages or exp.prune is None:
+        return False
+    method = PRUNING_METHODS.get(exp.prune.method)
+    return not method.snapshot_epochs(exp.prune.params) and exp.prune.during != "train"
+
+
+def load_sweep(path: str | Path) -> Sweep:
+    path = Path(path)
+    spec = yaml.safe_load(path.read_text()) if path.is_file() else None
+    if not isinstance(spec, dict) or "base" not in spec:
+        raise ConfigError(f"{path}: a sweep spec needs 'base' (a config file) and 'grid' (see docs/running.md)")
+    name = spec.get("name") or path.stem
+    out = Path(spec.get("out") or Path("runs") / name)
+    base = read_config(path.parent / spec["base"])
+    sweep = Sweep(name, out, [])
+    for overrides in _overrides(spec):
+        cell_name = _cell_name(overrides)
+        cell = Cell(cell_name, overrides, _resolved(base, overrides, cell_name), out / cell_name)
+        _attach_dense(sweep, cell)
+        sweep.cells.append(cell)
+    return sweep
+
+
+def _attach_dense(sweep: Sweep, cell: Cell) -> None:
+    """Check the cell's config, and point it at the shared dense run of its training settings."""
+    method = (cell.raw.get("prune") or {}).get("method")
+    if method is not None and method not in PRUNING_METHODS.names():
+        cell.problem = f"no such method yet: {method}"
+        return
+    try:
+        exp = build_experiment(cell.raw)
+    except ConfigError as error:
+        cell.problem = str(error)
+        return
+    if not _shares_dense(exp):
+        return
+    fingerprint = stage_named("train").fingerprint(exp.to_dict())
+    dense = sweep.out / f"dense-{fingerprint[:12]}"
+    sweep.dense_runs.setdefault(dense, {**cell.raw, "name": dense.name, "stages": ["train"]})
+    cell.dense = dense
+    cell.raw = {**cell.raw, "stages": [s for s in exp.stages if s != "train"]}
+    cell.raw["model"] = {**(cell.raw.get("model") or {}), "checkpoint": str(dense / "dense.ckpt")}
+
+
+# ------------------------------------------------------------------------------------------- status
+
+
+def run_status(folder: Path, stages: list[str]) -> str:
+    """done (every stage finished), partial (some started) or missing."""
+    markers = [folder / "state" / f"{stage}.done" for stage in stages]
+    if all(marker.is_file() for marker in markers):
+        return "done"
+    return "partial" if (folder / "state").is_dir() else "missing"
+
+
+def status_table(sweep: Sweep) -> str:
+    rows = [("run", "status", "detail")]
+    for folder, raw in sweep.dense_runs.items():
+        rows.append((folder.name, run_status(folder, raw["stages"]), "shared dense model"))
+    for cell in sweep.cells:
+        if cell.problem:
+            rows.append((cell.name, "cannot run", cell.problem))
+            continue
+        stages = cell.raw.get("stages", ["train", "prune", "finetune", "eval"])
+        detail = f"from {cell.dense.name}" if cell.dense else "trains its own model"
+        rows.append((cell.name, run_status(cell.folder, stages), detail))
+    widths = [max(len(row[i]) for row in rows) for i in range(2)]
+    return "\n".join(f"{row[0].ljust(widths[0])}  {row[1].ljust(widths[1])}  {row[2]}" for row in rows)
+
+
+# ------------------------------------------------------------------------------------------- running
+
+
+def _write_config(sweep: Sweep, name: str, raw: dict[str, Any]) -> Path:
+    path = sweep.out / "configs" / f"{name}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(to_yaml(raw))
+    return path
+
+
+def _devices() -> list[str | None]:
+    import torch
+
+    return [str(i) for i in range(torch.cuda.device_count())] or [None]
+
+
+def _launch(jobs: list[tuple[str, Path, Path]], devices: list[str | None]) -> list[str]:
+    """Run ``gkp run CONFIG --out FOLDER`` for each (name, config, folder), one per device at a time;
+    returns the names of those that failed."""
+    failed, running, queue = [], {}, list(jobs)
+    while queue or running:
+        while queue and len(running) < len(devices):
+            name, config, folder = queue.pop(0)
+            device = next(d for d in devices if d not in {d for d, _ in running.values()})
+            env = {**os.environ, **({"CUDA_VISIBLE_DEVICES": device} if device is not None else {})}
+            command = [sys.executable, "-m", "gkp.cli", "run", str(config), "--out", str(folder)]
+            running[subprocess.Popen(command, env=env)] = (device, name)
+            print(f"sweep: {name} started" + (f" on GPU {device}" if device is not None else ""), flush=True)
+        for process in [p for p in running if p.poll() is not None]:
+            _, name = running.pop(process)
+            print(f"sweep: {name} {'done' if process.returncode == 0 else 'FAILED'}", flush=True)
+            if process.returncode != 0:
+                failed.append(name)
+        time.sleep(0.2)
+    return failed
+
+
+def run_sweep(sweep: Sweep, devices: list[str | None] | None = None) -> list[str]:
+    """Train the shared dense models, then run every cell that can run; returns the failed commands."""
+    devices = devices or _devices()
+    dense_jobs = [(f.name, _write_config(sweep, f.name, raw), f) for f, raw in sweep.dense_runs.items()]
+    failed = _launch([job for job in dense_jobs if run_status(job[2], ["train"]) != "done"], devices)
+    cells = [c for c in sweep.cells if not c.problem and (c.dense is None or run_status(c.dense, ["train"]) == "done")]
+    jobs = [(c.name, _write_config(sweep, c.name, c.raw), c.folder) for c in cells]
+    stages = {c.name: c.raw.get("stages", ["train", "prune", "finetune", "eval"]) for c in cells}
+    return failed + _launch([job for job in jobs if run_status(job[2], stages[job[0]]) != "done"], devices)
+
+
+def results_of(sweep: Sweep) -> list[Path]:
+    """The cells' folders that hold results."""
+    return [cell.folder for cell in sweep.cells if (cell.folder / RESULTS_FILE).is_file()]
