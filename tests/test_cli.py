@@ -11,7 +11,6 @@ from gkp.config import load_experiment
 
 from conftest import ROOT, tiny_config, write_config
 
-
 SWEEPS = ROOT / "configs" / "sweeps"
 CONFIGS = sorted(p for p in (ROOT / "configs").rglob("*.yaml") if SWEEPS not in p.parents)
 
