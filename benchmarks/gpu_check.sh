@@ -12,9 +12,9 @@ cd "$(dirname "$0")/.."
 export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD"
 PYTHON="${PYTHON:-python}"
 if [ "${1:-}" = "--cpu-smoke" ]; then
-    device=cpu; images=64; eval_images=32; batches=4; epochs=1; rounds=1; arch=resnet8; workers=0
-else
-    device=cuda; images=20000; eval_images=10000; batches=256; epochs=2; rounds=3; arch=resnet56; workers=4
+    device=cpu; images=64; eval_images=32; batches=4; epochs=1; rounds=1; arch=resnet8; workers=0; full=
+else  # AMP and channels_last also each off on its own
+    device=cuda; images=20000; eval_images=10000; batches=256; epochs=2; rounds=3; arch=resnet56; workers=4; full=1
 fi
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
@@ -24,7 +24,10 @@ run() {
 }
 "$PYTHON" -c "import torch; print('torch', torch.__version__, '| cuda', torch.cuda.is_available(), '|', torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'cpu')" | tee -a "$log"
 run benchmarks/bench_train.py --arch "$arch" --device "$device" --images "$images" --epochs "$epochs" --workers "$workers"
-run benchmarks/bench_train.py --arch "$arch" --device "$device" --images "$images" --epochs "$epochs" --workers "$workers" --amp off --channels-last off --no-pruned
+for variant in "--amp off --channels-last off" ${full:+"--amp off" "--channels-last off"}; do
+    # shellcheck disable=SC2086  # the variant's flags are words
+    run benchmarks/bench_train.py --arch "$arch" --device "$device" --images "$images" --epochs "$epochs" --workers "$workers" $variant --no-pruned
+done
 run benchmarks/bench_grouped.py --arch "$arch" --device "$device" --batches "$batches" --repeats "$rounds"
 run benchmarks/bench_eval.py --arch "$arch" --device "$device" --images "$eval_images"
 run benchmarks/bench_training_time.py --arch "$arch" --device "$device" --images "$((images / 4))" --rounds "$rounds" --steps 3

@@ -52,7 +52,7 @@ def _load_into(model: nn.Module, tensors: dict[str, torch.Tensor], source: Path)
     expected = {k for k in model.state_dict() if not k.startswith(NORMALISATION)}
     missing = expected - set(tensors)
     if not set(tensors) <= expected or any(not k.endswith(BATCHNORM_COUNTER) for k in missing):
-        missing, extra = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
+        missing, extra = sorted(missing), sorted(set(tensors) - expected)
         raise CheckpointError(
             f"{source} does not match {model.gkp_spec.arch}: missing {missing[:4]}, unexpected {extra[:4]}"
         )

@@ -275,7 +275,9 @@ def evaluate(
     progress = tqdm(
         total=split.num_samples * (1 + len(attack_specs)), desc=description, unit="img", leave=False, disable=None
     )
-    benign, predictions, zero_share = _benign_pass(model, split, batch_size, attack_specs, progress)
+    benign_flags, benign_seconds, predictions, zero_share = _benign_pass(
+        model, split, batch_size, attack_specs, progress
+    )
     finished = dict(finished or {})
     results = []
     for spec in attack_specs:
@@ -288,22 +290,23 @@ def evaluate(
             progress.update(split.num_samples)
         results.append(_result(spec, finished[spec.label]))
     progress.close()
-    per_sample = {"benign": benign.pop("flags"), **{r.label: finished[r.label].correct for r in results}}
+    per_sample = {"benign": benign_flags, **{r.label: finished[r.label].correct for r in results}}
     robust = per_sample["benign"].copy()
     for spec, result in zip(attack_specs, results, strict=True):
         if spec.params.eps is not None:  # a minimum-norm attack without eps bounds no threat model
             robust &= per_sample[result.label]
         if result.norms:
             per_sample[f"{result.label}_norm"] = result.norm_array()
-    score = Score(int(per_sample["benign"].sum()), len(per_sample["benign"]), benign["seconds"])
+    score = Score(int(benign_flags.sum()), len(benign_flags), benign_seconds)
     worst = Score(int(robust.sum()), len(robust), score.seconds + sum(r.score.seconds for r in results))
     return EvalReport(score, results, worst, per_sample, masking_warnings(results, attack_specs, zero_share))
 
 
 def _benign_pass(
     model, split, batch_size: int, attack_specs, progress
-) -> tuple[dict, list[torch.Tensor], float | None]:
-    """({flags, seconds}, the predictions of each batch, the first batch's share of zero gradients)."""
+) -> tuple[np.ndarray, float, list[torch.Tensor], float | None]:
+    """(per-sample correct flags, seconds, the predictions of each batch, the first batch's share of zero
+    gradients)."""
     device = next(model.parameters()).device
     flags, predictions, seconds, zero_share = [], [], 0.0, None
     for index, (x, y) in enumerate(split.batches(batch_size, train=False)):
@@ -316,7 +319,7 @@ def _benign_pass(
         progress.update(len(y))
         if index == 0 and any(s.attack.kind == "gradient" for s in attack_specs):
             zero_share = zero_gradient_share(model, x, y)
-    return {"flags": torch.cat(flags).numpy(), "seconds": seconds}, predictions, zero_share
+    return torch.cat(flags).numpy(), seconds, predictions, zero_share
 
 
 def _attack_pass(model, split, batch_size: int, spec, predictions, seed: int, progress) -> AttackOutcome:

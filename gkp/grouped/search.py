@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
+from tqdm import tqdm
 
 from gkp.grouped.smoothness import running_sum
 
@@ -273,4 +274,8 @@ def beam_search(sim: np.ndarray, smooth: np.ndarray, settings: SearchSettings) -
     per_chunk = max(1, ROWS_PER_CHUNK // n)
     chunks = [(Similarity(sim[g : g + per_chunk]), smooth[g : g + per_chunk]) for g in range(0, groups, per_chunk)]
     with ThreadPoolExecutor(max_workers=min(len(chunks), os.cpu_count() or 1)) as pool:
-        return np.concatenate(list(pool.map(lambda chunk: _search(*chunk, settings), chunks)))
+        searched = pool.map(lambda chunk: _search(*chunk, settings), chunks)
+        progress = tqdm(
+            searched, total=len(chunks), desc=f"beam search, {n} kernels", unit="chunk", leave=False, disable=None
+        )
+        return np.concatenate(list(progress))
