@@ -22,10 +22,12 @@ finished. ``--launcher local`` runs one cell per visible GPU at a time (one at a
 
 from __future__ import annotations
 
+import csv
 import itertools
 import json
 import os
 import re
+import statistics
 import subprocess
 import sys
 import time
@@ -38,7 +40,7 @@ import yaml
 from gkp.catalog import PRUNING_METHODS
 from gkp.config import apply_override, build_experiment, read_config
 from gkp.errors import ConfigError
-from gkp.pipeline import RESULTS_FILE, stage_named
+from gkp.pipeline import RESULTS_FILE, STAGE_NAMES, stage_named, trains
 from gkp.schema import to_yaml
 
 
@@ -143,19 +145,49 @@ def run_status(folder: Path, stages: list[str]) -> str:
     return "partial" if (folder / "state").is_dir() else "missing"
 
 
+def epochs_left(folder: Path, raw: dict[str, Any]) -> tuple[int, float | None]:
+    """(training epochs the run still has to do, the median seconds of its epochs measured so far)."""
+    exp = build_experiment(raw)
+    rows = []
+    if (folder / "metrics.csv").is_file():
+        rows = list(csv.DictReader((folder / "metrics.csv").open()))
+    left = 0
+    for stage in exp.stages:
+        section = trains(stage, exp)
+        if section is not None and not (folder / "state" / f"{stage}.done").is_file():
+            done = sum(1 for row in rows if row["stage"] == stage)
+            left += max(getattr(exp, section).epochs - done, 0)
+    seconds = [float(row["seconds"]) for row in rows if row.get("seconds")]
+    return left, statistics.median(seconds) if seconds else None
+
+
+def _left(folder: Path, raw: dict[str, Any]) -> tuple[str, float | None]:
+    epochs, seconds = epochs_left(folder, raw)
+    if epochs == 0:
+        return "-", 0.0
+    hours = None if seconds is None else epochs * seconds / 3600
+    return f"{epochs} epochs" + (
+        f", ~{hours:.1f} h" if hours is not None else ", time unknown until an epoch ran"
+    ), hours
+
+
 def status_table(sweep: Sweep) -> str:
-    rows = [("run", "status", "detail")]
-    for folder, raw in sweep.dense_runs.items():
-        rows.append((folder.name, run_status(folder, raw["stages"]), "shared dense model"))
+    """Every run with its status, the training left and, where an epoch has been measured, its time."""
+    rows, total, unknown = [("run", "status", "left", "detail")], 0.0, 0
+    runs = [(folder, raw, "shared dense model") for folder, raw in sweep.dense_runs.items()]
     for cell in sweep.cells:
         if cell.problem:
-            rows.append((cell.name, "cannot run", cell.problem))
+            rows.append((cell.name, "cannot run", "-", cell.problem))
             continue
-        stages = cell.raw.get("stages", ["train", "prune", "finetune", "eval"])
-        detail = f"from {cell.dense.name}" if cell.dense else "trains its own model"
-        rows.append((cell.name, run_status(cell.folder, stages), detail))
-    widths = [max(len(row[i]) for row in rows) for i in range(2)]
-    return "\n".join(f"{row[0].ljust(widths[0])}  {row[1].ljust(widths[1])}  {row[2]}" for row in rows)
+        runs.append((cell.folder, cell.raw, f"from {cell.dense.name}" if cell.dense else "trains its own model"))
+    for folder, raw, detail in runs:
+        left, hours = _left(folder, raw)
+        total, unknown = total + (hours or 0.0), unknown + (hours is None)
+        rows.append((folder.name, run_status(folder, raw.get("stages", list(STAGE_NAMES))), left, detail))
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    lines = ["  ".join([*(row[i].ljust(widths[i]) for i in range(3)), row[3]]) for row in rows]
+    estimate = f"about {total:.1f} h of training left at the measured epoch times"
+    return "\n".join([*lines, estimate + (f", plus {unknown} run(s) not yet measured" if unknown else "")])
 
 
 # ------------------------------------------------------------------------------------------- running

@@ -86,3 +86,18 @@ def test_the_digits_quick_start_as_a_sweep_resumes_a_killed_cell(tmp_path):
     assert subprocess.run(command, capture_output=True, timeout=1800).returncode == 0
     assert all(run_status(c.folder, c.raw["stages"]) == "done" for c in sweep.cells)
     assert finished_before == {p: p.stat().st_mtime_ns for p in sweep.cells[0].folder.rglob("*.ckpt")}
+
+
+def test_the_dry_run_counts_the_epochs_left_and_times_them_from_the_measured_ones(tmp_path):
+    from gkp.sweep import epochs_left, status_table
+
+    path = spec(tmp_path, {"prune.method": ["l1"]}, base=tiny_config(train={"epochs": 3}, finetune={"epochs": 2}))
+    sweep = load_sweep(path)
+    dense = next(iter(sweep.dense_runs))
+    dense.mkdir(parents=True)
+    (dense / "metrics.csv").write_text("stage,epoch,seconds\ntrain,1,3600\n")
+    assert epochs_left(dense, sweep.dense_runs[dense]) == (2, 3600.0)
+    cell = sweep.cells[0]
+    assert epochs_left(cell.folder, cell.raw) == (2, None)  # its fine-tuning; no epoch of it measured yet
+    table = status_table(sweep)
+    assert "2 epochs, ~2.0 h" in table and "about 2.0 h of training left" in table and "plus 1 run(s)" in table
