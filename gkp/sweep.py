@@ -8,8 +8,9 @@ A sweep spec (YAML)::
     grid:                              # config key paths and their values; the cells are the product
       prune.method: [l1, fpgm, srgkp]
       prune.rate: [0.4375, 0.625]
-    cells:                             # optional: more cells, each a mapping of overrides
-      - {prune.method: tmigkp, prune.rate: 0.4375}
+    cells:                             # optional: more cells, each a mapping of overrides, with
+      - {prune.method: tmigkp, prune.rate: 0.4375}    # optionally its own name and base config
+      - {name: fpgm, base: ../configs/paper/fpgm_resnet56.yaml}
 
 Cells whose dense model would be trained the same way (the same train-stage fingerprint: model, data,
 training recipe, seed) share one: it is trained once, in ``<out>/dense-<fingerprint>``, and each such cell
@@ -105,9 +106,11 @@ def load_sweep(path: str | Path) -> Sweep:
     out = Path(spec.get("out") or Path("runs") / name)
     base = read_config(path.parent / spec["base"])
     sweep = Sweep(name, out, [])
-    for overrides in _overrides(spec):
-        cell_name = _cell_name(overrides)
-        cell = Cell(cell_name, overrides, _resolved(base, overrides, cell_name), out / cell_name)
+    for entry in _overrides(spec):
+        overrides = {k: v for k, v in entry.items() if k not in ("name", "base")}
+        cell_name = str(entry.get("name") or _cell_name(overrides))
+        cell_base = read_config(path.parent / entry["base"]) if "base" in entry else base
+        cell = Cell(cell_name, overrides, _resolved(cell_base, overrides, cell_name), out / cell_name)
         _attach_dense(sweep, cell)
         sweep.cells.append(cell)
     return sweep
@@ -176,11 +179,12 @@ def status_table(sweep: Sweep) -> str:
     rows, total, unknown = [("run", "status", "left", "detail")], 0.0, 0
     runs = [(folder, raw, "shared dense model") for folder, raw in sweep.dense_runs.items()]
     for cell in sweep.cells:
-        if cell.problem:
-            rows.append((cell.name, "cannot run", "-", cell.problem))
-            continue
-        runs.append((cell.folder, cell.raw, f"from {cell.dense.name}" if cell.dense else "trains its own model"))
+        detail = cell.problem or (f"from {cell.dense.name}" if cell.dense else "trains its own model")
+        runs.append((cell.folder, None if cell.problem else cell.raw, detail))
     for folder, raw, detail in runs:
+        if raw is None:
+            rows.append((folder.name, "cannot run", "-", detail))
+            continue
         left, hours = _left(folder, raw)
         total, unknown = total + (hours or 0.0), unknown + (hours is None)
         rows.append((folder.name, run_status(folder, raw.get("stages", list(STAGE_NAMES))), left, detail))

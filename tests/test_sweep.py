@@ -101,3 +101,26 @@ def test_the_dry_run_counts_the_epochs_left_and_times_them_from_the_measured_one
     assert epochs_left(cell.folder, cell.raw) == (2, None)  # its fine-tuning; no epoch of it measured yet
     table = status_table(sweep)
     assert "2 epochs, ~2.0 h" in table and "about 2.0 h of training left" in table and "plus 1 run(s)" in table
+
+
+def test_the_table10_script_lists_exactly_the_papers_rows():
+    """Table 10 of ../shared/specs/paper.md: every method row, the missing methods listed as such, one
+    dense model shared by the cells that train it the same way (TMI-GKP reads snapshots, SFP trains from
+    scratch)."""
+    root = Path(__file__).resolve().parents[1]
+    assert "configs/sweeps/table10.yaml" in (root / "scripts" / "paper" / "table10.sh").read_text()
+    sweep = load_sweep(root / "configs" / "sweeps" / "table10.yaml")
+    paper = ["SR-GKP", "TMI-GKP", "FPGM", "SFP", "RAP-ADMM", "HRank", "L1Norm-A", "L1Norm-B", "CC", "DHP", "GAL"]
+    assert [cell.name for cell in sweep.cells] == [*paper, "LRF", "NPPM"]
+    missing = {cell.name for cell in sweep.cells if cell.problem}
+    assert missing == {"CC", "DHP", "GAL", "LRF", "NPPM"}
+    assert len(sweep.dense_runs) == 1
+    own = {cell.name for cell in sweep.cells if not cell.problem and cell.dense is None}
+    assert own == {"TMI-GKP", "SFP"}
+    assert "dense" in build_experiment_of(sweep, "SR-GKP").eval.models  # the Unpruned row
+
+
+def build_experiment_of(sweep, name):
+    from gkp.config import build_experiment
+
+    return build_experiment(next(cell for cell in sweep.cells if cell.name == name).raw)
