@@ -47,10 +47,9 @@ from gkp.schema import to_yaml
 
 @dataclass
 class Cell:
-    """One run of the sweep: its name, overrides, resolved raw config, folder and the dense run it reads."""
+    """One run of the sweep: its name, resolved raw config, folder and the dense run it reads."""
 
     name: str
-    overrides: dict[str, Any]
     raw: dict[str, Any]
     folder: Path
     dense: Path | None = None
@@ -110,7 +109,7 @@ def load_sweep(path: str | Path) -> Sweep:
         overrides = {k: v for k, v in entry.items() if k not in ("name", "base")}
         cell_name = str(entry.get("name") or _cell_name(overrides))
         cell_base = read_config(path.parent / entry["base"]) if "base" in entry else base
-        cell = Cell(cell_name, overrides, _resolved(cell_base, overrides, cell_name), out / cell_name)
+        cell = Cell(cell_name, _resolved(cell_base, overrides, cell_name), out / cell_name)
         _attach_dense(sweep, cell)
         sweep.cells.append(cell)
     return sweep
