@@ -10,6 +10,7 @@ gkp fetch NAME [--from FILE]                                    download (or bri
 gkp info CKPT|zoo:NAME [--input-size N] [--convention authors]  arch, plan, params and MACs
 gkp export CKPT|zoo:NAME --format safetensors|onnx [--out PATH]  for use outside this project
 gkp sweep SPEC [--dry-run]                                      a grid of runs sharing their dense models
+gkp table RUN_DIR ... --paper table10 [--csv]                   ours beside the paper's table
 gkp compare RUN_DIR [RUN_DIR ...]                               several runs' results in one table
 gkp curves RUN_DIR [RUN_DIR ...] --attack LABEL [--out PREFIX]  security curves (CSV and PNG)
 """
@@ -97,6 +98,14 @@ def _add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--launcher", choices=("local",), default="local", help="local: one run per visible GPU at a time (a CPU: one)"
     )
+
+
+def _add_table_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "runs", nargs="+", help="run folders, each named after a method of the table (as a sweep names them)"
+    )
+    parser.add_argument("--paper", required=True, help="the paper's table, e.g. table10")
+    parser.add_argument("--csv", action="store_true", help="CSV instead of Markdown")
 
 
 def _add_compare_arguments(parser: argparse.ArgumentParser) -> None:
@@ -262,6 +271,22 @@ def _sweep(args: argparse.Namespace) -> None:
         _compare(argparse.Namespace(runs=[str(folder) for folder in finished]))
 
 
+def _table(args: argparse.Namespace) -> None:
+    import json
+    from pathlib import Path
+
+    from gkp.errors import RunFolderError
+    from gkp.tables import table_csv, table_markdown
+
+    runs = []
+    for folder in args.runs:
+        path = Path(folder) / "results.json"
+        if not path.is_file():
+            raise RunFolderError(f"{path} does not exist: run the eval stage of that run first")
+        runs.append(json.loads(path.read_text()))
+    print(table_csv(args.paper, runs) if args.csv else table_markdown(args.paper, runs))
+
+
 def _check(args: argparse.Namespace) -> None:
     from gkp.config import dump_experiment, load_experiment
 
@@ -399,6 +424,13 @@ COMMANDS = (
         "gkp sweep configs/sweeps/quickstart.yaml --dry-run",
         _add_sweep_arguments,
         _sweep,
+    ),
+    Command(
+        "table",
+        "our results in the layout of one of the paper's tables, beside its numbers",
+        "gkp table runs/table10/* --paper table10",
+        _add_table_arguments,
+        _table,
     ),
     Command(
         "compare",

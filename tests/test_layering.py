@@ -38,6 +38,7 @@ APPLICATION = {  # the catalog and what reads it
     "gkp.importers",
     "gkp.export",
     "gkp.sweep",
+    "gkp.tables",
     "gkp.catalog",
     "gkp.config",
     "gkp.pipeline",
