@@ -38,8 +38,9 @@ from typing import Any
 
 import yaml
 
-from gkp.catalog import PRUNING_METHODS
+from gkp.catalog import PRUNING_METHODS, build_model
 from gkp.config import apply_override, build_experiment, read_config
+from gkp.contracts import PruningContext, Recipe
 from gkp.errors import ConfigError
 from gkp.pipeline import RESULTS_FILE, STAGE_NAMES, stage_named, trains
 from gkp.schema import to_yaml
@@ -158,9 +159,23 @@ def epochs_left(folder: Path, raw: dict[str, Any]) -> tuple[int, float | None]:
         section = trains(stage, exp)
         if section is not None and not (folder / "state" / f"{stage}.done").is_file():
             done = sum(1 for row in rows if row["stage"] == stage)
-            left += max(getattr(exp, section).epochs - done, 0)
+            left += max(_stage_epochs(exp, stage, section) - done, 0)
     seconds = [float(row["seconds"]) for row in rows if row.get("seconds")]
     return left, statistics.median(seconds) if seconds else None
+
+
+def _stage_epochs(exp, stage: str, section: str) -> int:
+    """A training stage's epochs: its section's, or the phases a training-time method makes of them (HRank's
+    layers may take more)."""
+    recipe = Recipe.of(getattr(exp, section))
+    if stage != "prune" or exp.model.arch is None:
+        return recipe.epochs
+    method = PRUNING_METHODS.get(exp.prune.method)
+    model = build_model(exp.model.arch, **exp.model.args)
+    phases, _ = method.training.build(
+        model, exp.prune.rate, exp.prune.params, PruningContext(rates=exp.prune.rates), recipe
+    )
+    return sum(phase.recipe.epochs for phase in phases)
 
 
 def _left(folder: Path, raw: dict[str, Any]) -> tuple[str, float | None]:
