@@ -224,19 +224,28 @@ def _described(results: dict, folder) -> dict:
     return {**results, "method": prune.get("method"), "rate": rate, "data": (config.get("data") or {}).get("name")}
 
 
-def _compare(args: argparse.Namespace) -> None:
+def _read_results(folders: list[str]) -> list[dict]:
+    """Each run folder's results.json, with its method, rate and data (see ``_described``)."""
     import json
     from pathlib import Path
 
     from gkp.errors import RunFolderError
-    from gkp.report import results_table
 
     runs = []
-    for folder in args.runs:
+    for folder in folders:
         path = Path(folder) / "results.json"
         if not path.is_file():
             raise RunFolderError(f"{path} does not exist: run the eval stage of that run first (gkp eval CONFIG)")
         runs.append(_described(json.loads(path.read_text()), Path(folder)))
+    return runs
+
+
+def _compare(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from gkp.report import results_table
+
+    runs = _read_results(args.runs)
     folders = [Path(folder).resolve().name for folder in args.runs]
     print(results_table(*runs, names=folders if len(set(folders)) == len(folders) else list(args.runs)))
 
@@ -272,18 +281,9 @@ def _sweep(args: argparse.Namespace) -> None:
 
 
 def _table(args: argparse.Namespace) -> None:
-    import json
-    from pathlib import Path
-
-    from gkp.errors import RunFolderError
     from gkp.tables import table_csv, table_markdown
 
-    runs = []
-    for folder in args.runs:
-        path = Path(folder) / "results.json"
-        if not path.is_file():
-            raise RunFolderError(f"{path} does not exist: run the eval stage of that run first")
-        runs.append(json.loads(path.read_text()))
+    runs = _read_results(args.runs)
     print(table_csv(args.paper, runs) if args.csv else table_markdown(args.paper, runs))
 
 
