@@ -11,6 +11,7 @@ gkp info CKPT|zoo:NAME [--input-size N] [--convention authors]  arch, plan, para
 gkp export CKPT|zoo:NAME --format safetensors|onnx [--out PATH]  for use outside this project
 gkp sweep SPEC [--dry-run]                                      a grid of runs sharing their dense models
 gkp table RUN_DIR ... --paper table10 [--csv]                   ours beside the paper's table
+gkp plot RUN_DIR ... [--out PREFIX]                             bars of the best per metric, accuracy vs rate
 gkp compare RUN_DIR [RUN_DIR ...]                               several runs' results in one table
 gkp curves RUN_DIR [RUN_DIR ...] --attack LABEL [--out PREFIX]  security curves (CSV and PNG)
 """
@@ -106,6 +107,11 @@ def _add_table_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--paper", required=True, help="the paper's table, e.g. table10")
     parser.add_argument("--csv", action="store_true", help="CSV instead of Markdown")
+
+
+def _add_plot_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("runs", nargs="+", help="run folders (each with a results.json)")
+    parser.add_argument("--out", default="comparison", help="writes OUT_best.png and, with rates, OUT_sparsity.png")
 
 
 def _add_compare_arguments(parser: argparse.ArgumentParser) -> None:
@@ -280,6 +286,15 @@ def _sweep(args: argparse.Namespace) -> None:
         _compare(argparse.Namespace(runs=[str(folder) for folder in finished]))
 
 
+def _plot(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from gkp.curves import write_comparison_plots
+
+    names = [Path(folder).resolve().name for folder in args.runs]
+    print("wrote " + " and ".join(write_comparison_plots(_read_results(args.runs), names, args.out)))
+
+
 def _table(args: argparse.Namespace) -> None:
     from gkp.tables import table_csv, table_markdown
 
@@ -431,6 +446,13 @@ COMMANDS = (
         "gkp table runs/table10/* --paper table10",
         _add_table_arguments,
         _table,
+    ),
+    Command(
+        "plot",
+        "figures of several runs: best accuracy per metric (bars), and accuracy against the pruning rate",
+        "gkp plot runs/sweep/* --out figures",
+        _add_plot_arguments,
+        _plot,
     ),
     Command(
         "compare",

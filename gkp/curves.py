@@ -136,3 +136,69 @@ def write_training_curves(metrics_csv: str | Path, png_path: str | Path) -> None
     figure.tight_layout()
     figure.savefig(png_path, dpi=110)
     plt.close(figure)
+
+
+def _best_per_metric(results: dict) -> dict[str, float]:
+    """The best accuracy (%) of each metric (benign and each bounded attack) over a run's evaluated models,
+    the dense model left out (the paper's best checkpoints are the pruned model's)."""
+    best: dict[str, float] = {}
+    entries = [results, *results.get("other_models", [])]
+    for entry in [e for e in entries if not e["model"].startswith("dense")] or entries:
+        scores = {"benign": entry["benign"]["accuracy"]}
+        scores |= {a["label"]: a["accuracy"] for a in entry["attacks"] if a["params"].get("eps") is not None}
+        for metric, value in scores.items():
+            best[metric] = max(best.get(metric, 0.0), 100 * value)
+    return best
+
+
+def write_comparison_plots(runs: list[dict], names: list[str], prefix: str) -> list[str]:
+    """``PREFIX_best.png``: each run's best accuracy per metric as grouped bars (the paper's Figs. 5-9);
+    ``PREFIX_sparsity.png``, where the runs have rates: the main model's accuracy per metric against the
+    pruning rate, a line per method. Returns the files written."""
+    plt = _pyplot()
+    best = [_best_per_metric(results) for results in runs]
+    metrics = list(dict.fromkeys(metric for scores in best for metric in scores))
+    figure, axis = plt.subplots(figsize=(max(5, 1.2 * len(metrics) * max(1, len(runs)) / 2), 3.5))
+    width = 0.8 / len(runs)
+    for i, (name, scores) in enumerate(zip(names, best, strict=True)):
+        positions = [m + i * width for m in range(len(metrics))]
+        axis.bar(positions, [scores.get(metric, 0.0) for metric in metrics], width, label=name)
+    axis.set_xticks([m + 0.4 - width / 2 for m in range(len(metrics))], metrics)
+    axis.set(ylabel="best accuracy (%)", ylim=(0, 100), title="best per metric")
+    axis.legend(fontsize=7)
+    figure.tight_layout()
+    written = [f"{prefix}_best.png"]
+    figure.savefig(written[0], dpi=110)
+    plt.close(figure)
+    rated = [(r, s) for r, s in zip(runs, best, strict=True) if r.get("rate") is not None and r.get("method")]
+    if rated:
+        written.append(_sparsity_plot(plt, rated, metrics, f"{prefix}_sparsity.png"))
+    return written
+
+
+def _sparsity_plot(plt, rated: list[tuple[dict, dict]], metrics: list[str], path: str) -> str:
+    figure, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 3), squeeze=False)
+    methods = list(dict.fromkeys(results["method"] for results, _ in rated))
+    for axis, metric in zip(axes[0], metrics, strict=True):
+        for method in methods:
+            points = sorted(
+                (results["rate"], 100 * _main_accuracy(results, metric))
+                for results, _ in rated
+                if results["method"] == method and _main_accuracy(results, metric) is not None
+            )
+            if points:
+                axis.plot(*zip(*points, strict=True), marker="o", label=method)
+        axis.set(xlabel="pruning rate", title=metric, ylim=(0, 100))
+        axis.grid(alpha=0.3)
+    axes[0][0].set_ylabel("accuracy (%)")
+    axes[0][-1].legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def _main_accuracy(results: dict, metric: str) -> float | None:
+    if metric == "benign":
+        return results["benign"]["accuracy"]
+    return next((a["accuracy"] for a in results["attacks"] if a["label"] == metric), None)

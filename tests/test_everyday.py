@@ -340,3 +340,21 @@ def test_the_square_schedule_key_leaves_older_evaluations_fingerprints_alone():
     plain = build_experiment(tiny_config(attacks=[{"name": "square", "queries": 10}])).to_dict()
     older = {**plain, "attacks": [{k: v for k, v in a.items() if k != "rescale_schedule"} for a in plain["attacks"]]}
     assert stage_named("eval").fingerprint(plain) == stage_named("eval").fingerprint(older)
+
+
+def test_gkp_plot_draws_the_best_per_metric_and_accuracy_against_the_rate(tmp_path, capsys):
+    from gkp.curves import _best_per_metric
+
+    pgd = {"label": "pgd", "accuracy": 0.4, "params": {"eps": 0.03}}
+    for name, method, rate, benign in (("a", "l1", 0.4375, 0.9), ("b", "l1", 0.625, 0.8), ("c", "srgkp", 0.4375, 0.92)):
+        results = {"name": name, "method": method, "rate": rate, "model": "final", "benign": {"accuracy": benign}}
+        results |= {
+            "attacks": [pgd],
+            "other_models": [{"model": "dense", "benign": {"accuracy": 0.99}, "attacks": [pgd]}],
+        }
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text(json.dumps(results))
+    assert _best_per_metric(json.loads((tmp_path / "a" / "results.json").read_text())) == {"benign": 90.0, "pgd": 40.0}
+    runs = [str(tmp_path / name) for name in "abc"]
+    assert main(["plot", *runs, "--out", str(tmp_path / "fig")]) == 0
+    assert (tmp_path / "fig_best.png").stat().st_size > 5000 and (tmp_path / "fig_sparsity.png").stat().st_size > 5000
