@@ -24,7 +24,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from baselines.training_time import SCOPE_DOC, MaskState, Scope, filter_norms, pruned_counts, training_time_method
+from baselines.fpgm import fpgm_scores
+from baselines.l2 import filter_norms
+from baselines.training_time import SCOPE_DOC, MaskState, Scope, pruned_counts, training_time_method
 from gkp.contracts import Phase, PruningContext, Recipe
 from gkp.errors import PruningError
 from gkp.pruning.masks import lowest, mask_gradients, pruned_count, zero_filters
@@ -41,8 +43,7 @@ class FPGMSoftParams:
 
 def geometric_median_keep(weight: torch.Tensor, keep: torch.Tensor, count: int) -> torch.Tensor:
     """``keep`` with the ``count`` kept filters of smallest summed distance to the other kept ones dropped."""
-    filters = weight.detach().double().flatten(1)[keep]
-    distance_sums = torch.cdist(filters, filters).sum(dim=1)
+    distance_sums = torch.from_numpy(fpgm_scores(weight[keep])).to(keep.device)
     survivors = keep.nonzero().flatten()
     result = keep.clone()
     result[survivors[~lowest(distance_sums, count)]] = False
@@ -56,8 +57,9 @@ class FPGMHooks(MaskState):
 
     def start_phase(self, model: nn.Module, phase: int) -> None:
         for name, count in self.counts.items():
-            by_norm = lowest(filter_norms(model, name), self.norm_counts[name])
-            self.masks[name] = geometric_median_keep(model.get_submodule(name).weight, by_norm, count)
+            weight = model.get_submodule(name).weight
+            by_norm = lowest(filter_norms(weight), self.norm_counts[name])
+            self.masks[name] = geometric_median_keep(weight, by_norm, count)
         zero_filters(model, self.masks)
 
     def after_backward(self, model: nn.Module) -> None:

@@ -19,6 +19,7 @@ Ties: ranks are integers of at most min(h, w), so equal scores are common (deep 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,7 +28,7 @@ from torch import nn
 
 from baselines.activations import feature_maps
 from baselines.common import filter_method
-from gkp.contracts import PruningContext
+from gkp.contracts import FilterGroup, PruningContext
 
 
 @dataclass(frozen=True)
@@ -41,8 +42,8 @@ def feature_map_ranks(maps: torch.Tensor) -> torch.Tensor:
     return torch.linalg.matrix_rank(maps.double(), rtol=tolerance)
 
 
-def score(model: nn.Module, groups, params: HRankParams, context: PruningContext) -> dict[str, np.ndarray]:
-    batches = context.calibration_batches()
+def mean_ranks(model: nn.Module, groups: Mapping[str, FilterGroup], batches) -> dict[str, torch.Tensor]:
+    """Each group's conv: the mean feature-map rank of every filter over the calibration batches."""
     rank_sums: dict[str, torch.Tensor] = {}
 
     def accumulate(name: str, maps: torch.Tensor) -> None:
@@ -51,7 +52,12 @@ def score(model: nn.Module, groups, params: HRankParams, context: PruningContext
 
     feature_maps(model, groups, batches, accumulate)
     images = sum(len(x) for x, _ in batches)
-    return {name: (rank_sums[name] / images).cpu().numpy() for name in groups}
+    return {name: rank_sums[name] / images for name in groups}
+
+
+def score(model: nn.Module, groups, params: HRankParams, context: PruningContext) -> dict[str, np.ndarray]:
+    ranks = mean_ranks(model, groups, context.calibration_batches())
+    return {name: values.cpu().numpy() for name, values in ranks.items()}
 
 
 METHOD = filter_method(

@@ -24,11 +24,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-import torch
 from torch import nn
 
-from baselines.activations import feature_maps
-from baselines.hrank import feature_map_ranks
+from baselines.hrank import mean_ranks
 from baselines.training_time import SCOPE_DOC, MaskState, Scope, phase_recipe, pruned_counts, training_time_method
 from gkp.contracts import FilterGroup, Phase, PruningContext, Recipe
 from gkp.errors import PruningError
@@ -45,17 +43,6 @@ class HRankIterativeParams:
     layer_milestones: tuple[int, ...] = option((5, 10), doc="epochs of each layer's fine-tune where lr drops x0.1")
 
 
-def mean_ranks(model: nn.Module, name: str, bn: str, batches) -> torch.Tensor:
-    """The mean feature-map rank of each filter of conv ``name`` over the calibration batches."""
-    sums: list[torch.Tensor] = []
-
-    def accumulate(_name: str, maps: torch.Tensor) -> None:
-        sums.append(feature_map_ranks(maps).sum(dim=0, dtype=torch.float64))
-
-    feature_maps(model, {name: FilterGroup(name, bn, ())}, batches, accumulate)
-    return torch.stack(sums).sum(dim=0) / sum(len(y) for _, y in batches)
-
-
 class HRankHooks(MaskState):
     def __init__(self, counts: dict[str, int], batchnorms: dict[str, str], context: PruningContext):
         super().__init__()
@@ -64,7 +51,8 @@ class HRankHooks(MaskState):
 
     def start_phase(self, model: nn.Module, phase: int) -> None:
         name = self.order[phase]
-        ranks = mean_ranks(model, name, self.batchnorms[name], self.context.calibration_batches())
+        group = {name: FilterGroup(name, self.batchnorms[name], ())}
+        ranks = mean_ranks(model, group, self.context.calibration_batches())[name]
         self.masks[name] = lowest(ranks, self.counts[name])
         zero_filters(model, self.masks, self.batchnorms)
 

@@ -25,9 +25,13 @@ class L2Params:
     """L2-norm pruning has no parameters beyond the budget."""
 
 
+def filter_norms(weight: torch.Tensor) -> torch.Tensor:
+    """||W_j||_2 of every output filter j of a conv weight (out, in, k, k), float64, on its device."""
+    return torch.linalg.vector_norm(weight.detach().double().flatten(1), dim=1)
+
+
 def l2_scores(weight: torch.Tensor) -> np.ndarray:
-    """||W_j||_2 of every output filter j of a conv weight (out, in, k, k)."""
-    return torch.linalg.vector_norm(weight.detach().double().flatten(1), dim=1).cpu().numpy()
+    return filter_norms(weight).cpu().numpy()
 
 
 def score(model: nn.Module, groups, params: L2Params, context: PruningContext) -> dict[str, np.ndarray]:

@@ -30,8 +30,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from baselines.allocation import layer_rates
-from baselines.training_time import SCOPE_DOC, MaskState, Scope, phase_recipe, pruned_counts, training_time_method
+from baselines.l2 import filter_norms
+from baselines.training_time import SCOPE_DOC, MaskState, Scope, phase_recipe, target_rates, training_time_method
 from gkp.contracts import Phase, PruningContext, Recipe
 from gkp.pruning.masks import mask_gradients, zero_filters
 from gkp.schema import at_least, option, positive
@@ -52,7 +52,7 @@ class RAPADMMParams:
 
 def percentile_threshold(weight: torch.Tensor, rate: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(filter L2 norms, their ``100 x rate``-th percentile with linear interpolation)."""
-    norms = weight.detach().double().flatten(1).norm(dim=1)
+    norms = filter_norms(weight)
     return norms, torch.quantile(norms, rate)
 
 
@@ -140,8 +140,7 @@ class ADMMHooks(MaskState):
 
 
 def build(model: nn.Module, rate: float, params: RAPADMMParams, context: PruningContext, recipe: Recipe):
-    targets = list(pruned_counts(model, params.scope, rate, context))  # checks the rates
-    rates = layer_rates(targets, rate, context.rates)
+    rates = target_rates(model, params.scope, rate, context)
     admm = params.admm_epochs if params.admm_epochs is not None else recipe.epochs // 2
     phases = [
         Phase("admm", phase_recipe(recipe, admm, "the ADMM phase"), final=False),

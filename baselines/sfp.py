@@ -21,7 +21,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from baselines.training_time import SCOPE_DOC, Scope, filter_norms, pruned_counts, training_time_method
+from baselines.l2 import filter_norms
+from baselines.training_time import SCOPE_DOC, Scope, pruned_counts, training_time_method
 from gkp.contracts import Phase, PruningContext, Recipe, TrainingHooks
 from gkp.pruning.masks import lowest, zero_filters
 from gkp.schema import option
@@ -39,7 +40,8 @@ class SFPHooks(TrainingHooks):
         self.counts = counts
 
     def reselect(self, model: nn.Module) -> None:
-        zero_filters(model, {name: lowest(filter_norms(model, name), count) for name, count in self.counts.items()})
+        weights = {name: model.get_submodule(name).weight for name in self.counts}
+        zero_filters(model, {name: lowest(filter_norms(weights[name]), n) for name, n in self.counts.items()})
 
     def start_phase(self, model: nn.Module, phase: int) -> None:
         self.reselect(model)

@@ -14,7 +14,6 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any, Literal
 
-import torch
 from torch import nn
 
 from baselines.allocation import check_rate_map, layer_rates
@@ -27,12 +26,17 @@ SCOPE_DOC = "masked convs: all (the stem and every block conv, as the official c
 Build = Callable[[nn.Module, float, Any, PruningContext, Recipe], tuple[list[Phase], TrainingHooks]]
 
 
-def pruned_counts(model: nn.Module, scope: Scope, rate: float, context: PruningContext) -> dict[str, int]:
-    """The masked convs (forward order) and how many filters each zeroes."""
+def target_rates(model: nn.Module, scope: Scope, rate: float, context: PruningContext) -> dict[str, float]:
+    """The masked convs (forward order) and each one's rate, the rate map checked."""
     targets = mask_targets(model, scope)
     check_rate_map(targets, context.rates)
-    rates = layer_rates(targets, rate, context.rates)
-    return {name: pruned_count(model.get_submodule(name).out_channels, rates[name], name) for name in targets}
+    return layer_rates(targets, rate, context.rates)
+
+
+def pruned_counts(model: nn.Module, scope: Scope, rate: float, context: PruningContext) -> dict[str, int]:
+    """The masked convs (forward order) and how many filters each zeroes."""
+    rates = target_rates(model, scope, rate, context)
+    return {name: pruned_count(model.get_submodule(name).out_channels, r, name) for name, r in rates.items()}
 
 
 class MaskState(TrainingHooks):
@@ -51,11 +55,6 @@ class MaskState(TrainingHooks):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.masks = dict(state.get("masks", {}))
-
-
-def filter_norms(model: nn.Module, name: str) -> torch.Tensor:
-    """The L2 norm of each flattened filter of a conv (float64)."""
-    return model.get_submodule(name).weight.detach().double().flatten(1).norm(dim=1)
 
 
 def phase_recipe(recipe: Recipe, epochs: int, what: str) -> Recipe:

@@ -22,6 +22,7 @@ from gkp.catalog import build_model
 from gkp.contracts import model_spec
 from gkp.errors import CheckpointError, GkpError, relative_path_note
 from gkp.export import read_safetensors
+from gkp.files import replaced_atomically
 from gkp.pruning.plan import Plan
 from gkp.pruning.surgery import apply as apply_plan
 
@@ -32,15 +33,10 @@ def atomic_save(obj: Any, path: str | Path) -> None:
     """``torch.save`` to a temporary file beside ``path``, flushed to disk, then renamed over it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(temporary, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
+    with replaced_atomically(path) as temporary, open(temporary, "wb") as handle:
+        torch.save(obj, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 def checkpoint_payload(model: nn.Module, metadata: dict[str, Any] | None = None) -> dict[str, Any]:

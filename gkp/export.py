@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import struct
 import sys
 from pathlib import Path
@@ -24,6 +23,7 @@ import torch
 from torch import nn
 
 from gkp.errors import CheckpointError
+from gkp.files import replaced_atomically
 
 SAFETENSORS_DTYPES = {
     torch.float64: "F64",
@@ -66,14 +66,11 @@ def write_safetensors(payload: dict[str, Any], path: str | Path) -> None:
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        temporary.write_bytes(data)
-        os.replace(temporary, path)
+        with replaced_atomically(path) as temporary:
+            temporary.write_bytes(data)
     except OSError as error:
         raise CheckpointError(f"cannot write {path} ({error.strerror or error})") from error
-    finally:
-        temporary.unlink(missing_ok=True)
 
 
 def read_safetensors(path: str | Path) -> dict[str, Any]:

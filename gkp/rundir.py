@@ -22,7 +22,6 @@ import csv
 import io
 import json
 import logging
-import os
 import platform
 import shutil
 import socket
@@ -42,6 +41,7 @@ from gkp.checkpoint import read_checkpoint, save_checkpoint
 from gkp.engine.evaluate import AttackOutcome
 from gkp.engine.train import TrainingState
 from gkp.errors import RunFolderError
+from gkp.files import replaced_atomically
 from gkp.pipeline import EXECUTION_ONLY, RESULTS_FILE
 from gkp.schema import to_yaml
 
@@ -49,16 +49,14 @@ log = logging.getLogger(__name__)
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)
+    with replaced_atomically(path) as temporary:
+        temporary.write_text(text)
 
 
 def _save_npz_atomic(path: Path, arrays: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
-    np.savez(temporary, **arrays)
-    os.replace(temporary, path)
+    with replaced_atomically(path, ".tmp.npz") as temporary:  # np.savez would add .npz to another name
+        np.savez(temporary, **arrays)
 
 
 def write_json_atomic(path: Path, data: Any) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass
@@ -36,7 +35,7 @@ from gkp.pruning.surgery import apply as apply_plan
 from gkp.rundir import RunDir, StageStore, write_json_atomic
 from gkp.schema import to_plain
 from gkp.seeding import derive_seed, seed_everything
-from gkp.zoo import local_checkpoint
+from gkp.zoo import local_checkpoint, user_cache
 
 if TYPE_CHECKING:
     from gkp.config import Experiment
@@ -94,8 +93,7 @@ def new_model(ctx: Context) -> nn.Module:
 
 def forms_cache() -> Path:
     """The file of grouped-conv form timings kept across stages and runs on this machine."""
-    default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "robust-gkp" / "forms.json"
-    return Path(os.environ.get("GKP_FORMS_CACHE", default))
+    return user_cache("forms.json", "GKP_FORMS_CACHE")
 
 
 def fastest_forms(ctx: Context, model: nn.Module, batch_size: int, train: bool, channels_last: bool) -> dict[str, int]:

@@ -90,9 +90,16 @@ def entry_named(name: str, manifest: dict[str, ZooEntry] | None = None) -> ZooEn
     return manifest[name]
 
 
+def user_cache(leaf: str, variable: str) -> Path:
+    """``$variable`` if set, else ``$XDG_CACHE_HOME/robust-gkp/<leaf>`` (``~/.cache`` without it): where
+    what this machine keeps across runs lives (converted checkpoints, form timings; scripts/env.sh keeps
+    its virtual environment beside them)."""
+    default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "robust-gkp" / leaf
+    return Path(os.environ.get(variable, default))
+
+
 def cache_dir() -> Path:
-    default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "robust-gkp" / "zoo"
-    return Path(os.environ.get("GKP_ZOO_CACHE", default))
+    return user_cache("zoo", "GKP_ZOO_CACHE")
 
 
 def sha256_of(path: Path) -> str:

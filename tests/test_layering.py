@@ -22,6 +22,7 @@ PACKAGES = ("gkp", "baselines", "attacks")
 FOUNDATION = {
     "gkp",
     "gkp.errors",
+    "gkp.files",
     "gkp.registry",
     "gkp.schema",
     "gkp.seeding",
