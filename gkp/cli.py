@@ -97,7 +97,22 @@ def _add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("spec", help="sweep spec YAML: base config, grid of overrides (see docs/running.md)")
     parser.add_argument("--dry-run", action="store_true", help="list the runs and their status; run nothing")
     parser.add_argument(
-        "--launcher", choices=("local",), default="local", help="local: one run per visible GPU at a time (a CPU: one)"
+        "--launcher",
+        choices=("local", "slurm", "submitit-local"),
+        default="local",
+        help="local: one run per visible GPU at a time (a CPU: one); slurm: job arrays through submitit; "
+        "submitit-local: the slurm path's code on this machine",
+    )
+    slurm = parser.add_argument_group("slurm (each job is one run)")
+    slurm.add_argument("--partition", help="the SLURM partition")
+    slurm.add_argument("--account", help="the SLURM account to charge")
+    slurm.add_argument("--time", type=int, default=24 * 60, help="minutes per job (requeued and resumed past it)")
+    slurm.add_argument("--gpus-per-run", type=int, default=1, help="GPUs of one run (above 1: data-parallel)")
+    slurm.add_argument("--cpus-per-gpu", type=int, default=8, help="CPU cores per GPU (data loading)")
+    slurm.add_argument("--mem-gb", type=int, help="memory per job")
+    slurm.add_argument("--max-parallel", type=int, default=64, help="jobs of an array running at once")
+    slurm.add_argument(
+        "--slurm-option", action="append", default=[], metavar="KEY=VALUE", help="any other sbatch option, repeatable"
     )
 
 
@@ -274,7 +289,7 @@ def _sweep(args: argparse.Namespace) -> None:
 
     sweep = load_sweep(args.spec)
     if not args.dry_run:
-        failed = run_sweep(sweep)
+        failed = run_sweep(sweep, args.launcher, _slurm_options(args))
         if failed:
             print(status_table(sweep))
             raise RunFolderError(
@@ -284,6 +299,25 @@ def _sweep(args: argparse.Namespace) -> None:
     finished = results_of(sweep)
     if finished and not args.dry_run:
         _compare(argparse.Namespace(runs=[str(folder) for folder in finished]))
+
+
+def _slurm_options(args: argparse.Namespace):
+    from gkp.errors import ConfigError
+    from gkp.launchers import SlurmOptions
+
+    extra = dict(option.split("=", 1) for option in args.slurm_option if "=" in option)
+    if len(extra) != len(args.slurm_option):
+        raise ConfigError("--slurm-option: KEY=VALUE, e.g. --slurm-option qos=high")
+    return SlurmOptions(
+        partition=args.partition,
+        time_minutes=args.time,
+        gpus_per_run=args.gpus_per_run,
+        cpus_per_gpu=args.cpus_per_gpu,
+        mem_gb=args.mem_gb,
+        account=args.account,
+        max_parallel=args.max_parallel,
+        extra=extra,
+    )
 
 
 def _plot(args: argparse.Namespace) -> None:

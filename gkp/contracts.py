@@ -253,12 +253,15 @@ class Dataset:
     """A registered dataset: ``load(cfg, device, num_classes) -> DataBundle`` reads a config's ``data``
     section (``num_classes`` sizes generated data) and returns its splits on ``device``;
     ``check(cfg, trains)`` raises ``ConfigError`` before any compute when the section cannot work (a
-    missing path, a training stage without training data)."""
+    missing path, a training stage without training data); ``images(cfg)`` tells, without loading them,
+    how many (training, test) images the section gives, or None where only loading would tell (used to
+    estimate a sweep's time before anything ran)."""
 
     name: str
     load: Callable[[Any, torch.device, int | None], DataBundle]
     summary: str
     check: Callable[[Any, bool], None] = lambda cfg, trains: None
+    images: Callable[[Any], tuple[int, int] | None] = lambda cfg: None
 
 
 # ------------------------------------------------------------------------------------------- training

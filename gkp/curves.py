@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from gkp.errors import RunFolderError
+from gkp.files import replaced_atomically
 
 
 def robust_accuracy(norms: np.ndarray, budgets: np.ndarray) -> np.ndarray:
@@ -134,7 +135,8 @@ def write_training_curves(metrics_csv: str | Path, png_path: str | Path) -> None
         axis.grid(alpha=0.3)
         axis.legend(fontsize=7)
     figure.tight_layout()
-    figure.savefig(png_path, dpi=110)
+    with replaced_atomically(Path(png_path), ".tmp.png") as temporary:  # rank 0 alone writes it
+        figure.savefig(temporary, dpi=110)
     plt.close(figure)
 
 

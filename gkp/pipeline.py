@@ -27,6 +27,8 @@ ADDED_LATER = (
     ("finetune", "adversarial", None),
     ("prune", "during", None),
     ("data", "subset", "seeded"),
+    ("train", "sync_batchnorm", False),
+    ("finetune", "sync_batchnorm", False),
 )
 # Attack parameters added later, left out of the fingerprints at their defaults: (attack, key, default).
 ADDED_LATER_TO_ATTACKS = (("square", "rescale_schedule", True),)

@@ -22,6 +22,7 @@ import csv
 import io
 import json
 import logging
+import os
 import platform
 import shutil
 import socket
@@ -41,26 +42,17 @@ from gkp.checkpoint import read_checkpoint, save_checkpoint
 from gkp.engine.evaluate import AttackOutcome
 from gkp.engine.train import TrainingState
 from gkp.errors import RunFolderError
-from gkp.files import replaced_atomically
+from gkp.files import replaced_atomically, write_json_atomic, write_text_atomic, writes_files
 from gkp.pipeline import EXECUTION_ONLY, RESULTS_FILE
 from gkp.schema import to_yaml
 
 log = logging.getLogger(__name__)
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    with replaced_atomically(path) as temporary:
-        temporary.write_text(text)
-
-
 def _save_npz_atomic(path: Path, arrays: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with replaced_atomically(path, ".tmp.npz") as temporary:  # np.savez would add .npz to another name
         np.savez(temporary, **arrays)
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    write_text_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
 def differences(old: Any, new: Any, path: str = "") -> list[str]:
@@ -104,6 +96,7 @@ def environment(device: torch.device) -> dict[str, Any]:
     return {
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "command": " ".join(sys.argv),
+        "processes": int(os.environ.get("WORLD_SIZE", "1")),
         "host": socket.gethostname(),
         "python": platform.python_version(),
         "platform": platform.platform(),
@@ -149,7 +142,7 @@ class RunDir:
 
     def move_aside(self) -> None:
         """--restart: keep the previous run, renamed to <folder>.old-<time>, and start an empty one."""
-        if self.path.exists():
+        if self.path.exists() and writes_files():
             aside = self.path.with_name(f"{self.path.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
             self.path.rename(aside)
             log.warning("--restart: moved the previous run to %s", aside)
@@ -169,7 +162,7 @@ class RunDir:
         changed = [stage for stage, value in fingerprints.items() if recorded.get(stage, value) != value]
         repeated = changed if all(stage in repeatable for stage in changed) else []
         conflicts = [stage for stage in changed if stage not in repeated]
-        for stage in repeated:
+        for stage in repeated if writes_files() else []:
             self._keep_results_aside(recorded[stage])
             self._started_marker(stage).unlink(missing_ok=True)
             self._done_marker(stage).unlink(missing_ok=True)
@@ -279,6 +272,8 @@ class RunDir:
     def write_results(self, evaluation: str, results: dict[str, Any]) -> None:
         """The evaluation's results in its folder and, as the latest, in the run folder; its partial state
         is then no longer needed."""
+        if not writes_files():
+            return
         self.evaluation_path(evaluation).mkdir(parents=True, exist_ok=True)
         write_json_atomic(self.evaluation_path(evaluation) / RESULTS_FILE, results)
         shutil.copy2(self.path / "config.yaml", self.evaluation_path(evaluation) / "config.yaml")
@@ -346,6 +341,8 @@ class StageStore:
         self._tensorboard(state.history[-1])
 
     def _tensorboard(self, row: dict[str, Any]) -> None:
+        if not writes_files():
+            return
         if self.writer is None:  # the first epoch of this invocation: drop events a crash left beyond it
             from torch.utils.tensorboard import SummaryWriter
 

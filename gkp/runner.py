@@ -1,6 +1,7 @@
 """The pipeline runner: ``run_experiment`` runs the stages of ``gkp.pipeline.STAGES`` a config asks for.
 
-It resolves the device, loads the data, checks that every stage it will run has its inputs and that its
+It resolves the device (in a run of several processes started by ``torchrun``, joins their group: see
+``gkp.engine.distributed``), loads the data, checks that every stage it will run has its inputs and that its
 settings are feasible (before any compute), prepares the run folder, then runs the stages in order.
 Finished stages are skipped, interrupted ones resume from their last epoch.
 """
@@ -16,6 +17,7 @@ from typing import Any
 from gkp.catalog import load_data
 from gkp.checkpoint import read_checkpoint
 from gkp.config import Experiment
+from gkp.engine import distributed
 from gkp.engine.device import resolve_device, set_determinism
 from gkp.errors import ConfigError
 from gkp.pipeline import RESULTS_FILE, STAGES, models_made_by, stage_named, trains
@@ -73,28 +75,42 @@ def run_experiment(
     exp: Experiment, out: str | Path | None = None, stages: tuple[str, ...] | None = None, restart: bool = False
 ) -> dict[str, Any] | None:
     """Run ``stages`` (default: the config's) of ``exp`` in ``out`` (default runs/<name>); returns
-    the results of the eval stage when it ran or had run."""
+    the results of the eval stage when it ran or had run (in a run of several processes: in rank 0)."""
     stages = tuple(stages or exp.stages)
-    device = resolve_device(exp.device)
+    device = distributed.join_group(resolve_device(exp.device))
+    try:
+        return _run_in(exp, out, stages, restart, device)
+    finally:
+        distributed.leave_group()
+
+
+def _run_in(
+    exp: Experiment, out: str | Path | None, stages: tuple[str, ...], restart: bool, device
+) -> dict[str, Any] | None:
+    if distributed.shard().rank != 0:
+        logging.getLogger().setLevel(logging.WARNING)  # rank 0 tells the story
     set_determinism(exp.deterministic)
     run = RunDir(out or Path("runs") / exp.name)
-    if restart:
-        run.check_usable()  # --restart moves aside a run folder, never a user's file or folder
-        run.move_aside()
-    ctx = Context(exp, run, device, load_data(exp.data, device, exp.model.num_classes))
-    preflight(ctx, stages)
-    plain = exp.to_dict()
-    repeatable = frozenset(stage.name for stage in STAGES if stage.repeatable)
-    run.prepare(plain, {stage.name: stage.fingerprint(plain) for stage in STAGES}, device, repeatable)
+    with distributed.rank_zero_first():  # downloads, fetched checkpoints, the folder: the others then read them
+        if restart:
+            run.check_usable()  # --restart moves aside a run folder, never a user's file or folder
+            run.move_aside()
+        ctx = Context(exp, run, device, load_data(exp.data, device, exp.model.num_classes))
+        preflight(ctx, stages)
+        plain = exp.to_dict()
+        repeatable = frozenset(stage.name for stage in STAGES if stage.repeatable)
+        run.prepare(plain, {stage.name: stage.fingerprint(plain) for stage in STAGES}, device, repeatable)
     log.info("run folder %s on %s", run.path, device)
     for name in stages:
         _run_stage(ctx, name)
     results_file = run.path / RESULTS_FILE
     ran_eval = any(RESULTS_FILE in stage_named(name).files for name in stages)
-    return json.loads(results_file.read_text()) if ran_eval and results_file.is_file() else None
+    reports = ran_eval and results_file.is_file() and distributed.shard().rank == 0  # rank 0 reports
+    return json.loads(results_file.read_text()) if reports else None
 
 
 def _run_stage(ctx: Context, name: str) -> None:
+    distributed.barrier()  # in a run of several processes, all see what rank 0 wrote before this stage
     if ctx.run.is_done(name):
         log.info("%s: already done in %s, skipped", name, ctx.run.path)
         return

@@ -117,6 +117,11 @@ class TrainConfig:
         "auto", doc="mixed precision; auto: bfloat16 on CUDA (float16 where bf16 is missing), off on CPU"
     )
     channels_last: Literal["auto", "on", "off"] = option("auto", doc="channels_last memory format; auto: on for CUDA")
+    sync_batchnorm: bool = option(
+        False,
+        doc="a run of several processes (torchrun): BatchNorm normalises with the whole global batch's statistics, "
+        "so results equal one process's; off: each process normalises its own part (as most CIFAR code does)",
+    )
     eval_every: int = option(1, check=at_least(0), doc="evaluate every N epochs (0: the final epoch only)")
     eval_attacks: tuple[str, ...] = option((), doc="labels of attacks (from attacks) to run at each evaluation")
     select_on: Literal["test", "val"] = option(

@@ -28,11 +28,12 @@ from gkp.engine.evaluate import evaluate
 from gkp.engine.hooks import HookChain
 from gkp.engine.train import FitOutcome, LoopSettings, cross_entropy, fit
 from gkp.errors import ConfigError, RunFolderError
+from gkp.files import write_json_atomic
 from gkp.layers.forms import choose_forms, use_form
 from gkp.pipeline import SAVED_MODELS, STAGE_NAMES, model_file, produced_by, stage_named
 from gkp.pruning.plan import Plan
 from gkp.pruning.surgery import apply as apply_plan
-from gkp.rundir import RunDir, StageStore, write_json_atomic
+from gkp.rundir import RunDir, StageStore
 from gkp.schema import to_plain
 from gkp.seeding import derive_seed, seed_everything
 from gkp.zoo import local_checkpoint, user_cache
@@ -200,6 +201,7 @@ def train_stage(
         batch_size=ctx.exp.data.batch_size,
         amp=cfg.amp,
         channels_last=cfg.channels_last,
+        sync_batchnorm=cfg.sync_batchnorm,
         eval_every=cfg.eval_every,
         metric_prefix=cfg.select_on,
         snapshot_epochs=snapshot_epochs,

@@ -18,7 +18,8 @@ starts from it (``model.checkpoint``) in its own folder ``<out>/<cell>``. Cells 
 training than the dense model (a method reading training snapshots, or pruning while it trains from
 scratch) run their own training. Every cell is a plain run of ``gkp run`` on the config written to
 ``<out>/configs/<cell>.yaml``, so rerunning the sweep continues whatever was interrupted and skips what
-finished. ``--launcher local`` runs one cell per visible GPU at a time (one at a time on a CPU).
+finished. ``--launcher local`` runs one cell per visible GPU at a time (one at a time on a CPU);
+``--launcher slurm`` submits them to a SLURM cluster as job arrays (``gkp.launchers``).
 """
 
 from __future__ import annotations
@@ -26,22 +27,21 @@ from __future__ import annotations
 import csv
 import itertools
 import json
-import os
 import re
 import statistics
-import subprocess
-import sys
-import time
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from gkp.catalog import PRUNING_METHODS, build_model
+from gkp.catalog import DATASETS, MODELS, PRUNING_METHODS, build_model
 from gkp.config import apply_override, build_experiment, read_config
 from gkp.contracts import PruningContext, Recipe
+from gkp.counting import measure
 from gkp.errors import ConfigError
+from gkp.launchers import Job, SlurmOptions, run_locally, run_with_submitit_locally, submit_to_slurm, visible_gpus
 from gkp.pipeline import RESULTS_FILE, STAGE_NAMES, stage_named, trains
 from gkp.schema import to_yaml
 
@@ -178,14 +178,75 @@ def _stage_epochs(exp, stage: str, section: str) -> int:
     return sum(phase.recipe.epochs for phase in phases)
 
 
+# Where no epoch of a run has been timed yet, its epochs are estimated from their multiply-accumulates at
+# the speed of the SR-GKP authors' ResNet-20 demo on one V100 GPU: a 50,000-image CIFAR-10 training epoch in
+# about 12.5 s (../shared/specs/paper.md section 7), i.e. 50,000 images x 3 passes (forward and backward
+# cost about three forward passes) x 40.55M MACs in 12.5 s. A rough guide for planning; a run's measured
+# epoch times replace it as soon as it has some.
+REFERENCE_GPU_MACS_PER_SECOND = 50_000 * 3 * 40.55e6 / 12.5
+
+
+@cache
+def _macs(arch: str, args: str, image_size: int | None) -> float:
+    model = build_model(arch, **json.loads(args))
+    return measure(model, image_size or MODELS.get(arch).input_size).macs
+
+
+def _passes(spec) -> int:
+    """Forward-pass equivalents per image of one attack: 3 per gradient step (restarts and targets
+    included), one per query of a query attack, plus the final prediction."""
+    params = spec.params
+    if spec.attack.kind == "query":
+        return getattr(params, "queries", 1) + 1
+    runs = getattr(params, "restarts", 1) * getattr(params, "targets", 1)
+    return 3 * getattr(params, "steps", 1) * runs + 1
+
+
+def estimated_epoch_seconds(exp, stage: str, section: str) -> float | None:
+    """A GPU's seconds for one epoch of a training stage (training plus its per-epoch evaluation), from
+    MACs at REFERENCE_GPU_MACS_PER_SECOND; None where the image counts are unknown before loading."""
+    images = DATASETS.get(exp.data.name).images(exp.data)
+    if images is None or exp.model.arch is None:
+        return None
+    cfg = getattr(exp, section)
+    macs = _macs(exp.model.arch, json.dumps(exp.model.args, sort_keys=True), exp.data.image_size)
+    if stage == "finetune" and exp.prune is not None:
+        macs *= 1 - exp.prune.rate  # the pruned model's share, about
+    adversarial_steps = getattr(cfg.adversarial, "steps", 1) if cfg.adversarial else 0
+    training = images[0] * 3 * (1 + adversarial_steps)
+    evaluation = 0.0
+    if cfg.eval_every:
+        attacks = [exp.attack(label) for label in cfg.eval_attacks]
+        evaluation = images[1] * (1 + sum(_passes(spec) for spec in attacks)) / cfg.eval_every
+    return macs * (training + evaluation) / REFERENCE_GPU_MACS_PER_SECOND
+
+
 def _left(folder: Path, raw: dict[str, Any]) -> tuple[str, float | None]:
     epochs, seconds = epochs_left(folder, raw)
     if epochs == 0:
         return "-", 0.0
-    hours = None if seconds is None else epochs * seconds / 3600
-    return f"{epochs} epochs" + (
-        f", ~{hours:.1f} h" if hours is not None else ", time unknown until an epoch ran"
-    ), hours
+    if seconds is not None:
+        hours = epochs * seconds / 3600
+        return f"{epochs} epochs, ~{hours:.1f} h", hours
+    estimate = _estimated_hours(raw, folder)
+    if estimate is None:
+        return f"{epochs} epochs, time unknown until an epoch ran", None
+    return f"{epochs} epochs, ~{estimate:.1f} GPU-h (estimated)", estimate
+
+
+def _estimated_hours(raw: dict[str, Any], folder: Path) -> float | None:
+    """The training left, estimated stage by stage from MACs (no epoch of the run timed yet)."""
+    exp = build_experiment(raw)
+    total = 0.0
+    for stage in exp.stages:
+        section = trains(stage, exp)
+        if section is None or (folder / "state" / f"{stage}.done").is_file():
+            continue
+        seconds = estimated_epoch_seconds(exp, stage, section)
+        if seconds is None:
+            return None
+        total += _stage_epochs(exp, stage, section) * seconds
+    return total / 3600
 
 
 def status_table(sweep: Sweep) -> str:
@@ -204,8 +265,8 @@ def status_table(sweep: Sweep) -> str:
         rows.append((folder.name, run_status(folder, raw.get("stages", list(STAGE_NAMES))), left, detail))
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
     lines = ["  ".join([*(row[i].ljust(widths[i]) for i in range(3)), row[3]]) for row in rows]
-    estimate = f"about {total:.1f} h of training left at the measured epoch times"
-    return "\n".join([*lines, estimate + (f", plus {unknown} run(s) not yet measured" if unknown else "")])
+    estimate = f"about {total:.1f} h of training left (measured epoch times, else estimated GPU-hours)"
+    return "\n".join([*lines, estimate + (f", plus {unknown} run(s) of unknown size" if unknown else "")])
 
 
 # ------------------------------------------------------------------------------------------- running
@@ -218,42 +279,34 @@ def _write_config(sweep: Sweep, name: str, raw: dict[str, Any]) -> Path:
     return path
 
 
-def _devices() -> list[str | None]:
-    import torch
-
-    return [str(i) for i in range(torch.cuda.device_count())] or [None]
-
-
-def _launch(jobs: list[tuple[str, Path, Path]], devices: list[str | None]) -> list[str]:
-    """Run ``gkp run CONFIG --out FOLDER`` for each (name, config, folder), one per device at a time;
-    returns the names of those that failed."""
-    failed, running, queue = [], {}, list(jobs)
-    while queue or running:
-        while queue and len(running) < len(devices):
-            name, config, folder = queue.pop(0)
-            device = next(d for d in devices if d not in {d for d, _ in running.values()})
-            env = {**os.environ, **({"CUDA_VISIBLE_DEVICES": device} if device is not None else {})}
-            command = [sys.executable, "-m", "gkp.cli", "run", str(config), "--out", str(folder)]
-            running[subprocess.Popen(command, env=env)] = (device, name)
-            print(f"sweep: {name} started" + (f" on GPU {device}" if device is not None else ""), flush=True)
-        for process in [p for p in running if p.poll() is not None]:
-            _, name = running.pop(process)
-            print(f"sweep: {name} {'done' if process.returncode == 0 else 'FAILED'}", flush=True)
-            if process.returncode != 0:
-                failed.append(name)
-        time.sleep(0.2)
-    return failed
+def _not_done(sweep: Sweep) -> tuple[list[Job], list[Job]]:
+    """The jobs left: shared dense models, and cells (with the dense run each starts from)."""
+    dense = [Job(f.name, _write_config(sweep, f.name, raw), f) for f, raw in sweep.dense_runs.items()]
+    dense = [job for job in dense if run_status(job.folder, ["train"]) != "done"]
+    cells = [
+        Job(c.name, _write_config(sweep, c.name, c.raw), c.folder, c.dense)
+        for c in sweep.cells
+        if not c.problem and run_status(c.folder, c.raw.get("stages", list(STAGE_NAMES))) != "done"
+    ]
+    return dense, cells
 
 
-def run_sweep(sweep: Sweep, devices: list[str | None] | None = None) -> list[str]:
-    """Train the shared dense models, then run every cell that can run; returns the failed commands."""
-    devices = devices or _devices()
-    dense_jobs = [(f.name, _write_config(sweep, f.name, raw), f) for f, raw in sweep.dense_runs.items()]
-    failed = _launch([job for job in dense_jobs if run_status(job[2], ["train"]) != "done"], devices)
-    cells = [c for c in sweep.cells if not c.problem and (c.dense is None or run_status(c.dense, ["train"]) == "done")]
-    jobs = [(c.name, _write_config(sweep, c.name, c.raw), c.folder) for c in cells]
-    stages = {c.name: c.raw.get("stages", ["train", "prune", "finetune", "eval"]) for c in cells}
-    return failed + _launch([job for job in jobs if run_status(job[2], stages[job[0]]) != "done"], devices)
+def _dense_done(folder: Path) -> bool:
+    return run_status(folder, ["train"]) == "done"
+
+
+def run_sweep(sweep: Sweep, launcher: str = "local", slurm: SlurmOptions | None = None) -> list[str]:
+    """Train the shared dense models, then run every cell that can run, with ``launcher`` (``local``,
+    ``slurm`` or ``submitit-local``, see ``gkp.launchers``); returns the names of the failed runs (none
+    known yet when the jobs went to SLURM)."""
+    dense, cells = _not_done(sweep)
+    if launcher == "local":
+        return run_locally(dense, cells, _dense_done, visible_gpus())
+    logs = sweep.out / "jobs"
+    if launcher == "slurm":
+        submit_to_slurm(dense, cells, _dense_done, logs, slurm or SlurmOptions())
+        return []
+    return run_with_submitit_locally(dense, cells, _dense_done, logs, slurm or SlurmOptions())
 
 
 def results_of(sweep: Sweep) -> list[Path]:

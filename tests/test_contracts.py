@@ -157,6 +157,8 @@ def test_every_dataset_loads_its_splits_or_names_the_fix(name, tmp_path):
     dataset.check(cfg, True)
     bundle = load_data(cfg, CPU)
     assert len(bundle.mean) == len(bundle.std) == 3 and bundle.num_classes >= 2
+    counted = dataset.images(cfg)  # what a sweep's time estimate assumes, where it can tell without loading
+    assert counted is None or counted == (bundle.train.num_samples, bundle.test.num_samples)
     for split, train in ((bundle.test, False), (bundle.train, True)):
         x, y = next(split.batches(4, train=train, seed=0))
         assert x.dtype == torch.float32 and x.shape == (len(y), 3, bundle.image_size, bundle.image_size)

@@ -39,6 +39,7 @@ APPLICATION = {  # the catalog and what reads it
     "gkp.importers",
     "gkp.export",
     "gkp.sweep",
+    "gkp.launchers",
     "gkp.tables",
     "gkp.catalog",
     "gkp.config",

@@ -12,7 +12,10 @@ what its ``data`` section must hold. Registered in ``gkp.catalog.DATASETS``.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -53,23 +56,44 @@ def _npz_paths(cfg, trains: bool) -> None:
         )
 
 
+def _sized(train: int, test: int) -> Callable[[Any], tuple[int, int]]:
+    """The image counts of a dataset of ``train`` + ``test`` images, as a data section subsets them."""
+
+    def images(cfg) -> tuple[int, int]:
+        kept = min(cfg.train_size or train, train)
+        return round(kept * (1 - cfg.val_fraction)), min(cfg.test_size or test, test)
+
+    return images
+
+
+def _folder_images(cfg) -> tuple[int, int] | None:
+    root = Path(cfg.root)
+    if not ((root / "train").is_dir() and (root / "val").is_dir()):
+        return None
+    train, test = (sum(len(files) for _, _, files in os.walk(root / part)) for part in ("train", "val"))
+    return _sized(train, test)(cfg)
+
+
 CIFAR10 = Dataset(
     "cifar10",
     _from_arrays(lambda cfg, classes: read_cifar("cifar10", cfg.root, cfg.download)),
     "CIFAR-10 (50,000 + 10,000 32x32 images, 10 classes) under data.root; data.download fetches it",
     _reads_root,
+    _sized(50_000, 10_000),
 )
 CIFAR100 = Dataset(
     "cifar100",
     _from_arrays(lambda cfg, classes: read_cifar("cifar100", cfg.root, cfg.download)),
     "CIFAR-100 (50,000 + 10,000 32x32 images, 100 classes) under data.root; data.download fetches it",
     _reads_root,
+    _sized(50_000, 10_000),
 )
 IMAGEFOLDER = Dataset(
     "imagefolder",
     bundle_from_folders,
     "Tiny-ImageNet / ImageNet layout under data.root: train/<class>/, val/<class>/ (or Tiny-ImageNet's val/)",
     _reads_root,
+    _folder_images,
 )
 NPZ = Dataset(
     "npz",
@@ -82,6 +106,7 @@ DIGITS = Dataset(
     _from_arrays(lambda cfg, classes: read_digits()),
     "scikit-learn's handwritten digits (1,797 images, 10 classes) at 32x32: no download",
     _reads_root,
+    _sized(1437, 360),  # read_digits' fixed split
 )
 SYNTHETIC = Dataset(
     "synthetic",
@@ -92,4 +117,5 @@ SYNTHETIC = Dataset(
     ),
     "generated, learnable images for tests and benchmarks (data.image_size, train_size, test_size)",
     _reads_root,
+    lambda cfg: (round((cfg.train_size or 512) * (1 - cfg.val_fraction)), cfg.test_size or 256),
 )

@@ -4,18 +4,48 @@
 synthetic); ``FolderSplit`` streams an image folder through torchvision transforms in worker processes
 (Tiny-ImageNet, ImageNet). Training batches are shuffled and augmented from a per-epoch seed, so an
 interrupted run resumed at epoch e sees exactly the batches it would have seen.
+
+In a run of several processes (``gkp.engine.distributed``) each one iterates its ``Shard``: its part of
+every training batch (the batches themselves are those of one process), and every size-th test batch.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, Subset
 
 from gkp.data.augment import augment
 
 Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Shard:
+    """A process's share of the work in a run of ``size`` processes: process ``rank`` (0-based)."""
+
+    rank: int = 0
+    size: int = 1
+
+    def part(self, count: int) -> slice:
+        """Its contiguous part of ``count`` items (the first ``count % size`` parts one item longer)."""
+        base, extra = divmod(count, self.size)
+        start = self.rank * base + min(self.rank, extra)
+        return slice(start, start + base + (self.rank < extra))
+
+    def owns(self, batch_index: int) -> bool:
+        return batch_index % self.size == self.rank
+
+    @property
+    def smallest_training_batch(self) -> int:
+        """A last training batch smaller than this is dropped: BatchNorm cannot train on one image, and
+        every process needs at least that many of each batch."""
+        return 2 * self.size
+
+
+WHOLE = Shard()
 
 
 class TensorSplit:
@@ -30,15 +60,19 @@ class TensorSplit:
     def num_samples(self) -> int:
         return int(self.labels.shape[0])
 
-    def num_batches(self, batch_size: int, train: bool) -> int:
-        return len(self._batch_sizes(batch_size, train))
+    def num_batches(self, batch_size: int, train: bool, shard: Shard = WHOLE) -> int:
+        return len(self._batch_sizes(batch_size, train, shard))
 
-    def _batch_sizes(self, batch_size: int, train: bool) -> list[int]:
+    def _batch_sizes(self, batch_size: int, train: bool, shard: Shard = WHOLE) -> list[int]:
         sizes = [min(batch_size, self.num_samples - start) for start in range(0, self.num_samples, batch_size)]
-        # A single-image batch cannot be trained through BatchNorm: drop it from training epochs.
-        return sizes[:-1] if train and len(sizes) > 1 and sizes[-1] == 1 else sizes
+        too_small = train and len(sizes) > 1 and sizes[-1] < shard.smallest_training_batch
+        return sizes[:-1] if too_small else sizes
 
-    def batches(self, batch_size: int, *, train: bool = False, seed: int | None = None) -> Iterator[Batch]:
+    def batches(
+        self, batch_size: int, *, train: bool = False, seed: int | None = None, shard: Shard = WHOLE
+    ) -> Iterator[Batch]:
+        """The batches of an epoch (``train``: shuffled and augmented from ``seed``; ``shard``'s part of
+        each), or of an evaluation (in order, whole)."""
         device = self.images.device
         order = torch.arange(self.num_samples, device=device)
         generator = None
@@ -47,13 +81,21 @@ class TensorSplit:
             generator.manual_seed(0 if seed is None else seed)
             order = torch.randperm(self.num_samples, generator=generator, device=device)
         start = 0
-        for size in self._batch_sizes(batch_size, train):
+        for size in self._batch_sizes(batch_size, train, shard):
             index = order[start : start + size]
             start += size
             images = self.images.index_select(0, index)
-            if train and self.augment_kind != "none":
+            if train and self.augment_kind != "none":  # the whole batch, so that its random draws are one process's
                 images = augment(images, self.augment_kind, generator)
-            yield images.float().div_(255), self.labels.index_select(0, index)
+            part = shard.part(size) if train else slice(None)
+            yield images[part].float().div_(255), self.labels.index_select(0, index)[part]
+
+    def test_batches(self, batch_size: int, shard: Shard = WHOLE) -> Iterator[tuple[int, Batch]]:
+        """(index, batch) of the evaluation's batches in order, those ``shard`` owns."""
+        for index, start in enumerate(range(0, self.num_samples, batch_size)):
+            if shard.owns(index):
+                part = torch.arange(start, min(start + batch_size, self.num_samples), device=self.images.device)
+                yield index, (self.images.index_select(0, part).float().div_(255), self.labels.index_select(0, part))
 
     def take(self, index: torch.Tensor, batch_size: int) -> list[Batch]:
         """The samples at ``index``, in that order, unaugmented, in batches."""
@@ -76,21 +118,35 @@ class FolderSplit:
     def num_samples(self) -> int:
         return len(self.dataset)
 
-    def num_batches(self, batch_size: int, train: bool) -> int:
+    def num_batches(self, batch_size: int, train: bool, shard: Shard = WHOLE) -> int:
         full, rest = divmod(self.num_samples, batch_size)
-        return full + (rest > 1 or (rest == 1 and not train))
+        return full + (rest > 0 and not (train and rest < shard.smallest_training_batch))
 
-    def batches(self, batch_size: int, *, train: bool = False, seed: int | None = None) -> Iterator[Batch]:
+    def batches(
+        self, batch_size: int, *, train: bool = False, seed: int | None = None, shard: Shard = WHOLE
+    ) -> Iterator[Batch]:
+        """As ``TensorSplit.batches``; the shuffled order is that of a DataLoader with ``shuffle`` and a
+        generator seeded with ``seed``, each batch cut to ``shard``'s part."""
         generator = torch.Generator().manual_seed(0 if seed is None else seed)
-        drop_single = train and self.num_samples % batch_size == 1
+        rest = self.num_samples % batch_size
+        drop_last = train and 0 < rest < shard.smallest_training_batch
+        order = RandomSampler(self.dataset, generator=generator) if train else range(self.num_samples)
+        parts = _Parts(BatchSampler(order, batch_size, drop_last), shard if train else WHOLE)
+        yield from self._load(parts, generator)
+
+    def test_batches(self, batch_size: int, shard: Shard = WHOLE) -> Iterator[tuple[int, Batch]]:
+        """(index, batch) of the evaluation's batches in order, those ``shard`` owns."""
+        owned = [i for i in range(self.num_batches(batch_size, train=False)) if shard.owns(i)]
+        batches = [list(range(i * batch_size, min((i + 1) * batch_size, self.num_samples))) for i in owned]
+        yield from zip(owned, self._load(batches, None), strict=True)
+
+    def _load(self, batch_sampler, generator: torch.Generator | None) -> Iterator[Batch]:
         loader = DataLoader(
             self.dataset,
-            batch_size=batch_size,
-            shuffle=train,
+            batch_sampler=batch_sampler,
             generator=generator,
             num_workers=self.num_workers,
             pin_memory=self.device.type == "cuda",
-            drop_last=drop_single,
         )
         for images, labels in loader:
             yield images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
@@ -99,6 +155,20 @@ class FolderSplit:
         """The samples at ``index``, in that order, through the split's transforms, in batches."""
         loader = DataLoader(Subset(self.dataset, index.tolist()), batch_size=batch_size, num_workers=self.num_workers)
         return [(images.to(self.device), labels.to(self.device)) for images, labels in loader]
+
+
+class _Parts:
+    """A batch sampler yielding ``shard``'s part of each batch of ``batches``."""
+
+    def __init__(self, batches: BatchSampler, shard: Shard):
+        self.batches, self.shard = batches, shard
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for batch in self.batches:
+            yield batch[self.shard.part(len(batch))]
+
+    def __len__(self) -> int:
+        return len(self.batches)
 
 
 def calibration_batches(split, batches: int, batch_size: int, seed: int) -> list[Batch]:

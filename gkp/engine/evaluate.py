@@ -36,6 +36,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from gkp.engine import distributed
 from gkp.engine.folding import batchnorm_folded
 from gkp.errors import AttackSanityError
 from gkp.seeding import derive_seed
@@ -177,9 +178,9 @@ def _attack_batch(
     predictions: torch.Tensor,
     spec,
     generator: torch.Generator,
-    result: AttackResult,
-) -> torch.Tensor:
-    """Run one attack on one batch; returns the per-sample robust flags."""
+) -> tuple[torch.Tensor, torch.Tensor | None, float]:
+    """Run one attack on one batch; returns the per-sample robust flags, a minimum-norm attack's
+    per-sample norms (else None) and the seconds it took."""
     attack = spec.attack
     target, inputs, box = attack_space(model, x, spec)
     labels = predictions if spec.labels == "predicted" else y
@@ -187,20 +188,20 @@ def _attack_batch(
     x_adv = attack.run(target, inputs, labels, spec.params, generator, box)
     with torch.no_grad():
         correct = _finite_logits(target(x_adv), f"under attack '{spec.label}'").argmax(1) == y
-    result.score.seconds += _timed(x.device, start)
+    seconds = _timed(x.device, start)
     _require_eval_mode(model)
     minimum_norm = attack.kind == "minimum_norm"
     check_adversarial(x_adv, inputs, spec.params, not minimum_norm, box, spec.label)
-    if minimum_norm:
-        norms = torch.where(
-            correct,
-            torch.full_like(correct, math.inf, dtype=torch.float32),
-            lp_norm(x_adv - inputs, spec.params.norm).float(),
-        )
-        result.norms.append(norms.cpu())
-        if spec.params.eps is not None:
-            correct = norms > spec.params.eps
-    return correct
+    if not minimum_norm:
+        return correct, None, seconds
+    norms = torch.where(
+        correct,
+        torch.full_like(correct, math.inf, dtype=torch.float32),
+        lp_norm(x_adv - inputs, spec.params.norm).float(),
+    )
+    if spec.params.eps is not None:
+        correct = norms > spec.params.eps
+    return correct, norms, seconds
 
 
 def zero_gradient_share(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
@@ -273,7 +274,11 @@ def evaluate(
     the same results (each batch's attack randomness depends only on the seed, the label and the batch)."""
     model = evaluated_model(model, options)
     progress = tqdm(
-        total=split.num_samples * (1 + len(attack_specs)), desc=description, unit="img", leave=False, disable=None
+        total=split.num_samples * (1 + len(attack_specs)),
+        desc=description,
+        unit="img",
+        leave=False,
+        disable=None if distributed.shard().rank == 0 else True,
     )
     benign_flags, benign_seconds, predictions, zero_share = _benign_pass(
         model, split, batch_size, attack_specs, progress
@@ -304,35 +309,40 @@ def evaluate(
 
 def _benign_pass(
     model, split, batch_size: int, attack_specs, progress
-) -> tuple[np.ndarray, float, list[torch.Tensor], float | None]:
-    """(per-sample correct flags, seconds, the predictions of each batch, the first batch's share of zero
-    gradients)."""
+) -> tuple[np.ndarray, float, dict[int, torch.Tensor], float | None]:
+    """(per-sample correct flags, seconds, the predictions of each batch this process evaluates, the first
+    batch's share of zero gradients)."""
     device = next(model.parameters()).device
-    flags, predictions, seconds, zero_share = [], [], 0.0, None
-    for index, (x, y) in enumerate(split.batches(batch_size, train=False)):
+    shard = distributed.shard()
+    batches, predictions = [], {}
+    for index, (x, y) in split.test_batches(batch_size, shard):
         start = time.perf_counter()
         with torch.no_grad():
             predicted = _finite_logits(model(x), "on clean images").argmax(1)
-        seconds += _timed(device, start)
-        flags.append((predicted == y).cpu())
-        predictions.append(predicted)
-        progress.update(len(y))
+        seconds = _timed(device, start)
+        zero_share = None
         if index == 0 and any(s.attack.kind == "gradient" for s in attack_specs):
             zero_share = zero_gradient_share(model, x, y)
-    return torch.cat(flags).numpy(), seconds, predictions, zero_share
+        batches.append((index, ((predicted == y).cpu(), seconds, zero_share)))
+        predictions[index] = predicted
+        progress.update(len(y) * shard.size)
+    flags, seconds, zero_shares = zip(*distributed.gather(batches), strict=True)
+    return torch.cat(flags).numpy(), sum(seconds), predictions, zero_shares[0]
 
 
 def _attack_pass(model, split, batch_size: int, spec, predictions, seed: int, progress) -> AttackOutcome:
     device = next(model.parameters()).device
-    result = AttackResult(spec.name, spec.label, spec.settings())
-    flags = []
-    for index, (x, y) in enumerate(split.batches(batch_size, train=False)):
+    shard = distributed.shard()
+    batches = []
+    for index, (x, y) in split.test_batches(batch_size, shard):
         generator = torch.Generator(device=device)
         generator.manual_seed(derive_seed(seed, "attack", spec.label, index))
-        flags.append(_attack_batch(model, x, y, predictions[index], spec, generator, result).cpu())
-        progress.update(len(y))
-    norms = result.norm_array() if result.norms else None
-    return AttackOutcome(torch.cat(flags).numpy(), norms, result.score.seconds)
+        correct, norms, seconds = _attack_batch(model, x, y, predictions[index], spec, generator)
+        batches.append((index, (correct.cpu(), None if norms is None else norms.cpu(), seconds)))
+        progress.update(len(y) * shard.size)
+    flags, norms, seconds = zip(*distributed.gather(batches), strict=True)
+    found = torch.cat(norms).numpy() if norms[0] is not None else None
+    return AttackOutcome(torch.cat(flags).numpy(), found, sum(seconds))
 
 
 def _result(spec, outcome: AttackOutcome) -> AttackResult:

@@ -31,6 +31,7 @@ from torch import nn
 from tqdm import tqdm
 
 from gkp.contracts import Objective, Phase, TrainingHooks
+from gkp.engine import distributed
 from gkp.engine.device import amp_dtype, use_channels_last
 from gkp.engine.schedule import build_scheduler
 from gkp.errors import NonFiniteLossError
@@ -59,7 +60,8 @@ def cross_entropy(label_smoothing: float = 0.0) -> Objective:
 class LoopSettings:
     """What the loop needs besides its phases: the stage (names checkpoints and seeds), the seed, the
     batch size, precision and memory format ("auto" / "on" / "off" as in the config), how often it
-    evaluates (every ``eval_every`` epochs, 0: the last epoch only), the prefix of its metric columns and
+    evaluates (every ``eval_every`` epochs, 0: the last epoch only), whether a run of several processes
+    normalises with the global batch (``gkp.engine.distributed``), the prefix of its metric columns and
     the (1-based, counted across phases) epochs after which the weights are also kept as snapshots."""
 
     stage: str
@@ -67,6 +69,7 @@ class LoopSettings:
     batch_size: int
     amp: str = "auto"
     channels_last: str = "auto"
+    sync_batchnorm: bool = False
     eval_every: int = 1
     metric_prefix: str = "test"
     snapshot_epochs: frozenset[int] = field(default_factory=frozenset)
@@ -140,17 +143,24 @@ class Optimization:
 # ------------------------------------------------------------------------------------ one epoch
 
 
-def _step(model: nn.Module, loss: torch.Tensor, optimization: Optimization, hooks: TrainingHooks) -> None:
+def _step(
+    model: nn.Module, loss: torch.Tensor, optimization: Optimization, hooks: TrainingHooks, part: int | None
+) -> None:
+    """One SGD step on ``loss``. In a run of several processes ``part`` is this process's number of images
+    of the batch: its loss is weighted by it and the gradients averaged, so the step is the whole batch's."""
     optimizer, scaler = optimization.optimizer, optimization.scaler
     optimizer.zero_grad(set_to_none=True)
+    if part is not None:
+        loss = loss * part
+    (scaler.scale(loss) if scaler is not None else loss).backward()
+    if part is not None:
+        distributed.average_gradients(model, part)
     if scaler is not None:
-        scaler.scale(loss).backward()
         scaler.unscale_(optimizer)
         hooks.after_backward(model)
         scaler.step(optimizer)
         scaler.update()
     else:
-        loss.backward()
         hooks.after_backward(model)
         optimizer.step()
     hooks.after_step(model)
@@ -171,39 +181,40 @@ def train_one_epoch(
     model.train()
     dtype = amp_dtype(settings.amp, device)
     channels_last = use_channels_last(settings.channels_last, device)
+    shard = distributed.shard()
     generator = torch.Generator(device=device)
     generator.manual_seed(derive_seed(seed, "objective"))
-    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
-    penalty_sum = torch.zeros((), device=device, dtype=torch.float64)
-    correct = torch.zeros((), device=device, dtype=torch.long)
-    seen = 0
+    # loss, penalty (both summed over images), correct, images
+    sums = torch.zeros(4, device=device, dtype=torch.float64)
     start = time.perf_counter()
-    batches = split.batches(settings.batch_size, train=True, seed=seed)
-    total = split.num_batches(settings.batch_size, train=True)
-    for step, (x, y) in enumerate(tqdm(batches, total=total, desc=description, leave=False, disable=None)):
+    batches = split.batches(settings.batch_size, train=True, seed=seed, shard=shard)
+    total = split.num_batches(settings.batch_size, train=True, shard=shard)
+    progress = tqdm(batches, total=total, desc=description, leave=False, disable=None if shard.rank == 0 else True)
+    for step, (x, y) in enumerate(progress):
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=dtype) if dtype else nullcontext():
             loss, logits = objective(model, x, y, generator)
             penalty = hooks.regularizer(model)
         total_loss = loss if penalty is None else loss + penalty
-        _step(model, total_loss, optimization, hooks)
-        loss_sum += loss.detach().double() * len(y)
+        _step(model, total_loss, optimization, hooks, len(y) if shard.size > 1 else None)
+        sums[0] += loss.detach().double() * len(y)
         if penalty is not None:
-            penalty_sum += penalty.detach().double() * len(y)
-        correct += (logits.detach().argmax(1) == y).sum()
-        seen += len(y)
+            sums[1] += penalty.detach().double() * len(y)
+        sums[2] += (logits.detach().argmax(1) == y).sum()
+        sums[3] += len(y)
         if (step + 1) % NAN_CHECK_EVERY == 0 or step + 1 == total:
-            _check_finite(loss_sum + penalty_sum, step)
+            _check_finite(distributed.sum_across(sums[:2]).sum(), step)
+    loss_sum, penalty_sum, correct, seen = distributed.sum_across(sums).tolist()
     seconds = time.perf_counter() - start
     row = {
-        "train_loss": loss_sum.item() / max(seen, 1),
-        "train_accuracy": correct.item() / max(seen, 1),
+        "train_loss": loss_sum / max(seen, 1),
+        "train_accuracy": correct / max(seen, 1),
         "seconds": round(seconds, 3),
         "images_per_second": round(seen / max(seconds, 1e-9), 1),
     }
-    if penalty_sum.item():
-        row["train_penalty"] = penalty_sum.item() / max(seen, 1)
+    if penalty_sum:
+        row["train_penalty"] = penalty_sum / max(seen, 1)
     return row
 
 
@@ -290,17 +301,19 @@ def fit(
     run = _Run(model, phases, settings, store, hooks, evaluate_epoch or (lambda m, d: {}))
     objective = objective or cross_entropy()
     state = run.resume()
+    distributed.broadcast_model(model)
     start_phase, start_epoch = (state.phase, state.epoch) if state else (0, 0)
-    for index in range(start_phase, len(run.phases)):
-        phase = run.phases[index]
-        optimization = Optimization.start(model, phase, settings, device)
-        resuming = state is not None and index == start_phase
-        if resuming:
-            optimization.restore(state)
-        else:
-            hooks.start_phase(model, index)
-        for epoch in range(start_epoch if resuming else 0, phase.recipe.epochs):
-            _one_epoch(run, index, epoch, optimization, objective, train_split, device)
+    with distributed.global_batchnorm(model, settings.sync_batchnorm):
+        for index in range(start_phase, len(run.phases)):
+            phase = run.phases[index]
+            optimization = Optimization.start(model, phase, settings, device)
+            resuming = state is not None and index == start_phase
+            if resuming:
+                optimization.restore(state)
+            else:
+                hooks.start_phase(model, index)
+            for epoch in range(start_epoch if resuming else 0, phase.recipe.epochs):
+                _one_epoch(run, index, epoch, optimization, objective, train_split, device)
     return FitOutcome(run.history, run.best)
 
 
@@ -328,6 +341,7 @@ def _one_epoch(run: _Run, index: int, epoch: int, optimization, objective, train
             "(--out) or --restart"
         ) from None
     optimization.scheduler.step()
+    distributed.broadcast_model(model)  # rank 0's BatchNorm statistics where each process kept its own
     hooks.end_epoch(model, index, epoch)
     phase_column = {"phase": phase.name} if phase.name else {}
     run.record({"epoch": overall, **phase_column, "lr": lr, **row}, phase)

@@ -1,0 +1,99 @@
+"""Runs of several processes (``torchrun``; gloo on the CPU): with synchronised BatchNorm they train and
+evaluate to one process's numbers, rank 0 alone writes, and a killed run resumes."""
+
+from __future__ import annotations
+
+import csv
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from gkp.data.splits import FolderSplit, Shard, TensorSplit
+from gkp.engine import distributed
+from gkp.runner import run_experiment
+
+from conftest import tiny_config, write_config
+
+TEST_SIZE = 70
+
+
+def torchrun(config, out) -> subprocess.Popen:
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    command += ["-m", "gkp.cli", "run", str(config), "--out", str(out)]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def metrics(folder) -> list[dict[str, str]]:
+    return list(csv.DictReader((folder / "metrics.csv").open()))
+
+
+def test_two_processes_give_one_processs_numbers_write_once_and_resume_after_a_kill(tmp_path):
+    from gkp.config import build_experiment
+
+    raw = tiny_config(
+        stages=["train", "eval"],
+        data={"name": "synthetic", "image_size": 16, "train_size": 400, "test_size": TEST_SIZE, "batch_size": 64},
+        train={"epochs": 3, "sync_batchnorm": True, "eval_attacks": ["fgsm"]},
+        attacks=[{"name": "fgsm", "eps": "2/255"}, {"name": "pgd", "eps": "2/255", "steps": 2, "random_start": True}],
+    )
+    run_experiment(build_experiment(raw), out=tmp_path / "one")
+    config = write_config(tmp_path / "config.yaml", raw)
+    killed = torchrun(config, tmp_path / "two")
+    events = tmp_path / "two" / "tb" / "train"  # written after an epoch's checkpoint and metrics
+    deadline = time.time() + 300
+    while not any(events.glob("events.*")) and killed.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    killed.send_signal(signal.SIGTERM)  # torchrun stops its workers (they run in sessions of their own)
+    killed.wait()
+    assert not (tmp_path / "two" / "state" / "train.done").exists(), "killed too late: the training had finished"
+    resumed = torchrun(config, tmp_path / "two")
+    output = resumed.communicate(timeout=600)[0].decode()
+    assert resumed.returncode == 0, output[-3000:]
+
+    one, two = metrics(tmp_path / "one"), metrics(tmp_path / "two")
+    assert [row["epoch"] for row in two] == ["1", "2", "3"]
+    for a, b in zip(one, two, strict=True):
+        assert float(b["train_loss"]) == pytest.approx(float(a["train_loss"]), rel=1e-4)
+        for column in ("train_accuracy", "test_benign", "test_fgsm"):  # within one image
+            assert abs(float(a[column]) - float(b[column])) <= 1 / TEST_SIZE + 1e-9, column
+    single = json.loads((tmp_path / "one" / "results.json").read_text())
+    double = json.loads((tmp_path / "two" / "results.json").read_text())
+    assert abs(single["benign"]["correct"] - double["benign"]["correct"]) <= 1
+    for a, b in zip(single["attacks"], double["attacks"], strict=True):  # PGD's random starts included
+        assert abs(a["correct"] - b["correct"]) <= 1, a["label"]
+    assert json.loads((tmp_path / "two" / "env.json").read_text())["processes"] == 2
+    # one TensorBoard file per invocation (rank 0's): the killed one and the resumed one
+    assert len(list((tmp_path / "two" / "tb" / "train").glob("events.*"))) == 2
+    assert output.count("accuracy (%) on") == 1  # rank 0 alone reports
+
+
+def test_a_process_takes_its_part_of_each_training_batch_and_every_other_test_batch():
+    split = TensorSplit(torch.arange(14 * 3 * 2 * 2, dtype=torch.uint8).view(14, 3, 2, 2), torch.arange(14))
+    whole = [y for _, y in split.batches(5, train=True, seed=3)]
+    parts = [[y for _, y in split.batches(5, train=True, seed=3, shard=Shard(r, 2))] for r in range(2)]
+    assert [torch.cat(pair).tolist() for pair in zip(*parts, strict=True)] == [y.tolist() for y in whole]
+    assert [len(y) for y in parts[0]] == [3, 3, 2] and split.num_batches(5, train=True, shard=Shard(0, 2)) == 3
+    # a last batch (4 images) smaller than two per process is dropped, as one process drops a single image
+    assert [len(y) for _, y in split.batches(5, train=True, shard=Shard(0, 3))] == [2, 2]
+    owned = [[i for i, _ in split.test_batches(4, Shard(r, 2))] for r in range(2)]
+    assert owned == [[0, 2], [1, 3]]
+    assert distributed.gather([(1, "b"), (0, "a")]) == ["a", "b"]  # alone: ordered by batch index
+
+
+def test_an_image_folder_split_shards_the_batches_a_shuffled_dataloader_draws():
+    from torch.utils.data import DataLoader, TensorDataset
+
+    dataset = TensorDataset(torch.rand(14, 3, 2, 2), torch.arange(14))
+    split = FolderSplit(dataset, torch.device("cpu"), num_workers=0)
+    loader = DataLoader(dataset, batch_size=5, shuffle=True, generator=torch.Generator().manual_seed(3))
+    whole = [y.tolist() for _, y in loader]
+    assert [y.tolist() for _, y in split.batches(5, train=True, seed=3)] == whole
+    parts = [[y for _, y in split.batches(5, train=True, seed=3, shard=Shard(r, 2))] for r in range(2)]
+    assert [torch.cat(pair).tolist() for pair in zip(*parts, strict=True)] == whole
+    assert [[i for i, _ in split.test_batches(5, Shard(r, 2))] for r in range(2)] == [[0, 2], [1]]
+    assert [y.tolist() for _, (_, y) in split.test_batches(5, Shard(1, 2))] == [[5, 6, 7, 8, 9]]
