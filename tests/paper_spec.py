@@ -45,7 +45,8 @@ def bullet_rows(line: str, sizes: int) -> list[Row]:
     """A bullet "- METHOD[:] ROWS" (Tables 11, 12, 17-19)."""
     body = line.strip().removeprefix("- ").replace("**", "")
     end = METHOD_END.search(body)
-    return compact_rows(body[: end.start()].strip(), body[end.end() :], sizes)
+    method = body[: end.start()].strip()
+    return compact_rows(RUN_NAMES.get(method, method), body[end.end() :], sizes)
 
 
 def _pipe_cells(line: str) -> list[str]:
@@ -117,14 +118,16 @@ def table13(text: str) -> list[Row]:
     return rows
 
 
-ABLATION_NAMES = {  # the spec's labels, which vary between Tables 4 and 5, and the data file's
-    "TMI-driven clustering + Greedy": "TMI + Greedy",
-    "TMI + Greedy": "TMI + Greedy",
-    "Smoothness Snaking + Greedy": "Snaking + Greedy",
-    "Snaking + Greedy": "Snaking + Greedy",
-    "Snaking + Least Smooth": "Snaking + Least Smooth",
-    'Snaking + "Least Greedy" [sic; means Least Smooth]': "Snaking + Least Smooth",
-    "Snaking + Smooth Beam Greedy": "Snaking + Smooth Beam Greedy",
+RUN_NAMES = {  # the spec's labels (which vary between Tables 4 and 5) and the data file's, folder names
+    "TMI-driven clustering + Greedy": "TMI-Greedy",
+    "TMI + Greedy": "TMI-Greedy",
+    "Smoothness Snaking + Greedy": "Snaking-Greedy",
+    "Snaking + Greedy": "Snaking-Greedy",
+    "Snaking + Least Smooth": "Snaking-LeastSmooth",
+    'Snaking + "Least Greedy" [sic; means Least Smooth]': "Snaking-LeastSmooth",
+    "Snaking + Smooth Beam Greedy": "Snaking-SmoothBeamGreedy",
+    "OTOv2 from scratch": "OTOv2-scratch",
+    "OTOv2 post-train": "OTOv2-post-train",
 }
 
 
@@ -153,7 +156,7 @@ def ablations(text: str) -> dict[str, list[Row]]:
         rows = [["Unpruned", "-", *map(float, re.search(r"unpruned ([\d./]+)", heading)[1].split("/"))]]
         for line in lines:
             label, rest = line.split(": ", 1)
-            rows += compact_rows(ABLATION_NAMES[label], _sentence(rest), 0)
+            rows += compact_rows(RUN_NAMES[label], _sentence(rest), 0)
         tables[table] = rows
     return tables
 
@@ -164,7 +167,7 @@ def table6(text: str) -> list[Row]:
     for arch, (entries, _) in _blocks(body).items():
         for entry in entries.strip(" :").rstrip(".").split(";"):
             name, numbers = entry.strip().rsplit(" ", 1)
-            method = name.rstrip(":") if name == "SFP" else f"SFP + {name.rstrip(':')}"
+            method = "SFP-" + name.rstrip(":").replace(" ", "-") if name != "SFP" else name
             rows.append([arch, method, "-", *map(float, numbers.split("/"))])
     return rows
 
@@ -191,7 +194,7 @@ def csb(text: str) -> dict[str, list[Row]]:
         for line in _blocks(body)[arch][1]:
             alphas, rest = line.split(": ", 1)
             for alpha in re.sub(r"\s*\(identical\)", "", alphas).split(" and "):
-                rows += compact_rows(f"CSB {alpha}", _sentence(rest), 0)
+                rows += compact_rows(f"CSB-{alpha}", _sentence(rest), 0)
         tables[table] = rows
     return tables
 

@@ -113,17 +113,17 @@ def test_a_table_with_parts_and_the_imagenet_attacks_takes_each_part_from_its_fo
 
 def test_an_ablation_table_names_its_rows_after_the_runs_and_table7_reads_the_prune_time(tmp_path):
     beam = {
-        "name": "Snaking + Smooth Beam Greedy",
+        "name": "Snaking-SmoothBeamGreedy",
         **entry("final", 0.93, ATTACKS),
         "other_models": [entry("best_benign", 0.9302, ATTACKS), entry("dense", 0.928, ATTACKS)],
     }
-    greedy = {"name": "Snaking + Greedy", **entry("final", 0.92, ATTACKS)}
+    greedy = {"name": "Snaking-Greedy", **entry("final", 0.92, ATTACKS)}
     greedy["other_models"] = [entry("best_benign", 0.9277, ATTACKS)]
     runs = [write_run(tmp_path / "table9" / results["name"], results) for results in (beam, greedy)]
     rows = {(row.method, row.row): row.ours for row in table_rows("table4", runs)}
     assert rows[("Unpruned", "-")] == [pytest.approx(92.80), pytest.approx(76.0), pytest.approx(45.0)]
-    assert rows[("Snaking + Greedy", "BB=(a)")][0] == pytest.approx(92.77)
-    assert rows[("Snaking + Smooth Beam Greedy", "BB")][0] == pytest.approx(93.02)
+    assert rows[("Snaking-Greedy", "BB=(a)")][0] == pytest.approx(92.77)
+    assert rows[("Snaking-SmoothBeamGreedy", "BB")][0] == pytest.approx(93.02)
     plan = {"metadata": {"select_seconds": 12.0}}
     srgkp = write_run(tmp_path / "table10" / "SR-GKP", {**beam, "name": "SR-GKP"}, plan)
     timing = {(row.part, row.method): (row.ours, row.paper) for row in table_rows("table7", [srgkp])}
@@ -142,3 +142,49 @@ def test_runs_that_no_row_reads_or_that_collide_are_refused(tmp_path):
         table_rows("table10", twice)
     with pytest.raises(ConfigError, match="no table 'table8'"):
         table_rows("table8", [])
+
+
+@pytest.mark.slow
+def test_finished_digits_runs_fill_table5_and_table7(tmp_path, capsys):
+    """A real sweep on scikit-learn's digits (ResNet-8, a few epochs, the paper's CIFAR attacks): its cells,
+    named after Table 5's rows and Table 7's SR-GKP in a folder named after Table 10 (as Table 5's and 7's
+    specs put them), fill those rows from their results.json and plan.json."""
+    import yaml
+
+    from gkp.sweep import load_sweep, run_sweep
+
+    base = {
+        "name": "digits",
+        "device": "cpu",
+        "model": {"arch": "resnet8"},
+        "data": {"name": "digits", "batch_size": 64},
+        "train": {"epochs": 4, "lr": 0.05, "schedule": "cosine", "eval_every": 0},
+        "prune": {"method": "srgkp", "rate": 0.4375},
+        "finetune": {"epochs": 3, "lr": 0.01, "schedule": "cosine", "eval_attacks": ["fgsm_0.01", "fgsm_0.1", "pgd_3"]},
+        "attacks": [{"suite": "paper-cifar"}],
+        "eval": {"models": ["final", "best_benign", "best_fgsm_0.01", "best_fgsm_0.1", "dense"]},
+    }
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
+    cells = [
+        {"name": "Snaking-SmoothBeamGreedy"},
+        {"name": "Snaking-Greedy", "prune": {"method": "gkp_greedy", "rate": 0.4375}},
+        {"name": "SR-GKP"},
+    ]
+    spec = {"name": "digits", "base": "base.yaml", "out": str(tmp_path / "table10"), "cells": cells}
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(spec))
+    sweep = load_sweep(tmp_path / "sweep.yaml")
+    assert run_sweep(sweep, devices=[None]) == []
+    folders = [str(cell.folder) for cell in sweep.cells]
+    assert main(["table", *folders, "--paper", "table5"]) == 0
+    table5 = capsys.readouterr().out
+    print(table5)
+    results = json.loads((sweep.cells[1].folder / "results.json").read_text())
+    best = next(e for e in results["other_models"] if e["model"] == "best_fgsm_0.01")
+    ours = f"{100 * best['attacks'][0]['accuracy']:.2f} / 76.05"
+    assert f"| Snaking-Greedy | (a) | {100 * best['benign']['accuracy']:.2f} / 93.4 " in table5 and ours in table5
+    assert "| Unpruned | - | " in table5 and "| Unpruned | - | - /" not in table5
+    assert "| TMI-Greedy | BB | - / 93.95 | - / 75.18 | - / 42.18 |" in table5
+    assert main(["table", *folders, "--paper", "table7"]) == 0
+    table7 = capsys.readouterr().out
+    seconds = json.loads((sweep.cells[2].folder / "plan.json").read_text())["metadata"]["select_seconds"]
+    assert f"| ResNet-56 | SR-GKP | - | - / 5 | {seconds:.2f} / 1243 (" in table7
