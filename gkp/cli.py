@@ -118,9 +118,12 @@ def _add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _add_table_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "runs", nargs="+", help="run folders, each named after a method of the table (as a sweep names them)"
+        "runs",
+        nargs="+",
+        help="run folders, each named after a method of the table (as a sweep names them), in a table with "
+        "parts inside the part's folder (runs/table13/resnet56/SR-GKP)",
     )
-    parser.add_argument("--paper", required=True, help="the paper's table, e.g. table10")
+    parser.add_argument("--paper", required=True, help="the paper's table: table2 to table7, table9 to table19")
     parser.add_argument("--csv", action="store_true", help="CSV instead of Markdown")
 
 
@@ -330,9 +333,11 @@ def _plot(args: argparse.Namespace) -> None:
 
 
 def _table(args: argparse.Namespace) -> None:
-    from gkp.tables import table_csv, table_markdown
+    from pathlib import Path
 
-    runs = _read_results(args.runs)
+    from gkp.tables import Run, table_csv, table_markdown
+
+    runs = [Run(Path(folder), results) for folder, results in zip(args.runs, _read_results(args.runs), strict=True)]
     print(table_csv(args.paper, runs) if args.csv else table_markdown(args.paper, runs))
 
 

@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# The SR-GKP paper's Table 15: SR-GKP's CSB alpha on ResNet-56, CIFAR-10. One command runs every cell (the dense
+# models trained once) and prints our numbers beside the paper's (gkp table --paper table15); rerun it to
+# continue; --dry-run lists the cells, their status and the training left. See scripts/paper/run_table.sh.
+exec bash "$(dirname "$0")/run_table.sh" table15 \
+    configs/sweeps/table15.yaml -- "$@"

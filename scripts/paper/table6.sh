@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# The SR-GKP paper's Table 6: SR-GKP's CSB mix-up applied to SFP, ResNet-32 and ResNet-56, CIFAR-10. One command
+# runs every cell (the dense models trained once) and prints our numbers beside the paper's (gkp table --paper
+# table6); rerun it to continue; --dry-run lists the cells, their status and the training left. See
+# scripts/paper/run_table.sh.
+exec bash "$(dirname "$0")/run_table.sh" table6 \
+    configs/sweeps/table6_resnet32.yaml configs/sweeps/table6_resnet56.yaml -- "$@"
