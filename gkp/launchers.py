@@ -15,7 +15,6 @@ folder, so any launcher can stop, crash or be preempted and a rerun continues.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -26,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from gkp.errors import ConfigError
-from gkp.files import write_json_atomic
+from gkp.files import write_text_atomic
 
 
 @dataclass(frozen=True)
@@ -177,40 +176,43 @@ def _wait(jobs: Sequence[Job], submitted: list[Any]) -> list[str]:
     return failed
 
 
-def _still_queued(record: Path) -> set[str]:
-    """The runs whose job from an earlier submission is still pending or running (``squeue``), so that a
-    rerun of the sweep does not start a second job on the same run folder."""
-    jobs = json.loads(record.read_text()) if record.is_file() else {}
-    if not jobs:
+JOB_FILE = ".slurm_job"  # in a run folder: the SLURM job last submitted for it
+
+
+def _still_queued(jobs: Sequence[Job]) -> set[Path]:
+    """The run folders whose job from an earlier submission (by any sweep) is still pending or running
+    (``squeue``), so that no second job starts on the same run folder."""
+    submitted = {
+        job.folder: (job.folder / JOB_FILE).read_text().strip() for job in jobs if (job.folder / JOB_FILE).is_file()
+    }
+    if not submitted:
         return set()
     listed = subprocess.run(
-        ["squeue", "--noheader", "--format=%i", "--jobs=" + ",".join(jobs.values())],
+        ["squeue", "--noheader", "--format=%i", "--jobs=" + ",".join(submitted.values())],
         capture_output=True,
         text=True,
     )
     active = set(listed.stdout.split())
-    return {name for name, job_id in jobs.items() if job_id in active}
+    return {folder for folder, job_id in submitted.items() if job_id in active}
 
 
 def submit_to_slurm(dense: Sequence[Job], cells: Sequence[Job], dense_done, log_folder: Path, options) -> None:
     """Submit the dense models and the cells that need none of them now, and the cells waiting for a dense
     model as an array that starts once the dense models' array succeeded. Returns at once; the jobs run on
     the cluster (``gkp sweep SPEC --dry-run`` follows them; rerun the sweep to resubmit what failed)."""
-    record = log_folder / "slurm_jobs.json"
-    queued = _still_queued(record)
-    for name in sorted(queued):
-        print(f"sweep: {name} is still queued or running from an earlier submission; not resubmitted", flush=True)
-    dense = [job for job in dense if job.name not in queued]
-    cells = [job for job in cells if job.name not in queued]
+    queued = _still_queued([*dense, *cells])
+    for folder in sorted(queued):
+        print(f"sweep: {folder.name} is still queued or running from an earlier submission; not resubmitted")
+    dense = [job for job in dense if job.folder not in queued]
+    cells = [job for job in cells if job.folder not in queued]
     waiting = [job for job in cells if job.needs is not None and not dense_done(job.needs)]
+    ready = [job for job in cells if job not in waiting]
     executor = _executor(log_folder, "slurm", options)
     dense_jobs = _submit(executor, dense, options)
-    submitted = dense_jobs + _submit(executor, [job for job in cells if job not in waiting], options)
-    submitted += _submit(executor, waiting, options, after=dense_jobs)
-    jobs = json.loads(record.read_text()) if record.is_file() else {}
-    names = [job.name for job in [*dense, *(j for j in cells if j not in waiting), *waiting]]
-    jobs.update({name: submission.job_id for name, submission in zip(names, submitted, strict=True)})
-    write_json_atomic(record, jobs)
+    submitted = [*dense_jobs, *_submit(executor, ready, options), *_submit(executor, waiting, options, dense_jobs)]
+    for job, submission in zip([*dense, *ready, *waiting], submitted, strict=True):
+        job.folder.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(job.folder / JOB_FILE, submission.job_id + "\n")
     print(f"sweep: job logs in {log_folder}; follow with squeue, or gkp sweep SPEC --dry-run", flush=True)
 
 

@@ -5,6 +5,8 @@ A sweep spec (YAML)::
     name: table10                      # default: the spec file's name
     base: ../configs/srgkp/resnet56_r0.4375.yaml   # relative to the spec file
     out: runs/table10                  # default: runs/<name>
+    dense_out: runs/paper-dense        # where its shared dense models go (default: out), so that
+                                       # sweeps with the same dense models train them once
     grid:                              # config key paths and their values; the cells are the product
       prune.method: [l1, fpgm, srgkp]
       prune.rate: [0.4375, 0.625]
@@ -13,7 +15,7 @@ A sweep spec (YAML)::
       - {name: fpgm, base: ../configs/paper/fpgm_resnet56.yaml}
 
 Cells whose dense model would be trained the same way (the same train-stage fingerprint: model, data,
-training recipe, seed) share one: it is trained once, in ``<out>/dense-<fingerprint>``, and each such cell
+training recipe, seed) share one: it is trained once, in ``<dense_out>/dense-<fingerprint>``, and each such cell
 starts from it (``model.checkpoint``) in its own folder ``<out>/<cell>``. Cells that need more of the
 training than the dense model (a method reading training snapshots, or pruning while it trains from
 scratch) run their own training. Every cell is a plain run of ``gkp run`` on the config written to
@@ -62,6 +64,7 @@ class Sweep:
     name: str
     out: Path
     cells: list[Cell]
+    dense_out: Path
     dense_runs: dict[Path, dict[str, Any]] = field(default_factory=dict)
 
 
@@ -105,7 +108,7 @@ def load_sweep(path: str | Path) -> Sweep:
     name = spec.get("name") or path.stem
     out = Path(spec.get("out") or Path("runs") / name)
     base = read_config(path.parent / spec["base"])
-    sweep = Sweep(name, out, [])
+    sweep = Sweep(name, out, [], Path(spec.get("dense_out") or out))
     for entry in _overrides(spec):
         overrides = {k: v for k, v in entry.items() if k not in ("name", "base")}
         cell_name = str(entry.get("name") or _cell_name(overrides))
@@ -130,7 +133,7 @@ def _attach_dense(sweep: Sweep, cell: Cell) -> None:
     if not _shares_dense(exp):
         return
     fingerprint = stage_named("train").fingerprint(exp.to_dict())
-    dense = sweep.out / f"dense-{fingerprint[:12]}"
+    dense = sweep.dense_out / f"dense-{fingerprint[:12]}"
     sweep.dense_runs.setdefault(dense, {**cell.raw, "name": dense.name, "stages": ["train"]})
     cell.dense = dense
     cell.raw = {**cell.raw, "stages": [s for s in exp.stages if s != "train"]}
@@ -178,12 +181,15 @@ def _stage_epochs(exp, stage: str, section: str) -> int:
     return sum(phase.recipe.epochs for phase in phases)
 
 
-# Where no epoch of a run has been timed yet, its epochs are estimated from their multiply-accumulates at
-# the speed of the SR-GKP authors' ResNet-20 demo on one V100 GPU: a 50,000-image CIFAR-10 training epoch in
-# about 12.5 s (../shared/specs/paper.md section 7), i.e. 50,000 images x 3 passes (forward and backward
-# cost about three forward passes) x 40.55M MACs in 12.5 s. A rough guide for planning; a run's measured
-# epoch times replace it as soon as it has some.
-REFERENCE_GPU_MACS_PER_SECOND = 50_000 * 3 * 40.55e6 / 12.5
+# Where no epoch of a run has been timed yet, an epoch is estimated from its passes per image (forward-pass
+# equivalents: 3 per trained image, 1 per prediction, 3 per attack gradient step) on one V100 GPU: each
+# pass costs its MACs at V100_MACS_PER_SECOND plus PASS_OVERHEAD_SECONDS. The rate is NVIDIA's FP32
+# ResNet-50 training throughput on one V100 16GB (367 images/s of 3 x 4.11G MACs; DeepLearningExamples,
+# PyTorch ResNet50 v1.5 README); the overhead is what remains of the SR-GKP authors' ResNet-20 demo epoch
+# on a V100 (12.5 s for 50,000 images; ../shared/specs/paper.md section 7) once its MACs are paid. A guide
+# for planning: a run's measured epoch times replace it as soon as it has some.
+V100_MACS_PER_SECOND = 367 * 3 * 4.11e9
+PASS_OVERHEAD_SECONDS = (12.5 / 50_000 - 3 * 40.55e6 / V100_MACS_PER_SECOND) / 3
 
 
 @cache
@@ -203,8 +209,8 @@ def _passes(spec) -> int:
 
 
 def estimated_epoch_seconds(exp, stage: str, section: str) -> float | None:
-    """A GPU's seconds for one epoch of a training stage (training plus its per-epoch evaluation), from
-    MACs at REFERENCE_GPU_MACS_PER_SECOND; None where the image counts are unknown before loading."""
+    """A V100's seconds for one epoch of a training stage (training plus its per-epoch evaluation), from its
+    passes (see V100_MACS_PER_SECOND); None where the image counts are unknown before loading."""
     images = DATASETS.get(exp.data.name).images(exp.data)
     if images is None or exp.model.arch is None:
         return None
@@ -213,12 +219,11 @@ def estimated_epoch_seconds(exp, stage: str, section: str) -> float | None:
     if stage == "finetune" and exp.prune is not None:
         macs *= 1 - exp.prune.rate  # the pruned model's share, about
     adversarial_steps = getattr(cfg.adversarial, "steps", 1) if cfg.adversarial else 0
-    training = images[0] * 3 * (1 + adversarial_steps)
-    evaluation = 0.0
+    passes = images[0] * 3 * (1 + adversarial_steps)
     if cfg.eval_every:
         attacks = [exp.attack(label) for label in cfg.eval_attacks]
-        evaluation = images[1] * (1 + sum(_passes(spec) for spec in attacks)) / cfg.eval_every
-    return macs * (training + evaluation) / REFERENCE_GPU_MACS_PER_SECOND
+        passes += images[1] * (1 + sum(_passes(spec) for spec in attacks)) / cfg.eval_every
+    return passes * (macs / V100_MACS_PER_SECOND + PASS_OVERHEAD_SECONDS)
 
 
 def _left(folder: Path, raw: dict[str, Any]) -> tuple[str, float | None]:

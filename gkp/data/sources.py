@@ -66,12 +66,19 @@ def _sized(train: int, test: int) -> Callable[[Any], tuple[int, int]]:
     return images
 
 
+# What image folders usually hold at their image size, for estimates before the folders exist here:
+# Tiny-ImageNet (64x64: 100,000 + 10,000) and ImageNet-1k (224x224: 1,281,167 + 50,000).
+USUAL_FOLDER_IMAGES = {64: (100_000, 10_000), 224: (1_281_167, 50_000)}
+
+
 def _folder_images(cfg) -> tuple[int, int] | None:
+    """Counted from the folders where they exist, else what the usual dataset of that image size holds."""
     root = Path(cfg.root)
-    if not ((root / "train").is_dir() and (root / "val").is_dir()):
-        return None
-    train, test = (sum(len(files) for _, _, files in os.walk(root / part)) for part in ("train", "val"))
-    return _sized(train, test)(cfg)
+    if (root / "train").is_dir() and (root / "val").is_dir():
+        train, test = (sum(len(files) for _, _, files in os.walk(root / part)) for part in ("train", "val"))
+        return _sized(train, test)(cfg)
+    usual = USUAL_FOLDER_IMAGES.get(cfg.image_size or 224)
+    return _sized(*usual)(cfg) if usual else None
 
 
 CIFAR10 = Dataset(
