@@ -254,12 +254,21 @@ def _estimated_hours(raw: dict[str, Any], folder: Path) -> float | None:
     return total / 3600
 
 
+def _start(cell: Cell) -> str:
+    """Where a cell's model comes from: a shared dense run, its own training, or a given checkpoint."""
+    if cell.dense is not None:
+        return f"from {cell.dense.name}"
+    if "train" in cell.raw.get("stages", STAGE_NAMES):
+        return "trains its own model"
+    return f"from {(cell.raw.get('model') or {}).get('checkpoint')}"
+
+
 def status_table(sweep: Sweep) -> str:
     """Every run with its status, the training left and, where an epoch has been measured, its time."""
     rows, total, unknown = [("run", "status", "left", "detail")], 0.0, 0
     runs = [(folder, raw, "shared dense model") for folder, raw in sweep.dense_runs.items()]
     for cell in sweep.cells:
-        detail = cell.problem or (f"from {cell.dense.name}" if cell.dense else "trains its own model")
+        detail = cell.problem or _start(cell)
         runs.append((cell.folder, None if cell.problem else cell.raw, detail))
     for folder, raw, detail in runs:
         if raw is None:

@@ -64,6 +64,8 @@ def test_the_scripts_dry_run_lists_exactly_the_papers_cells(table, tmp_path, mon
         listed = {line.split()[0]: line for line in capsys.readouterr().out.splitlines() if line.strip()}
         for cell in sweep.cells:
             assert "missing" in listed[cell.name] or "no such method yet" in listed[cell.name], listed[cell.name]
+            if "zoo:" in str((cell.raw.get("model") or {}).get("checkpoint")):  # Table 3's torchvision cells
+                assert listed[cell.name].endswith("from zoo:resnet50-torchvision"), listed[cell.name]
     assert len(parts) == len(specs) and (parts == set(paper["parts"].values()) if "parts" in paper else True)
 
 
