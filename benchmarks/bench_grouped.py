@@ -1,12 +1,16 @@
-"""Inference latency of a grouped-kernel-pruned model against its dense original, in the same process,
+"""Inference latency of grouped-kernel-pruned models against their dense originals, in the same process,
 printed as a ratio next to the MACs ratio. The grouped model runs each layer in the fastest of its
 equivalent forms (``gkp.layers.forms.choose_forms``); the latency of each single form used everywhere
-is printed beside it.
+is printed beside it. Latency depends only on the layers' shapes (groups and kernels kept per group), which
+every GKP method shares at a rate, so the kernels are chosen by ``gkp_random`` (instant) unless
+``--method`` says otherwise.
 
-    python benchmarks/bench_grouped.py                                   # ResNet-56, CPU, batch 1 and 128
+    python benchmarks/bench_grouped.py                       # ResNet-56 and VGG-16 (32x32), ResNet-50 (224x224)
+    python benchmarks/bench_grouped.py --archs vgg16 --batches 64
     python benchmarks/bench_grouped.py --device cuda --batches 256       # on a GPU
 
-Target: latency ratio within 1.3x of the MACs ratio (e.g. at most 0.74 for SR-GKP's 0.57 on ResNet-56).
+Target: latency ratio within 1.3x of the MACs ratio (e.g. at most 0.74 for SR-GKP's 0.57 on ResNet-56)
+where the layers are wide enough for grouped kernels to pay (VGG-16 at batch 64 on a CPU: at most 0.73).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from collections import Counter
 
 import torch
 
-from gkp.catalog import PRUNING_METHODS, build_model
+from gkp.catalog import MODELS, PRUNING_METHODS, build_model
 from gkp.counting import count_macs
 from gkp.engine.device import resolve_device
 from gkp.layers.forms import choose_forms
@@ -61,36 +65,25 @@ def set_forms(model: torch.nn.Module, forms: dict[str, str]) -> None:
             layer.form = forms[name]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--arch", default="resnet56")
-    parser.add_argument("--method", default="srgkp")
-    parser.add_argument("--rate", type=float, default=0.4375)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument(
-        "--batches", default=None, help="comma-separated batch sizes (default: 1,128 on CPU, 256 on GPU)"
-    )
-    parser.add_argument("--input-size", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=20, help="rounds of alternating measurements")
-    args = parser.parse_args()
-    device = resolve_device(args.device)
-    batches = [int(b) for b in (args.batches or ("256" if device.type == "cuda" else "1,128")).split(",")]
+def measure_arch(arch: str, args: argparse.Namespace, device: torch.device, batches: list[int]) -> None:
+    size = MODELS.get(arch).input_size
     torch.manual_seed(0)
-    dense = build_model(args.arch).to(device).eval()
+    dense = build_model(arch).to(device).eval()
     method = PRUNING_METHODS.get(args.method)
     layers = method.select(dense, args.rate, build(method.params, {}, "params")).layers
     grouped = apply(dense, Plan(args.method, args.rate, layers)).eval()
-    macs_ratio = count_macs(grouped, args.input_size) / count_macs(dense, args.input_size)
+    macs_ratio = count_macs(grouped, size) / count_macs(dense, size)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
-    print(f"{args.arch}, {args.method} at rate {args.rate}, {args.input_size}x{args.input_size}, {device} [{name}]")
+    print(f"{arch}, {args.method} at rate {args.rate}, {size}x{size}, {device} [{name}]")
     print(f"MACs ratio grouped / dense: {macs_ratio:.3f}; target latency ratio <= {1.3 * macs_ratio:.3f}")
     grouped_layers = [n for n, m in grouped.named_modules() if isinstance(m, GroupedKernelConv2d)]
+    repeats = args.repeats if size <= 64 or device.type == "cuda" else max(args.repeats // 4, 1)
     for batch in batches:
-        x = torch.rand(batch, 3, args.input_size, args.input_size, device=device)
-        chosen = choose_forms(grouped, args.input_size, batch)
+        x = torch.rand(batch, 3, size, size, device=device)
+        chosen = choose_forms(grouped, size, batch)
         variants = {"dense": (dense, None), "chosen": (grouped, chosen)}
         variants |= {form: (grouped, dict.fromkeys(grouped_layers, form)) for form in FORMS}
-        seconds = latencies(variants, x, args.repeats)
+        seconds = latencies(variants, x, repeats)
         ratio = seconds["chosen"] / seconds["dense"]
         verdict = "met" if ratio <= 1.3 * macs_ratio else "MISSED"
         forms = ", ".join(f"{form} x{count}" for form, count in Counter(chosen.values()).most_common())
@@ -99,6 +92,25 @@ def main() -> None:
             f"latency ratio {ratio:.3f} ({verdict}); chosen forms: {forms}"
         )
         print("    every layer as " + ", ".join(f"{form}: {seconds[form] / seconds['dense']:.3f}" for form in FORMS))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--archs", default="resnet56,vgg16,resnet50", help="comma-separated architectures")
+    parser.add_argument("--method", default="gkp_random", help="a GKP method (the layer shapes are the same)")
+    parser.add_argument("--rate", type=float, default=0.4375)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument(
+        "--batches", default=None, help="comma-separated batch sizes (default: 1,64 on CPU, 256 on GPU)"
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=20, help="rounds of alternating measurements (a quarter at 224x224 on CPU)"
+    )
+    args = parser.parse_args()
+    device = resolve_device(args.device)
+    batches = [int(b) for b in (args.batches or ("256" if device.type == "cuda" else "1,64")).split(",")]
+    for arch in args.archs.split(","):
+        measure_arch(arch, args, device, batches)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Every GPU figure the project cares about, in one run of under 8 minutes on one GPU, with one summary:
 # training throughput of ResNet-56 against a plain DataLoader loop (AMP and channels_last on and off),
-# fine-tuning the SR-GKP model against the dense and L1 ones, grouped against dense latency at batch 256,
+# fine-tuning the SR-GKP model against the dense and L1 ones, grouped against dense latency at batch 256
+# (ResNet-56, VGG-16, ResNet-50),
 # a 10,000-image paper-cifar evaluation of ResNet-56, what PGD-AT and the training-time methods add to an
 # epoch, and the peak GPU memory of each. Put its output in your note.
 #
@@ -13,8 +14,10 @@ export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD"
 PYTHON="${PYTHON:-python}"
 if [ "${1:-}" = "--cpu-smoke" ]; then
     device=cpu; images=64; eval_images=32; batches=4; epochs=1; rounds=1; arch=resnet8; workers=0; full=
+    latency_archs=resnet8
 else  # AMP and channels_last also each off on its own
     device=cuda; images=20000; eval_images=10000; batches=256; epochs=2; rounds=3; arch=resnet56; workers=4; full=1
+    latency_archs=resnet56,vgg16,resnet50
 fi
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
@@ -28,7 +31,7 @@ for variant in "--amp off --channels-last off" ${full:+"--amp off" "--channels-l
     # shellcheck disable=SC2086  # the variant's flags are words
     run benchmarks/bench_train.py --arch "$arch" --device "$device" --images "$images" --epochs "$epochs" --workers "$workers" $variant --no-pruned
 done
-run benchmarks/bench_grouped.py --arch "$arch" --device "$device" --batches "$batches" --repeats "$rounds"
+run benchmarks/bench_grouped.py --archs "$latency_archs" --device "$device" --batches "$batches" --repeats "$rounds"
 run benchmarks/bench_eval.py --arch "$arch" --device "$device" --images "$eval_images"
 run benchmarks/bench_training_time.py --arch "$arch" --device "$device" --images "$((images / 4))" --rounds "$rounds" --steps 3
 echo
