@@ -3,12 +3,16 @@
 computes it) on the same weights, in the same process. Prints seconds, the ratio and whether every
 selection is identical.
 
-    python benchmarks/bench_srgkp.py                              # ResNet-20/56/110, reference on one
-                                                                  # layer per shape, time extrapolated
+    python benchmarks/bench_srgkp.py                              # ResNet-20/56/110 and VGG-16, reference
+                                                                  # on one layer per shape, time extrapolated
     python benchmarks/bench_srgkp.py --reference all              # the reference on every layer (slow)
     python benchmarks/bench_srgkp.py --checkpoint resnet20_authors.ckpt --archs resnet20
 
-Targets on 2 CPU cores: ResNet-56 under 3 s, ResNet-110 under 6 s, identical selections.
+The reference runs only on layers of at most ``--reference-channels`` input channels (64 by default):
+on VGG-16's 128- to 512-channel layers the plain-Python reference takes hours, so those are not compared
+(nor counted in its time) and the ratio is printed only when every layer shape was compared.
+
+Targets on 2 CPU cores: ResNet-56 under 3 s, ResNet-110 under 6 s, VGG-16 under 300 s, identical selections.
 """
 
 from __future__ import annotations
@@ -28,7 +32,8 @@ from gkp.grouped.srgkp import METHOD, SRGKPParams
 from gkp.pruning.plan import Plan
 from gkp.pruning.surgery import apply
 
-TARGETS = {"resnet56": 3.0, "resnet110": 6.0}
+TARGETS = {"resnet56": 3.0, "resnet110": 6.0, "vgg16": 300.0}
+REPEAT_UNDER = 60.0  # seconds: longer runs are timed once
 
 
 def ours(model, rate: float) -> tuple[float, dict]:
@@ -38,11 +43,19 @@ def ours(model, rate: float) -> tuple[float, dict]:
     return time.perf_counter() - start, layers
 
 
-def reference_layers(model, layers: dict, rate: float, every_layer: bool) -> tuple[float, int, int, bool]:
-    """(reference seconds, measured or extrapolated; layers compared; layers in all; all identical)."""
+def reference_layers(
+    model, layers: dict, rate: float, every_layer: bool, max_channels: int
+) -> tuple[float, int, int, bool]:
+    """(reference seconds, measured or extrapolated, over the layers of at most ``max_channels`` input
+    channels; layers compared; layers not compared; all compared identical)."""
     by_shape = defaultdict(list)
+    skipped = 0
     for name in layers:
-        by_shape[tuple(model.get_submodule(name).weight.shape)].append(name)
+        shape = tuple(model.get_submodule(name).weight.shape)
+        if shape[1] > max_channels:
+            skipped += 1
+        else:
+            by_shape[shape].append(name)
     seconds, compared, identical = 0.0, 0, True
     for names in by_shape.values():
         measured = names if every_layer else names[:1]
@@ -56,12 +69,12 @@ def reference_layers(model, layers: dict, rate: float, every_layer: bool) -> tup
             identical &= got["filter_order"] == expected["filter_order"] and got["kept"] == expected["kept"]
             compared += 1
         seconds += spent / len(measured) * len(names)
-    return seconds, compared, len(layers), identical
+    return seconds, compared, skipped, identical
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--archs", default="resnet20,resnet56,resnet110")
+    parser.add_argument("--archs", default="resnet20,resnet56,resnet110,vgg16")
     parser.add_argument("--rate", type=float, default=0.4375)
     parser.add_argument(
         "--reference",
@@ -70,7 +83,15 @@ def main() -> None:
         help="run the reference on one layer per shape (time extrapolated) or on every layer",
     )
     parser.add_argument("--checkpoint", help="weights to prune instead of a seeded random init (one arch)")
-    parser.add_argument("--repeats", type=int, default=3, help="our timing is the best of this many runs")
+    parser.add_argument(
+        "--reference-channels", type=int, default=64, help="run the reference on layers of at most this many inputs"
+    )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        help=f"our timing is the best of this many runs (one if over {REPEAT_UNDER:.0f} s)",
+    )
     args = parser.parse_args()
     print(f"torch threads {torch.get_num_threads()}, numpy {np.__version__}; reference: {args.reference}")
     for arch in args.archs.split(","):
@@ -80,18 +101,29 @@ def main() -> None:
         else:
             torch.manual_seed(0)
             model = build_model(arch)
-        runs = [ours(model, args.rate) for _ in range(args.repeats)]
+        runs = [ours(model, args.rate)]
+        while len(runs) < args.repeats and runs[0][0] < REPEAT_UNDER:
+            runs.append(ours(model, args.rate))
         seconds, layers = min(runs, key=lambda run: run[0])
-        ref_seconds, compared, total, identical = reference_layers(model, layers, args.rate, args.reference == "all")
+        ref_seconds, compared, skipped, identical = reference_layers(
+            model, layers, args.rate, args.reference == "all", args.reference_channels
+        )
         estimate = "" if args.reference == "all" else " (extrapolated)"
+        if skipped:
+            versus = (
+                f"reference {ref_seconds:.1f} s{estimate} on the layers of <= {args.reference_channels} inputs only, "
+                f"{skipped} larger layers not run"
+            )
+        else:
+            versus = f"reference {ref_seconds:.1f} s{estimate}; ratio {ref_seconds / seconds:.0f}x"
         target = (
             f", target < {TARGETS[arch]:.0f} s: {'met' if seconds < TARGETS[arch] else 'MISSED'}"
             if arch in TARGETS
             else ""
         )
         print(
-            f"{arch}: ours {seconds:.2f} s (select + surgery){target}; reference {ref_seconds:.1f} s{estimate}; "
-            f"ratio {ref_seconds / seconds:.0f}x; identical on {compared}/{total} layers compared: {identical}"
+            f"{arch}: ours {seconds:.2f} s (select + surgery){target}; {versus}; "
+            f"identical on {compared}/{len(layers)} layers compared: {identical}"
         )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from dataclasses import replace
 
@@ -12,6 +13,7 @@ import torch
 from gkp.catalog import build_model
 from gkp.errors import PruningError
 from gkp.grouped import reference as oracle
+from gkp.grouped.pairs import SHARED_FROM, pair_sums
 from gkp.grouped.search import SearchSettings, beam_search
 from gkp.grouped.smoothness import filter_smoothness, grouped_kernel_smoothness, snake_order
 from gkp.grouped.srgkp import METHOD, SRGKPParams
@@ -134,3 +136,33 @@ def test_groups_must_divide_every_layer():
 def test_a_rate_that_keeps_nothing_is_refused():
     with pytest.raises(PruningError, match=r"rate 0.97 keeps 0 of the 16 input channels per group of 'layer1.0.conv1'"):
         METHOD.check(build_model("resnet20"), 0.97, SRGKPParams())
+
+
+def test_pair_sums_of_long_branches_sharing_ancestors_add_left_to_right():
+    # Re-ranked beams: 2 kept branches of SHARED_FROM + 7 members per row, grown by 3 columns of 4, 8, 16.
+    rng = np.random.default_rng(5)
+    n, rows, groups = 160, 6, 2
+    sim = rng.normal(size=(groups, n, n))
+    group = np.arange(rows) % groups
+    prefix = np.stack([rng.permutation(n)[: SHARED_FROM + 7] for _ in range(2 * rows)], 1).reshape(-1, 2, rows)
+    columns = list(prefix) + [rng.integers(0, n, (level, rows)) for level in (4, 8, 16)]
+    got = pair_sums(sim.reshape(-1), n, group, columns)
+    for branch in range(16):
+        for row in range(rows):
+            members = [int(c[branch // (16 // c.shape[0]), row]) for c in columns]
+            expected = 0.0
+            for a, b in itertools.combinations(range(len(members)), 2):
+                expected += sim[group[row], members[a], members[b]]
+            assert got[branch, row] == expected
+
+
+@pytest.mark.slow
+def test_vgg16_layers_of_64_inputs_equal_the_oracle():
+    names = ["features.3", "features.7"]  # the plain-Python oracle takes hours on the wider layers
+    model = build_model("vgg16")
+    model.grouped_kernel_targets = lambda scope="3x3": names
+    layers = METHOD.select(model, 0.4375, SRGKPParams()).layers
+    for name in names:
+        expected = oracle.srgkp_layer(model.get_submodule(name).weight.detach().numpy())
+        got = layers[name].to_dict()
+        assert (got["filter_order"], got["kept"]) == (expected["filter_order"], expected["kept"]), name

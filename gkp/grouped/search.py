@@ -18,7 +18,8 @@ with beta = C(|B|, 2) / (pruned * match) fixed at its first evaluation within th
 Every start of every group (of every layer of the same shape) is searched at once: the state is a
 batch of beams of shape (branches, rows = groups * starts, ...). Sums stay left to right in the
 reference's order (``running_sum``; gains and branch smoothness grow one term at a time, which is the
-same order), sorts are stable, and nothing is de-duplicated, so the result is bit-for-bit the reference.
+same order; the inner sum is ``gkp.grouped.pairs``), sorts are stable, and nothing is de-duplicated, so
+the result is bit-for-bit the reference.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from typing import Literal
 import numpy as np
 from tqdm import tqdm
 
+from gkp.grouped.pairs import pair_sums
 from gkp.grouped.smoothness import running_sum
 
 
@@ -179,17 +181,8 @@ class CostModel:
         self.sim, self.match, self.beta = sim, settings.match, settings.beta
 
     def inner(self, beams: Beams) -> np.ndarray:
-        """(B, R) sum of sim over the branch's pairs, left to right in itertools.combinations order.
-
-        Row a of the pairs, sim[m_a][m_b] for b > a, is gathered at once, then added term by term."""
-        branches, rows, length = beams.shape
-        members = beams.members()  # (L, B, R)
-        row_starts = (beams.group * self.sim.n + members) * self.sim.n
-        total = np.zeros((branches, rows))
-        for a in range(length - 1):
-            for values in self.sim.flat.take(row_starts[a] + members[a + 1 :]):  # (B, R) each
-                total += values
-        return total
+        """(B, R) sum of sim over the branch's pairs, left to right (``gkp.grouped.pairs``)."""
+        return pair_sums(self.sim.flat, self.sim.n, beams.group, beams.columns)
 
     def outer(self, beams: Beams) -> np.ndarray:
         nearest = beams.outside_closest() if self.match == 1 else self.outside_top_sums(beams)
