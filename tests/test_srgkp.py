@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 from dataclasses import replace
 
 import numpy as np
@@ -13,7 +14,7 @@ import torch
 from gkp.catalog import build_model
 from gkp.errors import PruningError
 from gkp.grouped import reference as oracle
-from gkp.grouped.pairs import SHARED_FROM, pair_sums
+from gkp.grouped.branch_sums import outside_sums, pair_sums
 from gkp.grouped.search import SearchSettings, beam_search
 from gkp.grouped.smoothness import filter_smoothness, grouped_kernel_smoothness, snake_order
 from gkp.grouped.srgkp import METHOD, SRGKPParams
@@ -138,22 +139,43 @@ def test_a_rate_that_keeps_nothing_is_refused():
         METHOD.check(build_model("resnet20"), 0.97, SRGKPParams())
 
 
-def test_pair_sums_of_long_branches_sharing_ancestors_add_left_to_right():
-    # Re-ranked beams: 2 kept branches of SHARED_FROM + 7 members per row, grown by 3 columns of 4, 8, 16.
+def random_beams(rng, n: int, rows: int, prefix: int, levels: tuple[int, ...]) -> list[np.ndarray]:
+    """Member columns of re-ranked beams: 2 branches of ``prefix`` distinct members per row, then
+    columns of ``levels`` entries (children follow their parent)."""
+    kept = np.stack([rng.permutation(n)[:prefix] for _ in range(2 * rows)], 1).reshape(prefix, 2, rows)
+    return list(kept) + [rng.integers(0, n, (level, rows)) for level in levels]
+
+
+def branch_members(columns: list[np.ndarray], branch: int, row: int) -> list[int]:
+    branches = columns[-1].shape[0]
+    return [int(c[branch // (branches // c.shape[0]), row]) for c in columns]
+
+
+def test_compiled_branch_sums_add_left_to_right():
+    # Similarities on a coarse grid (many equal terms, as between identical GKs) and of mixed magnitudes,
+    # so that any other order of the adds gives other last bits on some branch.
     rng = np.random.default_rng(5)
-    n, rows, groups = 160, 6, 2
-    sim = rng.normal(size=(groups, n, n))
+    n, rows, groups = 40, 6, 2
+    sim = np.round(rng.normal(size=(groups, n, n)), 1) * 10.0 ** rng.integers(-8, 3, (groups, n, n))
     group = np.arange(rows) % groups
-    prefix = np.stack([rng.permutation(n)[: SHARED_FROM + 7] for _ in range(2 * rows)], 1).reshape(-1, 2, rows)
-    columns = list(prefix) + [rng.integers(0, n, (level, rows)) for level in (4, 8, 16)]
-    got = pair_sums(sim.reshape(-1), n, group, columns)
-    for branch in range(16):
-        for row in range(rows):
-            members = [int(c[branch // (16 // c.shape[0]), row]) for c in columns]
-            expected = 0.0
-            for a, b in itertools.combinations(range(len(members)), 2):
-                expected += sim[group[row], members[a], members[b]]
-            assert got[branch, row] == expected
+    columns = random_beams(rng, n, rows, prefix=21, levels=(4, 8, 16))
+    inner = pair_sums(sim.reshape(-1), n, group, columns)
+    values = sim[group][None].repeat(16, axis=0)[:, :, 0] + rng.normal(size=(16, rows, n))
+    outer = outside_sums(values, columns)
+    reordered = 0
+    for branch, row in itertools.product(range(16), range(rows)):
+        members = branch_members(columns, branch, row)
+        expected = 0.0
+        for a, b in itertools.combinations(range(len(members)), 2):
+            expected += sim[group[row], members[a], members[b]]
+        assert inner[branch, row] == expected
+        reordered += math.fsum(sim[group[row], a, b] for a, b in itertools.combinations(members, 2)) != expected
+        expected = 0.0
+        for p in range(n):
+            if p not in members:
+                expected += values[branch, row, p]
+        assert outer[branch, row] == expected
+    assert reordered  # the test can tell the order of the adds
 
 
 @pytest.mark.slow

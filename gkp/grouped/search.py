@@ -18,8 +18,8 @@ with beta = C(|B|, 2) / (pruned * match) fixed at its first evaluation within th
 Every start of every group (of every layer of the same shape) is searched at once: the state is a
 batch of beams of shape (branches, rows = groups * starts, ...). Sums stay left to right in the
 reference's order (``running_sum``; gains and branch smoothness grow one term at a time, which is the
-same order; the inner sum is ``gkp.grouped.pairs``), sorts are stable, and nothing is de-duplicated, so
-the result is bit-for-bit the reference.
+same order; the inner and outer sums are ``gkp.grouped.branch_sums``), sorts are stable, and nothing is
+de-duplicated, so the result is bit-for-bit the reference.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from typing import Literal
 import numpy as np
 from tqdm import tqdm
 
-from gkp.grouped.pairs import pair_sums
+from gkp.grouped.branch_sums import outside_sums, pair_sums
 from gkp.grouped.smoothness import running_sum
 
 
@@ -100,18 +100,6 @@ class Beams:
         gains = gains.reshape(branches, rows, -1)
         np.put_along_axis(gains, last[..., None], np.inf, axis=2)
         return gains
-
-    def outside_closest(self) -> np.ndarray:
-        """(B, R, n): ``closest``, with 0 at the branch's members (+inf parent gains, and the last one).
-
-        Multiplying by 0 or 1 is exact, and a -0.0 it may leave adds like +0.0 in the outer sum."""
-        branches, rows, n = self.closest.shape
-        parents = self.parent_gains.shape[0]
-        outside_parent = np.isfinite(self.parent_gains)[:, None]
-        outside = self.closest.reshape(parents, branches // parents, rows, n) * outside_parent
-        outside = outside.reshape(branches, rows, n)
-        np.put_along_axis(outside, self.columns[-1][..., None], 0.0, axis=2)
-        return outside
 
     def take(self, index: np.ndarray) -> Beams:
         """Keep, per row, the branches ``index`` (B', R) in that order."""
@@ -181,20 +169,18 @@ class CostModel:
         self.sim, self.match, self.beta = sim, settings.match, settings.beta
 
     def inner(self, beams: Beams) -> np.ndarray:
-        """(B, R) sum of sim over the branch's pairs, left to right (``gkp.grouped.pairs``)."""
+        """(B, R) sum of sim over the branch's pairs, left to right (``gkp.grouped.branch_sums``)."""
         return pair_sums(self.sim.flat, self.sim.n, beams.group, beams.columns)
 
     def outer(self, beams: Beams) -> np.ndarray:
-        nearest = beams.outside_closest() if self.match == 1 else self.outside_top_sums(beams)
-        # The left-to-right sum over p, as a loop of whole-array adds: faster than cumsum on this shape.
-        total = nearest[..., 0].copy()
-        for p in range(1, nearest.shape[-1]):
-            total += nearest[..., p]
-        return total
+        """(B, R) sum over the GKs outside the branch, ascending, of their nearness to it, left to right
+        (``gkp.grouped.branch_sums``)."""
+        nearest = beams.closest if self.match == 1 else self.outside_top_sums(beams)
+        return outside_sums(nearest, beams.columns)
 
     def outside_top_sums(self, beams: Beams) -> np.ndarray:
-        """(B, R, n): per GK outside the branch, the sum of its ``match`` largest similarities to the
-        branch's members, largest first; 0 at the members. Computed a block of rows at a time."""
+        """(B, R, n): per GK, the sum of its ``match`` largest similarities to the branch's members,
+        largest first (``outer`` uses the GKs outside the branch only). Computed a block of rows at a time."""
         members = np.moveaxis(beams.members(), 0, 2)  # (B, R, L)
         branches, rows, length = members.shape
         sums = np.empty((branches, rows, self.sim.n))
@@ -204,7 +190,6 @@ class CostModel:
             to_branch = self.sim.rows(beams.group[start : start + block, None], part)  # (B, r, L, n)
             largest = -np.sort(-to_branch, axis=2)[:, :, : self.match]
             sums[:, start : start + block] = running_sum(np.moveaxis(largest, 2, 3))
-        np.put_along_axis(sums, members, 0.0, axis=2)
         return sums
 
     def cost(self, beams: Beams, with_outer: bool) -> np.ndarray:
