@@ -186,7 +186,7 @@ def test_every_form_computes_the_same_function_and_gradient(form):
 def test_choose_forms_picks_a_timed_form_for_every_grouped_layer():
     model = build_model("resnet20")
     grouped = apply(model, plan_for(model, "gkp_random"))
-    chosen = choose_forms(grouped, 32, batch_size=2, repeats=1)
+    chosen = choose_forms(grouped, 32, batch_size=2, rounds=1)
     layers = [name for name, m in grouped.named_modules() if isinstance(m, GroupedKernelConv2d)]
     assert sorted(chosen) == sorted(layers) and set(chosen.values()) <= set(FORMS)
     assert all(grouped.get_submodule(name).form == form for name, form in chosen.items())
@@ -198,13 +198,13 @@ def test_choose_forms_times_in_the_memory_format_that_will_run(channels_last, mo
     grouped = apply(model, plan_for(model, "gkp_random"))
     seen = set()
 
-    def recording(layer, x, form, train, repeats):
+    def recording(layer, x, form, train):
         seen.add(x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous())
-        return timed(layer, x, form, train, repeats)
+        return timed(layer, x, form, train)
 
     timed = forms._time_form
     monkeypatch.setattr(forms, "_time_form", recording)
-    choose_forms(grouped, 32, batch_size=2, channels_last=channels_last, repeats=1)
+    choose_forms(grouped, 32, batch_size=2, channels_last=channels_last, rounds=1)
     assert seen == {channels_last}
 
 
@@ -213,7 +213,7 @@ def test_form_timings_are_kept_so_a_layer_shape_is_timed_once_per_machine(monkey
     grouped = apply(model, plan_for(model, "gkp_random"))
     timed_calls = []
 
-    def counting(layer, x, form, train, repeats):
+    def counting(layer, x, form, train):
         timed_calls.append(form)
         return {"grouped": 3.0, "per_group": 2.0, "dense": 1.0}[form]
 
@@ -225,6 +225,24 @@ def test_form_timings_are_kept_so_a_layer_shape_is_timed_once_per_machine(monkey
     timings = {key: "per_group" for key in timings}  # what an earlier run recorded wins over timing
     second = choose_forms(grouped, 32, batch_size=2, timings=timings)
     assert len(timed_calls) == calls and set(second.values()) == {"per_group"}
+
+
+@pytest.mark.parametrize(("per_group", "expected"), [(0.85, "per_group"), (0.95, "dense")])
+def test_a_form_replaces_the_dense_one_only_where_it_is_clearly_faster(per_group, expected, monkeypatch):
+    """Timed in alternating rounds (the median of each form), a form must take at most 90% of the dense
+    form's time to be chosen: a timing accident on a loaded machine must not make a pruned model slower."""
+    model = build_model("resnet20")
+    grouped = apply(model, plan_for(model, "gkp_random"))
+    order = []
+
+    def timed(layer, x, form, train):
+        order.append(form)
+        return {"grouped": 2.0, "per_group": per_group, "dense": 1.0}[form]
+
+    monkeypatch.setattr(forms, "_time_form", timed)
+    chosen = choose_forms(grouped, 32, batch_size=2, rounds=3)
+    assert set(chosen.values()) == {expected}
+    assert order[: 2 * len(FORMS)] == [*FORMS, *FORMS]  # round by round, every form once in each
 
 
 def test_the_same_grouped_command_gives_the_same_numbers(tmp_path):

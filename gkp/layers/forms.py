@@ -28,6 +28,8 @@ from gkp.layers.grouped_conv import FORMS, GroupedKernelConv2d
 
 log = logging.getLogger(__name__)
 
+DENSE_MARGIN = 0.9  # another form replaces the dense one where it takes at most 90% of its time
+
 
 def _input_shapes(model: nn.Module, example: torch.Tensor) -> dict[str, torch.Size]:
     shapes: dict[str, torch.Size] = {}
@@ -55,20 +57,38 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _time_form(layer: GroupedKernelConv2d, x: torch.Tensor, form: str, train: bool, repeats: int) -> float:
+def _time_form(layer: GroupedKernelConv2d, x: torch.Tensor, form: str, train: bool) -> float:
+    """Seconds of one pass of ``layer`` in ``form`` (forward, or forward + backward with ``train``)."""
     layer.form = form
-    times = []
-    for _ in range(repeats + 1):  # the first run warms up
-        _synchronize(x.device)
-        start = time.perf_counter()
-        if train:
-            layer(x).sum().backward()
-        else:
-            with torch.no_grad():
-                layer(x)
-        _synchronize(x.device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times[1:])
+    _synchronize(x.device)
+    start = time.perf_counter()
+    if train:
+        layer(x).sum().backward()
+    else:
+        with torch.no_grad():
+            layer(x)
+    _synchronize(x.device)
+    return time.perf_counter() - start
+
+
+def _time_forms(layer: GroupedKernelConv2d, x: torch.Tensor, train: bool, rounds: int) -> dict[str, float]:
+    """The median seconds of each form over ``rounds`` rounds, every form once per round after a warm-up
+    round, so that a machine whose speed drifts (a loaded one) slows them all alike."""
+    times: dict[str, list[float]] = {form: [] for form in FORMS}
+    for round_index in range(rounds + 1):
+        for form in FORMS:
+            seconds = _time_form(layer, x, form, train)
+            if round_index:
+                times[form].append(seconds)
+    return {form: statistics.median(values) for form, values in times.items()}
+
+
+def _fastest(seconds: dict[str, float]) -> str:
+    """The fastest form, where it beats the dense one clearly (DENSE_MARGIN); else the dense form, whose
+    speed is the dense model's: a pruned model must never run slower than its original for a timing
+    accident."""
+    best = min(seconds, key=seconds.get)
+    return best if seconds[best] <= DENSE_MARGIN * seconds["dense"] else "dense"
 
 
 def use_form(model: nn.Module, form: str) -> None:
@@ -85,7 +105,10 @@ def _timing_key(device: torch.device, dtype, shape, layer_key: str, train: bool,
         name = f"{platform.node()} {platform.processor() or platform.machine()} x{torch.get_num_threads()}"
     passes = "forward+backward" if train else "forward"
     layout = "channels_last" if channels_last else "contiguous"
-    return f"{name} | torch {torch.__version__} | {dtype} | {passes} | {layout} | {tuple(shape)} | {layer_key}"
+    method = f"alternating, dense unless under {DENSE_MARGIN:g}x"  # choices timed otherwise are timed again
+    return (
+        f"{name} | torch {torch.__version__} | {dtype} | {passes} | {layout} | {tuple(shape)} | {layer_key} | {method}"
+    )
 
 
 def choose_forms(
@@ -95,12 +118,13 @@ def choose_forms(
     *,
     train: bool = False,
     channels_last: bool = False,
-    repeats: int = 2,
+    rounds: int = 5,
     timings: MutableMapping[str, str] | None = None,
 ) -> dict[str, str]:
     """Set every ``GroupedKernelConv2d`` of ``model`` to its fastest form for batches of ``batch_size``
     images of side ``input_size`` on the model's device (forward only, or forward + backward with
-    ``train``), timed on inputs in the memory format they will run in (``channels_last`` or not);
+    ``train``), timed on inputs in the memory format they will run in (``channels_last`` or not) over
+    ``rounds`` alternating rounds, the dense form kept unless another is clearly faster;
     returns {layer name: form}. A layer whose key (device, torch version, pass, memory format, input
     shape, layer) is in ``timings`` takes the form recorded there; the others are timed and recorded."""
     if not any(isinstance(m, GroupedKernelConv2d) for m in model.modules()):
@@ -124,8 +148,7 @@ def choose_forms(
             if timings.get(key) not in FORMS:  # layers of one shape are timed once, here or in an earlier run
                 x = torch.randn(shape, device=reference.device, dtype=reference.dtype)
                 x = x.contiguous(memory_format=memory_format).requires_grad_(train)
-                seconds = {form: _time_form(layer, x, form, train, repeats) for form in FORMS}
-                timings[key] = min(seconds, key=seconds.get)
+                timings[key] = _fastest(_time_forms(layer, x, train, rounds))
                 layer.zero_grad(set_to_none=True)
             layer.form = chosen[name] = timings[key]
     finally:
