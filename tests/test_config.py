@@ -197,6 +197,21 @@ def test_the_strong_suite_twice_gets_numbered_labels():
     assert [a.params.norm for a in exp.attacks] == ["linf"] * 4 + ["l2"] * 4
 
 
+def test_the_strong_suites_earlier_attacks_keep_their_settings_and_labels():
+    """FAB-T joined the suite: the three attacks it had (as it expanded them then) are unchanged, so their
+    entries in results.json compare with earlier runs'."""
+    before = [
+        {"name": "apgd_ce", "eps": "8/255", "norm": "linf"},
+        {"name": "apgd_t", "eps": "8/255", "norm": "linf"},
+        {"name": "square", "eps": "8/255", "norm": "linf", "rescale_schedule": False},
+    ]
+    now = build_experiment(tiny_config(attacks=[{"suite": "strong", "eps": "8/255"}])).attacks
+    earlier = build_experiment(tiny_config(attacks=before)).attacks
+    assert [a.to_dict() for a in now if a.name != "fab_t"] == [a.to_dict() for a in earlier]
+    rescaled = build_experiment(tiny_config(attacks=[{"suite": "strong", "eps": "8/255", "rescale_schedule": True}]))
+    assert rescaled.attacks[-1].params.rescale_schedule is True
+
+
 @pytest.mark.parametrize(
     "attacks, message",
     [
