@@ -16,6 +16,8 @@ the model as loaded, and torchattacks on the model as loaded; the speed-ups over
     python benchmarks/bench_attacks.py --checkpoint resnet20_authors.ckpt [--images 1000] [--device cuda]
         [--rows paper autoattack] [--autoattack-images 100] [--autoattack-eps 0.5/255]
 
+(On a CPU shared with other work, ``OMP_NUM_THREADS=1`` keeps the threads from waiting on each other.)
+
 (``gkp import-checkpoint ../shared/checkpoints/adv_robust_gkp_resnet20_cifar10.pt resnet20_authors.ckpt``
 makes the checkpoint; ``pip install adversarial-robustness-toolbox`` for the ART column and
 ``pip install --no-deps torchattacks`` for the AutoAttack rows, which are skipped without it.)
@@ -159,6 +161,8 @@ def autoattack_rows(model, x: torch.Tensor, y: torch.Tensor, args, device: torch
     eps = float(numerator) / float(denominator or 1)
     x, y = x[: args.autoattack_images].contiguous(), y[: args.autoattack_images]
     evaluated = evaluated_model(model, EvalConfig())
+    for warm_up in (evaluated, model):  # the first passes of a model set its kernels up
+        raw_gradients(warm_up, x, y, args.batch_size)
     print(
         f"AutoAttack's standard evaluation, L-inf eps {args.autoattack_eps}, {len(x)} images, batch {args.batch_size}"
     )
