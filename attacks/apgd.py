@@ -9,15 +9,16 @@ interval floor(0.03 N) shorter, down to floor(0.06 N) (each at least 1); for N =
 80, 87, 93, 99. A sample's step is halved when at most rho = 75% of the steps since the last checkpoint
 raised its loss above the previous iterate's (the first step counts against the starting point), or
 when its step was not halved at the last checkpoint (never at the first) and its best loss has not grown
-since; a halving restarts it from its best point. Every iterate is checked, and any misclassified one is
-kept.
+since; a halving restarts it from its best point. Every iterate is checked: a sample leaves the batch at
+its first misclassified iterate, which is returned (each sample's state is its own, so the others' iterates
+do not change, and the passes it would have cost decide nothing: the verdicts are the reference's).
 Norms L-inf and L2; x (N, C, H, W) inside the box, y (N,) labels; eps in the units of x.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Literal
 
 import torch
@@ -29,7 +30,8 @@ from gkp.contracts import Attack
 from gkp.schema import at_least, option
 from gkp.threat import PIXELS, Box, Norm, loss_and_gradient, per_sample, project
 
-Loss = Callable[[torch.Tensor], torch.Tensor]  # logits -> per-sample loss to maximise
+# (logits, the samples' positions in the batch) -> per-sample loss to maximise
+Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 MOMENTUM = 0.75
 RHO = 0.75
@@ -61,6 +63,74 @@ def should_halve(
     return (rises <= RHO * interval) | (~halved_before & (best <= best_before))
 
 
+@dataclass
+class _Samples:
+    """One run's per-sample state, over the samples it still attacks (``position`` in the batch)."""
+
+    position: torch.Tensor
+    x: torch.Tensor
+    x_adv: torch.Tensor
+    x_previous: torch.Tensor
+    grad: torch.Tensor
+    value_previous: torch.Tensor
+    x_best: torch.Tensor
+    grad_best: torch.Tensor
+    best: torch.Tensor
+    step_size: torch.Tensor
+    rises: torch.Tensor  # steps since the last checkpoint that raised the loss
+    best_at_checkpoint: torch.Tensor
+    halved_at_checkpoint: torch.Tensor
+
+    @classmethod
+    def start(cls, x: torch.Tensor, x_adv: torch.Tensor, grad: torch.Tensor, value: torch.Tensor, eps: float):
+        n, device = len(x), x.device
+        return cls(
+            torch.arange(n, device=device),
+            x,
+            x_adv,
+            x_adv,
+            grad,
+            value,
+            x_adv.clone(),
+            grad.clone(),
+            value.clone(),
+            torch.full((n,), 2.0 * eps, device=device, dtype=x.dtype),
+            torch.zeros(n, device=device),
+            value.clone(),
+            torch.ones(n, dtype=torch.bool, device=device),
+        )
+
+    def keep(self, kept: torch.Tensor) -> _Samples:
+        return _Samples(*(getattr(self, f.name)[kept] for f in fields(self)))
+
+    def next_iterate(self, first: bool, eps: float, norm: Norm, box: Box) -> torch.Tensor:
+        """The steepest-ascent step, with momentum after the first, projected onto the ball and the box."""
+        x, x_adv = self.x, self.x_adv
+        z = box.clamp(
+            x + project(x_adv + per_sample(self.step_size, x) * steepest_ascent(self.grad, norm) - x, eps, norm)
+        )
+        if first:
+            return z
+        moved = x_adv + MOMENTUM * (z - x_adv) + (1 - MOMENTUM) * (x_adv - self.x_previous)
+        return box.clamp(x + project(moved - x, eps, norm))
+
+    def record(self, value: torch.Tensor) -> None:
+        """The loss at the new iterate: count a rise, keep the best point."""
+        self.rises += (value > self.value_previous).float()
+        self.value_previous = value
+        improved = value > self.best
+        self.x_best[improved], self.grad_best[improved] = self.x_adv[improved], self.grad[improved]
+        self.best[improved] = value[improved]
+
+    def checkpoint(self, interval: int) -> None:
+        """Halve the steps that should be, and restart those samples from their best point."""
+        halve = should_halve(self.rises, interval, self.best, self.best_at_checkpoint, self.halved_at_checkpoint)
+        self.step_size[halve] /= 2
+        self.x_adv[halve], self.grad[halve] = self.x_best[halve], self.grad_best[halve]
+        self.rises.zero_()
+        self.best_at_checkpoint, self.halved_at_checkpoint = self.best.clone(), halve
+
+
 def apgd(
     model: nn.Module,
     x: torch.Tensor,
@@ -73,40 +143,32 @@ def apgd(
     generator: torch.Generator | None,
     box: Box,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One run: (x_adv, fooled). x_adv is a misclassified iterate where one was found, else the iterate
-    of highest loss."""
+    """One run: (x_adv, fooled). x_adv is the first misclassified iterate where one was found, else the
+    iterate of highest loss. A sample leaves the batch once misclassified: every sample's state is its
+    own, so the others' iterates are the same, and the passes it would cost change no verdict."""
     x = x.detach()
-    step_size = torch.full((len(x),), 2.0 * eps, device=x.device, dtype=x.dtype)
     x_adv = box.clamp(x + random_in_ball(x, eps, norm, generator))
-    value, grad, logits = loss_and_gradient(model, x_adv, loss)
+    everyone = torch.arange(len(x), device=x.device)
+    value, grad, logits = loss_and_gradient(model, x_adv, lambda z: loss(z, everyone))
     fooled = logits.argmax(1) != y
-    x_fooling, x_best, grad_best, best = x_adv.clone(), x_adv.clone(), grad.clone(), value.clone()
-    x_previous, value_previous = x_adv, value
-    rises = torch.zeros(len(x), device=x.device)
-    best_at_checkpoint = best.clone()
-    halved_at_checkpoint = torch.ones(len(x), dtype=torch.bool, device=x.device)
+    result = x_adv.clone()
+    s = _Samples.start(x, x_adv, grad, value, eps).keep(~fooled)
     marks, last_mark = checkpoints(steps), 0
     for iteration in range(1, steps + 1):
-        z = box.clamp(x + project(x_adv + per_sample(step_size, x) * steepest_ascent(grad, norm) - x, eps, norm))
-        if iteration > 1:
-            moved = x_adv + MOMENTUM * (z - x_adv) + (1 - MOMENTUM) * (x_adv - x_previous)
-            z = box.clamp(x + project(moved - x, eps, norm))
-        x_previous, x_adv = x_adv, z
-        value, grad, logits = loss_and_gradient(model, x_adv, loss)
-        now_fooled = logits.argmax(1) != y
-        x_fooling[now_fooled] = x_adv[now_fooled]
-        fooled |= now_fooled
-        rises += (value > value_previous).float()
-        value_previous = value
-        improved = value > best
-        x_best[improved], grad_best[improved], best[improved] = x_adv[improved], grad[improved], value[improved]
+        if not len(s.position):
+            break
+        s.x_previous, s.x_adv = s.x_adv, s.next_iterate(iteration == 1, eps, norm, box)
+        value, s.grad, logits = loss_and_gradient(model, s.x_adv, lambda z, at=s.position: loss(z, at))
+        now_fooled = logits.argmax(1) != y[s.position]
+        result[s.position[now_fooled]], fooled[s.position[now_fooled]] = s.x_adv[now_fooled], True
+        s.record(value)
         if iteration in marks:
-            halve = should_halve(rises, iteration - last_mark, best, best_at_checkpoint, halved_at_checkpoint)
-            step_size[halve] /= 2
-            x_adv[halve], grad[halve] = x_best[halve], grad_best[halve]
-            rises.zero_()
-            best_at_checkpoint, halved_at_checkpoint, last_mark = best.clone(), halve, iteration
-    return torch.where(per_sample(fooled, x), x_fooling, x_best).detach(), fooled
+            s.checkpoint(iteration - last_mark)
+            last_mark = iteration
+        if now_fooled.any():
+            s = s.keep(~now_fooled)
+    result[s.position] = s.x_best
+    return result.detach(), fooled
 
 
 def with_restarts(
@@ -131,7 +193,7 @@ def run(
     box: Box = PIXELS,
 ) -> torch.Tensor:
     def once(inputs: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        cross_entropy = lambda logits: F.cross_entropy(logits, labels, reduction="none")  # noqa: E731
+        cross_entropy = lambda logits, position: F.cross_entropy(logits, labels[position], reduction="none")  # noqa: E731
         return apgd(
             model,
             inputs,

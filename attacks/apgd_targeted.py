@@ -53,7 +53,7 @@ def run(
             model,
             inputs,
             labels,
-            lambda z: dlr(z, labels, target),
+            lambda logits, position: dlr(logits, labels[position], target[position]),
             eps=params.eps,
             norm=params.norm,
             steps=params.steps,

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from attacks import apgd, apgd_targeted, cw, fgsm, fmn, pgd, pgd_kl, square
+from attacks import apgd, apgd_targeted, cw, fab_t, fgsm, fmn, pgd, pgd_kl, square
 from baselines import (
     chip,
     fpgm,
@@ -89,7 +89,17 @@ SUITES: Registry[Suite] = Registry.of("suite", (suites.PAPER_CIFAR, suites.PAPER
 
 ATTACKS: Registry[Attack] = Registry.of(
     "attack",
-    (fgsm.ATTACK, pgd.ATTACK, apgd.ATTACK, apgd_targeted.ATTACK, square.ATTACK, cw.ATTACK, fmn.ATTACK, pgd_kl.ATTACK),
+    (
+        fgsm.ATTACK,
+        pgd.ATTACK,
+        apgd.ATTACK,
+        apgd_targeted.ATTACK,
+        fab_t.ATTACK,
+        square.ATTACK,
+        cw.ATTACK,
+        fmn.ATTACK,
+        pgd_kl.ATTACK,
+    ),
 )
 
 ADVERSARIAL_TRAINING: Registry[AdversarialTraining] = Registry.of(

@@ -4,8 +4,10 @@ sanity checks and gradient-masking warnings."""
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -16,7 +18,7 @@ from gkp.engine.evaluate import attack_space, check_adversarial, evaluate
 from gkp.errors import AttackSanityError
 from gkp.schema import build
 from gkp.settings import AttackSpec
-from gkp.threat import PIXELS, lp_norm
+from gkp.threat import PIXELS, Box, lp_norm
 
 MODERATE = {"linf": 8 / 255, "l2": 1.0}
 CASES = [(name, norm) for name, attack in ATTACKS.items() for norm in attack.norms]
@@ -252,3 +254,116 @@ def test_square_halves_its_window_at_query_counts_in_autoattacks_standard_evalua
 
     square = next(a for a in STRONG.make(eps=8 / 255) if a["name"] == "square")
     assert square["rescale_schedule"] is False
+
+
+def without_name(entry: dict) -> dict:
+    return {key: value for key, value in entry.items() if key != "name"}
+
+
+def test_the_strong_suite_is_autoattacks_standard_evaluation():
+    """autoattack.py, version='standard': apgd-ce, apgd-t, fab-t, square in that order, 100 iterations, 1 run,
+    9 target classes, 5,000 queries with p_init 0.8 and resc_schedule=False."""
+    from gkp.suites import STRONG
+
+    entries = STRONG.make(eps=8 / 255)
+    expanded = {a["name"]: build(ATTACKS.get(a["name"]).params, without_name(a), "attack") for a in entries}
+    assert list(expanded) == ["apgd_ce", "apgd_t", "fab_t", "square"]
+    apgd_ce, apgd_t, fab_t, square = expanded.values()
+    assert (apgd_ce.steps, apgd_ce.restarts) == (100, 1)
+    assert (apgd_t.steps, apgd_t.targets, apgd_t.restarts) == (100, 9, 1)
+    assert (fab_t.steps, fab_t.targets, fab_t.restarts) == (100, 9, 1)
+    assert (fab_t.alpha_max, fab_t.eta, fab_t.beta) == (0.1, 1.05, 0.9)
+    assert (square.queries, square.p_init, square.rescale_schedule) == (5000, 0.8, False)
+    assert all(p.eps == 8 / 255 and p.norm == "linf" for p in expanded.values())
+    rescaled = STRONG.make(eps=0.5, norm="l2", rescale_schedule=True)
+    assert rescaled[-1]["rescale_schedule"] is True and {a["norm"] for a in rescaled} == {"l2"}
+
+
+class Linear(nn.Module):
+    """A linear classifier of flattened images: its decision boundaries are hyperplanes."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor):
+        super().__init__()
+        self.weight, self.bias = nn.Parameter(weight), nn.Parameter(bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1) @ self.weight.T + self.bias
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_fab_t_reaches_a_linear_boundary_at_its_distance(norm):
+    """On a two-class linear model FAB's linearisation is exact: it fools every image within 6% (eta's 5%
+    overshoot) beyond its distance to the boundary, |f(x)| / ||w||_dual, and none below it."""
+    torch.manual_seed(0)
+    model = Linear(torch.randn(2, 12, dtype=torch.float64), torch.zeros(2, dtype=torch.float64)).eval()
+    x = torch.randn(40, 3, 2, 2, dtype=torch.float64)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    w = (model.weight[1] - model.weight[0]).detach()
+    dual = w.abs().sum() if norm == "linf" else w.norm()
+    with torch.no_grad():
+        distance = (x.flatten(1) @ w).abs() / dual
+    unbounded = Box(-math.inf, math.inf)
+    fab = ATTACKS.get("fab_t")
+    for factor, fooled in ((1.06, True), (0.99, False)):
+        for i in range(len(x)):  # each image at its own eps
+            params = build(fab.params, {"eps": factor * float(distance[i]), "norm": norm, "steps": 20}, "attack")
+            x_adv = fab.run(model, x[i : i + 1], y[i : i + 1], params, None, unbounded)
+            with torch.no_grad():
+                assert bool(model(x_adv).argmax(1) != y[i]) is fooled
+            assert fooled or torch.equal(x_adv, x[i : i + 1])  # the clean image where it fails
+
+
+def test_fab_t_leaves_misclassified_and_unbroken_images_clean(trained_tiny):
+    model, bundle = trained_tiny
+    x, y = batch(bundle)
+    x = x.clone()
+    x[:, :, :4] = x[:, :, :4].round()  # pixels on the box's edges, as real images have: some misclassified
+    params = spec("fab_t", eps=1e-4).params
+    x_adv = ATTACKS.get("fab_t").run(model, x, y, params, torch.Generator().manual_seed(0), PIXELS)
+    assert torch.equal(x_adv, x)
+    with torch.no_grad():
+        misclassified = model(x).argmax(1) != y
+    assert misclassified.any()
+    x_adv = ATTACKS.get("fab_t").run(model, x, y, spec("fab_t", eps=8 / 255).params, None, PIXELS)
+    assert torch.equal(x_adv[misclassified], x[misclassified]) and not torch.equal(x_adv, x)
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_fabs_boundary_step_is_the_shortest_one_inside_the_box(norm):
+    """Against scipy: a linear program for L-inf, bounded least squares for L2 (the plane as a heavily weighted
+    row); where the box keeps the plane out of reach, every coordinate moves to its edge towards it."""
+    from scipy.optimize import linprog, lsq_linear
+
+    from attacks.fab_t import boundary_step
+
+    generator = np.random.default_rng(0)
+    size = 8
+    x = torch.from_numpy(generator.uniform(size=(60, size)))
+    w = torch.from_numpy(generator.normal(size=(60, size)))
+    w[::7, 3] = 0.0
+    need = torch.from_numpy(generator.normal(size=60) * np.tile([0.2, 1.0, 4.0], 20))
+    steps = boundary_step(x, w, need, PIXELS, norm).numpy()
+    reachable = 0
+    for t, v, r, d in zip(x.numpy(), w.numpy(), need.numpy(), steps, strict=True):
+        low, high = -t, 1 - t
+        assert (d >= low - 1e-12).all() and (d <= high + 1e-12).all()
+        towards = np.sign(v) * np.sign(r)
+        edge = np.where(towards > 0, high, np.where(towards < 0, low, 0.0))
+        if abs(r) > v @ edge * np.sign(r):
+            assert np.allclose(d, edge)
+            continue
+        reachable += 1
+        assert v @ d == pytest.approx(r, abs=1e-9)
+        if norm == "linf":
+            bounds = [*zip(low, high, strict=True), (0, None)]
+            ball = np.block([[np.eye(size), -np.ones((size, 1))], [-np.eye(size), -np.ones((size, 1))]])
+            cost = np.r_[np.zeros(size), 1.0]
+            best = linprog(cost, ball, np.zeros(2 * size), np.r_[v, 0][None], [r], bounds=bounds).fun
+            assert np.abs(d).max() == pytest.approx(best, abs=1e-9)
+        else:
+            weight = 1e5
+            rows = np.vstack([np.eye(size), weight * v[None]])
+            best = lsq_linear(rows, np.r_[np.zeros(size), weight * r], bounds=(low, high), tol=1e-12).x
+            assert np.abs(d - best).max() < 1e-6
+    assert 20 < reachable < 60

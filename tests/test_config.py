@@ -181,7 +181,7 @@ def test_the_imagenet_and_strong_suites():
         tiny_config(attacks=[{"suite": "paper-imagenet"}, {"suite": "strong", "eps": 0.5, "norm": "l2"}])
     )
     labels = [a.label for a in exp.attacks]
-    assert labels == ["fgsm_0.001", "fgsm_0.01", "fgsm_0.1", "pgd_3", "apgd_ce", "apgd_t", "square"]
+    assert labels == ["fgsm_0.001", "fgsm_0.01", "fgsm_0.1", "pgd_3", "apgd_ce", "apgd_t", "fab_t", "square"]
     assert not any(a.clip for a in exp.attacks[:4])
     assert exp.attacks[3].params.eps == pytest.approx(4 / 255) and exp.attacks[3].params.step_size == pytest.approx(
         1 / 255
@@ -192,8 +192,24 @@ def test_the_imagenet_and_strong_suites():
 def test_the_strong_suite_twice_gets_numbered_labels():
     strong = [{"suite": "strong", "eps": "8/255"}, {"suite": "strong", "eps": 0.5, "norm": "l2"}]
     exp = build_experiment(tiny_config(attacks=strong))
-    assert [a.label for a in exp.attacks] == [f"{n}_{i}" for i in (1, 2) for n in ("apgd_ce", "apgd_t", "square")]
-    assert [a.params.norm for a in exp.attacks] == ["linf"] * 3 + ["l2"] * 3
+    names = ("apgd_ce", "apgd_t", "fab_t", "square")
+    assert [a.label for a in exp.attacks] == [f"{n}_{i}" for i in (1, 2) for n in names]
+    assert [a.params.norm for a in exp.attacks] == ["linf"] * 4 + ["l2"] * 4
+
+
+def test_the_strong_suites_earlier_attacks_keep_their_settings_and_labels():
+    """FAB-T joined the suite: the three attacks it had (as it expanded them then) are unchanged, so their
+    entries in results.json compare with earlier runs'."""
+    before = [
+        {"name": "apgd_ce", "eps": "8/255", "norm": "linf"},
+        {"name": "apgd_t", "eps": "8/255", "norm": "linf"},
+        {"name": "square", "eps": "8/255", "norm": "linf", "rescale_schedule": False},
+    ]
+    now = build_experiment(tiny_config(attacks=[{"suite": "strong", "eps": "8/255"}])).attacks
+    earlier = build_experiment(tiny_config(attacks=before)).attacks
+    assert [a.to_dict() for a in now if a.name != "fab_t"] == [a.to_dict() for a in earlier]
+    rescaled = build_experiment(tiny_config(attacks=[{"suite": "strong", "eps": "8/255", "rescale_schedule": True}]))
+    assert rescaled.attacks[-1].params.rescale_schedule is True
 
 
 @pytest.mark.parametrize(

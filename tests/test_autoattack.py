@@ -1,0 +1,69 @@
+"""The ``strong`` suite's attacks against torchattacks' ports of the official AutoAttack code (APGD, APGDT,
+FAB with every target, Square), at AutoAttack's standard settings, on the authors' ResNet-20 and 500 real
+CIFAR-10 images. torchattacks is an optional test dependency (``pip install --no-deps torchattacks``: it
+pins an old ``requests``); without it these tests are skipped. Slow: about an hour on 2 CPU cores."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from gkp.catalog import ATTACKS
+from gkp.checkpoint import load_model
+from gkp.schema import build
+from gkp.suites import STRONG
+from gkp.threat import PIXELS
+
+torchattacks = pytest.importorskip("torchattacks")
+
+IMAGES = 500
+BATCH = 250
+# Where the authors' ResNet-20 is neither broken nor untouched by every attack (robust accuracy between
+# 10% and 90%), so that agreement means something.
+EPS = 0.5 / 255
+THEIRS = {
+    "apgd_ce": lambda model: torchattacks.APGD(model, norm="Linf", eps=EPS, steps=100, n_restarts=1, loss="ce"),
+    "apgd_t": lambda model: torchattacks.APGDT(model, norm="Linf", eps=EPS, steps=100, n_restarts=1, n_classes=10),
+    "fab_t": lambda model: torchattacks.FAB(
+        model, norm="Linf", eps=EPS, steps=100, n_restarts=1, multi_targeted=True, n_classes=10
+    ),
+    "square": lambda model: torchattacks.Square(
+        model, norm="Linf", eps=EPS, n_queries=5000, n_restarts=1, p_init=0.8, resc_schedule=False
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def authors(shared, authors_checkpoint):
+    model, _ = load_model(authors_checkpoint)
+    with np.load(shared / "data" / "cifar10_train_prefix.npz") as arrays:
+        x = torch.from_numpy(arrays["images"][:IMAGES]).permute(0, 3, 1, 2).float().div(255).contiguous()
+        y = torch.from_numpy(arrays["labels"][:IMAGES])
+    return model.eval(), x, y
+
+
+def robust_accuracy(model, x_adv: torch.Tensor, y: torch.Tensor) -> float:
+    with torch.no_grad():
+        return float((model(x_adv).argmax(1) == y).float().mean())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(THEIRS))
+def test_each_attack_of_the_strong_suite_lands_within_1_point_of_torchattacks(authors, name):
+    model, x, y = authors
+    entry = next(a for a in STRONG.make(eps=EPS) if a["name"] == name)
+    params = build(ATTACKS.get(name).params, {k: v for k, v in entry.items() if k != "name"}, "attack")
+    ours = torch.cat(
+        [
+            ATTACKS.get(name).run(
+                model, x[i : i + BATCH], y[i : i + BATCH], params, torch.Generator().manual_seed(i), PIXELS
+            )
+            for i in range(0, IMAGES, BATCH)
+        ]
+    )
+    theirs = THEIRS[name](model)(x, y)
+    mine, reference = robust_accuracy(model, ours, y), robust_accuracy(model, theirs, y)
+    print(f"{name} at L-inf {EPS * 255:g}/255 on {IMAGES} images: ours {mine:.1%}, torchattacks {reference:.1%}")
+    assert 0.1 < reference < 0.9
+    assert abs(mine - reference) <= 0.01
