@@ -157,8 +157,7 @@ def _submit(executor, jobs: Sequence[Job], options: SlurmOptions, after: list[An
         extra = {**options.extra, "dependency": "afterok:" + ":".join(array_ids)}
         executor.update_parameters(slurm_additional_parameters=extra)
     with executor.batch():  # one job array
-        pending = [executor.submit(RunJob(str(job.config), str(job.folder))) for job in jobs]
-    submitted = [submission for submission in pending]
+        submitted = [executor.submit(RunJob(str(job.config), str(job.folder))) for job in jobs]
     for job, submission in zip(jobs, submitted, strict=True):
         print(f"sweep: {job.name} submitted as job {submission.job_id}", flush=True)
     return submitted
@@ -181,14 +180,14 @@ JOB_FILE = ".slurm_job"  # in a run folder: the SLURM job last submitted for it
 
 def _still_queued(jobs: Sequence[Job]) -> set[Path]:
     """The run folders whose job from an earlier submission (by any sweep) is still pending or running
-    (``squeue``), so that no second job starts on the same run folder."""
+    (``squeue``, one line per array task), so that no second job starts on the same run folder."""
     submitted = {
         job.folder: (job.folder / JOB_FILE).read_text().strip() for job in jobs if (job.folder / JOB_FILE).is_file()
     }
     if not submitted:
         return set()
     listed = subprocess.run(
-        ["squeue", "--noheader", "--format=%i", "--jobs=" + ",".join(submitted.values())],
+        ["squeue", "--noheader", "--array", "--format=%i", "--jobs=" + ",".join(submitted.values())],
         capture_output=True,
         text=True,
     )
