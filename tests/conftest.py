@@ -52,9 +52,10 @@ def authors_checkpoint(shared: Path, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(autouse=True)
-def forms_cache(tmp_path, monkeypatch):
-    """Form timings go to a file of the test's own, never to the user's cache."""
-    monkeypatch.setenv("GKP_FORMS_CACHE", str(tmp_path / "forms.json"))
+def forms_cache(tmp_path_factory, monkeypatch):
+    """Form timings go to a file of the test session's own, never to the user's cache: a layer shape is
+    timed once per session, as once per machine in real use (tests of the timing pass their own dict)."""
+    monkeypatch.setenv("GKP_FORMS_CACHE", str(tmp_path_factory.getbasetemp() / "forms.json"))
 
 
 @pytest.fixture
