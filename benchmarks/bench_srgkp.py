@@ -7,10 +7,14 @@ selection is identical.
                                                                   # on one layer per shape, time extrapolated
     python benchmarks/bench_srgkp.py --reference all              # the reference on every layer (slow)
     python benchmarks/bench_srgkp.py --checkpoint resnet20_authors.ckpt --archs resnet20
+    python benchmarks/bench_srgkp.py --archs resnet56 --device cuda --compare-cpu  # the search on a GPU
 
 The reference runs only on layers of at most ``--reference-channels`` input channels (64 by default):
 on VGG-16's 128- to 512-channel layers the plain-Python reference takes hours, so those are not compared
 (nor counted in its time) and the ratio is printed only when every layer shape was compared.
+
+The search runs on the model's device (``--device``); ``--compare-cpu`` also runs it on the CPU and says
+whether the selections are the same.
 
 Targets on 2 CPU cores: ResNet-56 under 3 s, ResNet-110 under 6 s, VGG-16 under 300 s, identical selections.
 """
@@ -28,6 +32,7 @@ import torch
 from gkp.catalog import build_model
 from gkp.checkpoint import load_model
 from gkp.contracts import model_spec
+from gkp.engine.device import resolve_device
 from gkp.grouped import reference
 from gkp.grouped.srgkp import METHOD, SRGKPParams
 from gkp.pruning.plan import Plan
@@ -46,10 +51,17 @@ def compile_branch_sums() -> float:
 
 
 def ours(model, rate: float) -> tuple[float, dict]:
+    """Seconds of the selection and the surgery on the model's device, and the selection."""
     start = time.perf_counter()
     layers = METHOD.select(model, rate, SRGKPParams()).layers
     apply(model, Plan("srgkp", rate, layers))
+    if model_device(model).type == "cuda":
+        torch.cuda.synchronize()
     return time.perf_counter() - start, layers
+
+
+def model_device(model) -> torch.device:
+    return next(model.parameters()).device
 
 
 def reference_layers(
@@ -70,7 +82,7 @@ def reference_layers(
         measured = names if every_layer else names[:1]
         spent = 0.0
         for name in measured:
-            weight = model.get_submodule(name).weight.detach().numpy()
+            weight = model.get_submodule(name).weight.detach().cpu().numpy()
             start = time.perf_counter()
             expected = reference.srgkp_layer(weight, rate)
             spent += time.perf_counter() - start
@@ -95,6 +107,8 @@ def main() -> None:
     parser.add_argument(
         "--reference-channels", type=int, default=64, help="run the reference on layers of at most this many inputs"
     )
+    parser.add_argument("--device", default="cpu", help="where the model is, so where the search runs")
+    parser.add_argument("--compare-cpu", action="store_true", help="also search on the CPU: same selections?")
     parser.add_argument(
         "--repeats",
         type=int,
@@ -102,7 +116,11 @@ def main() -> None:
         help=f"our timing is the best of this many runs (one if over {REPEAT_UNDER:.0f} s)",
     )
     args = parser.parse_args()
-    print(f"torch threads {torch.get_num_threads()}, numpy {np.__version__}; reference: {args.reference}")
+    device = resolve_device(args.device)
+    print(
+        f"search on {device}; torch threads {torch.get_num_threads()}, numpy {np.__version__}; "
+        f"reference: {args.reference}"
+    )
     compile_seconds = compile_branch_sums()
     print(f"numba {numba.__version__}: compiled (or loaded from its cache) in {compile_seconds:.2f} s, not counted")
     for arch in args.archs.split(","):
@@ -112,6 +130,7 @@ def main() -> None:
         else:
             torch.manual_seed(0)
             model = build_model(arch)
+        model = model.to(device)
         runs = [ours(model, args.rate)]
         while len(runs) < args.repeats and runs[0][0] < REPEAT_UNDER:
             runs.append(ours(model, args.rate))
@@ -133,9 +152,13 @@ def main() -> None:
             else ""
         )
         print(
-            f"{arch}: ours {seconds:.2f} s (select + surgery){target}; {versus}; "
+            f"{arch}: ours {seconds:.2f} s (select + surgery on {device.type}){target}; {versus}; "
             f"identical on {compared}/{len(layers)} layers compared: {identical}"
         )
+        if args.compare_cpu:
+            cpu_seconds, cpu_layers = ours(model.cpu(), args.rate)
+            same = {k: v.to_dict() for k, v in cpu_layers.items()} == {k: v.to_dict() for k, v in layers.items()}
+            print(f"{arch}: on the CPU {cpu_seconds:.2f} s; the same selection as on {device.type}: {same}")
 
 
 if __name__ == "__main__":

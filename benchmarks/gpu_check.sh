@@ -3,8 +3,9 @@
 # training throughput of ResNet-56 against a plain DataLoader loop (AMP and channels_last on and off),
 # fine-tuning the SR-GKP model against the dense and L1 ones, grouped against dense latency at batch 256
 # (ResNet-56, VGG-16, ResNet-50),
-# a 10,000-image paper-cifar evaluation of ResNet-56, what PGD-AT and the training-time methods add to an
-# epoch, and the peak GPU memory of each. Put its output in your note.
+# a 10,000-image paper-cifar evaluation of ResNet-56, SR-GKP's search on the GPU (ResNet-56, checked against
+# the CPU's selection, and VGG-16), what PGD-AT and the training-time methods add to an epoch, and the peak
+# GPU memory of each; then the tests marked gpu. Put its output in your note.
 #
 #   bash benchmarks/gpu_check.sh               # on the GPU
 #   bash benchmarks/gpu_check.sh --cpu-smoke   # tiny sizes on the CPU: checks that the script runs
@@ -14,10 +15,10 @@ export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD"
 PYTHON="${PYTHON:-python}"
 if [ "${1:-}" = "--cpu-smoke" ]; then
     device=cpu; images=64; eval_images=32; batches=4; epochs=1; rounds=1; arch=resnet8; workers=0; full=
-    latency_archs=resnet8
+    latency_archs=resnet8; search_archs=resnet8; search_reference=16
 else  # AMP and channels_last also each off on its own
     device=cuda; images=20000; eval_images=10000; batches=256; epochs=2; rounds=3; arch=resnet56; workers=4; full=1
-    latency_archs=resnet56,vgg16,resnet50
+    latency_archs=resnet56,vgg16,resnet50; search_archs=resnet56; search_reference=16
 fi
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
@@ -33,7 +34,10 @@ for variant in "--amp off --channels-last off" ${full:+"--amp off" "--channels-l
 done
 run benchmarks/bench_grouped.py --archs "$latency_archs" --device "$device" --batches "$batches" --repeats "$rounds"
 run benchmarks/bench_eval.py --arch "$arch" --device "$device" --images "$eval_images"
+run benchmarks/bench_srgkp.py --archs "$search_archs" --device "$device" --reference-channels "$search_reference" --compare-cpu
+${full:+run benchmarks/bench_srgkp.py --archs vgg16 --device "$device" --reference-channels 0 --repeats 1}
 run benchmarks/bench_training_time.py --arch "$arch" --device "$device" --images "$((images / 4))" --rounds "$rounds" --steps 3
+${full:+run -m pytest -q -p no:cacheprovider -m gpu tests}
 echo
 echo "== summary"
-grep -E "ratio|step time|paper-cifar evaluation|hooks|PGD-|peak GPU memory|^torch" "$log" || true
+grep -E "ratio|step time|paper-cifar evaluation|hooks|PGD-|peak GPU memory|^torch|select \+ surgery|same selection| passed| failed" "$log" || true

@@ -59,8 +59,10 @@ def ours(model, inputs, labels, name, params, box) -> torch.Tensor:
     )
 
 
-def test_the_papers_fgsm_and_pgd_match_art_on_1000_images(authors):
+@pytest.mark.parametrize("images", [pytest.param(1000, marks=pytest.mark.slow), 400])
+def test_the_papers_fgsm_and_pgd_match_art(authors, images):
     model, x, y = authors
+    x, y = x[:images], y[:images]
     suite = build_experiment(
         {"model": {"arch": "resnet20"}, "stages": ["eval"], "attacks": [{"suite": "paper-cifar"}]}
     ).attacks

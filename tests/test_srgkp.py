@@ -13,8 +13,8 @@ import torch
 
 from gkp.catalog import build_model
 from gkp.errors import PruningError
+from gkp.grouped import branch_sums
 from gkp.grouped import reference as oracle
-from gkp.grouped.branch_sums import outside_sums, pair_sums
 from gkp.grouped.search import SearchSettings, beam_search
 from gkp.grouped.smoothness import filter_smoothness, grouped_kernel_smoothness, snake_order
 from gkp.grouped.srgkp import METHOD, SRGKPParams
@@ -151,17 +151,26 @@ def branch_members(columns: list[np.ndarray], branch: int, row: int) -> list[int
     return [int(c[branch // (branches // c.shape[0]), row]) for c in columns]
 
 
-def test_compiled_branch_sums_add_left_to_right():
+BRANCH_SUMS = {  # the CPU's compiled loops, and the torch adds every other device runs (here on CPU tensors)
+    "compiled": (branch_sums.pair_sums, branch_sums.outside_sums),
+    "device": (branch_sums._device_pair_sums, branch_sums._device_outside_sums),
+}
+
+
+@pytest.mark.parametrize("implementation", BRANCH_SUMS)
+def test_branch_sums_add_left_to_right(implementation):
     # Similarities on a coarse grid (many equal terms, as between identical GKs) and of mixed magnitudes,
     # so that any other order of the adds gives other last bits on some branch.
+    pair_sums, outside_sums = BRANCH_SUMS[implementation]
     rng = np.random.default_rng(5)
     n, rows, groups = 40, 6, 2
     sim = np.round(rng.normal(size=(groups, n, n)), 1) * 10.0 ** rng.integers(-8, 3, (groups, n, n))
     group = np.arange(rows) % groups
     columns = random_beams(rng, n, rows, prefix=21, levels=(4, 8, 16))
-    inner = pair_sums(sim.reshape(-1), n, group, columns)
+    as_tensors = [torch.from_numpy(c) for c in columns]
+    inner = pair_sums(torch.from_numpy(sim.reshape(-1)), n, torch.from_numpy(group), as_tensors).numpy()
     values = sim[group][None].repeat(16, axis=0)[:, :, 0] + rng.normal(size=(16, rows, n))
-    outer = outside_sums(values, columns)
+    outer = outside_sums(torch.from_numpy(values), as_tensors).numpy()
     reordered = 0
     for branch, row in itertools.product(range(16), range(rows)):
         members = branch_members(columns, branch, row)
@@ -176,6 +185,30 @@ def test_compiled_branch_sums_add_left_to_right():
                 expected += values[branch, row, p]
         assert outer[branch, row] == expected
     assert reordered  # the test can tell the order of the adds
+
+
+def test_the_search_on_a_gpu_adds_as_on_the_cpu(monkeypatch, shared, authors_checkpoint):
+    """The torch sums a GPU runs, put in place of the compiled ones on the CPU, give the golden selection."""
+    from gkp.checkpoint import load_model
+    from gkp.grouped import search
+
+    monkeypatch.setattr(search, "pair_sums", branch_sums._device_pair_sums)
+    monkeypatch.setattr(search, "outside_sums", branch_sums._device_outside_sums)
+    golden = json.loads((shared / "golden" / "srgkp_resnet20_default.json").read_text())
+    model, _ = load_model(authors_checkpoint)
+    layers = METHOD.select(model, 0.4375, SRGKPParams()).layers
+    assert {name: plan.to_dict()["kept"] for name, plan in layers.items()} == {
+        name: expected["kept"] for name, expected in golden["layers"].items()
+    }
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_the_search_runs_on_the_models_gpu_with_the_cpus_selection():
+    model = build_model("resnet20")
+    on_cpu = METHOD.select(model, 0.4375, SRGKPParams()).layers
+    on_gpu = METHOD.select(model.cuda(), 0.4375, SRGKPParams()).layers
+    assert {k: v.to_dict() for k, v in on_gpu.items()} == {k: v.to_dict() for k, v in on_cpu.items()}
 
 
 @pytest.mark.slow

@@ -14,14 +14,17 @@ tile of rows small enough to stay in the L1 cache. Branches share ancestors (mem
 entries, branch i's member being entry i // (B / B_l), see ``gkp.grouped.search.Beams``), so a pair term
 is read once per ancestor at its level and added to each descendant.
 
-Numba rather than a C extension of our own: it compiles these plain loops with exact float semantics and
-caches them on disk (a few seconds once per machine).
+On the CPU the sums are numba-compiled loops: numba rather than a C extension of our own, since it
+compiles these plain loops with exact float semantics and caches them on disk (a few seconds once per
+machine). On any other device (a GPU) they are torch loops of whole-tensor adds, one add per term and
+pair position across every branch and row at once: the same adds in the same order, so the same bits.
 """
 
 from __future__ import annotations
 
 import numba
 import numpy as np
+import torch
 
 TILE_SUMS = 1024  # partial sums (branches x rows) of one tile of the inner sum
 TILE_VALUES = 4096  # values (GKs x rows) of one tile of the outer sum
@@ -70,13 +73,51 @@ def _pair_sums(flat_sim, n, group, levels, packed, offsets, out):
         _tile_pair_sums(flat_sim, n, group, levels, packed, offsets, first, min(tile, rows - first), out)
 
 
-def pair_sums(flat_sim: np.ndarray, n: int, group: np.ndarray, columns: list[np.ndarray]) -> np.ndarray:
-    """(B, R) sum of sim[g][m_a][m_b] over each branch's pairs a < b, left to right in
-    ``itertools.combinations`` order, for the member columns ``columns`` (levels non-decreasing, each
-    dividing the next) of rows of group ``group`` in the flattened (groups, n, n) similarities ``flat_sim``."""
+def _compiled_pair_sums(flat_sim: np.ndarray, n: int, group: np.ndarray, columns: list[np.ndarray]) -> np.ndarray:
     out = np.empty(columns[-1].shape)
     _pair_sums(flat_sim, n, group.astype(np.int64, copy=False), *_packed(columns), out)
     return out
+
+
+def _level_runs(columns: list[torch.Tensor]) -> list[tuple[int, int, torch.Tensor]]:
+    """(first column, level, stacked columns) of each run of consecutive columns with the same level."""
+    runs, first = [], 0
+    for index in range(1, len(columns) + 1):
+        if index == len(columns) or columns[index].shape[0] != columns[first].shape[0]:
+            runs.append((first, columns[first].shape[0], torch.stack(columns[first:index])))
+            first = index
+    return runs
+
+
+def _device_pair_sums(flat_sim: torch.Tensor, n: int, group: torch.Tensor, columns: list[torch.Tensor]) -> torch.Tensor:
+    """``pair_sums`` as torch adds: per member a, the terms of its pairs with the later members are
+    gathered at once, one run of columns of the same level at a time, then added one pair after the other,
+    each add updating every branch and row (one add per pair: what a GPU cannot do in parallel)."""
+    branches, rows = columns[-1].shape
+    total = torch.zeros(branches, rows, dtype=flat_sim.dtype, device=flat_sim.device)
+    runs = _level_runs(columns)
+    for a, column_a in enumerate(columns[:-1]):
+        starts = (group * n + column_a) * n  # (B_a, R): offset of the row sim[g][m_a]
+        for first, level, stacked in runs:
+            later = stacked[max(a + 1 - first, 0) :]
+            if not len(later):
+                continue
+            terms = flat_sim.take(starts.repeat_interleave(level // column_a.shape[0], dim=0) + later)
+            by_ancestor = total.view(level, branches // level, rows)
+            for term in terms[:, :, None]:
+                by_ancestor += term
+    return total
+
+
+def pair_sums(flat_sim: torch.Tensor, n: int, group: torch.Tensor, columns: list[torch.Tensor]) -> torch.Tensor:
+    """(B, R) sum of sim[g][m_a][m_b] over each branch's pairs a < b, left to right in
+    ``itertools.combinations`` order, for the member columns ``columns`` (levels non-decreasing, each
+    dividing the next) of rows of group ``group`` in the flattened (groups, n, n) similarities ``flat_sim``,
+    on their device."""
+    if flat_sim.device.type != "cpu":
+        return _device_pair_sums(flat_sim, n, group, columns)
+    sums = _compiled_pair_sums(flat_sim.numpy(), n, group.numpy(), [c.numpy() for c in columns])
+    return torch.from_numpy(sums)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -108,9 +149,28 @@ def _outside_sums(values, levels, packed, offsets, out):
             _tile_outside_sums(values, levels, packed, offsets, branch, first, min(tile, rows - first), out)
 
 
-def outside_sums(values: np.ndarray, columns: list[np.ndarray]) -> np.ndarray:
-    """(B, R) sum of values[i, r, p] over the GKs p outside branch i of row r, p ascending, left to right,
-    for (B, R, n) ``values`` and the branches' member columns ``columns`` (as for ``pair_sums``)."""
+def _compiled_outside_sums(values: np.ndarray, columns: list[np.ndarray]) -> np.ndarray:
     out = np.empty(values.shape[:2])
     _outside_sums(np.ascontiguousarray(values), *_packed(columns), out)
     return out
+
+
+def _device_outside_sums(values: torch.Tensor, columns: list[torch.Tensor]) -> torch.Tensor:
+    """``outside_sums`` as torch adds: the members' values zeroed, then one add per GK p, ascending."""
+    branches = values.shape[0]
+    masked = values.clone()
+    for column in columns:
+        masked.scatter_(2, column.repeat_interleave(branches // column.shape[0], dim=0)[..., None], 0.0)
+    total = torch.zeros(values.shape[:2], dtype=values.dtype, device=values.device)
+    for p in range(values.shape[2]):
+        total += masked[:, :, p]
+    return total
+
+
+def outside_sums(values: torch.Tensor, columns: list[torch.Tensor]) -> torch.Tensor:
+    """(B, R) sum of values[i, r, p] over the GKs p outside branch i of row r, p ascending, left to right,
+    for (B, R, n) ``values`` and the branches' member columns ``columns`` (as for ``pair_sums``), on their
+    device."""
+    if values.device.type != "cpu":
+        return _device_outside_sums(values, columns)
+    return torch.from_numpy(_compiled_outside_sums(values.numpy(), [c.numpy() for c in columns]))

@@ -16,7 +16,7 @@ from typing import Literal
 import numpy as np
 
 from gkp.grouped.layers import Bucket, grouped_kernel_method
-from gkp.grouped.search import SearchSettings, beam_search
+from gkp.grouped.search import SearchSettings
 from gkp.grouped.srgkp import snaking
 from gkp.schema import at_least, in_unit_interval, option, positive
 
@@ -34,9 +34,7 @@ def greedy_settings(keep: int, match_ratio: float, beta: float | None) -> Search
 
 
 def greedy_select(bucket: Bucket, params: GreedyParams) -> np.ndarray:
-    return beam_search(
-        bucket.similarity, bucket.smoothness, greedy_settings(bucket.keep, params.match_ratio, params.beta)
-    )
+    return bucket.beam_search(greedy_settings(bucket.keep, params.match_ratio, params.beta))
 
 
 METHOD = grouped_kernel_method(

@@ -14,15 +14,19 @@ from functools import cached_property
 from typing import Any
 
 import numpy as np
+import torch
 from scipy.spatial.distance import cdist
 from torch import nn
 from tqdm import tqdm
 
 from gkp.contracts import NO_CONTEXT, PruningContext, PruningMethod, Selection, no_snapshots
 from gkp.errors import PruningError
+from gkp.grouped.search import SearchSettings, beam_search
 from gkp.grouped.smoothness import grouped_kernel_smoothness
 from gkp.pruning.plan import GroupedKernelPlan
 from gkp.pruning.surgery import get_module
+
+CPU = torch.device("cpu")
 
 # (layer name, float64 weight, params, context) -> filter order; params are GroupedKernelParams.
 FilterOrder = Callable[[str, np.ndarray, Any, PruningContext], np.ndarray]
@@ -95,9 +99,11 @@ class LayerProblem:
 
 @dataclass
 class Bucket:
-    """Same-shaped layers stacked: every (layer, group) pair is one row of the selection."""
+    """Same-shaped layers stacked: every (layer, group) pair is one row of the selection, searched on
+    ``device`` (the pruned model's)."""
 
     layers: list[LayerProblem]
+    device: torch.device = CPU
 
     @property
     def keep(self) -> int:
@@ -124,12 +130,21 @@ class Bucket:
         """(layer name, group) of each row."""
         return [(layer.name, g) for layer in self.layers for g in range(layer.groups)]
 
+    def beam_search(self, settings: SearchSettings) -> np.ndarray:
+        """(rows, keep) kept GK indices per row, ascending: ``gkp.grouped.search.beam_search`` on the
+        bucket's similarities and smoothness, on its device."""
+        return beam_search(self.similarity, self.smoothness, settings, self.device)
+
 
 SelectBucket = Callable[[Bucket, Any], np.ndarray]  # -> (rows, keep) kept GK indices per row, ascending
 
 
 def solve(
-    problems: list[LayerProblem], select_bucket: SelectBucket, params: Any, name: str = "selection"
+    problems: list[LayerProblem],
+    select_bucket: SelectBucket,
+    params: Any,
+    name: str = "selection",
+    device: torch.device = CPU,
 ) -> dict[str, GroupedKernelPlan]:
     buckets: dict[tuple[int, int, tuple[int, int]], list[LayerProblem]] = {}
     for problem in problems:
@@ -138,7 +153,7 @@ def solve(
     plans = {}
     progress = tqdm(total=len(problems), desc=f"{name}: kernels", unit="layer", leave=False, disable=None)
     for layers in buckets.values():
-        kept = select_bucket(Bucket(layers), params)
+        kept = select_bucket(Bucket(layers, device), params)
         progress.update(len(layers))
         row = 0
         for layer in layers:
@@ -171,7 +186,8 @@ def grouped_kernel_method(
             order = np.asarray(order_filters(layer, weight, settings, context))
             keep = keep_per_group(conv.in_channels, rate, layer)
             problems.append(LayerProblem(layer, weight, order, settings.groups, keep))
-        return Selection(solve(problems, select_bucket, settings, name))
+        device = targets[0][1].weight.device if targets else CPU
+        return Selection(solve(problems, select_bucket, settings, name, device))
 
     def check(model: nn.Module, rate: float, settings: Any, context: PruningContext = NO_CONTEXT) -> None:
         for layer, conv in grouped_targets(model, settings.scope):

@@ -22,7 +22,7 @@ import numpy as np
 
 from gkp.contracts import PruningContext
 from gkp.grouped.layers import Bucket, grouped_kernel_method
-from gkp.grouped.search import SearchSettings, beam_search
+from gkp.grouped.search import SearchSettings
 from gkp.grouped.smoothness import filter_smoothness, running_sum, snake_order
 from gkp.schema import at_least, in_unit_interval, option
 
@@ -57,7 +57,7 @@ def beam_select(bucket: Bucket, params: SRGKPParams) -> np.ndarray:
         settings = SearchSettings(
             bucket.keep, params.beam_width, params.check_every, params.alpha, params.outer_in_beam, params.final_select
         )
-    return beam_search(bucket.similarity, bucket.smoothness, settings)
+    return bucket.beam_search(settings)
 
 
 METHOD = grouped_kernel_method(

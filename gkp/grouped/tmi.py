@@ -35,7 +35,6 @@ from gkp.errors import ConfigError
 from gkp.grouped import clustering
 from gkp.grouped.greedy import greedy_settings
 from gkp.grouped.layers import Bucket, grouped_kernel_method
-from gkp.grouped.search import beam_search
 from gkp.schema import at_least, in_unit_interval, option, positive
 
 log = logging.getLogger(__name__)
@@ -114,7 +113,7 @@ def tmi_grouping(layer: str, weight: np.ndarray, params: TMIParams, context: Pru
 
 def tmi_select(bucket: Bucket, params: TMIParams) -> np.ndarray:
     settings = greedy_settings(bucket.keep, params.match_ratio, params.cost_balancer)
-    return beam_search(bucket.similarity, bucket.smoothness, settings)
+    return bucket.beam_search(settings)
 
 
 METHOD = grouped_kernel_method(
