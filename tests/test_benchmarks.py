@@ -23,3 +23,4 @@ def test_the_gpu_check_runs_on_the_cpu_and_prints_its_summary():
     for line in ("ratio gkp / plain (amp auto", "ratio gkp / plain (amp off", "step time", "latency ratio"):
         assert line in summary, line
     assert "paper-cifar evaluation" in summary and "PGD-3 training" in summary
+    assert "(select + surgery on cpu)" in summary and "the same selection as on cpu: True" in summary

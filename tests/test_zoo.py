@@ -299,7 +299,7 @@ def test_gkp_eval_of_a_zoo_name_in_a_config(shared, cache, prefix_npz, tmp_path)
     assert results["checkpoint"] == str(cache / "resnet56-akamaster-4bfd9763.ckpt")
 
 
-def test_srgkp_prunes_the_imported_akamaster_resnet56_end_to_end(shared, cache, prefix_npz, tmp_path):
+def test_srgkp_prunes_the_imported_akamaster_resnet56_end_to_end(shared, cache, prefix_npz, tmp_path, pinned_forms):
     fetch("resnet56-akamaster", shared / "checkpoints" / "resnet56-4bfd9763.th")
     config = {
         "device": "cpu",
