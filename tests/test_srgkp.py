@@ -151,26 +151,30 @@ def branch_members(columns: list[np.ndarray], branch: int, row: int) -> list[int
     return [int(c[branch // (branches // c.shape[0]), row]) for c in columns]
 
 
-BRANCH_SUMS = {  # the CPU's compiled loops, and the torch adds every other device runs (here on CPU tensors)
-    "compiled": (branch_sums.pair_sums, branch_sums.outside_sums),
-    "device": (branch_sums._device_pair_sums, branch_sums._device_outside_sums),
+BRANCH_SUMS = {  # the CPU's compiled loops, and the torch operations every other device runs
+    "compiled": (branch_sums.pair_sums, branch_sums.outside_sums, "cpu"),
+    "device-on-cpu": (branch_sums._device_pair_sums, branch_sums._device_outside_sums, "cpu"),
+    "device-on-cuda": (branch_sums.pair_sums, branch_sums.outside_sums, "cuda"),
 }
+NEEDS_CUDA = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
 
-@pytest.mark.parametrize("implementation", BRANCH_SUMS)
+@pytest.mark.parametrize(
+    "implementation", [pytest.param(name, marks=NEEDS_CUDA if "cuda" in name else ()) for name in BRANCH_SUMS]
+)
 def test_branch_sums_add_left_to_right(implementation):
     # Similarities on a coarse grid (many equal terms, as between identical GKs) and of mixed magnitudes,
     # so that any other order of the adds gives other last bits on some branch.
-    pair_sums, outside_sums = BRANCH_SUMS[implementation]
+    pair_sums, outside_sums, device = BRANCH_SUMS[implementation]
     rng = np.random.default_rng(5)
     n, rows, groups = 40, 6, 2
     sim = np.round(rng.normal(size=(groups, n, n)), 1) * 10.0 ** rng.integers(-8, 3, (groups, n, n))
     group = np.arange(rows) % groups
     columns = random_beams(rng, n, rows, prefix=21, levels=(4, 8, 16))
-    as_tensors = [torch.from_numpy(c) for c in columns]
-    inner = pair_sums(torch.from_numpy(sim.reshape(-1)), n, torch.from_numpy(group), as_tensors).numpy()
+    as_tensors = [torch.from_numpy(c).to(device) for c in columns]
+    inner = pair_sums(torch.from_numpy(sim.reshape(-1)).to(device), n, torch.from_numpy(group).to(device), as_tensors)
     values = sim[group][None].repeat(16, axis=0)[:, :, 0] + rng.normal(size=(16, rows, n))
-    outer = outside_sums(torch.from_numpy(values), as_tensors).numpy()
+    inner, outer = inner.cpu().numpy(), outside_sums(torch.from_numpy(values).to(device), as_tensors).cpu().numpy()
     reordered = 0
     for branch, row in itertools.product(range(16), range(rows)):
         members = branch_members(columns, branch, row)

@@ -92,7 +92,8 @@ def _level_runs(columns: list[torch.Tensor]) -> list[tuple[int, int, torch.Tenso
 def _device_pair_sums(flat_sim: torch.Tensor, n: int, group: torch.Tensor, columns: list[torch.Tensor]) -> torch.Tensor:
     """``pair_sums`` as torch adds: per member a, the terms of its pairs with the later members are
     gathered at once, one run of columns of the same level at a time, then added one pair after the other,
-    each add updating every branch and row (one add per pair: what a GPU cannot do in parallel)."""
+    each add updating every branch and row at once (a branch's own adds cannot run side by side without
+    changing their order)."""
     branches, rows = columns[-1].shape
     total = torch.zeros(branches, rows, dtype=flat_sim.dtype, device=flat_sim.device)
     runs = _level_runs(columns)
