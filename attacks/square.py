@@ -2,9 +2,11 @@
 (Andriushchenko, Croce, Flammarion & Hein, ECCV 2020), AutoAttack's black-box member. It uses only the
 model's outputs, never a gradient, so it is immune to gradient masking.
 
-Random search on the margin loss z_y - max_{i != y} z_i (fooled when negative): each query changes a
-random square window of side s = round(sqrt(p * H * W)), p falling from ``p_init`` by halves after
-queries 10, 50, 200, 500, 1000, 2000, 4000, 6000 and 8000, and keeps the change where the margin drops.
+Random search on the margin loss z_y - max_{i != y} z_i (a sample is left alone once its margin is at
+most 0, as in the reference code): each query changes a random square window of side
+s = round(sqrt(p * H * W)), p falling from ``p_init`` by halves after queries 10, 50, 200, 500, 1000,
+2000, 4000, 6000 and 8000, and keeps the change where the margin drops. The window's corner is drawn as
+the reference draws it, from [0, H - s) x [0, W - s).
 With ``rescale_schedule`` (the Square paper's code) those marks are fractions of 10,000 of the query
 budget; without it (AutoAttack's standard evaluation, ``resc_schedule=False``) they are query counts,
 whatever the budget.
@@ -56,7 +58,9 @@ def _random_signs(shape: tuple[int, ...], like: torch.Tensor, generator: torch.G
 
 
 def _position(side: int, extent: int, generator: torch.Generator | None, device: torch.device) -> int:
-    return int(torch.randint(0, extent - side + 1, (1,), generator=generator, device=device))
+    """A window's first row (or column), drawn from [0, extent - side) as the reference code draws it, so a
+    window never reaches the last row or column (which keep what the initialisation gave them)."""
+    return int(torch.randint(0, max(extent - side, 1), (1,), generator=generator, device=device))
 
 
 def pseudo_gaussian(side: int, like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
@@ -156,7 +160,7 @@ def square(
     x_best = box.clamp(x + initial(x, eps, generator))
     best = _margin(model, x_best, y)
     for query in range(queries):
-        active = torch.nonzero(best >= 0).squeeze(1)
+        active = torch.nonzero(best > 0).squeeze(1)
         if active.numel() == 0:
             break
         side = window_side(p_init, query, queries, x.shape[2], x.shape[3], rescale_schedule)
