@@ -156,16 +156,21 @@ def _compiled_outside_sums(values: np.ndarray, columns: list[np.ndarray]) -> np.
     return out
 
 
+def left_to_right(values: torch.Tensor) -> torch.Tensor:
+    """The sum over the last axis, 0.0 plus one add per term from the first: the same bits on every device."""
+    total = torch.zeros(values.shape[:-1], dtype=values.dtype, device=values.device)
+    for index in range(values.shape[-1]):
+        total += values[..., index]
+    return total
+
+
 def _device_outside_sums(values: torch.Tensor, columns: list[torch.Tensor]) -> torch.Tensor:
     """``outside_sums`` as torch adds: the members' values zeroed, then one add per GK p, ascending."""
     branches = values.shape[0]
     masked = values.clone()
     for column in columns:
         masked.scatter_(2, column.repeat_interleave(branches // column.shape[0], dim=0)[..., None], 0.0)
-    total = torch.zeros(values.shape[:2], dtype=values.dtype, device=values.device)
-    for p in range(values.shape[2]):
-        total += masked[:, :, p]
-    return total
+    return left_to_right(masked)
 
 
 def outside_sums(values: torch.Tensor, columns: list[torch.Tensor]) -> torch.Tensor:

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from gkp.grouped.branch_sums import outside_sums, pair_sums
+from gkp.grouped.branch_sums import left_to_right, outside_sums, pair_sums
 
 
 @dataclass(frozen=True)
@@ -178,14 +178,6 @@ def _expand(beams: Beams, sim: Similarity, beam_width: int) -> Beams:
 TOP_SUM_ELEMENTS = 1 << 24  # bound on the similarities sorted at once for the top-m outer term
 
 
-def _left_to_right(values: torch.Tensor) -> torch.Tensor:
-    """The sum over the last axis, one add per term from the first: the same bits on every device."""
-    total = torch.zeros(values.shape[:-1], dtype=values.dtype, device=values.device)
-    for index in range(values.shape[-1]):
-        total += values[..., index]
-    return total
-
-
 class CostModel:
     """Branch costs for one search, holding beta from its first evaluation on."""
 
@@ -213,7 +205,7 @@ class CostModel:
             part = members[:, start : start + block]
             to_branch = self.sim.rows(beams.group[start : start + block, None], part)  # (B, r, L, n)
             largest = torch.sort(to_branch, dim=2, descending=True).values[:, :, : self.match]
-            sums[:, start : start + block] = _left_to_right(largest.movedim(2, 3))
+            sums[:, start : start + block] = left_to_right(largest.movedim(2, 3))
         return sums
 
     def cost(self, beams: Beams, with_outer: bool) -> torch.Tensor:
