@@ -208,6 +208,15 @@ def test_choose_forms_times_in_the_memory_format_that_will_run(channels_last, mo
     assert seen == {channels_last}
 
 
+def chosen_forms_win_the_whole_model(monkeypatch) -> None:
+    """Whole-model timing that keeps whatever forms the layers' timings chose."""
+    monkeypatch.setattr(forms, "_time_model", lambda net, x, train: 0.5 if chosen_somewhere(net) else 1.0)
+
+
+def chosen_somewhere(net) -> bool:
+    return any(m.form != "dense" for m in net.modules() if isinstance(m, GroupedKernelConv2d))
+
+
 def test_form_timings_are_kept_so_a_layer_shape_is_timed_once_per_machine(monkeypatch):
     model = build_model("resnet20")
     grouped = apply(model, plan_for(model, "gkp_random"))
@@ -218,6 +227,7 @@ def test_form_timings_are_kept_so_a_layer_shape_is_timed_once_per_machine(monkey
         return {"grouped": 3.0, "per_group": 2.0, "dense": 1.0}[form]
 
     monkeypatch.setattr(forms, "_time_form", counting)
+    chosen_forms_win_the_whole_model(monkeypatch)
     timings: dict[str, str] = {}
     first = choose_forms(grouped, 32, batch_size=2, timings=timings)
     assert set(first.values()) == {"dense"} and timed_calls and all("| forward |" in key for key in timings)
@@ -240,9 +250,42 @@ def test_a_form_replaces_the_dense_one_only_where_it_is_clearly_faster(per_group
         return {"grouped": 2.0, "per_group": per_group, "dense": 1.0}[form]
 
     monkeypatch.setattr(forms, "_time_form", timed)
+    chosen_forms_win_the_whole_model(monkeypatch)
     chosen = choose_forms(grouped, 32, batch_size=2, rounds=3)
     assert set(chosen.values()) == {expected}
     assert order[: 2 * len(FORMS)] == [*FORMS, *FORMS]  # round by round, every form once in each
+
+
+@pytest.mark.parametrize(("model_ratio", "expected"), [(0.95, "per_group"), (0.99, "dense")])
+def test_the_whole_model_must_beat_the_dense_form_or_every_layer_runs_dense(model_ratio, expected, monkeypatch):
+    """Layers that each win alone can lose together: the chosen forms stay only where the whole model takes
+    at most 98% of its time in the dense form everywhere; the verdict is kept with the layers' timings."""
+    model = build_model("resnet20")
+    grouped = apply(model, plan_for(model, "gkp_random"))
+    model_passes = []
+
+    def timed_model(net, x, train):
+        model_passes.append(chosen_somewhere(net))
+        return model_ratio if model_passes[-1] else 1.0
+
+    monkeypatch.setattr(forms, "_time_form", lambda layer, x, form, train: 0.5 if form == "per_group" else 1.0)
+    monkeypatch.setattr(forms, "_time_model", timed_model)
+    timings: dict[str, str] = {}
+    chosen = choose_forms(grouped, 32, batch_size=2, rounds=3, timings=timings)
+    assert set(chosen.values()) == {expected}
+    assert {m.form for m in grouped.modules() if isinstance(m, GroupedKernelConv2d)} == {expected}
+    assert model_passes == [True, False] * 4  # a warm-up round, then 3 alternating rounds
+    assert sum("| model " in key for key in timings) == 1
+    again = choose_forms(grouped, 32, batch_size=2, rounds=3, timings=timings)
+    assert again == chosen and len(model_passes) == 8  # the verdict was kept, not timed again
+
+
+def test_a_model_whose_layers_all_run_dense_is_not_timed_whole(monkeypatch):
+    model = build_model("resnet20")
+    grouped = apply(model, plan_for(model, "gkp_random"))
+    monkeypatch.setattr(forms, "_time_form", lambda layer, x, form, train: 1.0 if form == "dense" else 2.0)
+    monkeypatch.setattr(forms, "_time_model", lambda *args: pytest.fail("the whole model was timed"))
+    assert set(choose_forms(grouped, 32, batch_size=2, rounds=1).values()) == {"dense"}
 
 
 def test_the_same_grouped_command_gives_the_same_numbers(tmp_path):

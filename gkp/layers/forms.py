@@ -3,7 +3,9 @@
 
 Which form wins depends on the layer (channels, spatial size), the batch and the hardware: a grouped
 conv with few channels per group can run slower than the dense conv it replaces on some backends, and a
-pruned model slower than its dense original is a defect, not a footnote.
+pruned model slower than its dense original is a defect, not a footnote. So a form replaces the dense one
+only where it is clearly faster, and the whole model in the chosen forms must then beat the whole model in
+the dense form, or every layer runs dense (layers that each win alone can lose together).
 
 The forms compute the same function but sum in different orders, so the choice shows in the last digits
 of every result. ``choose_forms`` therefore takes a ``timings`` mapping (the stages keep it in a file):
@@ -13,6 +15,7 @@ a layer shape timed once on a machine keeps its form there, and the same command
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import platform
 import statistics
@@ -29,6 +32,8 @@ from gkp.layers.grouped_conv import FORMS, GroupedKernelConv2d
 log = logging.getLogger(__name__)
 
 DENSE_MARGIN = 0.9  # another form replaces the dense one where it takes at most 90% of its time
+MODEL_MARGIN = 0.98  # and the chosen forms stay where the whole model takes at most 98% of its dense time
+KEEP_FORMS, ALL_DENSE = "chosen forms", "dense everywhere"  # the whole model's verdicts, as recorded
 
 
 def _input_shapes(model: nn.Module, example: torch.Tensor) -> dict[str, torch.Size]:
@@ -111,6 +116,46 @@ def _timing_key(device: torch.device, dtype, shape, layer_key: str, train: bool,
     )
 
 
+def _time_model(model: nn.Module, example: torch.Tensor, train: bool) -> float:
+    """Seconds of one pass of the whole model (forward, or forward + backward with ``train``)."""
+    _synchronize(example.device)
+    start = time.perf_counter()
+    if train:
+        model(example).sum().backward()
+    else:
+        with torch.no_grad():
+            model(example)
+    _synchronize(example.device)
+    return time.perf_counter() - start
+
+
+def _model_keeps_forms(
+    model: nn.Module, chosen: dict[str, str], example: torch.Tensor, train: bool, rounds: int
+) -> bool:
+    """Whether the whole model runs faster in the ``chosen`` forms than in the dense form everywhere (by
+    MODEL_MARGIN), timed in alternating rounds after a warm-up round: layers that each win alone can lose
+    together (their gathers and the caches they share)."""
+    layers = {name: model.get_submodule(name) for name in chosen}
+    x = example.detach().requires_grad_(train)
+    times: dict[bool, list[float]] = {True: [], False: []}
+    for round_index in tqdm(range(rounds + 1), desc="timing the whole model", leave=False, disable=None):
+        for keep in (True, False):
+            for name, layer in layers.items():
+                layer.form = chosen[name] if keep else "dense"
+            seconds = _time_model(model, x, train)
+            model.zero_grad(set_to_none=True)
+            if round_index:
+                times[keep].append(seconds)
+    for name, layer in layers.items():
+        layer.form = chosen[name]
+    return statistics.median(times[True]) <= MODEL_MARGIN * statistics.median(times[False])
+
+
+def _model_key(device: torch.device, dtype, shape, layer_keys: list[str], train: bool, channels_last: bool) -> str:
+    model_key = hashlib.sha256("\n".join(layer_keys).encode()).hexdigest()[:16]
+    return _timing_key(device, dtype, shape, f"model {model_key}, under {MODEL_MARGIN:g}x", train, channels_last)
+
+
 def choose_forms(
     model: nn.Module,
     input_size: int,
@@ -124,9 +169,11 @@ def choose_forms(
     """Set every ``GroupedKernelConv2d`` of ``model`` to its fastest form for batches of ``batch_size``
     images of side ``input_size`` on the model's device (forward only, or forward + backward with
     ``train``), timed on inputs in the memory format they will run in (``channels_last`` or not) over
-    ``rounds`` alternating rounds, the dense form kept unless another is clearly faster;
-    returns {layer name: form}. A layer whose key (device, torch version, pass, memory format, input
-    shape, layer) is in ``timings`` takes the form recorded there; the others are timed and recorded."""
+    ``rounds`` alternating rounds, the dense form kept unless another is clearly faster; then the whole
+    model in those forms is timed against the dense form everywhere, which it must beat, or every layer
+    runs dense. Returns {layer name: form}. A layer (or model) whose key (device, torch version, pass,
+    memory format, input shape, layer) is in ``timings`` takes the form recorded there; the others are
+    timed and recorded."""
     if not any(isinstance(m, GroupedKernelConv2d) for m in model.modules()):
         return {}
     reference = next(model.parameters())
@@ -136,6 +183,7 @@ def choose_forms(
     was_training = model.training
     model.eval()
     chosen: dict[str, str] = {}
+    layer_keys: list[str] = []
     timings = {} if timings is None else timings
     try:
         shapes = _input_shapes(model, example)
@@ -151,6 +199,15 @@ def choose_forms(
                 timings[key] = _fastest(_time_forms(layer, x, train, rounds))
                 layer.zero_grad(set_to_none=True)
             layer.form = chosen[name] = timings[key]
+            layer_keys.append(f"{name} {tuple(shape)} {layer_key} {chosen[name]}")
+        if set(chosen.values()) != {"dense"}:
+            key = _model_key(reference.device, reference.dtype, example.shape, layer_keys, train, channels_last)
+            if timings.get(key) not in (KEEP_FORMS, ALL_DENSE):
+                keeps = _model_keeps_forms(model, chosen, example, train, rounds)
+                timings[key] = KEEP_FORMS if keeps else ALL_DENSE
+            if timings[key] == ALL_DENSE:
+                chosen = dict.fromkeys(chosen, "dense")
+                use_form(model, "dense")
     finally:
         model.train(was_training)
     if chosen:
