@@ -12,9 +12,12 @@ budget; without it (AutoAttack's standard evaluation, ``resc_schedule=False``) t
 whatever the budget.
 
 - L-inf: start from vertical stripes of +-eps; a query sets the window to +-eps, one sign per channel.
-- L2: start from tiles of pseudo-Gaussian patterns scaled to norm eps; a query replaces the content of
-  one window (and empties a second one) by a new pseudo-Gaussian pattern blended with the old content,
-  keeping the perturbation's norm at most eps.
+- L2: start from a centred 5 x 5 layout of tiles of side min(H, W) // 5, each a pseudo-Gaussian pattern
+  with one sign per channel, scaled to norm eps. A query uses an odd window side of at least 3; it draws
+  two windows, empties the second and fills the first, per channel, with a new pseudo-Gaussian pattern
+  blended with the window's old content, given the image's norm inside both windows plus an even share
+  of what the ball leaves; the whole perturbation is then scaled to norm exactly eps. All as in
+  AutoAttack's code (its ``square.py``).
 
 x (N, C, H, W) inside the box, y (N,) labels; eps in the units of x.
 """
@@ -31,7 +34,7 @@ from torch import nn
 from attacks.common import margin
 from gkp.contracts import Attack
 from gkp.schema import at_least, in_unit_interval, option
-from gkp.threat import PIXELS, Box, lp_norm, per_sample, project
+from gkp.threat import PIXELS, Box, lp_norm, per_sample
 
 HALVINGS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
 
@@ -63,24 +66,31 @@ def _position(side: int, extent: int, generator: torch.Generator | None, device:
     return int(torch.randint(0, max(extent - side, 1), (1,), generator=generator, device=device))
 
 
+def _window(side: int, delta: torch.Tensor, generator: torch.Generator | None) -> tuple[slice, slice]:
+    """The rows and columns of a random (side, side) window of the images, one for the whole batch."""
+    top = _position(side, delta.shape[2], generator, delta.device)
+    left = _position(side, delta.shape[3], generator, delta.device)
+    return slice(top, top + side), slice(left, left + side)
+
+
+def _rings(height: int, width: int, like: torch.Tensor) -> torch.Tensor:
+    """(height, width) block of concentric square rings around the cell (height // 2, width // 2): a cell r
+    rings out holds the sum of 1/(k+1)^2 for k from r to max(height, width) // 2; unit L2 norm."""
+    rows = (torch.arange(height, device=like.device) - height // 2).abs()
+    cols = (torch.arange(width, device=like.device) - width // 2).abs()
+    ring = torch.maximum(rows[:, None], cols[None, :])
+    outermost = max(height, width) // 2
+    terms = 1 / torch.arange(1, outermost + 2, device=like.device, dtype=like.dtype) ** 2
+    weights = terms.flip(0).cumsum(0).flip(0)  # weights[r] = terms[r] + ... + terms[outermost]
+    block = weights[ring]
+    return block / block.norm().clamp_min(1e-12)
+
+
 def pseudo_gaussian(side: int, like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """(side, side) pattern: two halves of concentric rings weighted 1/(ring+1)^2, of opposite signs,
-    transposed half of the time; unit L2 norm."""
-
-    def rings(height: int, width: int) -> torch.Tensor:
-        rows = torch.arange(height, device=like.device, dtype=like.dtype) - (height - 1) / 2
-        cols = torch.arange(width, device=like.device, dtype=like.dtype) - (width - 1) / 2
-        ring = torch.maximum(rows.abs()[:, None], cols.abs()[None, :]).floor()
-        outermost = int(ring.max()) if ring.numel() else 0
-        weights = torch.tensor(
-            [sum(1 / (k + 1) ** 2 for k in range(r, outermost + 1)) for r in range(outermost + 1)],
-            device=like.device,
-            dtype=like.dtype,
-        )
-        return weights[ring.long()]
-
+    """(side, side) pattern of the reference code: rings over the top side // 2 rows, minus rings over the
+    rest (each half of unit norm), transposed half of the time; unit L2 norm."""
     half = side // 2
-    pattern = torch.cat([rings(side, half), -rings(side, side - half)], dim=1) if half else rings(side, side)
+    pattern = torch.cat([_rings(half, side, like), -_rings(side - half, side, like)])
     if int(torch.randint(0, 2, (1,), generator=generator, device=like.device)):
         pattern = pattern.T
     return pattern / pattern.norm().clamp_min(1e-12)
@@ -95,50 +105,59 @@ def _initial_linf(x: torch.Tensor, eps: float, generator: torch.Generator | None
     return eps * _random_signs((x.shape[0], x.shape[1], 1, x.shape[3]), x, generator)
 
 
+def _rescaled(delta: torch.Tensor, eps: float) -> torch.Tensor:
+    """``delta`` scaled to L2 norm exactly ``eps`` per sample."""
+    return delta * per_sample(eps / lp_norm(delta, "l2").clamp_min(1e-12), delta)
+
+
+def _tile_starts(extent: int, tile: int) -> range:
+    """Where the initial tiles start along a side: as the reference lays five of them out, centred, and as
+    many more as fit."""
+    return range(max((extent - 5 * tile) // 2, 0), extent - tile + 1, tile)
+
+
 def _initial_l2(x: torch.Tensor, eps: float, generator: torch.Generator | None) -> torch.Tensor:
     n, channels, height, width = x.shape
-    tile = max(min(height, width) // 5, 3)
+    tile = max(min(height, width) // 5, 1)
     delta = torch.zeros_like(x)
-    for top in range(0, height - tile + 1, tile):
-        for left in range(0, width - tile + 1, tile):
+    for top in _tile_starts(height, tile):
+        for left in _tile_starts(width, tile):
             signs = _random_signs((n, channels, 1, 1), x, generator)
             delta[:, :, top : top + tile, left : left + tile] = signs * pseudo_gaussian(tile, x, generator)
-    return delta * per_sample(eps / lp_norm(delta, "l2").clamp_min(1e-12), x)
+    return _rescaled(delta, eps)
 
 
 def _propose_linf(delta: torch.Tensor, eps: float, side: int, generator: torch.Generator | None) -> torch.Tensor:
-    top = _position(side, delta.shape[2], generator, delta.device)
-    left = _position(side, delta.shape[3], generator, delta.device)
+    rows, cols = _window(side, delta, generator)
     proposal = delta.clone()
-    proposal[:, :, top : top + side, left : left + side] = eps * _random_signs(
-        delta.shape[:2] + (1, 1), delta, generator
-    )
+    proposal[:, :, rows, cols] = eps * _random_signs(delta.shape[:2] + (1, 1), delta, generator)
     return proposal
+
+
+def _odd_side(side: int, height: int, width: int) -> int:
+    """The reference's L2 window: odd and at least 3 (where the image has room for it)."""
+    side = max(side, 3)
+    return min(side + 1 - side % 2, height, width)
 
 
 def _propose_l2(delta: torch.Tensor, eps: float, side: int, generator: torch.Generator | None) -> torch.Tensor:
     n, channels, height, width = delta.shape
-    first = (_position(side, height, generator, delta.device), _position(side, width, generator, delta.device))
-    second = first
-    for _ in range(10):  # a second window apart from the first, where the image leaves room for one
-        second = (_position(side, height, generator, delta.device), _position(side, width, generator, delta.device))
-        if abs(second[0] - first[0]) >= side or abs(second[1] - first[1]) >= side:
-            break
-    windows = [(slice(top, top + side), slice(left, left + side)) for top, left in (first, second)]
+    side = _odd_side(side, height, width)
+    windows = [_window(side, delta, generator), _window(side, delta, generator)]  # they may overlap
     union = torch.zeros(height, width, dtype=torch.bool, device=delta.device)
     for rows, cols in windows:
         union[rows, cols] = True
     spare = (eps**2 - lp_norm(delta, "l2") ** 2).clamp_min(0) / channels  # (N,)
-    budget = ((delta * union).flatten(2).norm(dim=2) ** 2 + spare[:, None]).sqrt()  # (N, C)
+    budget = (lp_norm(delta * union, "l2") ** 2 + spare).sqrt()  # (N,): the image's norm inside both windows
     old = delta[:, :, windows[0][0], windows[0][1]]
     old = old / old.flatten(2).norm(dim=2).clamp_min(1e-12)[:, :, None, None]
     fresh = _random_signs((n, channels, 1, 1), delta, generator) * pseudo_gaussian(side, delta, generator)
     blend = fresh + old
-    blend = blend / blend.flatten(2).norm(dim=2).clamp_min(1e-12)[:, :, None, None] * budget[:, :, None, None]
+    blend = blend / blend.flatten(2).norm(dim=2).clamp_min(1e-12)[:, :, None, None] * budget[:, None, None, None]
     proposal = delta.clone()
     proposal[:, :, windows[1][0], windows[1][1]] = 0
     proposal[:, :, windows[0][0], windows[0][1]] = blend
-    return project(proposal, eps, "l2")
+    return _rescaled(proposal, eps)
 
 
 def square(

@@ -256,6 +256,35 @@ def test_square_halves_its_window_at_query_counts_in_autoattacks_standard_evalua
     assert square["rescale_schedule"] is False
 
 
+def test_square_l2_follows_autoattacks_pattern_windows_and_radius():
+    """The pieces of AutoAttack's L2 Square (its square.py): the rings of a half pattern, centred on the
+    cell (h // 2, w // 2), hold 1/(k+1)^2 summed from the cell's ring outwards; windows are odd and at
+    least 3 wide; the initial tiles are laid out centred; every proposal has norm exactly eps."""
+    from attacks.square import _initial_l2, _odd_side, _propose_l2, _rings, pseudo_gaussian
+
+    like = torch.zeros((), dtype=torch.float64)
+    centre, middle, outer = 1 + 1 / 4 + 1 / 9, 1 / 4 + 1 / 9, 1 / 9
+    expected = torch.tensor(
+        [[outer, middle, middle, middle, outer], [outer, middle, centre, middle, outer]], dtype=torch.float64
+    )
+    assert torch.allclose(_rings(2, 5, like), expected / expected.norm())
+    generator = torch.Generator().manual_seed(0)
+    for pattern in (pseudo_gaussian(5, like, generator) for _ in range(8)):  # transposed half of the time
+        upright = pattern if pattern[-1, 0] < 0 else pattern.T
+        assert torch.allclose(upright[:2] / upright[:2].norm(), _rings(2, 5, like))
+        assert torch.allclose(-upright[2:] / upright[2:].norm(), _rings(3, 5, like))
+    assert [_odd_side(side, 32, 32) for side in (1, 2, 3, 4, 28, 29)] == [3, 3, 3, 5, 29, 29]
+    assert _odd_side(4, 4, 4) == 4  # the window cannot outgrow the image
+
+    initial = _initial_l2(torch.zeros(2, 3, 32, 32), 0.5, generator)
+    rows = initial.abs().sum(dim=(0, 1, 3)) > 0
+    assert rows.tolist() == [False] + [True] * 30 + [False]  # five tiles of 6 from row 1
+    assert torch.allclose(lp_norm(initial, "l2"), torch.full((2,), 0.5))
+    for side in (3, 13, 29):
+        proposal = _propose_l2(initial * 0.5, 0.5, side, generator)
+        assert torch.allclose(lp_norm(proposal, "l2"), torch.full((2,), 0.5))
+
+
 def without_name(entry: dict) -> dict:
     return {key: value for key, value in entry.items() if key != "name"}
 
