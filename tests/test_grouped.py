@@ -210,7 +210,7 @@ def test_choose_forms_times_in_the_memory_format_that_will_run(channels_last, mo
 
 def chosen_forms_win_the_whole_model(monkeypatch) -> None:
     """Whole-model timing that keeps whatever forms the layers' timings chose."""
-    monkeypatch.setattr(forms, "_time_model", lambda net, x, train: 0.5 if chosen_somewhere(net) else 1.0)
+    monkeypatch.setattr(forms, "_time_pass", lambda net, x, train: 0.5 if chosen_somewhere(net) else 1.0)
 
 
 def chosen_somewhere(net) -> bool:
@@ -269,7 +269,7 @@ def test_the_whole_model_must_beat_the_dense_form_or_every_layer_runs_dense(mode
         return model_ratio if model_passes[-1] else 1.0
 
     monkeypatch.setattr(forms, "_time_form", lambda layer, x, form, train: 0.5 if form == "per_group" else 1.0)
-    monkeypatch.setattr(forms, "_time_model", timed_model)
+    monkeypatch.setattr(forms, "_time_pass", timed_model)
     timings: dict[str, str] = {}
     chosen = choose_forms(grouped, 32, batch_size=2, rounds=3, timings=timings)
     assert set(chosen.values()) == {expected}
@@ -284,7 +284,7 @@ def test_a_model_whose_layers_all_run_dense_is_not_timed_whole(monkeypatch):
     model = build_model("resnet20")
     grouped = apply(model, plan_for(model, "gkp_random"))
     monkeypatch.setattr(forms, "_time_form", lambda layer, x, form, train: 1.0 if form == "dense" else 2.0)
-    monkeypatch.setattr(forms, "_time_model", lambda *args: pytest.fail("the whole model was timed"))
+    monkeypatch.setattr(forms, "_time_pass", lambda *args: pytest.fail("the whole model was timed"))
     assert set(choose_forms(grouped, 32, batch_size=2, rounds=1).values()) == {"dense"}
 
 

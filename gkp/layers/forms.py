@@ -62,18 +62,24 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _time_form(layer: GroupedKernelConv2d, x: torch.Tensor, form: str, train: bool) -> float:
-    """Seconds of one pass of ``layer`` in ``form`` (forward, or forward + backward with ``train``)."""
-    layer.form = form
+def _time_pass(module: nn.Module, x: torch.Tensor, train: bool) -> float:
+    """Seconds of one pass of ``module`` (a layer or the whole model): forward, or forward + backward with
+    ``train``."""
     _synchronize(x.device)
     start = time.perf_counter()
     if train:
-        layer(x).sum().backward()
+        module(x).sum().backward()
     else:
         with torch.no_grad():
-            layer(x)
+            module(x)
     _synchronize(x.device)
     return time.perf_counter() - start
+
+
+def _time_form(layer: GroupedKernelConv2d, x: torch.Tensor, form: str, train: bool) -> float:
+    """Seconds of one pass of ``layer`` in ``form``."""
+    layer.form = form
+    return _time_pass(layer, x, train)
 
 
 def _time_forms(layer: GroupedKernelConv2d, x: torch.Tensor, train: bool, rounds: int) -> dict[str, float]:
@@ -116,19 +122,6 @@ def _timing_key(device: torch.device, dtype, shape, layer_key: str, train: bool,
     )
 
 
-def _time_model(model: nn.Module, example: torch.Tensor, train: bool) -> float:
-    """Seconds of one pass of the whole model (forward, or forward + backward with ``train``)."""
-    _synchronize(example.device)
-    start = time.perf_counter()
-    if train:
-        model(example).sum().backward()
-    else:
-        with torch.no_grad():
-            model(example)
-    _synchronize(example.device)
-    return time.perf_counter() - start
-
-
 def _model_keeps_forms(
     model: nn.Module, chosen: dict[str, str], example: torch.Tensor, train: bool, rounds: int
 ) -> bool:
@@ -142,7 +135,7 @@ def _model_keeps_forms(
         for keep in (True, False):
             for name, layer in layers.items():
                 layer.form = chosen[name] if keep else "dense"
-            seconds = _time_model(model, x, train)
+            seconds = _time_pass(model, x, train)
             model.zero_grad(set_to_none=True)
             if round_index:
                 times[keep].append(seconds)
