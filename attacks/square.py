@@ -140,6 +140,11 @@ def _odd_side(side: int, height: int, width: int) -> int:
     return min(side + 1 - side % 2, height, width)
 
 
+def _unit_per_channel(window: torch.Tensor) -> torch.Tensor:
+    """(N, C, s, s) scaled to unit L2 norm per sample and channel (a zero window stays zero)."""
+    return window / window.flatten(2).norm(dim=2).clamp_min(1e-12)[:, :, None, None]
+
+
 def _propose_l2(delta: torch.Tensor, eps: float, side: int, generator: torch.Generator | None) -> torch.Tensor:
     n, channels, height, width = delta.shape
     side = _odd_side(side, height, width)
@@ -149,11 +154,9 @@ def _propose_l2(delta: torch.Tensor, eps: float, side: int, generator: torch.Gen
         union[rows, cols] = True
     spare = (eps**2 - lp_norm(delta, "l2") ** 2).clamp_min(0) / channels  # (N,)
     budget = (lp_norm(delta * union, "l2") ** 2 + spare).sqrt()  # (N,): the image's norm inside both windows
-    old = delta[:, :, windows[0][0], windows[0][1]]
-    old = old / old.flatten(2).norm(dim=2).clamp_min(1e-12)[:, :, None, None]
+    old = _unit_per_channel(delta[:, :, windows[0][0], windows[0][1]])
     fresh = _random_signs((n, channels, 1, 1), delta, generator) * pseudo_gaussian(side, delta, generator)
-    blend = fresh + old
-    blend = blend / blend.flatten(2).norm(dim=2).clamp_min(1e-12)[:, :, None, None] * budget[:, None, None, None]
+    blend = _unit_per_channel(fresh + old) * budget[:, None, None, None]
     proposal = delta.clone()
     proposal[:, :, windows[1][0], windows[1][1]] = 0
     proposal[:, :, windows[0][0], windows[0][1]] = blend

@@ -195,9 +195,8 @@ def choose_forms(
             layer_keys.append(f"{name} {tuple(shape)} {layer_key} {chosen[name]}")
         if set(chosen.values()) != {"dense"}:
             key = _model_key(reference.device, reference.dtype, example.shape, layer_keys, train, channels_last)
-            if timings.get(key) not in (KEEP_FORMS, ALL_DENSE):
-                keeps = _model_keeps_forms(model, chosen, example, train, rounds)
-                timings[key] = KEEP_FORMS if keeps else ALL_DENSE
+            if timings.get(key) not in (KEEP_FORMS, ALL_DENSE):  # timed once, like a layer shape
+                timings[key] = KEEP_FORMS if _model_keeps_forms(model, chosen, example, train, rounds) else ALL_DENSE
             if timings[key] == ALL_DENSE:
                 chosen = dict.fromkeys(chosen, "dense")
                 use_form(model, "dense")
