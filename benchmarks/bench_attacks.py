@@ -39,7 +39,7 @@ import torch.nn.functional as F
 
 from gkp.catalog import ATTACKS
 from gkp.checkpoint import load_model
-from gkp.engine.device import resolve_device
+from gkp.engine.device import benchmark_device
 from gkp.engine.evaluate import attack_space, evaluated_model
 from gkp.schema import build
 from gkp.settings import AttackSpec, EvalConfig
@@ -254,7 +254,7 @@ def main() -> None:
     )
     parser.add_argument("--autoattack-rounds", type=int, default=1, help="alternating rounds (median reported)")
     args = parser.parse_args()
-    device = resolve_device(args.device)
+    device = benchmark_device(args.device)
     model, _ = load_model(args.checkpoint, device)
     with np.load(args.data) as arrays:
         x = torch.from_numpy(arrays["images"][: args.images]).permute(0, 3, 1, 2).float().div(255).to(device)

@@ -16,7 +16,7 @@ import torch
 
 from gkp.catalog import PRUNING_METHODS, build_model
 from gkp.contracts import PruningContext
-from gkp.engine.device import resolve_device
+from gkp.engine.device import benchmark_device
 from gkp.pruning.plan import Plan
 from gkp.pruning.surgery import apply
 
@@ -71,7 +71,7 @@ def main() -> None:
     parser.add_argument("--imagenet-batch-size", type=int, default=32)
     parser.add_argument("--models", nargs="*", default=["resnet56", "resnet50"], choices=["resnet56", "resnet50"])
     args = parser.parse_args()
-    device = resolve_device(args.device)
+    device = benchmark_device(args.device)
     threads = "" if device.type == "cuda" else f" ({torch.get_num_threads()} threads)"
     print(f"device: {device}{threads}")
     methods = [m for m in args.methods if m in BASELINES and not (m.startswith("l1_") and m != "l1_b")]

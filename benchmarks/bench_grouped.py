@@ -24,7 +24,7 @@ import torch
 
 from gkp.catalog import MODELS, PRUNING_METHODS, build_model
 from gkp.counting import count_macs
-from gkp.engine.device import resolve_device
+from gkp.engine.device import benchmark_device
 from gkp.layers.forms import choose_forms
 from gkp.layers.grouped_conv import FORMS, GroupedKernelConv2d
 from gkp.pruning.plan import Plan
@@ -107,7 +107,7 @@ def main() -> None:
         "--repeats", type=int, default=20, help="rounds of alternating measurements (a quarter at 224x224 on CPU)"
     )
     args = parser.parse_args()
-    device = resolve_device(args.device)
+    device = benchmark_device(args.device)
     batches = [int(b) for b in (args.batches or ("256" if device.type == "cuda" else "1,64")).split(",")]
     for arch in args.archs.split(","):
         measure_arch(arch, args, device, batches)

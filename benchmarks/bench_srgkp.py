@@ -32,7 +32,7 @@ import torch
 from gkp.catalog import build_model
 from gkp.checkpoint import load_model
 from gkp.contracts import model_spec
-from gkp.engine.device import resolve_device
+from gkp.engine.device import benchmark_device
 from gkp.grouped import reference
 from gkp.grouped.srgkp import METHOD, SRGKPParams
 from gkp.pruning.plan import Plan
@@ -116,7 +116,7 @@ def main() -> None:
         help=f"our timing is the best of this many runs (one if over {REPEAT_UNDER:.0f} s)",
     )
     args = parser.parse_args()
-    device = resolve_device(args.device)
+    device = benchmark_device(args.device)
     print(
         f"search on {device}; torch threads {torch.get_num_threads()}, numpy {np.__version__}; "
         f"reference: {args.reference}"

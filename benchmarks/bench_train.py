@@ -1,5 +1,5 @@
-"""Training throughput: our loop (uint8 data on the device, batched tensor augmentation, AMP and
-channels_last on CUDA) against a plain torchvision loop (a Dataset of PIL images with RandomCrop +
+"""Training throughput: our loop (uint8 data on the device, batched tensor augmentation, AMP on CUDA,
+channels_last) against a plain torchvision loop (a Dataset of PIL images with RandomCrop +
 RandomHorizontalFlip + ToTensor, read by a DataLoader with worker processes), same model, batch size,
 augmentation and optimizer, measured in the same process. Prints images/second and the ratio.
 
@@ -26,8 +26,8 @@ from torchvision import transforms as T
 from gkp.catalog import build_model
 from gkp.contracts import TrainingHooks
 from gkp.data.splits import TensorSplit
-from gkp.engine.device import resolve_device
-from gkp.engine.train import LoopSettings, Optimization, cross_entropy, train_one_epoch
+from gkp.engine.device import benchmark_device, use_channels_last
+from gkp.engine.train import LoopSettings, Optimization, cross_entropy, gradient_scaler, train_one_epoch
 
 
 class PILImages(Dataset):
@@ -67,7 +67,7 @@ def ours_epoch(
     train_one_epoch(
         model,
         split,
-        Optimization(optimizer, None, None),
+        Optimization(optimizer, None, gradient_scaler(amp, device)),
         objective=cross_entropy(),
         hooks=TrainingHooks(),
         settings=settings,
@@ -100,7 +100,7 @@ def main() -> None:
     parser.add_argument("--channels-last", default="auto", choices=("auto", "on", "off"), help="our loop's layout")
     parser.add_argument("--no-pruned", action="store_true", help="skip the fine-tuning rows (dense, L1, SR-GKP)")
     args = parser.parse_args()
-    device = resolve_device(args.device)
+    device = benchmark_device(args.device)
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (args.images, 32, 32, 3), dtype=np.uint8)
     labels = rng.integers(0, 10, args.images)
@@ -120,7 +120,7 @@ def main() -> None:
     )
 
     plain_model, plain_opt = fresh(args.arch, device, channels_last=False)
-    our_model, our_opt = fresh(args.arch, device, channels_last=device.type == "cuda")
+    our_model, our_opt = fresh(args.arch, device, channels_last=use_channels_last(args.channels_last, device))
     plain_rates, our_rates = [], []
     for epoch in range(args.epochs + 1):  # alternate, so both loops see the same machine load
         plain_rate = plain_epoch(plain_model, loader, plain_opt, device)
@@ -159,6 +159,9 @@ def pruned_models(arch: str, device: torch.device) -> dict[str, torch.nn.Module]
 
 def fine_tuning(arch: str, split, device: torch.device, batch_size: int, epochs: int) -> None:
     models = pruned_models(arch, device)
+    for model in models.values():  # laid out as the finetune stage lays them out
+        if use_channels_last("auto", device):
+            model.to(memory_format=torch.channels_last)
     optimizers = {k: torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9) for k, m in models.items()}
     rates: dict[str, list[float]] = {name: [] for name in models}
     for epoch in range(epochs + 1):

@@ -25,7 +25,7 @@ from gkp.adversarial import PGD, PGDTrainingParams
 from gkp.catalog import ATTACKS, build_model
 from gkp.contracts import PruningContext, TrainingHooks
 from gkp.data.splits import TensorSplit
-from gkp.engine.device import resolve_device
+from gkp.engine.device import benchmark_device
 from gkp.engine.train import LoopSettings, Optimization, cross_entropy, train_one_epoch
 
 
@@ -69,7 +69,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3, help="PGD steps k of the adversarial training")
     parser.add_argument("--rounds", type=int, default=3, help="timed rounds (after one warm-up)")
     args = parser.parse_args()
-    device = resolve_device(args.device)
+    device = benchmark_device(args.device)
     torch.manual_seed(0)
     images = torch.randint(0, 256, (args.images, 3, 32, 32), dtype=torch.uint8, device=device)
     split = TensorSplit(images, torch.randint(0, 10, (args.images,), device=device), "crop_flip")

@@ -5,14 +5,17 @@
 # (ResNet-56, VGG-16, ResNet-50),
 # a 10,000-image paper-cifar evaluation of ResNet-56, SR-GKP's search on the GPU (ResNet-56, checked against
 # the CPU's selection, and VGG-16), what PGD-AT and the training-time methods add to an epoch, and the peak
-# GPU memory of each; then the tests marked gpu. Put its output in your note.
+# GPU memory of training and evaluation; then the tests marked gpu. Put its output in your note.
 #
 #   bash benchmarks/gpu_check.sh               # on the GPU
 #   bash benchmarks/gpu_check.sh --cpu-smoke   # tiny sizes on the CPU: checks that the script runs
-set -euo pipefail
+#
+# A step that fails is reported (FAILED in the summary) and the next one runs; the script then exits 1.
+# Output is unbuffered, so a run cut short keeps what it printed; with $OUT set, the log is kept there too.
+set -uo pipefail
 cd "$(dirname "$0")/.."
-export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD"
-PYTHON="${PYTHON:-python}"
+export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD" PYTHONUNBUFFERED=1
+PYTHON="${PYTHON:-python3}"
 if [ "${1:-}" = "--cpu-smoke" ]; then
     device=cpu; images=64; eval_images=32; batches=4; epochs=1; rounds=1; arch=resnet8; workers=0; full=
     latency_archs=resnet8; search_archs=resnet8; search_reference=0
@@ -20,11 +23,19 @@ else  # AMP and channels_last also each off on its own
     device=cuda; images=20000; eval_images=10000; batches=256; epochs=2; rounds=3; arch=resnet56; workers=4; full=1
     latency_archs=resnet56,vgg16,resnet50; search_archs=resnet56; search_reference=16
 fi
-log="$(mktemp)"
-trap 'rm -f "$log"' EXIT
+if [ -n "${OUT:-}" ]; then
+    log="$OUT/gpu_check.log"
+else
+    log="$(mktemp)"
+    trap 'rm -f "$log"' EXIT
+fi
+failed=0
 run() {
     echo "== $*" | tee -a "$log"
-    "$PYTHON" "$@" 2>&1 | grep -v '^\s*$' | tee -a "$log"
+    if ! "$PYTHON" "$@" 2>&1 | sed -u '/^[[:space:]]*$/d' | tee -a "$log"; then
+        echo "FAILED: $*" | tee -a "$log"
+        failed=1
+    fi
 }
 "$PYTHON" -c "import torch; print('torch', torch.__version__, '| cuda', torch.cuda.is_available(), '|', torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'cpu')" | tee -a "$log"
 run benchmarks/bench_train.py --arch "$arch" --device "$device" --images "$images" --epochs "$epochs" --workers "$workers"
@@ -37,9 +48,8 @@ run benchmarks/bench_eval.py --arch "$arch" --device "$device" --images "$eval_i
 run benchmarks/bench_srgkp.py --archs "$search_archs" --device "$device" --reference-channels "$search_reference" --compare-cpu
 ${full:+run benchmarks/bench_srgkp.py --archs vgg16 --device "$device" --reference-channels 0 --repeats 1}
 run benchmarks/bench_training_time.py --arch "$arch" --device "$device" --images "$((images / 4))" --rounds "$rounds" --steps 3
-if [ -n "$full" ]; then  # a failing test still leaves the summary below
-    run -m pytest -q -p no:cacheprovider -m gpu tests || echo "gpu tests: FAILED" | tee -a "$log"
-fi
+${full:+run -m pytest -q -p no:cacheprovider -m gpu tests}
 echo
 echo "== summary"
-grep -E "ratio|step time|paper-cifar evaluation|hooks|PGD-|peak GPU memory|^torch|select \+ surgery|same selection| passed| failed|FAILED" "$log" || true
+grep -E "ratio|step time|paper-cifar evaluation|hooks|PGD-|peak GPU memory|^torch|select \+ surgery|same selection| passed| failed|FAILED" "$log"
+exit "$failed"

@@ -116,7 +116,9 @@ class TrainConfig:
     amp: Literal["auto", "off", "fp16", "bf16"] = option(
         "auto", doc="mixed precision; auto: bfloat16 on CUDA (float16 where bf16 is missing), off on CPU"
     )
-    channels_last: Literal["auto", "on", "off"] = option("auto", doc="channels_last memory format; auto: on for CUDA")
+    channels_last: Literal["auto", "on", "off"] = option(
+        "auto", doc="channels_last memory format; auto: on for CUDA and CPU"
+    )
     sync_batchnorm: bool = option(
         False,
         doc="a run of several processes (torchrun): BatchNorm normalises with the whole global batch's statistics, "

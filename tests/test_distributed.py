@@ -20,6 +20,7 @@ from gkp.runner import run_experiment
 from conftest import tiny_config, write_config
 
 TEST_SIZE = 70
+DRIFT_IMAGES = 3  # how many test images a trained model may move by rounding alone, after a few epochs
 
 
 def torchrun(config, out) -> subprocess.Popen:
@@ -57,15 +58,19 @@ def test_two_processes_give_one_processs_numbers_write_once_and_resume_after_a_k
 
     one, two = metrics(tmp_path / "one"), metrics(tmp_path / "two")
     assert [row["epoch"] for row in two] == ["1", "2", "3"]
+    # Equal up to rounding (sums split across processes), which the steps then amplify: after the first
+    # epoch the losses are under 1e-6 apart and the accuracies within an image; after the third, measured
+    # 2e-5 to 1.1e-4 and up to 2 test images apart.
     for a, b in zip(one, two, strict=True):
-        assert float(b["train_loss"]) == pytest.approx(float(a["train_loss"]), rel=1e-4)
-        for column in ("train_accuracy", "test_benign", "test_fgsm"):  # within one image
-            assert abs(float(a[column]) - float(b[column])) <= 1 / TEST_SIZE + 1e-9, column
+        first = a["epoch"] == "1"
+        assert float(b["train_loss"]) == pytest.approx(float(a["train_loss"]), rel=1e-5 if first else 1e-3)
+        for column in ("train_accuracy", "test_benign", "test_fgsm"):
+            assert abs(float(a[column]) - float(b[column])) <= (1 if first else DRIFT_IMAGES) / TEST_SIZE + 1e-9, column
     single = json.loads((tmp_path / "one" / "results.json").read_text())
     double = json.loads((tmp_path / "two" / "results.json").read_text())
-    assert abs(single["benign"]["correct"] - double["benign"]["correct"]) <= 1
+    assert abs(single["benign"]["correct"] - double["benign"]["correct"]) <= DRIFT_IMAGES
     for a, b in zip(single["attacks"], double["attacks"], strict=True):  # PGD's random starts included
-        assert abs(a["correct"] - b["correct"]) <= 1, a["label"]
+        assert abs(a["correct"] - b["correct"]) <= DRIFT_IMAGES, a["label"]
     assert json.loads((tmp_path / "two" / "env.json").read_text())["processes"] == 2
     # one TensorBoard file per invocation (rank 0's): the killed one and the resumed one
     assert len(list((tmp_path / "two" / "tb" / "train").glob("events.*"))) == 2

@@ -7,8 +7,11 @@ import torch
 
 from gkp.checkpoint import read_checkpoint
 from gkp.config import build_experiment
+from gkp.contracts import TrainingHooks
+from gkp.data.splits import TensorSplit
 from gkp.engine.device import amp_dtype, resolve_device, use_channels_last
 from gkp.engine.schedule import build_scheduler
+from gkp.engine.train import LoopSettings, Optimization, cross_entropy, train_one_epoch
 from gkp.errors import ConfigError, NonFiniteLossError, RunFolderError
 from gkp.runner import run_experiment
 
@@ -37,13 +40,49 @@ def test_schedules():
 def test_precision_settings_on_cpu():
     cpu = torch.device("cpu")
     assert amp_dtype("auto", cpu) is None and amp_dtype("bf16", cpu) == torch.bfloat16
-    assert not use_channels_last("auto", cpu) and use_channels_last("on", cpu)
+    assert use_channels_last("auto", cpu) and not use_channels_last("off", cpu)
+    assert not use_channels_last("auto", torch.device("mps")) and use_channels_last("on", torch.device("mps"))
     with pytest.raises(ConfigError, match="amp: fp16 needs a CUDA device"):
         amp_dtype("fp16", cpu)
     assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown on machines without a GPU")
+class LayoutProbe(torch.nn.Module):
+    """A linear classifier that records the memory format of each batch it is given."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(3 * 8 * 8, 10)
+        self.layouts: set[str] = set()
+
+    def forward(self, x):
+        self.layouts.add("channels_last" if not x.is_contiguous() else "contiguous")
+        return self.linear(torch.flatten(x, 1))
+
+
+@pytest.mark.parametrize("setting, layout", [("off", "contiguous"), ("on", "channels_last")])
+def test_training_batches_reach_the_model_in_the_layout_the_setting_names(setting, layout):
+    """The crop's gather hands over channels_last batches; with channels_last off the model must still
+    get contiguous ones (else every conv runs channels_last unasked, and forms timed for NCHW misjudge)."""
+    model = LayoutProbe()
+    split = TensorSplit(torch.randint(0, 256, (16, 3, 8, 8), dtype=torch.uint8), torch.arange(16) % 10, "crop_flip")
+    settings = LoopSettings(stage="test", seed=0, batch_size=8, amp="off", channels_last=setting)
+    optimization = Optimization(torch.optim.SGD(model.parameters(), lr=0.1), None, None)
+    train_one_epoch(
+        model,
+        split,
+        optimization,
+        objective=cross_entropy(),
+        hooks=TrainingHooks(),
+        settings=settings,
+        seed=0,
+        device=torch.device("cpu"),
+        description="test",
+    )
+    assert model.layouts == {layout}
+
+
 def test_asking_for_a_missing_gpu_is_a_clear_error():
     with pytest.raises(ConfigError, match="no CUDA GPU is visible"):
         resolve_device("cuda")

@@ -1,4 +1,4 @@
-"""The one training loop: phases of SGD epochs with hooks, AMP and channels_last on CUDA, periodic
+"""The one training loop: phases of SGD epochs with hooks, AMP on CUDA, channels_last, periodic
 evaluation with best-epoch tracking, per-epoch resume checkpoints, and a stop on a non-finite loss.
 
 Everything a method or option changes about training goes through ``gkp.contracts``: the ``Phase``s (each
@@ -101,6 +101,11 @@ class TrainingState:
     hooks: dict = field(default_factory=dict)
 
 
+def gradient_scaler(amp: str, device: torch.device) -> torch.amp.GradScaler | None:
+    """float16 autocast needs its loss scaled against underflowing gradients; bfloat16 and float32 do not."""
+    return torch.amp.GradScaler(device.type) if amp_dtype(amp, device) == torch.float16 else None
+
+
 @dataclass
 class Optimization:
     """One phase's optimizer, schedule and (float16 only) gradient scaler."""
@@ -119,8 +124,7 @@ class Optimization:
             weight_decay=recipe.weight_decay,
             nesterov=recipe.nesterov,
         )
-        scaler = torch.amp.GradScaler(device.type) if amp_dtype(settings.amp, device) == torch.float16 else None
-        return cls(optimizer, build_scheduler(recipe, optimizer), scaler)
+        return cls(optimizer, build_scheduler(recipe, optimizer), gradient_scaler(settings.amp, device))
 
     def restore(self, state: TrainingState) -> None:
         self.optimizer.load_state_dict(state.optimizer)
@@ -190,9 +194,9 @@ def train_one_epoch(
     batches = split.batches(settings.batch_size, train=True, seed=seed, shard=shard)
     total = split.num_batches(settings.batch_size, train=True, shard=shard)
     progress = tqdm(batches, total=total, desc=description, leave=False, disable=None if shard.rank == 0 else True)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
     for step, (x, y) in enumerate(progress):
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=layout)  # the crop's gather hands over channels_last either way
         with torch.autocast(device.type, dtype=dtype) if dtype else nullcontext():
             loss, logits = objective(model, x, y, generator)
             penalty = hooks.regularizer(model)
