@@ -159,8 +159,8 @@ def pruned_models(arch: str, device: torch.device) -> dict[str, torch.nn.Module]
 
 def fine_tuning(arch: str, split, device: torch.device, batch_size: int, epochs: int) -> None:
     models = pruned_models(arch, device)
-    for model in models.values():  # laid out as the finetune stage lays them out
-        if use_channels_last("auto", device):
+    if use_channels_last("auto", device):  # laid out as the finetune stage lays them out
+        for model in models.values():
             model.to(memory_format=torch.channels_last)
     optimizers = {k: torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9) for k, m in models.items()}
     rates: dict[str, list[float]] = {name: [] for name in models}

@@ -196,7 +196,7 @@ def train_one_epoch(
     progress = tqdm(batches, total=total, desc=description, leave=False, disable=None if shard.rank == 0 else True)
     layout = torch.channels_last if channels_last else torch.contiguous_format
     for step, (x, y) in enumerate(progress):
-        x = x.contiguous(memory_format=layout)  # the crop's gather hands over channels_last either way
+        x = x.contiguous(memory_format=layout)  # whatever the split hands over (its crop: channels_last)
         with torch.autocast(device.type, dtype=dtype) if dtype else nullcontext():
             loss, logits = objective(model, x, y, generator)
             penalty = hooks.regularizer(model)
