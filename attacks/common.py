@@ -1,4 +1,4 @@
-"""What the attacks share beyond the threat model (``gkp.threat``: box, norms, projections, input
+"""What the attacks share beyond the threat model (``gkp.foundation.threat``: box, norms, projections, input
 gradients): the steepest-ascent step, random starts and the losses (logit margin, DLR).
 
 Shapes: ``x`` is a batch (N, C, H, W); norms, losses and step sizes are per sample, shape (N,).
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from gkp.threat import Norm, lp_norm, per_sample
+from gkp.foundation.threat import Norm, lp_norm, per_sample
 
 
 def steepest_ascent(grad: torch.Tensor, norm: Norm) -> torch.Tensor:

@@ -29,9 +29,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gkp.contracts import Attack
-from gkp.schema import at_least, in_unit_interval, option, positive
-from gkp.threat import PIXELS, Box, Norm, loss_and_gradient, lp_norm, per_sample
+from gkp.foundation.contracts import Attack
+from gkp.foundation.schema import at_least, in_unit_interval, option, positive
+from gkp.foundation.threat import PIXELS, Box, Norm, loss_and_gradient, lp_norm, per_sample
 
 SHORTEST_STEP = 1e-8  # the reference's floor on a step's length in the weight a
 FAR = 1e18  # the room an unbounded box leaves; finite, so that a zero weight times it stays zero

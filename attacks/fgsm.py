@@ -14,9 +14,9 @@ from typing import Literal
 import torch
 from torch import nn
 
-from gkp.contracts import Attack
-from gkp.schema import in_unit_interval, option
-from gkp.threat import PIXELS, Box, input_gradient
+from gkp.foundation.contracts import Attack
+from gkp.foundation.schema import in_unit_interval, option
+from gkp.foundation.threat import PIXELS, Box, input_gradient
 
 
 @dataclass(frozen=True)

@@ -22,9 +22,9 @@ import torch
 from torch import nn
 
 from attacks.common import margin
-from gkp.contracts import Attack
-from gkp.schema import at_least, option, positive
-from gkp.threat import PIXELS, Box, loss_and_gradient, lp_norm, per_sample, project
+from gkp.foundation.contracts import Attack
+from gkp.foundation.schema import at_least, option, positive
+from gkp.foundation.threat import PIXELS, Box, loss_and_gradient, lp_norm, per_sample, project
 
 
 @dataclass(frozen=True)

@@ -18,9 +18,9 @@ import torch
 from torch import nn
 
 from attacks.common import random_in_ball, steepest_ascent
-from gkp.contracts import Attack
-from gkp.schema import at_least, option, positive
-from gkp.threat import PIXELS, Box, Norm, input_gradient, project
+from gkp.foundation.contracts import Attack
+from gkp.foundation.schema import at_least, option, positive
+from gkp.foundation.threat import PIXELS, Box, Norm, input_gradient, project
 
 
 @dataclass(frozen=True)

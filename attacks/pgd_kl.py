@@ -18,9 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gkp.contracts import Attack
-from gkp.schema import at_least, option, positive
-from gkp.threat import PIXELS, Box, loss_and_gradient, project
+from gkp.foundation.contracts import Attack
+from gkp.foundation.schema import at_least, option, positive
+from gkp.foundation.threat import PIXELS, Box, loss_and_gradient, project
 
 
 @dataclass(frozen=True)

@@ -32,9 +32,9 @@ import torch
 from torch import nn
 
 from attacks.common import margin
-from gkp.contracts import Attack
-from gkp.schema import at_least, in_unit_interval, option
-from gkp.threat import PIXELS, Box, lp_norm, per_sample
+from gkp.foundation.contracts import Attack
+from gkp.foundation.schema import at_least, in_unit_interval, option
+from gkp.foundation.threat import PIXELS, Box, lp_norm, per_sample
 
 HALVINGS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
 

@@ -1,3 +1,3 @@
 """Filter-pruning baselines, one method per file, each exporting its ``METHOD`` (a
-``gkp.contracts.PruningMethod``, most built by ``baselines.common.filter_method`` from a channel score),
-registered in ``gkp.catalog.PRUNING_METHODS``."""
+``gkp.foundation.contracts.PruningMethod``, most built by ``baselines.filter_method.filter_method`` from a channel score),
+registered in ``gkp.application.catalog.PRUNING_METHODS``."""

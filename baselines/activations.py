@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from gkp.contracts import Batch, FilterGroup
+from gkp.foundation.contracts import Batch, FilterGroup
 
 Reduce = Callable[[str, torch.Tensor], None]
 

@@ -4,7 +4,7 @@ ranking, or whatever of these hits a MACs target.
 ``MacsModel`` predicts a filter-pruned model's MACs from its per-layer keep counts without building it:
 a conv costs ``output positions x kernel area x inputs x outputs`` (``/ groups``) and a linear layer
 ``inputs x outputs``, where a filter group's conv has the group's count as outputs and its consumers have
-it as inputs. It agrees with ``gkp.counting.measure`` (convention ``macs``) on the physically pruned
+it as inputs. It agrees with ``gkp.mechanisms.counting.measure`` (convention ``macs``) on the physically pruned
 model, which the tests check for every method.
 
 Targets: ``target_macs`` is the kept fraction of the dense MACs. Layer-wise methods find the uniform rate
@@ -23,9 +23,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from gkp.contracts import FilterGroup
-from gkp.errors import PruningError
-from gkp.pruning.plan import keep_count
+from gkp.foundation.contracts import FilterGroup
+from gkp.foundation.errors import PruningError
+from gkp.mechanisms.pruning.plan import keep_count
 
 TARGET_TOLERANCE = 0.005
 RATE_SEARCH_STEPS = 50

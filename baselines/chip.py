@@ -27,8 +27,8 @@ import torch
 from torch import nn
 
 from baselines.activations import feature_maps
-from baselines.common import filter_method
-from gkp.contracts import PruningContext
+from baselines.filter_method import filter_method
+from gkp.foundation.contracts import PruningContext
 
 STACK_ELEMENTS = 2**24  # float64 entries of row-deleted copies per SVD call: 128 MiB
 

@@ -22,8 +22,8 @@ import torch
 from scipy.spatial.distance import cdist
 from torch import nn
 
-from baselines.common import filter_method
-from gkp.contracts import PruningContext
+from baselines.filter_method import filter_method
+from gkp.foundation.contracts import PruningContext
 
 
 @dataclass(frozen=True)

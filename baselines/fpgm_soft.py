@@ -27,10 +27,10 @@ from torch import nn
 from baselines.fpgm import fpgm_scores
 from baselines.l2 import filter_norms
 from baselines.training_time import SCOPE_DOC, MaskState, Scope, pruned_counts, training_time_method
-from gkp.contracts import Phase, PruningContext, Recipe
-from gkp.errors import PruningError
-from gkp.pruning.masks import lowest, mask_gradients, pruned_count, zero_filters
-from gkp.schema import in_unit_interval, option
+from gkp.foundation.contracts import Phase, PruningContext, Recipe
+from gkp.foundation.errors import PruningError
+from gkp.foundation.schema import in_unit_interval, option
+from gkp.mechanisms.pruning.masks import lowest, mask_gradients, pruned_count, zero_filters
 
 
 @dataclass(frozen=True)

@@ -26,9 +26,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from baselines.common import filter_method
+from baselines.filter_method import filter_method
 from baselines.slimming import check_affine
-from gkp.contracts import FilterGroup, PruningContext
+from gkp.foundation.contracts import FilterGroup, PruningContext
 
 
 @dataclass(frozen=True)

@@ -27,8 +27,8 @@ import torch
 from torch import nn
 
 from baselines.activations import feature_maps
-from baselines.common import filter_method
-from gkp.contracts import FilterGroup, PruningContext
+from baselines.filter_method import filter_method
+from gkp.foundation.contracts import FilterGroup, PruningContext
 
 
 @dataclass(frozen=True)

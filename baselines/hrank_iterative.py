@@ -28,10 +28,10 @@ from torch import nn
 
 from baselines.hrank import mean_ranks
 from baselines.training_time import SCOPE_DOC, MaskState, Scope, phase_recipe, pruned_counts, training_time_method
-from gkp.contracts import FilterGroup, Phase, PruningContext, Recipe
-from gkp.errors import PruningError
-from gkp.pruning.masks import conv_batchnorms, lowest, zero_filters
-from gkp.schema import at_least, option
+from gkp.foundation.contracts import FilterGroup, Phase, PruningContext, Recipe
+from gkp.foundation.errors import PruningError
+from gkp.foundation.schema import at_least, option
+from gkp.mechanisms.pruning.masks import conv_batchnorms, lowest, zero_filters
 
 
 @dataclass(frozen=True)

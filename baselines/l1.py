@@ -27,9 +27,9 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from baselines.common import filter_method
-from gkp.contracts import NO_CONTEXT, PruningContext, PruningMethod, Selection, model_spec
-from gkp.errors import PruningError
+from baselines.filter_method import filter_method
+from gkp.foundation.contracts import NO_CONTEXT, PruningContext, PruningMethod, Selection, model_spec
+from gkp.foundation.errors import PruningError
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from baselines.common import filter_method
-from gkp.contracts import PruningContext
+from baselines.filter_method import filter_method
+from gkp.foundation.contracts import PruningContext
 
 
 @dataclass(frozen=True)

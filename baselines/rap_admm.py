@@ -32,9 +32,9 @@ from torch import nn
 
 from baselines.l2 import filter_norms
 from baselines.training_time import SCOPE_DOC, MaskState, Scope, phase_recipe, target_rates, training_time_method
-from gkp.contracts import Phase, PruningContext, Recipe
-from gkp.pruning.masks import mask_gradients, zero_filters
-from gkp.schema import at_least, option, positive
+from gkp.foundation.contracts import Phase, PruningContext, Recipe
+from gkp.foundation.schema import at_least, option, positive
+from gkp.mechanisms.pruning.masks import mask_gradients, zero_filters
 
 ADMM, RETRAIN = 0, 1
 

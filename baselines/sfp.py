@@ -23,9 +23,9 @@ from torch import nn
 
 from baselines.l2 import filter_norms
 from baselines.training_time import SCOPE_DOC, Scope, pruned_counts, training_time_method
-from gkp.contracts import Phase, PruningContext, Recipe, TrainingHooks
-from gkp.pruning.masks import lowest, zero_filters
-from gkp.schema import option
+from gkp.foundation.contracts import Phase, PruningContext, Recipe, TrainingHooks
+from gkp.foundation.schema import option
+from gkp.mechanisms.pruning.masks import lowest, zero_filters
 
 
 @dataclass(frozen=True)

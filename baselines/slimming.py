@@ -22,10 +22,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from baselines.common import filter_method
-from gkp.contracts import FilterGroup, PruningContext, TrainingHooks
-from gkp.errors import PruningError
-from gkp.pruning.surgery import filter_groups
+from baselines.filter_method import filter_method
+from gkp.foundation.contracts import FilterGroup, PruningContext, TrainingHooks
+from gkp.foundation.errors import PruningError
+from gkp.mechanisms.pruning.surgery import filter_groups
 
 
 @dataclass(frozen=True)

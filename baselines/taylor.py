@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from baselines.common import filter_method
-from gkp.contracts import Batch, PruningContext
+from baselines.filter_method import filter_method
+from gkp.foundation.contracts import Batch, PruningContext
 
 
 @dataclass(frozen=True)

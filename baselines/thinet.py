@@ -39,13 +39,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from baselines.activations import consumer_inputs
-from baselines.common import filter_method
-from gkp.contracts import NO_CONTEXT, FilterGroup, PruningContext, PruningMethod, Selection
-from gkp.errors import PruningError
-from gkp.pruning.plan import FilterPlan
-from gkp.pruning.surgery import filter_groups
-from gkp.schema import at_least, option
-from gkp.seeding import derive_seed
+from baselines.filter_method import filter_method
+from gkp.foundation.contracts import NO_CONTEXT, FilterGroup, PruningContext, PruningMethod, Selection
+from gkp.foundation.errors import PruningError
+from gkp.foundation.schema import at_least, option
+from gkp.foundation.seeding import derive_seed
+from gkp.mechanisms.pruning.plan import FilterPlan
+from gkp.mechanisms.pruning.surgery import filter_groups
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,8 @@
 convs they mask and each conv's rate, masks kept as hook state, and the ``PruningMethod`` around their
 hooks.
 
-A training-time method's hooks zero filters while the model trains (``gkp.contracts.TrainingTime``);
-the prune stage then reads the trained model's zeroed filters (``gkp.pruning.masks.masked_selection``):
+A training-time method's hooks zero filters while the model trains (``gkp.foundation.contracts.TrainingTime``);
+the prune stage then reads the trained model's zeroed filters (``gkp.mechanisms.pruning.masks.masked_selection``):
 the removable ones are cut out, the rest stay as zeros. Rates: ``prune.rate`` for every masked conv, or
 a ``prune.rates`` map by module-name prefix; each conv zeroes floor(filters x rate).
 """
@@ -17,9 +17,18 @@ from typing import Any, Literal
 from torch import nn
 
 from baselines.allocation import check_rate_map, layer_rates
-from gkp.contracts import NO_CONTEXT, During, Phase, PruningContext, PruningMethod, Recipe, TrainingHooks, TrainingTime
-from gkp.errors import PruningError
-from gkp.pruning.masks import Masks, mask_targets, masked_selection, pruned_count
+from gkp.foundation.contracts import (
+    NO_CONTEXT,
+    During,
+    Phase,
+    PruningContext,
+    PruningMethod,
+    Recipe,
+    TrainingHooks,
+    TrainingTime,
+)
+from gkp.foundation.errors import PruningError
+from gkp.mechanisms.pruning.masks import Masks, mask_targets, masked_selection, pruned_count
 
 Scope = Literal["all", "inner"]
 SCOPE_DOC = "masked convs: all (the stem and every block conv, as the official code) or inner (the removable ones)"

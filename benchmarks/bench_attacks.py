@@ -37,14 +37,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from gkp.catalog import ATTACKS
-from gkp.checkpoint import load_model
-from gkp.engine.device import benchmark_device
-from gkp.engine.evaluate import attack_space, evaluated_model
-from gkp.schema import build
-from gkp.settings import AttackSpec, EvalConfig
-from gkp.suites import STRONG
-from gkp.threat import PIXELS
+from gkp.application.catalog import ATTACKS
+from gkp.application.checkpoints.io import load_model
+from gkp.entries.suites.suites import STRONG
+from gkp.foundation.schema import build
+from gkp.foundation.settings import AttackSpec, EvalConfig
+from gkp.foundation.threat import PIXELS
+from gkp.mechanisms.engine.device import benchmark_device
+from gkp.mechanisms.engine.evaluate import attack_space, evaluated_model
 
 SHARED_IMAGES = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10_train_prefix.npz"
 ATTACK_SETTINGS = {

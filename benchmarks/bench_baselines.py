@@ -14,11 +14,11 @@ import time
 
 import torch
 
-from gkp.catalog import PRUNING_METHODS, build_model
-from gkp.contracts import PruningContext
-from gkp.engine.device import benchmark_device
-from gkp.pruning.plan import Plan
-from gkp.pruning.surgery import apply
+from gkp.application.catalog import PRUNING_METHODS, build_model
+from gkp.foundation.contracts import PruningContext
+from gkp.mechanisms.engine.device import benchmark_device
+from gkp.mechanisms.pruning.plan import Plan
+from gkp.mechanisms.pruning.surgery import apply
 
 BASELINES = {name: method for name, method in PRUNING_METHODS.items() if method.kind == "filters"}
 

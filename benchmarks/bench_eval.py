@@ -14,11 +14,11 @@ import time
 
 import torch
 
-from gkp.catalog import build_model
-from gkp.config import build_experiment
-from gkp.data.splits import TensorSplit
-from gkp.engine.device import benchmark_device
-from gkp.engine.evaluate import evaluate
+from gkp.application.catalog import build_model
+from gkp.application.config import build_experiment
+from gkp.mechanisms.data.splits import TensorSplit
+from gkp.mechanisms.engine.device import benchmark_device
+from gkp.mechanisms.engine.evaluate import evaluate
 
 
 def main() -> None:

@@ -1,6 +1,6 @@
 """Inference latency of grouped-kernel-pruned models against their dense originals, in the same process,
 printed as a ratio next to the MACs ratio. The grouped model runs each layer in the fastest of its
-equivalent forms (``gkp.layers.forms.choose_forms``); the latency of each single form used everywhere
+equivalent forms (``gkp.mechanisms.layers.forms.choose_forms``); the latency of each single form used everywhere
 is printed beside it. Latency depends only on the layers' shapes (groups and kernels kept per group), which
 every GKP method shares at a rate, so the kernels are chosen by ``gkp_random`` (instant) unless
 ``--method`` says otherwise.
@@ -22,14 +22,14 @@ from collections import Counter
 
 import torch
 
-from gkp.catalog import MODELS, PRUNING_METHODS, build_model
-from gkp.counting import count_macs
-from gkp.engine.device import benchmark_device
-from gkp.layers.forms import choose_forms
-from gkp.layers.grouped_conv import FORMS, GroupedKernelConv2d
-from gkp.pruning.plan import Plan
-from gkp.pruning.surgery import apply
-from gkp.schema import build
+from gkp.application.catalog import MODELS, PRUNING_METHODS, build_model
+from gkp.foundation.schema import build
+from gkp.mechanisms.counting import count_macs
+from gkp.mechanisms.engine.device import benchmark_device
+from gkp.mechanisms.layers.forms import choose_forms
+from gkp.mechanisms.layers.grouped_conv import FORMS, GroupedKernelConv2d
+from gkp.mechanisms.pruning.plan import Plan
+from gkp.mechanisms.pruning.surgery import apply
 
 
 def one_pass(model: torch.nn.Module, x: torch.Tensor) -> float:

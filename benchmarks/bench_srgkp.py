@@ -1,5 +1,5 @@
 """SR-GKP pruning speed: our vectorised selection + surgery against the loop reference
-(``gkp.grouped.reference``, the same procedure written with plain Python loops, as the authors' code
+(``gkp.entries.grouped_kernels.loop_reference``, the same procedure written with plain Python loops, as the authors' code
 computes it) on the same weights, in the same process. Prints seconds, the ratio and whether every
 selection is identical.
 
@@ -29,14 +29,14 @@ import numba
 import numpy as np
 import torch
 
-from gkp.catalog import build_model
-from gkp.checkpoint import load_model
-from gkp.contracts import model_spec
-from gkp.engine.device import benchmark_device
-from gkp.grouped import reference
-from gkp.grouped.srgkp import METHOD, SRGKPParams
-from gkp.pruning.plan import Plan
-from gkp.pruning.surgery import apply
+from gkp.application.catalog import build_model
+from gkp.application.checkpoints.io import load_model
+from gkp.entries.grouped_kernels import loop_reference as reference
+from gkp.entries.grouped_kernels.srgkp import METHOD, SRGKPParams
+from gkp.foundation.contracts import model_spec
+from gkp.mechanisms.engine.device import benchmark_device
+from gkp.mechanisms.pruning.plan import Plan
+from gkp.mechanisms.pruning.surgery import apply
 
 TARGETS = {"resnet56": 3.0, "resnet110": 6.0, "vgg16": 300.0}
 REPEAT_UNDER = 60.0  # seconds: longer runs are timed once

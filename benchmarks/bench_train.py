@@ -23,11 +23,11 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 
-from gkp.catalog import build_model
-from gkp.contracts import TrainingHooks
-from gkp.data.splits import TensorSplit
-from gkp.engine.device import benchmark_device, use_channels_last
-from gkp.engine.train import LoopSettings, Optimization, cross_entropy, gradient_scaler, train_one_epoch
+from gkp.application.catalog import build_model
+from gkp.foundation.contracts import TrainingHooks
+from gkp.mechanisms.data.splits import TensorSplit
+from gkp.mechanisms.engine.device import benchmark_device, use_channels_last
+from gkp.mechanisms.engine.train import LoopSettings, Optimization, cross_entropy, gradient_scaler, train_one_epoch
 
 
 class PILImages(Dataset):
@@ -142,10 +142,10 @@ def main() -> None:
 
 def pruned_models(arch: str, device: torch.device) -> dict[str, torch.nn.Module]:
     """The dense model and its L1 and SR-GKP versions at rate 0.4375, the grouped one in the dense form."""
-    from gkp.catalog import PRUNING_METHODS
-    from gkp.layers.forms import use_form
-    from gkp.pruning.plan import Plan
-    from gkp.pruning.surgery import apply
+    from gkp.application.catalog import PRUNING_METHODS
+    from gkp.mechanisms.layers.forms import use_form
+    from gkp.mechanisms.pruning.plan import Plan
+    from gkp.mechanisms.pruning.surgery import apply
 
     torch.manual_seed(0)
     dense = build_model(arch).to(device)

@@ -21,12 +21,12 @@ import torch
 from baselines.fpgm_soft import FPGMHooks
 from baselines.sfp import SFPHooks
 from baselines.training_time import pruned_counts
-from gkp.adversarial import PGD, PGDTrainingParams
-from gkp.catalog import ATTACKS, build_model
-from gkp.contracts import PruningContext, TrainingHooks
-from gkp.data.splits import TensorSplit
-from gkp.engine.device import benchmark_device
-from gkp.engine.train import LoopSettings, Optimization, cross_entropy, train_one_epoch
+from gkp.application.catalog import ATTACKS, build_model
+from gkp.entries.losses.adversarial import PGD, PGDTrainingParams
+from gkp.foundation.contracts import PruningContext, TrainingHooks
+from gkp.mechanisms.data.splits import TensorSplit
+from gkp.mechanisms.engine.device import benchmark_device
+from gkp.mechanisms.engine.train import LoopSettings, Optimization, cross_entropy, train_one_epoch
 
 
 def epoch_seconds(model, split, objective, hooks, settings, device) -> float:

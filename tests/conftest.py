@@ -44,7 +44,7 @@ def shared() -> Path:
 
 @pytest.fixture(scope="session")
 def authors_checkpoint(shared: Path, tmp_path_factory) -> Path:
-    from gkp.authors import import_authors_resnet
+    from gkp.application.checkpoints.authors import import_authors_resnet
 
     destination = tmp_path_factory.mktemp("authors") / "resnet20_authors.ckpt"
     import_authors_resnet(shared / "checkpoints" / "adv_robust_gkp_resnet20_cifar10.pt", destination)
@@ -62,7 +62,7 @@ def forms_cache(tmp_path_factory, monkeypatch):
 def pinned_forms(monkeypatch):
     """Grouped-kernel convs keep their default form instead of being timed: for runs whose test is not
     about forms (timing every form of every layer costs seconds and proves nothing there)."""
-    from gkp import stages
+    from gkp.application.pipeline import steps as stages
 
     monkeypatch.setattr(stages, "choose_forms", lambda *args, **kwargs: {})
 
@@ -95,10 +95,10 @@ def write_config(path: Path, config: dict) -> Path:
 @pytest.fixture(scope="session")
 def trained_tiny(tmp_path_factory):
     """(model in eval mode, data bundle): a ResNet-8 trained to well above chance on synthetic data."""
-    from gkp.catalog import load_data
-    from gkp.checkpoint import load_model
-    from gkp.config import build_experiment
-    from gkp.runner import run_experiment
+    from gkp.application.catalog import load_data
+    from gkp.application.checkpoints.io import load_model
+    from gkp.application.config import build_experiment
+    from gkp.application.pipeline.run import run_experiment
 
     out = tmp_path_factory.mktemp("tiny")
     exp = build_experiment(tiny_config(stages=["train"], train={"epochs": 6, "eval_every": 0}))

@@ -10,12 +10,12 @@ import pytest
 import torch
 import yaml
 
-from gkp.adversarial import craft, trades_loss
-from gkp.catalog import ADVERSARIAL_TRAINING, ATTACKS, build_model
-from gkp.config import build_experiment
-from gkp.errors import ConfigError
-from gkp.runner import run_experiment
-from gkp.schema import build
+from gkp.application.catalog import ADVERSARIAL_TRAINING, ATTACKS, build_model
+from gkp.application.config import build_experiment
+from gkp.application.pipeline.run import run_experiment
+from gkp.entries.losses.adversarial import craft, trades_loss
+from gkp.foundation.errors import ConfigError
+from gkp.foundation.schema import build
 
 from conftest import tiny_config
 

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from gkp.catalog import ATTACKS
-from gkp.checkpoint import load_model
-from gkp.config import EvalConfig, build_experiment
-from gkp.engine.evaluate import attack_space, evaluated_model
-from gkp.schema import build
-from gkp.threat import PIXELS, lp_norm
+from gkp.application.catalog import ATTACKS
+from gkp.application.checkpoints.io import load_model
+from gkp.application.config import EvalConfig, build_experiment
+from gkp.foundation.schema import build
+from gkp.foundation.threat import PIXELS, lp_norm
+from gkp.mechanisms.engine.evaluate import attack_space, evaluated_model
 
 art = pytest.importorskip("art")
 from art.attacks import evasion  # noqa: E402

@@ -12,13 +12,13 @@ import pytest
 import torch
 from torch import nn
 
-from attacks.apgd import checkpoints, should_halve
-from gkp.catalog import ATTACKS
-from gkp.engine.evaluate import attack_space, check_adversarial, evaluate
-from gkp.errors import AttackSanityError
-from gkp.schema import build
-from gkp.settings import AttackSpec
-from gkp.threat import PIXELS, Box, lp_norm
+from attacks.apgd_ce import checkpoints, should_halve
+from gkp.application.catalog import ATTACKS
+from gkp.foundation.errors import AttackSanityError
+from gkp.foundation.schema import build
+from gkp.foundation.settings import AttackSpec
+from gkp.foundation.threat import PIXELS, Box, lp_norm
+from gkp.mechanisms.engine.evaluate import attack_space, check_adversarial, evaluate
 
 MODERATE = {"linf": 8 / 255, "l2": 1.0}
 CASES = [(name, norm) for name, attack in ATTACKS.items() for norm in attack.norms]
@@ -250,7 +250,7 @@ def test_square_halves_its_window_at_query_counts_in_autoattacks_standard_evalua
     side = lambda query, rescale: window_side(0.8, query, 5000, 32, 32, rescale)  # noqa: E731
     assert [side(q, False) for q in (10, 11, 50, 51, 4000, 4001)] == [29, 20, 20, 14, 4, 3]
     assert side(30, False) == 20 and side(30, True) == 14  # 30 of 5,000 is 60 of 10,000
-    from gkp.suites import STRONG
+    from gkp.entries.suites.suites import STRONG
 
     square = next(a for a in STRONG.make(eps=8 / 255) if a["name"] == "square")
     assert square["rescale_schedule"] is False
@@ -292,7 +292,7 @@ def without_name(entry: dict) -> dict:
 def test_the_strong_suite_is_autoattacks_standard_evaluation():
     """autoattack.py, version='standard': apgd-ce, apgd-t, fab-t, square in that order, 100 iterations, 1 run,
     9 target classes, 5,000 queries with p_init 0.8 and resc_schedule=False."""
-    from gkp.suites import STRONG
+    from gkp.entries.suites.suites import STRONG
 
     entries = STRONG.make(eps=8 / 255)
     expanded = {a["name"]: build(ATTACKS.get(a["name"]).params, without_name(a), "attack") for a in entries}

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from gkp.authors import import_authors_resnet, our_name, unpickle_records
-from gkp.checkpoint import load_model, read_checkpoint
-from gkp.errors import CheckpointError
+from gkp.application.checkpoints.authors import import_authors_resnet, our_name, unpickle_records
+from gkp.application.checkpoints.io import load_model, read_checkpoint
+from gkp.foundation.errors import CheckpointError
 
 from conftest import TouchOnUnpickle, write_config
 
@@ -49,7 +49,7 @@ def test_gkp_eval_on_the_cifar_prefix_gives_the_published_accuracy(shared, autho
     path = write_config(tmp_path / "authors.yaml", config)
     out = tmp_path / "run"
     completed = subprocess.run(
-        [sys.executable, "-m", "gkp.cli", "eval", str(path), "--out", str(out)],
+        [sys.executable, "-m", "gkp", "eval", str(path), "--out", str(out)],
         capture_output=True,
         text=True,
         timeout=600,
@@ -73,7 +73,7 @@ def test_a_malicious_pickle_is_refused_and_never_runs(tmp_path):
     with pytest.raises(CheckpointError, match=r"asks the unpickler for '(posix|os)\.system'"):
         import_authors_resnet(evil, tmp_path / "out.ckpt")
     completed = subprocess.run(
-        [sys.executable, "-m", "gkp.cli", "import-checkpoint", str(evil), str(tmp_path / "out.ckpt")],
+        [sys.executable, "-m", "gkp", "import-checkpoint", str(evil), str(tmp_path / "out.ckpt")],
         capture_output=True,
         text=True,
         timeout=300,

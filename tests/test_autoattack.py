@@ -19,11 +19,11 @@ import numpy as np
 import pytest
 import torch
 
-from gkp.catalog import ATTACKS
-from gkp.checkpoint import load_model
-from gkp.schema import build
-from gkp.suites import STRONG
-from gkp.threat import PIXELS
+from gkp.application.catalog import ATTACKS
+from gkp.application.checkpoints.io import load_model
+from gkp.entries.suites.suites import STRONG
+from gkp.foundation.schema import build
+from gkp.foundation.threat import PIXELS
 
 torchattacks = pytest.importorskip("torchattacks")
 

@@ -12,15 +12,15 @@ import torch
 import torch.nn.functional as F
 
 from baselines.allocation import MacsModel, global_counts, layer_rates
-from gkp.catalog import PRUNING_METHODS, build_model
-from gkp.config import build_experiment
-from gkp.contracts import PruningContext
-from gkp.counting import measure
-from gkp.data.splits import TensorSplit, calibration_batches
-from gkp.errors import ConfigError, PruningError
-from gkp.pruning.plan import Plan, keep_count
-from gkp.pruning.surgery import apply, apply_mask, filter_groups
-from gkp.runner import run_experiment
+from gkp.application.catalog import PRUNING_METHODS, build_model
+from gkp.application.config import build_experiment
+from gkp.application.pipeline.run import run_experiment
+from gkp.foundation.contracts import PruningContext
+from gkp.foundation.errors import ConfigError, PruningError
+from gkp.mechanisms.counting import measure
+from gkp.mechanisms.data.splits import TensorSplit, calibration_batches
+from gkp.mechanisms.pruning.plan import Plan, keep_count
+from gkp.mechanisms.pruning.surgery import apply, apply_mask, filter_groups
 
 from conftest import tiny_config
 from test_pruning import randomise_batchnorm

@@ -9,10 +9,10 @@ import torch
 import torch.nn.functional as F
 
 from baselines import chip, hrank, taylor
-from gkp.catalog import build_model
-from gkp.contracts import PruningContext
-from gkp.pruning.plan import keep_top_k
-from gkp.pruning.surgery import filter_groups
+from gkp.application.catalog import build_model
+from gkp.foundation.contracts import PruningContext
+from gkp.mechanisms.pruning.plan import keep_top_k
+from gkp.mechanisms.pruning.surgery import filter_groups
 
 
 def seeded_resnet8() -> torch.nn.Module:

@@ -11,17 +11,17 @@ import pytest
 import torch
 from torch import nn
 
-from baselines import fpgm, group_norm, l2, lamp, random_filters, slimming
-from baselines.common import filter_method
-from gkp.catalog import build_model
-from gkp.contracts import PruningContext
-from gkp.errors import ConfigError, PruningError
-from gkp.models.vgg import VGG
-from gkp.pruning.plan import Plan
-from gkp.pruning.surgery import apply, filter_groups
-from gkp.schema import build
+from baselines import fpgm, group_norm, l2, lamp, random, slimming
+from baselines.filter_method import filter_method
+from gkp.application.catalog import build_model
+from gkp.entries.models.vgg16 import VGG
+from gkp.foundation.contracts import PruningContext
+from gkp.foundation.errors import ConfigError, PruningError
+from gkp.foundation.schema import build
+from gkp.mechanisms.pruning.plan import Plan
+from gkp.mechanisms.pruning.surgery import apply, filter_groups
 
-METHODS = [l2.METHOD, fpgm.METHOD, random_filters.METHOD, lamp.METHOD, group_norm.METHOD, slimming.METHOD]
+METHODS = [l2.METHOD, fpgm.METHOD, random.METHOD, lamp.METHOD, group_norm.METHOD, slimming.METHOD]
 LAYERS = ("layer1.0.conv1", "layer2.0.conv1", "layer3.0.conv1")  # resnet8's filter groups
 SIZES = (16, 32, 64)
 
@@ -133,19 +133,19 @@ def test_fpgm_prunes_the_middle_of_the_layer_not_the_small_filters():
 
 def test_random_plans_depend_only_on_the_seed():
     model = build_model("resnet20")
-    method = random_filters.METHOD
+    method = random.METHOD
 
     def plan(seed: int, model: nn.Module = model) -> dict:
-        return method.select(model, 0.5, random_filters.RandomParams(seed=seed), PruningContext()).layers
+        return method.select(model, 0.5, random.RandomParams(seed=seed), PruningContext()).layers
 
     assert plan(0) == plan(0) and plan(3) == plan(3)
     assert plan(0) != plan(1)
     assert plan(0) == plan(0, randomised(build_model("resnet20"), seed=5))  # the weights play no part
-    scores = random_filters.random_scores(16, 0, "layer1.0.conv1")
+    scores = random.random_scores(16, 0, "layer1.0.conv1")
     assert sorted(scores.tolist()) == list(range(16)) and scores.tolist() != list(range(16))
-    assert scores.tolist() != random_filters.random_scores(16, 0, "layer1.1.conv1").tolist()  # layers differ
+    assert scores.tolist() != random.random_scores(16, 0, "layer1.1.conv1").tolist()  # layers differ
     with pytest.raises(ConfigError, match="prune.params.seed: must be >= 0"):
-        build(random_filters.RandomParams, {"seed": -1}, "prune.params")
+        build(random.RandomParams, {"seed": -1}, "prune.params")
 
 
 # ---------------------------------------------------------------- LAMP

@@ -9,12 +9,12 @@ import pytest
 import torch
 
 from baselines import l1
-from gkp.catalog import build_model
-from gkp.checkpoint import load_model, read_checkpoint, save_checkpoint
-from gkp.contracts import model_spec
-from gkp.errors import CheckpointError
-from gkp.pruning.plan import Plan
-from gkp.pruning.surgery import apply
+from gkp.application.catalog import build_model
+from gkp.application.checkpoints.io import load_model, read_checkpoint, save_checkpoint
+from gkp.foundation.contracts import model_spec
+from gkp.foundation.errors import CheckpointError
+from gkp.mechanisms.pruning.plan import Plan
+from gkp.mechanisms.pruning.surgery import apply
 
 from conftest import TouchOnUnpickle
 
@@ -54,7 +54,7 @@ def test_missing_corrupt_and_foreign_files_are_refused(tmp_path):
         read_checkpoint(tmp_path / "plain.pt")
     torch.save(build_model("resnet8"), tmp_path / "module.pt")
     with pytest.raises(
-        CheckpointError, match="asks to rebuild 'gkp.models.cifar_resnet.CifarResNet'.*gkp import-checkpoint"
+        CheckpointError, match="asks to rebuild 'gkp.entries.models.resnet.CifarResNet'.*gkp import-checkpoint"
     ):
         read_checkpoint(tmp_path / "module.pt")
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from gkp.cli import main
-from gkp.config import load_experiment
+from gkp.application.cli import main
+from gkp.application.config import load_experiment
 
 from conftest import ROOT, tiny_config, write_config
 
@@ -22,7 +22,7 @@ def test_every_shipped_config_validates(config: Path):
 
 @pytest.mark.parametrize("spec", sorted(SWEEPS.glob("*.yaml")), ids=lambda p: p.name)
 def test_every_shipped_sweep_resolves_every_cell(spec: Path):
-    from gkp.sweep import load_sweep
+    from gkp.application.sweep import load_sweep
 
     problems = [cell.problem for cell in load_sweep(spec).cells if cell.problem]
     assert all(problem.startswith("no such method yet") for problem in problems), problems

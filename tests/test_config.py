@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from gkp.config import apply_override, build_experiment, dump_experiment, load_experiment
-from gkp.errors import ConfigError
+from gkp.application.config import apply_override, build_experiment, dump_experiment, load_experiment
+from gkp.foundation.errors import ConfigError
 
 from conftest import tiny_config, write_config
 

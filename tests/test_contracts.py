@@ -1,6 +1,6 @@
-"""Every entry of every registry against its contract in ``gkp.contracts``: a model, dataset, pruning
-method (one-shot or training-time), attack or adversarial-training objective added to ``gkp.catalog`` is
-checked here with no test to write by hand; and the table of stages (``gkp.pipeline.STAGES``)."""
+"""Every entry of every registry against its contract in ``gkp.foundation.contracts``: a model, dataset, pruning
+method (one-shot or training-time), attack or adversarial-training objective added to ``gkp.application.catalog`` is
+checked here with no test to write by hand; and the table of stages (``gkp.application.pipeline.stages.STAGES``)."""
 
 from __future__ import annotations
 
@@ -16,9 +16,18 @@ import torch
 import torch.nn.functional as F
 from test_data import _png_tree, _write_npz
 
-from gkp.catalog import ADVERSARIAL_TRAINING, ATTACKS, DATASETS, MODELS, PRUNING_METHODS, build_model, load_data
-from gkp.config import Experiment
-from gkp.contracts import (
+from gkp.application.catalog import (
+    ADVERSARIAL_TRAINING,
+    ATTACKS,
+    DATASETS,
+    MODELS,
+    PRUNING_METHODS,
+    build_model,
+    load_data,
+)
+from gkp.application.config import Experiment
+from gkp.application.pipeline.stages import STAGES, resolve
+from gkp.foundation.contracts import (
     AttackParams,
     CountedAsPooling,
     GroupedKernelParams,
@@ -28,14 +37,13 @@ from gkp.contracts import (
     Selection,
     model_spec,
 )
-from gkp.errors import ConfigError, DataError, PruningError
-from gkp.layers.normalize import Normalize
-from gkp.pipeline import STAGES, resolve
-from gkp.pruning.masks import mask_targets, zeroed_filters
-from gkp.pruning.plan import LAYER_TYPES, Plan
-from gkp.pruning.surgery import apply, apply_mask
-from gkp.schema import build
-from gkp.settings import DataConfig
+from gkp.foundation.errors import ConfigError, DataError, PruningError
+from gkp.foundation.schema import build
+from gkp.foundation.settings import DataConfig
+from gkp.mechanisms.layers.normalize import Normalize
+from gkp.mechanisms.pruning.masks import mask_targets, zeroed_filters
+from gkp.mechanisms.pruning.plan import LAYER_TYPES, Plan
+from gkp.mechanisms.pruning.surgery import apply, apply_mask
 
 from test_grouped import assert_same_logits
 from test_pruning import randomise_batchnorm
@@ -245,7 +253,7 @@ def ranks_globally(method) -> bool:
 @pytest.mark.parametrize("name", ONE_SHOT)
 def test_every_method_refuses_a_rate_that_empties_a_layer_before_any_work(name, resnet20):
     """Layer-wise methods refuse it in ``check``; methods that rank all layers' channels together remove
-    at most all but one channel of each layer instead (documented in baselines.common)."""
+    at most all but one channel of each layer instead (documented in baselines.filter_method)."""
     method = PRUNING_METHODS.get(name)
     if not ranks_globally(method):
         with pytest.raises(PruningError):
@@ -337,7 +345,7 @@ def test_every_grouped_kernel_method_takes_groups_and_scope(name, resnet20):
 
 
 def test_a_grouped_kernel_method_without_groups_is_refused_when_it_is_made():
-    from gkp.grouped.layers import grouped_kernel_method
+    from gkp.entries.grouped_kernels.grouped_kernel_method import grouped_kernel_method
 
     @dataclasses.dataclass(frozen=True)
     class NoGroups:
@@ -367,7 +375,7 @@ def test_every_attack_takes_eps_and_exactly_its_declared_norms(name):
 
 
 def test_an_attack_without_eps_is_refused_when_it_is_registered():
-    from gkp.contracts import Attack
+    from gkp.foundation.contracts import Attack
 
     @dataclasses.dataclass(frozen=True)
     class NoEps:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch
 
 from baselines import l1
-from gkp.catalog import build_model
-from gkp.counting import count_macs, count_params, measure
-from gkp.pruning.plan import FilterPlan, Plan
-from gkp.pruning.surgery import apply
+from gkp.application.catalog import build_model
+from gkp.mechanisms.counting import count_macs, count_params, measure
+from gkp.mechanisms.pruning.plan import FilterPlan, Plan
+from gkp.mechanisms.pruning.surgery import apply
 
 
 def cifar_resnet_by_hand(inner: list[list[int]], classes: int = 10) -> tuple[int, int]:

@@ -7,12 +7,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gkp.catalog import load_data
-from gkp.config import DataConfig
-from gkp.data import hold_out
-from gkp.data.augment import random_crop, random_flip
-from gkp.data.splits import TensorSplit
-from gkp.errors import DataError
+from gkp.application.catalog import load_data
+from gkp.application.config import DataConfig
+from gkp.foundation.errors import DataError
+from gkp.mechanisms.data.augment import random_crop, random_flip
+from gkp.mechanisms.data.bundle import hold_out
+from gkp.mechanisms.data.splits import TensorSplit
 
 CPU = torch.device("cpu")
 

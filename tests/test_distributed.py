@@ -13,9 +13,9 @@ import time
 import pytest
 import torch
 
-from gkp.data.splits import FolderSplit, Shard, TensorSplit
-from gkp.engine import distributed
-from gkp.runner import run_experiment
+from gkp.application.pipeline.run import run_experiment
+from gkp.mechanisms.data.splits import FolderSplit, Shard, TensorSplit
+from gkp.mechanisms.engine import distributed
 
 from conftest import tiny_config, write_config
 
@@ -25,7 +25,7 @@ DRIFT_IMAGES = 3  # how many test images a trained model may move by rounding al
 
 def torchrun(config, out) -> subprocess.Popen:
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    command += ["-m", "gkp.cli", "run", str(config), "--out", str(out)]
+    command += ["-m", "gkp", "run", str(config), "--out", str(out)]
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
 
 
@@ -34,7 +34,7 @@ def metrics(folder) -> list[dict[str, str]]:
 
 
 def test_two_processes_give_one_processs_numbers_write_once_and_resume_after_a_kill(tmp_path):
-    from gkp.config import build_experiment
+    from gkp.application.config import build_experiment
 
     raw = tiny_config(
         stages=["train", "eval"],

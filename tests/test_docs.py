@@ -9,18 +9,20 @@ from pathlib import Path
 
 import pytest
 
-from gkp import settings
-from gkp.catalog import ATTACKS, PRUNING_METHODS
-from gkp.cli import build_parser
-from gkp.config import Experiment
-from gkp.reference import DOCUMENT, config_reference
+from gkp.application.catalog import ATTACKS, PRUNING_METHODS
+from gkp.application.cli import build_parser
+from gkp.application.config import Experiment
+from gkp.application.config_docs import DOCUMENT, config_reference
+from gkp.foundation import settings
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
 
 def test_the_config_reference_is_generated_from_the_code():
-    assert DOCUMENT.read_text() == config_reference(), "docs/config.md is stale: run python -m gkp.reference"
+    assert DOCUMENT.read_text() == config_reference(), (
+        "docs/config.md is stale: run python -m gkp.application.config_docs"
+    )
 
 
 @dataclasses.dataclass
@@ -57,7 +59,7 @@ def documented_classes() -> list[tuple[str, type]]:
 @pytest.mark.parametrize("owner, cls", documented_classes(), ids=lambda value: str(value))
 def test_every_key_has_a_doc(owner, cls):
     undocumented = [f.name for f in dataclasses.fields(cls) if not f.metadata.get("doc")]
-    assert not undocumented, f"{owner}: give these fields a doc (gkp.schema.option(doc=...)): {undocumented}"
+    assert not undocumented, f"{owner}: give these fields a doc (gkp.foundation.schema.option(doc=...)): {undocumented}"
 
 
 def readme() -> str:

@@ -5,15 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gkp.checkpoint import read_checkpoint
-from gkp.config import build_experiment
-from gkp.contracts import TrainingHooks
-from gkp.data.splits import TensorSplit
-from gkp.engine.device import amp_dtype, resolve_device, use_channels_last
-from gkp.engine.schedule import build_scheduler
-from gkp.engine.train import LoopSettings, Optimization, cross_entropy, train_one_epoch
-from gkp.errors import ConfigError, NonFiniteLossError, RunFolderError
-from gkp.runner import run_experiment
+from gkp.application.checkpoints.io import read_checkpoint
+from gkp.application.config import build_experiment
+from gkp.application.pipeline.run import run_experiment
+from gkp.foundation.contracts import TrainingHooks
+from gkp.foundation.errors import ConfigError, NonFiniteLossError, RunFolderError
+from gkp.mechanisms.data.splits import TensorSplit
+from gkp.mechanisms.engine.device import amp_dtype, resolve_device, use_channels_last
+from gkp.mechanisms.engine.schedule import build_scheduler
+from gkp.mechanisms.engine.train import LoopSettings, Optimization, cross_entropy, train_one_epoch
 
 from conftest import tiny_config
 

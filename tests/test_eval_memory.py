@@ -9,11 +9,11 @@ import textwrap
 
 import torch
 
-from gkp.catalog import ATTACKS, build_model
-from gkp.data.splits import TensorSplit
-from gkp.engine.evaluate import evaluate
-from gkp.schema import build
-from gkp.settings import AttackSpec
+from gkp.application.catalog import ATTACKS, build_model
+from gkp.foundation.schema import build
+from gkp.foundation.settings import AttackSpec
+from gkp.mechanisms.data.splits import TensorSplit
+from gkp.mechanisms.engine.evaluate import evaluate
 
 IMAGE_SIZE = 224
 # PGD also restarts, keeping the best of two runs per sample: that must not hold memory either.
@@ -54,8 +54,8 @@ PEAK_MEMORY_SCRIPT = textwrap.dedent(
     import torch
     sys.path.insert(0, {tests!r})
     from test_eval_memory import images, quick_suite
-    from gkp.engine.evaluate import evaluate
-    from gkp.catalog import build_model
+    from gkp.mechanisms.engine.evaluate import evaluate
+    from gkp.application.catalog import build_model
 
     torch.manual_seed(0)
     model = build_model("resnet8", num_classes=10).eval()

@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 import torch
 
-from gkp.catalog import load_data
-from gkp.cli import COMMANDS, build_parser, main
-from gkp.config import build_experiment, load_experiment
-from gkp.report import results_table
-from gkp.runner import run_experiment
-from gkp.settings import DataConfig
+from gkp.application.catalog import load_data
+from gkp.application.cli import COMMANDS, build_parser, main
+from gkp.application.config import build_experiment, load_experiment
+from gkp.application.pipeline.run import run_experiment
+from gkp.application.reports.results import results_table
+from gkp.foundation.settings import DataConfig
 
 from conftest import tiny_config, write_config
 
@@ -63,8 +63,8 @@ def _out_unwritable(tmp: Path) -> tuple[dict, str]:
 
 
 def _classes_unlike_the_checkpoint(tmp: Path) -> tuple[dict, str]:
-    from gkp.catalog import build_model
-    from gkp.checkpoint import save_checkpoint
+    from gkp.application.catalog import build_model
+    from gkp.application.checkpoints.io import save_checkpoint
 
     save_checkpoint(tmp / "ten.ckpt", build_model("resnet8", num_classes=10))
     model = {"arch": None, "checkpoint": str(tmp / "ten.ckpt"), "num_classes": 100}
@@ -100,8 +100,8 @@ def test_bad_runs_stop_with_one_line_naming_the_problem(make, message, tmp_path,
 
 
 def test_a_truncated_authors_file_says_it_is_truncated(tmp_path, shared):
-    from gkp.authors import import_authors_resnet
-    from gkp.errors import CheckpointError
+    from gkp.application.checkpoints.authors import import_authors_resnet
+    from gkp.foundation.errors import CheckpointError
 
     whole = (shared / "checkpoints" / "adv_robust_gkp_resnet20_cifar10.pt").read_bytes()
     (tmp_path / "cut.pt").write_bytes(whole[: len(whole) // 2])
@@ -111,7 +111,7 @@ def test_a_truncated_authors_file_says_it_is_truncated(tmp_path, shared):
 
 
 def test_a_changed_training_setting_is_named_by_its_key_path(tmp_path):
-    from gkp.errors import RunFolderError
+    from gkp.foundation.errors import RunFolderError
 
     config = tiny_config(stages=["train"], train={"epochs": 1, "schedule": "multistep", "milestones": [1, 2]})
     run_experiment(build_experiment(config), out=tmp_path / "run")
@@ -142,7 +142,7 @@ def test_a_finished_run_is_evaluated_again_with_other_attacks_and_keeps_both_res
 def test_an_interrupted_evaluation_resumes_after_its_finished_attacks(tmp_path, monkeypatch):
     import dataclasses
 
-    from gkp.catalog import ATTACKS
+    from gkp.application.catalog import ATTACKS
 
     config = tiny_config(**copy.deepcopy(EVAL_ONLY), model={"checkpoint": str(_checkpoint(tmp_path))})
     straight = run_experiment(build_experiment(config), out=tmp_path / "straight")
@@ -176,8 +176,8 @@ def test_an_interrupted_evaluation_resumes_after_its_finished_attacks(tmp_path, 
 
 
 def _checkpoint(tmp_path: Path) -> Path:
-    from gkp.catalog import build_model
-    from gkp.checkpoint import save_checkpoint
+    from gkp.application.catalog import build_model
+    from gkp.application.checkpoints.io import save_checkpoint
 
     save_checkpoint(tmp_path / "m.ckpt", build_model("resnet8", num_classes=10))
     return tmp_path / "m.ckpt"
@@ -216,7 +216,7 @@ def test_the_first_n_images_instead_of_a_seeded_subset():
 
 
 def test_gkp_list_names_every_registered_entry(capsys):
-    from gkp.catalog import ADVERSARIAL_TRAINING, ATTACKS, DATASETS, MODELS, PRUNING_METHODS, SUITES
+    from gkp.application.catalog import ADVERSARIAL_TRAINING, ATTACKS, DATASETS, MODELS, PRUNING_METHODS, SUITES
 
     assert main(["list"]) == 0
     names = {line.split()[0] for line in capsys.readouterr().out.splitlines() if line.startswith("  ")}
@@ -294,8 +294,8 @@ def test_results_say_which_method_rate_and_data_they_are_and_training_is_drawn(t
 
 
 def test_finished_attacks_of_another_checkpoint_or_half_written_are_not_reused(tmp_path):
-    from gkp.engine.evaluate import AttackOutcome
-    from gkp.rundir import RunDir
+    from gkp.application.pipeline.rundir import RunDir
+    from gkp.mechanisms.engine.evaluate import AttackOutcome
 
     run = RunDir(tmp_path)
     outcome = AttackOutcome(np.array([True, False]), None, 1.5)
@@ -307,7 +307,7 @@ def test_finished_attacks_of_another_checkpoint_or_half_written_are_not_reused(t
 
 
 def test_restart_never_moves_a_folder_that_is_not_a_run_and_dotfiles_do_not_count(tmp_path):
-    from gkp.errors import RunFolderError
+    from gkp.foundation.errors import RunFolderError
 
     mine = tmp_path / "mine"
     mine.mkdir()
@@ -335,7 +335,7 @@ def test_results_of_a_run_from_before_evaluations_existed_are_kept_when_it_is_ev
 
 
 def test_the_square_schedule_key_leaves_older_evaluations_fingerprints_alone():
-    from gkp.pipeline import stage_named
+    from gkp.application.pipeline.stages import stage_named
 
     plain = build_experiment(tiny_config(attacks=[{"name": "square", "queries": 10}])).to_dict()
     older = {**plain, "attacks": [{k: v for k, v in a.items() if k != "rescale_schedule"} for a in plain["attacks"]]}
@@ -343,7 +343,7 @@ def test_the_square_schedule_key_leaves_older_evaluations_fingerprints_alone():
 
 
 def test_gkp_plot_draws_the_best_per_metric_and_accuracy_against_the_rate(tmp_path, capsys):
-    from gkp.curves import _best_per_metric
+    from gkp.application.reports.curves import _best_per_metric
 
     pgd = {"label": "pgd", "accuracy": 0.4, "params": {"eps": 0.03}}
     for name, method, rate, benign in (("a", "l1", 0.4375, 0.9), ("b", "l1", 0.625, 0.8), ("c", "srgkp", 0.4375, 0.92)):

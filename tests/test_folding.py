@@ -12,14 +12,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gkp import stages
-from gkp.catalog import build_model
-from gkp.config import EvalConfig, build_experiment
-from gkp.engine.evaluate import evaluate, evaluated_model
-from gkp.engine.folding import batchnorm_folded, conv_batchnorm_pairs
-from gkp.layers.grouped_conv import FORMS, GroupedKernelConv2d
-from gkp.pruning.surgery import apply
-from gkp.runner import run_experiment
+from gkp.application.catalog import build_model
+from gkp.application.config import EvalConfig, build_experiment
+from gkp.application.pipeline import steps as stages
+from gkp.application.pipeline.run import run_experiment
+from gkp.mechanisms.engine.evaluate import evaluate, evaluated_model
+from gkp.mechanisms.engine.folding import batchnorm_folded, conv_batchnorm_pairs
+from gkp.mechanisms.layers.grouped_conv import FORMS, GroupedKernelConv2d
+from gkp.mechanisms.pruning.surgery import apply
 
 from conftest import tiny_config
 from test_attacks import spec
@@ -127,7 +127,7 @@ class DataDependent(nn.Module):
 
 def test_a_model_fx_cannot_trace_is_evaluated_unfolded(caplog):
     model = randomise_batchnorm(DataDependent()).eval()
-    with caplog.at_level(logging.INFO, logger="gkp.engine.folding"):
+    with caplog.at_level(logging.INFO, logger="gkp.mechanisms.engine.folding"):
         folded = batchnorm_folded(model)
     assert "BatchNorm folding skipped" in caplog.text
     assert batchnorms(folded) == 1 and folded is not model

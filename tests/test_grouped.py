@@ -7,17 +7,17 @@ import numpy as np
 import pytest
 import torch
 
-from gkp.catalog import PRUNING_METHODS, build_model
-from gkp.checkpoint import load_model, save_checkpoint
-from gkp.contracts import model_spec
-from gkp.counting import measure
-from gkp.grouped import reference as oracle
-from gkp.layers import forms
-from gkp.layers.forms import choose_forms
-from gkp.layers.grouped_conv import FORMS, GroupedKernelConv2d
-from gkp.pruning.plan import Plan
-from gkp.pruning.surgery import apply, apply_mask
-from gkp.schema import build
+from gkp.application.catalog import PRUNING_METHODS, build_model
+from gkp.application.checkpoints.io import load_model, save_checkpoint
+from gkp.entries.grouped_kernels import loop_reference as oracle
+from gkp.foundation.contracts import model_spec
+from gkp.foundation.schema import build
+from gkp.mechanisms.counting import measure
+from gkp.mechanisms.layers import forms
+from gkp.mechanisms.layers.forms import choose_forms
+from gkp.mechanisms.layers.grouped_conv import FORMS, GroupedKernelConv2d
+from gkp.mechanisms.pruning.plan import Plan
+from gkp.mechanisms.pruning.surgery import apply, apply_mask
 
 from test_pruning import randomise_batchnorm
 
@@ -292,9 +292,9 @@ def test_a_model_whose_layers_all_run_dense_is_not_timed_whole(monkeypatch):
 def test_the_same_grouped_command_gives_the_same_numbers(tmp_path):
     """Fine-tuning runs in the dense form and evaluation forms are timed once per machine, so two runs of
     one SR-GKP config agree exactly (timed forms used to change the fine-tuned weights between runs)."""
-    from gkp.checkpoint import read_checkpoint
-    from gkp.config import build_experiment
-    from gkp.runner import run_experiment
+    from gkp.application.checkpoints.io import read_checkpoint
+    from gkp.application.config import build_experiment
+    from gkp.application.pipeline.run import run_experiment
 
     from conftest import tiny_config
 

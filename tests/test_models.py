@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gkp.catalog import build_model
-from gkp.errors import ConfigError
+from gkp.application.catalog import build_model
+from gkp.foundation.errors import ConfigError
 
 
 def test_cifar_resnet_module_names_and_depths():

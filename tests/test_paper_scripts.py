@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from gkp.cli import main
-from gkp.sweep import load_sweep
-from gkp.tables import paper_rows, paper_tables
+from gkp.application.cli import main
+from gkp.application.reports.paper_tables import paper_rows, paper_tables
+from gkp.application.sweep import load_sweep
 
 from conftest import ROOT
 

@@ -7,12 +7,12 @@ import torch
 from torch import nn
 
 from baselines import l1
-from gkp.catalog import PRUNING_METHODS, build_model
-from gkp.contracts import model_spec
-from gkp.counting import measure
-from gkp.errors import PruningError
-from gkp.pruning.plan import FilterPlan, Plan, keep_count, keep_top_k
-from gkp.pruning.surgery import apply, apply_mask
+from gkp.application.catalog import PRUNING_METHODS, build_model
+from gkp.foundation.contracts import model_spec
+from gkp.foundation.errors import PruningError
+from gkp.mechanisms.counting import measure
+from gkp.mechanisms.pruning.plan import FilterPlan, Plan, keep_count, keep_top_k
+from gkp.mechanisms.pruning.surgery import apply, apply_mask
 
 
 def randomise_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:

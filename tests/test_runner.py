@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from gkp.checkpoint import read_checkpoint
-from gkp.config import build_experiment
-from gkp.errors import ConfigError, DataError, PruningError, RunFolderError
-from gkp.runner import run_experiment
+from gkp.application.checkpoints.io import read_checkpoint
+from gkp.application.config import build_experiment
+from gkp.application.pipeline.run import run_experiment
+from gkp.foundation.errors import ConfigError, DataError, PruningError, RunFolderError
 
 from conftest import tiny_config, write_config
 
@@ -167,7 +167,7 @@ def test_selection_on_a_validation_split(tmp_path):
 
 
 def _gkp(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "gkp.cli", *args], capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([sys.executable, "-m", "gkp", *args], capture_output=True, text=True, timeout=timeout)
 
 
 RESUME = tiny_config(
@@ -194,7 +194,7 @@ def test_kill_9_mid_epoch_then_resume_gives_bit_identical_results(tmp_path):
     assert uninterrupted.returncode == 0, uninterrupted.stderr
 
     process = subprocess.Popen(
-        [sys.executable, "-m", "gkp.cli", "run", str(config), "--out", str(tmp_path / "killed")],
+        [sys.executable, "-m", "gkp", "run", str(config), "--out", str(tmp_path / "killed")],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

@@ -11,17 +11,17 @@ import numpy as np
 import pytest
 import torch
 
-from gkp.catalog import build_model
-from gkp.errors import PruningError
-from gkp.grouped import branch_sums
-from gkp.grouped import reference as oracle
-from gkp.grouped.search import SearchSettings, beam_search
-from gkp.grouped.smoothness import filter_smoothness, grouped_kernel_smoothness, snake_order
-from gkp.grouped.srgkp import METHOD, SRGKPParams
+from gkp.application.catalog import build_model
+from gkp.entries.grouped_kernels import branch_sums
+from gkp.entries.grouped_kernels import loop_reference as oracle
+from gkp.entries.grouped_kernels.search import SearchSettings, beam_search
+from gkp.entries.grouped_kernels.smoothness import filter_smoothness, grouped_kernel_smoothness, snake_order
+from gkp.entries.grouped_kernels.srgkp import METHOD, SRGKPParams
+from gkp.foundation.errors import PruningError
 
 
 def test_the_authors_resnet20_gives_the_golden_selection(shared, authors_checkpoint):
-    from gkp.checkpoint import load_model
+    from gkp.application.checkpoints.io import load_model
 
     golden = json.loads((shared / "golden" / "srgkp_resnet20_default.json").read_text())
     assert golden["settings"] == {
@@ -193,8 +193,8 @@ def test_branch_sums_add_left_to_right(implementation):
 
 def test_the_search_on_a_gpu_adds_as_on_the_cpu(monkeypatch, shared, authors_checkpoint):
     """The torch sums a GPU runs, put in place of the compiled ones on the CPU, give the golden selection."""
-    from gkp.checkpoint import load_model
-    from gkp.grouped import search
+    from gkp.application.checkpoints.io import load_model
+    from gkp.entries.grouped_kernels import search
 
     monkeypatch.setattr(search, "pair_sums", branch_sums._device_pair_sums)
     monkeypatch.setattr(search, "outside_sums", branch_sums._device_outside_sums)

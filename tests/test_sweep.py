@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gkp.cli import main
-from gkp.sweep import load_sweep, run_status
+from gkp.application.cli import main
+from gkp.application.sweep import load_sweep, run_status
 
 from conftest import tiny_config, write_config
 
@@ -47,7 +47,7 @@ def test_cells_share_one_dense_model_and_the_dry_run_says_where_each_stands(tmp_
 
 @pytest.mark.slow
 def test_a_sweep_runs_its_dense_model_once_and_a_rerun_runs_nothing_again(tmp_path):
-    from gkp.sweep import run_sweep
+    from gkp.application.sweep import run_sweep
 
     sweep = load_sweep(spec(tmp_path, {"prune.method": ["l1", "srgkp"]}))
     assert run_sweep(sweep) == []
@@ -73,7 +73,7 @@ def test_the_digits_quick_start_as_a_sweep_resumes_a_killed_cell(tmp_path, launc
     path = spec(tmp_path, {"prune.method": ["l1", "srgkp"], "prune.rate": [0.4375, 0.625]}, base=base)
     sweep = load_sweep(path)
     assert len(sweep.dense_runs) == 1 and len(sweep.cells) == 4
-    command = [sys.executable, "-m", "gkp.cli", "sweep", str(path), "--launcher", launcher]
+    command = [sys.executable, "-m", "gkp", "sweep", str(path), "--launcher", launcher]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     target = sweep.cells[1].folder / "state" / "finetune_last.ckpt"
     deadline = time.time() + 1200
@@ -94,7 +94,7 @@ def test_the_digits_quick_start_as_a_sweep_resumes_a_killed_cell(tmp_path, launc
 
 
 def test_the_dry_run_counts_the_epochs_left_and_times_them_from_the_measured_ones(tmp_path):
-    from gkp.sweep import epochs_left, status_table
+    from gkp.application.sweep import epochs_left, status_table
 
     path = spec(tmp_path, {"prune.method": ["l1"]}, base=tiny_config(train={"epochs": 3}, finetune={"epochs": 2}))
     sweep = load_sweep(path)
@@ -112,8 +112,8 @@ def test_runs_not_yet_timed_are_estimated_from_their_passes_at_a_v100s_speed():
     """The two references: ResNet-20's CIFAR-10 training epoch takes 12.5 s (the authors' demo), ResNet-50
     trains 367 ImageNet images a second, less the overhead per pass; the paper's per-epoch evaluation (FGSM
     0.01, 0.1 and PGD-3 on 10,000 images) adds its passes; data of unknown size: None."""
-    from gkp.config import build_experiment
-    from gkp.sweep import estimated_epoch_seconds
+    from gkp.application.config import build_experiment
+    from gkp.application.sweep import estimated_epoch_seconds
 
     raw = {"model": {"arch": "resnet20"}, "data": {"name": "cifar10"}, "train": {"eval_every": 0}, "stages": ["train"]}
     assert estimated_epoch_seconds(build_experiment(raw), "train", "train") == pytest.approx(12.5, rel=1e-3)
@@ -148,7 +148,7 @@ def test_the_table10_script_lists_exactly_the_papers_rows():
 
 
 def build_experiment_of(sweep, name):
-    from gkp.config import build_experiment
+    from gkp.application.config import build_experiment
 
     return build_experiment(next(cell for cell in sweep.cells if cell.name == name).raw)
 
@@ -171,8 +171,8 @@ def fake_slurm(tmp_path: Path, monkeypatch, active: str = "") -> Path:
 
 
 def test_slurm_submits_the_dense_models_then_the_cells_that_wait_for_them(tmp_path, monkeypatch, capsys):
-    from gkp.launchers import SlurmOptions
-    from gkp.sweep import run_sweep
+    from gkp.application.launchers import SlurmOptions
+    from gkp.application.sweep import run_sweep
 
     scripts = fake_slurm(tmp_path, monkeypatch)
     sweep = load_sweep(spec(tmp_path, {"prune.method": ["l1", "srgkp"]}, cells=[{"prune.method": "tmigkp"}]))
@@ -195,7 +195,7 @@ def test_slurm_submits_the_dense_models_then_the_cells_that_wait_for_them(tmp_pa
 
 
 def test_a_preempted_job_is_requeued_as_the_same_run():
-    from gkp.launchers import RunJob
+    from gkp.application.launchers import RunJob
 
     job = RunJob("configs/quickstart.yaml", "runs/quickstart")
     again = job.checkpoint()
@@ -208,7 +208,7 @@ def test_a_preempted_job_is_requeued_and_its_run_resumes_from_the_last_epoch(tmp
     it, and the run continues after its last finished epoch; every epoch is trained once."""
     import submitit
 
-    from gkp.launchers import RunJob
+    from gkp.application.launchers import RunJob
 
     config = write_config(
         tmp_path / "c.yaml", tiny_config(stages=["train"], train={"epochs": 6}, data={"train_size": 1024})

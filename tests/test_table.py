@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from gkp.cli import main
-from gkp.errors import ConfigError
-from gkp.tables import Run, criteria, paper_rows, paper_tables, table_rows
+from gkp.application.cli import main
+from gkp.application.reports.paper_tables import Run, criteria, paper_rows, paper_tables, table_rows
+from gkp.foundation.errors import ConfigError
 
 from paper_spec import paper_tables as spec_tables
 
@@ -151,7 +151,7 @@ def test_finished_digits_runs_fill_table5_and_table7(tmp_path, capsys):
     specs put them), fill those rows from their results.json and plan.json."""
     import yaml
 
-    from gkp.sweep import load_sweep, run_sweep
+    from gkp.application.sweep import load_sweep, run_sweep
 
     base = {
         "name": "digits",

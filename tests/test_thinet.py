@@ -21,11 +21,11 @@ from baselines.thinet import (
     removal_scores,
     sample_entries,
 )
-from gkp.catalog import build_model
-from gkp.contracts import PruningContext
-from gkp.errors import PruningError
-from gkp.pruning.plan import FilterPlan, Plan, keep_top_k
-from gkp.pruning.surgery import apply, apply_mask
+from gkp.application.catalog import build_model
+from gkp.foundation.contracts import PruningContext
+from gkp.foundation.errors import PruningError
+from gkp.mechanisms.pruning.plan import FilterPlan, Plan, keep_top_k
+from gkp.mechanisms.pruning.surgery import apply, apply_mask
 
 from test_pruning import randomise_batchnorm
 

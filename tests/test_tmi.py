@@ -7,13 +7,13 @@ import json
 import numpy as np
 import pytest
 
-from gkp.checkpoint import load_model
-from gkp.config import build_experiment
-from gkp.errors import ConfigError
-from gkp.grouped import clustering
-from gkp.grouped.tmi import group_order, majority, snapshot_winner, tmi_scores
-from gkp.layers.grouped_conv import GroupedKernelConv2d
-from gkp.runner import run_experiment
+from gkp.application.checkpoints.io import load_model
+from gkp.application.config import build_experiment
+from gkp.application.pipeline.run import run_experiment
+from gkp.entries.grouped_kernels import clustering
+from gkp.entries.grouped_kernels.tmigkp import group_order, majority, snapshot_winner, tmi_scores
+from gkp.foundation.errors import ConfigError
+from gkp.mechanisms.layers.grouped_conv import GroupedKernelConv2d
 
 from conftest import tiny_config
 

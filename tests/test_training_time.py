@@ -18,15 +18,15 @@ from baselines.hrank_iterative import HRankHooks, HRankIterativeParams
 from baselines.rap_admm import ADMMHooks, RAPADMMParams, kept_filters, project
 from baselines.sfp import SFPHooks
 from baselines.training_time import phase_recipe
-from gkp.catalog import build_model
-from gkp.checkpoint import read_checkpoint
-from gkp.config import build_experiment, load_experiment
-from gkp.contracts import PruningContext, Recipe
-from gkp.counting import measure
-from gkp.errors import ConfigError, PruningError
-from gkp.pruning.masks import conv_batchnorms, mask_targets, masked_selection, zero_filters, zeroed_filters
-from gkp.report import results_table
-from gkp.runner import run_experiment
+from gkp.application.catalog import build_model
+from gkp.application.checkpoints.io import read_checkpoint
+from gkp.application.config import build_experiment, load_experiment
+from gkp.application.pipeline.run import run_experiment
+from gkp.application.reports.results import results_table
+from gkp.foundation.contracts import PruningContext, Recipe
+from gkp.foundation.errors import ConfigError, PruningError
+from gkp.mechanisms.counting import measure
+from gkp.mechanisms.pruning.masks import conv_batchnorms, mask_targets, masked_selection, zero_filters, zeroed_filters
 
 from conftest import tiny_config
 
@@ -363,7 +363,7 @@ def test_a_phase_runs_the_sections_schedule_compressed_to_its_length():
 
 
 def test_the_prune_fingerprint_follows_the_section_a_training_time_method_trains_with():
-    from gkp.pipeline import stage_named
+    from gkp.application.pipeline.stages import stage_named
 
     prune = stage_named("prune")
     base = tiny_config(stages=["train", "prune"], prune={"method": "fpgm_soft"})
@@ -376,7 +376,7 @@ def test_the_prune_fingerprint_follows_the_section_a_training_time_method_trains
 
 def test_keys_added_later_leave_the_fingerprints_of_configs_that_do_not_set_them():
     """Run folders finished before adversarial training and prune.during existed keep their stages."""
-    from gkp.pipeline import STAGES
+    from gkp.application.pipeline.stages import STAGES
 
     plain = build_experiment(tiny_config()).to_dict()
     older = {**plain, **{section: dict(plain[section]) for section in ("train", "finetune", "prune", "data")}}
@@ -402,9 +402,9 @@ class Interrupted(Exception):
 def interrupt_at_step(monkeypatch, step: int) -> None:
     """Stop the run at the ``step``-th training step (counted over the whole run), as a kill would: the
     last epoch checkpoint is all that remains of the interrupted epoch."""
-    import gkp.stages
+    import gkp.application.pipeline.steps
 
-    original = gkp.stages.objective_of
+    original = gkp.application.pipeline.steps.objective_of
     count = {"steps": 0}
 
     def counting(cfg):
@@ -418,7 +418,7 @@ def interrupt_at_step(monkeypatch, step: int) -> None:
 
         return wrapped
 
-    monkeypatch.setattr(gkp.stages, "objective_of", counting)
+    monkeypatch.setattr(gkp.application.pipeline.steps, "objective_of", counting)
 
 
 def final_state(out: Path) -> dict[str, torch.Tensor]:
@@ -502,7 +502,7 @@ PAPER_BUDGETS = {
 @pytest.mark.parametrize("path", PAPER_CONFIGS, ids=lambda path: path.stem)
 def test_each_paper_config_zeroes_the_budget_its_comment_states(path):
     from baselines.training_time import pruned_counts
-    from gkp.pipeline import eval_model_choices
+    from gkp.application.pipeline.stages import eval_model_choices
 
     exp = load_experiment(path)
     assert set(exp.eval.models) <= set(eval_model_choices(exp)) and "masked" in exp.eval.models

@@ -17,14 +17,14 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
-from gkp.catalog import MODELS
-from gkp.checkpoint import load_model
-from gkp.cli import main
-from gkp.config import build_experiment
-from gkp.errors import CheckpointError, ConfigError
-from gkp.importers import IMPORTERS, stream_orders
-from gkp.runner import run_experiment
-from gkp.zoo import ZooError, fetch, load_manifest, sha256_of
+from gkp.application.catalog import MODELS
+from gkp.application.checkpoints.importers import IMPORTERS, stream_orders
+from gkp.application.checkpoints.io import load_model
+from gkp.application.checkpoints.zoo import ZooError, fetch, load_manifest, sha256_of
+from gkp.application.cli import main
+from gkp.application.config import build_experiment
+from gkp.application.pipeline.run import run_experiment
+from gkp.foundation.errors import CheckpointError, ConfigError
 
 from conftest import write_config
 
@@ -322,10 +322,10 @@ def test_srgkp_prunes_the_imported_akamaster_resnet56_end_to_end(shared, cache, 
 @pytest.fixture(scope="module")
 def pruned_models(tmp_path_factory) -> dict[str, Path]:
     """A dense, a filter-pruned and a grouped-kernel ResNet-8 checkpoint with random BatchNorm statistics."""
-    from gkp.catalog import PRUNING_METHODS, build_model
-    from gkp.checkpoint import save_checkpoint
-    from gkp.pruning.plan import Plan
-    from gkp.pruning.surgery import apply
+    from gkp.application.catalog import PRUNING_METHODS, build_model
+    from gkp.application.checkpoints.io import save_checkpoint
+    from gkp.mechanisms.pruning.plan import Plan
+    from gkp.mechanisms.pruning.surgery import apply
 
     from test_pruning import randomise_batchnorm
 
@@ -371,7 +371,7 @@ def test_an_onnx_export_runs_in_onnx_runtime_like_pytorch(pruned_models, kind, t
 
 
 def test_safetensors_round_trips_every_dtype_and_refuses_a_damaged_file(tmp_path):
-    from gkp.export import read_safetensors, write_safetensors
+    from gkp.application.checkpoints.export import read_safetensors, write_safetensors
 
     state = {
         "f32": torch.rand(2, 3),

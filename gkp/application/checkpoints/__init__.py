@@ -1,0 +1,1 @@
+"""Checkpoint files, released checkpoints (the zoo), their importers and exports."""

@@ -1,0 +1,1 @@
+"""The pipeline: train -> prune -> finetune -> eval, and the run folder it works in."""

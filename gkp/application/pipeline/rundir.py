@@ -1,0 +1,357 @@
+"""The run folder: resolved config, environment, metrics, TensorBoard logs, stage markers, resume state.
+
+::
+
+    runs/<name>/config.yaml    the resolved config of the latest invocation
+                env.json       library versions, git commit, device (latest invocation first)
+                metrics.csv    one row per epoch of every training stage
+                tb/<stage>/    TensorBoard scalars
+                snapshots/     epoch_NNNN.ckpt weight snapshots the train stage keeps (TMI-GKP reads them)
+                per_sample_<model>.npz  per-sample flags of the evaluation, and minimum-norm attacks' norms
+                state/         <stage>_last.ckpt (resume), <stage>.started and <stage>.done markers
+
+Each stage has a fingerprint: a hash of the config sections it depends on (``gkp.application.pipeline.stages.STAGES`` names
+them). A finished stage with the same fingerprint is skipped; a finished or interrupted stage with a
+different one stops the run with the differing keys named, so finished results are never overwritten
+silently.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from torch import nn
+
+from gkp.application.checkpoints.io import read_checkpoint, save_checkpoint
+from gkp.application.pipeline.stages import EXECUTION_ONLY, RESULTS_FILE
+from gkp.foundation.errors import RunFolderError
+from gkp.foundation.files import replaced_atomically, write_json_atomic, write_text_atomic, writes_files
+from gkp.foundation.schema import to_yaml
+from gkp.mechanisms.engine.evaluate import AttackOutcome
+from gkp.mechanisms.engine.train import TrainingState
+
+log = logging.getLogger(__name__)
+
+
+def _save_npz_atomic(path: Path, arrays: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with replaced_atomically(path, ".tmp.npz") as temporary:  # np.savez would add .npz to another name
+        np.savez(temporary, **arrays)
+
+
+def differences(old: Any, new: Any, path: str = "") -> list[str]:
+    """Key paths where two plain configs differ, as 'key: old -> new' (list entries as key[i], so that a
+    changed attack reads 'attacks[1].steps: 10 -> 20')."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        found = []
+        for key in list(old) + [k for k in new if k not in old]:
+            found += differences(old.get(key), new.get(key), f"{path}.{key}" if path else str(key))
+        return found
+    if isinstance(old, list) and isinstance(new, list):
+        pairs = [
+            (old[i] if i < len(old) else None, new[i] if i < len(new) else None) for i in range(max(len(old), len(new)))
+        ]
+        return [d for i, (a, b) in enumerate(pairs) for d in differences(a, b, f"{path}[{i}]")]
+    return [] if old == new else [f"{path}: {old!r} -> {new!r}"]
+
+
+def git_commit() -> str:
+    try:
+        here = Path(__file__).resolve().parent
+        commit = subprocess.run(
+            ["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(here), "status", "--porcelain"], capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+        return f"{commit}{'+dirty' if dirty else ''}" if commit else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    import numpy
+    import sklearn
+    import torchvision
+
+    import gkp
+
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    return {
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "command": " ".join(sys.argv),
+        "processes": int(os.environ.get("WORLD_SIZE", "1")),
+        "host": socket.gethostname(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "gkp": gkp.__version__,
+        "git_commit": git_commit(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "numpy": numpy.__version__,
+        "scikit_learn": sklearn.__version__,
+        "device": str(device),
+        "device_name": name,
+        "cpu_threads": torch.get_num_threads(),
+        "cuda": torch.version.cuda if device.type == "cuda" else None,
+    }
+
+
+class RunDir:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.state = self.path / "state"
+
+    # ------------------------------------------------------------ identity and conflicts
+
+    def _done_marker(self, stage: str) -> Path:
+        return self.state / f"{stage}.done"
+
+    def resume_path(self, stage: str) -> Path:
+        return self.state / f"{stage}_last.ckpt"
+
+    def snapshot_path(self, epoch: int) -> Path:
+        return self.path / "snapshots" / f"epoch_{epoch:04d}.ckpt"
+
+    def _started_marker(self, stage: str) -> Path:
+        return self.state / f"{stage}.started"
+
+    def recorded_fingerprints(self) -> dict[str, str]:
+        """Fingerprints of the stages this folder has finished or started (a done marker wins)."""
+        found = {}
+        for suffix in ("started", "done"):
+            for marker in sorted(self.state.glob(f"*.{suffix}")):
+                found[marker.stem] = json.loads(marker.read_text())["fingerprint"]
+        return found
+
+    def move_aside(self) -> None:
+        """--restart: keep the previous run, renamed to <folder>.old-<time>, and start an empty one."""
+        if self.path.exists() and writes_files():
+            aside = self.path.with_name(f"{self.path.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
+            self.path.rename(aside)
+            log.warning("--restart: moved the previous run to %s", aside)
+
+    def prepare(
+        self,
+        plain: dict[str, Any],
+        fingerprints: dict[str, str],
+        device: torch.device,
+        repeatable: frozenset[str] = frozenset(),
+    ) -> None:
+        """Create or re-open the folder for the plain config ``plain`` whose stages have ``fingerprints``;
+        refuse it if its stages were computed from another config. A ``repeatable`` stage whose own
+        settings alone changed (the evaluation, with other attacks or models) is not a conflict: it runs
+        again, and what it wrote before stays beside (``evaluations/``)."""
+        recorded = self.recorded_fingerprints()
+        changed = [stage for stage, value in fingerprints.items() if recorded.get(stage, value) != value]
+        repeated = changed if all(stage in repeatable for stage in changed) else []
+        conflicts = [stage for stage in changed if stage not in repeated]
+        for stage in repeated if writes_files() else []:
+            self._keep_results_aside(recorded[stage])
+            self._started_marker(stage).unlink(missing_ok=True)
+            self._done_marker(stage).unlink(missing_ok=True)
+            log.info(
+                "%s: its settings changed; it runs again, earlier results stay in %s", stage, self.path / "evaluations"
+            )
+        if conflicts:
+            old_config = self.path / "config.yaml"
+            old = yaml.safe_load(old_config.read_text()) if old_config.is_file() else {}
+            ignored = ("device:", "name:", *(f"{section}.{key}:" for section, key in EXECUTION_ONLY))
+            differing_keys = [d for d in differences(old, plain) if not d.startswith(ignored)]
+            raise RunFolderError(
+                f"{self.path} already holds stage(s) {', '.join(conflicts)} computed from a different config "
+                f"({'; '.join(differing_keys[:6]) or 'see config.yaml'}). Its results are kept: pass --out DIR for a "
+                f"new run, or --restart to move the old run aside to {self.path.name}.old-<time> and start over"
+            )
+        self.check_usable()
+        try:
+            self.state.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(self.path / "config.yaml", to_yaml(plain))
+        except OSError as error:
+            raise RunFolderError(
+                f"{self.path} cannot be a run folder ({error.strerror or error}); pass --out a folder you can write"
+            ) from error
+        env_file = self.path / "env.json"
+        previous = json.loads(env_file.read_text()) if env_file.is_file() else {}
+        earlier = [{k: v for k, v in previous.items() if k != "earlier"}, *previous.get("earlier", [])]
+        write_json_atomic(env_file, {**environment(device), "earlier": earlier if previous else []})
+
+    def check_usable(self) -> None:
+        """A run folder is new, empty, or a run folder already (it has config.yaml): never a file, never
+        a folder of other things that a run would write beside."""
+        if self.path.exists() and not self.path.is_dir():
+            raise RunFolderError(f"{self.path} is a file, not a folder; pass --out a new or empty folder")
+        is_run = (self.path / "config.yaml").is_file() or self.state.is_dir()
+        if self.path.is_dir() and not is_run and any(not p.name.startswith(".") for p in self.path.iterdir()):
+            raise RunFolderError(
+                f"{self.path} holds other files and is not a run folder (it has no config.yaml); pass --out a "
+                "new or empty folder, so that nothing in it is mixed with a run's outputs"
+            )
+
+    def is_done(self, stage: str) -> bool:
+        return self._done_marker(stage).is_file()
+
+    def mark_started(self, stage: str, fingerprint_value: str) -> None:
+        write_json_atomic(
+            self._started_marker(stage),
+            {"fingerprint": fingerprint_value, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
+        )
+
+    def mark_done(self, stage: str, fingerprint_value: str) -> None:
+        write_json_atomic(
+            self._done_marker(stage),
+            {"fingerprint": fingerprint_value, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
+        )
+
+    def per_sample_path(self, model: str) -> Path:
+        return self.path / f"per_sample_{model}.npz"
+
+    def write_per_sample(self, model: str, arrays: dict[str, np.ndarray], evaluation: str) -> None:
+        """Per-sample flags (benign and each attack) and minimum-norm attacks' norms of one evaluated model,
+        in the evaluation's folder and, as the latest, in the run folder."""
+        for path in (self.evaluation_path(evaluation) / self.per_sample_path(model).name, self.per_sample_path(model)):
+            _save_npz_atomic(path, arrays)
+
+    # ------------------------------------------------------------ evaluations side by side
+
+    def evaluation_path(self, evaluation: str) -> Path:
+        """The folder of one evaluation (named by the eval stage's fingerprint): its results.json and
+        per-sample files stay there when the run is evaluated again with other attacks or models."""
+        return self.path / "evaluations" / evaluation
+
+    def _partial_path(self, evaluation: str, model: str) -> Path:
+        return self.evaluation_path(evaluation) / "partial" / model
+
+    def finished_attacks(self, evaluation: str, model: str, checkpoint: str) -> dict[str, AttackOutcome]:
+        """The attacks an interrupted evaluation of ``model`` finished on the same ``checkpoint`` (its
+        identity: path, size and time), by label."""
+        finished = {}
+        for path in sorted(self._partial_path(evaluation, model).glob("[!.]*.npz")):  # not a half-written temp
+            with np.load(path) as arrays:
+                if str(arrays["checkpoint"]) != checkpoint:  # another model since (fine-tuned after a prune)
+                    continue
+                norms = arrays["norms"] if bool(arrays["has_norms"]) else None
+                finished[path.stem] = AttackOutcome(arrays["correct"], norms, float(arrays["seconds"]))
+        return finished
+
+    def save_finished_attack(
+        self, evaluation: str, model: str, checkpoint: str, label: str, outcome: AttackOutcome
+    ) -> None:
+        norms = outcome.norms if outcome.norms is not None else np.zeros(0)
+        arrays = {"correct": outcome.correct, "norms": norms, "has_norms": outcome.norms is not None}
+        arrays |= {"seconds": outcome.seconds, "checkpoint": checkpoint}
+        _save_npz_atomic(self._partial_path(evaluation, model) / f"{label}.npz", arrays)
+
+    def _keep_results_aside(self, evaluation: str) -> None:
+        """Before an evaluation runs again: the latest results (and the config they came from) into their
+        evaluation's folder, where runs made before evaluations/ existed have none yet."""
+        folder = self.evaluation_path(evaluation)
+        if (folder / RESULTS_FILE).is_file() or not (self.path / RESULTS_FILE).is_file():
+            return
+        folder.mkdir(parents=True, exist_ok=True)
+        for path in [self.path / RESULTS_FILE, self.path / "config.yaml", *self.path.glob("per_sample_*.npz")]:
+            if path.is_file():
+                shutil.copy2(path, folder / path.name)
+
+    def write_results(self, evaluation: str, results: dict[str, Any]) -> None:
+        """The evaluation's results in its folder and, as the latest, in the run folder; its partial state
+        is then no longer needed."""
+        if not writes_files():
+            return
+        self.evaluation_path(evaluation).mkdir(parents=True, exist_ok=True)
+        write_json_atomic(self.evaluation_path(evaluation) / RESULTS_FILE, results)
+        shutil.copy2(self.path / "config.yaml", self.evaluation_path(evaluation) / "config.yaml")
+        write_json_atomic(self.path / RESULTS_FILE, results)
+        evaluated = {f"per_sample_{entry['model']}.npz" for entry in [results, *results.get("other_models", [])]}
+        for stale in self.path.glob("per_sample_*.npz"):  # models an earlier evaluation ran, this one did not
+            if stale.name not in evaluated:
+                stale.unlink()
+        shutil.rmtree(self.evaluation_path(evaluation) / "partial", ignore_errors=True)
+
+    # ------------------------------------------------------------ metrics
+
+    def write_metrics(self, stage: str, history: list[dict[str, Any]]) -> None:
+        """Rewrite metrics.csv with this stage's full history and the other stages' rows unchanged."""
+        path = self.path / "metrics.csv"
+        rows = []
+        if path.is_file():
+            rows = [r for r in csv.DictReader(io.StringIO(path.read_text())) if r["stage"] != stage]
+        rows += [{"stage": stage, **row} for row in history]
+        columns: list[str] = []
+        for row in rows:
+            columns += [k for k in row if k not in columns]
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+        write_text_atomic(path, buffer.getvalue())
+
+
+class StageStore:
+    """What ``engine.train.fit`` persists for one stage: resume state, best models, metrics, TensorBoard."""
+
+    def __init__(self, run: RunDir, stage: str, fingerprint_value: str, best_prefix: str):
+        self.run, self.stage, self.fingerprint = run, stage, fingerprint_value
+        self.best_prefix = best_prefix
+        self.writer = None
+
+    def load_resume(self, model: nn.Module) -> TrainingState | None:
+        path = self.run.resume_path(self.stage)
+        if not path.is_file():
+            return None
+        payload = read_checkpoint(path)
+        model.load_state_dict(payload["state_dict"])
+        return TrainingState(**payload["training"])
+
+    def describe_last(self) -> str:
+        path = self.run.resume_path(self.stage)
+        return str(path) if path.is_file() else "none yet: the first epoch did not finish"
+
+    def save_best(self, metric: str, model: nn.Module, record: dict[str, Any]) -> None:
+        path = self.run.path / f"{self.best_prefix}best_{metric}.ckpt"
+        save_checkpoint(path, model, {"stage": self.stage, "metric": metric, **record})
+
+    def save_snapshot(self, epoch: int, model: nn.Module) -> None:
+        save_checkpoint(self.run.snapshot_path(epoch), model, {"stage": self.stage, "epoch": epoch})
+
+    def save_epoch(self, model: nn.Module, state: TrainingState) -> None:
+        save_checkpoint(
+            self.run.resume_path(self.stage),
+            model,
+            {"stage": self.stage, "fingerprint": self.fingerprint, "epoch": state.epoch},
+            training=asdict(state),
+        )
+        self.run.write_metrics(self.stage, state.history)
+        self._tensorboard(state.history[-1])
+
+    def _tensorboard(self, row: dict[str, Any]) -> None:
+        if not writes_files():
+            return
+        if self.writer is None:  # the first epoch of this invocation: drop events a crash left beyond it
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(self.run.path / "tb" / self.stage), purge_step=row["epoch"])
+        for key, value in row.items():
+            if key != "epoch" and isinstance(value, (int, float)):
+                self.writer.add_scalar(f"{self.stage}/{key}", value, row["epoch"])
+        self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()

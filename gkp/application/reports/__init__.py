@@ -1,0 +1,1 @@
+"""Results as terminal tables, paper tables and figures."""

@@ -1,0 +1,335 @@
+"""Sweeps: a grid of config overrides over one base config, run as cells that share their dense models.
+
+A sweep spec (YAML)::
+
+    name: table10                      # default: the spec file's name
+    base: ../configs/srgkp/resnet56_r0.4375.yaml   # relative to the spec file
+    out: runs/table10                  # default: runs/<name>
+    dense_out: runs/paper-dense        # where its shared dense models go (default: out), so that
+                                       # sweeps with the same dense models train them once
+    grid:                              # config key paths and their values; the cells are the product
+      prune.method: [l1, fpgm, srgkp]
+      prune.rate: [0.4375, 0.625]
+    cells:                             # optional: more cells, each a mapping of overrides, with
+      - {prune.method: tmigkp, prune.rate: 0.4375}    # optionally its own name and base config
+      - {name: fpgm, base: ../configs/paper/fpgm_resnet56.yaml}
+
+Cells whose dense model would be trained the same way (the same train-stage fingerprint: model, data,
+training recipe, seed) share one: it is trained once, in ``<dense_out>/dense-<fingerprint>``, and each such cell
+starts from it (``model.checkpoint``) in its own folder ``<out>/<cell>``. Cells that need more of the
+training than the dense model (a method reading training snapshots, or pruning while it trains from
+scratch) run their own training. Every cell is a plain run of ``gkp run`` on the config written to
+``<out>/configs/<cell>.yaml``, so rerunning the sweep continues whatever was interrupted and skips what
+finished. ``--launcher local`` runs one cell per visible GPU at a time (one at a time on a CPU);
+``--launcher slurm`` submits them to a SLURM cluster as job arrays (``gkp.application.launchers``).
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+import re
+import statistics
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from gkp.application.catalog import DATASETS, MODELS, PRUNING_METHODS, build_model
+from gkp.application.config import apply_override, build_experiment, read_config
+from gkp.application.launchers import (
+    Job,
+    SlurmOptions,
+    run_locally,
+    run_with_submitit_locally,
+    submit_to_slurm,
+    visible_gpus,
+)
+from gkp.application.pipeline.stages import RESULTS_FILE, STAGE_NAMES, stage_named, trains
+from gkp.foundation.contracts import PruningContext, Recipe
+from gkp.foundation.errors import ConfigError
+from gkp.foundation.schema import to_yaml
+from gkp.mechanisms.counting import measure
+
+
+@dataclass
+class Cell:
+    """One run of the sweep: its name, resolved raw config, folder and the dense run it reads."""
+
+    name: str
+    raw: dict[str, Any]
+    folder: Path
+    dense: Path | None = None
+    problem: str | None = None  # why it cannot run (a method that does not exist yet, say)
+
+
+@dataclass
+class Sweep:
+    name: str
+    out: Path
+    cells: list[Cell]
+    dense_out: Path
+    dense_runs: dict[Path, dict[str, Any]] = field(default_factory=dict)
+
+
+def _cell_name(overrides: dict[str, Any]) -> str:
+    parts = [f"{key.rsplit('.', 1)[-1]}-{value}" for key, value in overrides.items()]
+    return re.sub(r"[^A-Za-z0-9_.\-]+", "_", "_".join(parts)) or "base"
+
+
+def _overrides(spec: dict[str, Any]) -> list[dict[str, Any]]:
+    grid = spec.get("grid") or {}
+    if not isinstance(grid, dict) or any(not isinstance(v, list) or not v for v in grid.values()):
+        raise ConfigError("sweep grid: a mapping of config key paths to non-empty lists of values")
+    combos = [dict(zip(grid, values, strict=True)) for values in itertools.product(*grid.values())] if grid else []
+    extra = spec.get("cells") or []
+    if not isinstance(extra, list) or any(not isinstance(c, dict) for c in extra):
+        raise ConfigError("sweep cells: a list of mappings of config key paths to values")
+    return combos + extra or [{}]
+
+
+def _resolved(base: dict[str, Any], overrides: dict[str, Any], name: str) -> dict[str, Any]:
+    raw = json.loads(json.dumps(base))
+    for key, value in overrides.items():
+        apply_override(raw, f"{key}={yaml.safe_dump(value, default_flow_style=True).strip()}")
+    raw["name"] = name
+    return raw
+
+
+def _shares_dense(exp) -> bool:
+    """A cell can start from a shared dense model unless it trains itself or reads training snapshots."""
+    if "train" not in exp.stages or exp.prune is None:
+        return False
+    method = PRUNING_METHODS.get(exp.prune.method)
+    return not method.snapshot_epochs(exp.prune.params) and exp.prune.during != "train"
+
+
+def load_sweep(path: str | Path) -> Sweep:
+    path = Path(path)
+    spec = yaml.safe_load(path.read_text()) if path.is_file() else None
+    if not isinstance(spec, dict) or "base" not in spec:
+        raise ConfigError(f"{path}: a sweep spec needs 'base' (a config file) and 'grid' (see docs/running.md)")
+    name = spec.get("name") or path.stem
+    out = Path(spec.get("out") or Path("runs") / name)
+    base = read_config(path.parent / spec["base"])
+    sweep = Sweep(name, out, [], Path(spec.get("dense_out") or out))
+    for entry in _overrides(spec):
+        overrides = {k: v for k, v in entry.items() if k not in ("name", "base")}
+        cell_name = str(entry.get("name") or _cell_name(overrides))
+        cell_base = read_config(path.parent / entry["base"]) if "base" in entry else base
+        cell = Cell(cell_name, _resolved(cell_base, overrides, cell_name), out / cell_name)
+        _attach_dense(sweep, cell)
+        sweep.cells.append(cell)
+    return sweep
+
+
+def _attach_dense(sweep: Sweep, cell: Cell) -> None:
+    """Check the cell's config, and point it at the shared dense run of its training settings."""
+    method = (cell.raw.get("prune") or {}).get("method")
+    if method is not None and method not in PRUNING_METHODS.names():
+        cell.problem = f"no such method yet: {method}"
+        return
+    try:
+        exp = build_experiment(cell.raw)
+    except ConfigError as error:
+        cell.problem = str(error)
+        return
+    if not _shares_dense(exp):
+        return
+    fingerprint = stage_named("train").fingerprint(exp.to_dict())
+    dense = sweep.dense_out / f"dense-{fingerprint[:12]}"
+    sweep.dense_runs.setdefault(dense, {**cell.raw, "name": dense.name, "stages": ["train"]})
+    cell.dense = dense
+    cell.raw = {**cell.raw, "stages": [s for s in exp.stages if s != "train"]}
+    cell.raw["model"] = {**(cell.raw.get("model") or {}), "checkpoint": str(dense / "dense.ckpt")}
+
+
+# ------------------------------------------------------------------------------------------- status
+
+
+def run_status(folder: Path, stages: list[str]) -> str:
+    """done (every stage finished), partial (some started) or missing."""
+    markers = [folder / "state" / f"{stage}.done" for stage in stages]
+    if all(marker.is_file() for marker in markers):
+        return "done"
+    return "partial" if (folder / "state").is_dir() else "missing"
+
+
+def epochs_left(folder: Path, raw: dict[str, Any]) -> tuple[int, float | None]:
+    """(training epochs the run still has to do, the median seconds of its epochs measured so far)."""
+    exp = build_experiment(raw)
+    rows = []
+    if (folder / "metrics.csv").is_file():
+        rows = list(csv.DictReader((folder / "metrics.csv").open()))
+    left = 0
+    for stage in exp.stages:
+        section = trains(stage, exp)
+        if section is not None and not (folder / "state" / f"{stage}.done").is_file():
+            done = sum(1 for row in rows if row["stage"] == stage)
+            left += max(_stage_epochs(exp, stage, section) - done, 0)
+    seconds = [float(row["seconds"]) for row in rows if row.get("seconds")]
+    return left, statistics.median(seconds) if seconds else None
+
+
+def _stage_epochs(exp, stage: str, section: str) -> int:
+    """A training stage's epochs: its section's, or the phases a training-time method makes of them (HRank's
+    layers may take more)."""
+    recipe = Recipe.of(getattr(exp, section))
+    if stage != "prune" or exp.model.arch is None:
+        return recipe.epochs
+    method = PRUNING_METHODS.get(exp.prune.method)
+    model = build_model(exp.model.arch, **exp.model.args)
+    phases, _ = method.training.build(
+        model, exp.prune.rate, exp.prune.params, PruningContext(rates=exp.prune.rates), recipe
+    )
+    return sum(phase.recipe.epochs for phase in phases)
+
+
+# Where no epoch of a run has been timed yet, an epoch is estimated from its passes per image (forward-pass
+# equivalents: 3 per trained image, 1 per prediction, 3 per attack gradient step) on one V100 GPU: each
+# pass costs its MACs at V100_MACS_PER_SECOND plus PASS_OVERHEAD_SECONDS. The rate is NVIDIA's FP32
+# ResNet-50 training throughput on one V100 16GB (367 images/s of 3 x 4.11G MACs; DeepLearningExamples,
+# PyTorch ResNet50 v1.5 README); the overhead is what remains of the SR-GKP authors' ResNet-20 demo epoch
+# on a V100 (12.5 s for 50,000 images; ../shared/specs/paper.md section 7) once its MACs are paid. A guide
+# for planning: a run's measured epoch times replace it as soon as it has some.
+V100_MACS_PER_SECOND = 367 * 3 * 4.11e9
+PASS_OVERHEAD_SECONDS = (12.5 / 50_000 - 3 * 40.55e6 / V100_MACS_PER_SECOND) / 3
+
+
+@cache
+def _macs(arch: str, args: str, image_size: int | None) -> float:
+    model = build_model(arch, **json.loads(args))
+    return measure(model, image_size or MODELS.get(arch).input_size).macs
+
+
+def _passes(spec) -> int:
+    """Forward-pass equivalents per image of one attack: 3 per gradient step (restarts and targets
+    included), one per query of a query attack, plus the final prediction."""
+    params = spec.params
+    if spec.attack.kind == "query":
+        return getattr(params, "queries", 1) + 1
+    runs = getattr(params, "restarts", 1) * getattr(params, "targets", 1)
+    return 3 * getattr(params, "steps", 1) * runs + 1
+
+
+def estimated_epoch_seconds(exp, stage: str, section: str) -> float | None:
+    """A V100's seconds for one epoch of a training stage (training plus its per-epoch evaluation), from its
+    passes (see V100_MACS_PER_SECOND); None where the image counts are unknown before loading."""
+    images = DATASETS.get(exp.data.name).images(exp.data)
+    if images is None or exp.model.arch is None:
+        return None
+    cfg = getattr(exp, section)
+    macs = _macs(exp.model.arch, json.dumps(exp.model.args, sort_keys=True), exp.data.image_size)
+    if stage == "finetune" and exp.prune is not None:
+        macs *= 1 - exp.prune.rate  # the pruned model's share, about
+    adversarial_steps = getattr(cfg.adversarial, "steps", 1) if cfg.adversarial else 0
+    passes = images[0] * 3 * (1 + adversarial_steps)
+    if cfg.eval_every:
+        attacks = [exp.attack(label) for label in cfg.eval_attacks]
+        passes += images[1] * (1 + sum(_passes(spec) for spec in attacks)) / cfg.eval_every
+    return passes * (macs / V100_MACS_PER_SECOND + PASS_OVERHEAD_SECONDS)
+
+
+def _left(folder: Path, raw: dict[str, Any]) -> tuple[str, float | None]:
+    epochs, seconds = epochs_left(folder, raw)
+    if epochs == 0:
+        return "-", 0.0
+    if seconds is not None:
+        hours = epochs * seconds / 3600
+        return f"{epochs} epochs, ~{hours:.1f} h", hours
+    estimate = _estimated_hours(raw, folder)
+    if estimate is None:
+        return f"{epochs} epochs, time unknown until an epoch ran", None
+    return f"{epochs} epochs, ~{estimate:.1f} GPU-h (estimated)", estimate
+
+
+def _estimated_hours(raw: dict[str, Any], folder: Path) -> float | None:
+    """The training left, estimated stage by stage from MACs (no epoch of the run timed yet)."""
+    exp = build_experiment(raw)
+    total = 0.0
+    for stage in exp.stages:
+        section = trains(stage, exp)
+        if section is None or (folder / "state" / f"{stage}.done").is_file():
+            continue
+        seconds = estimated_epoch_seconds(exp, stage, section)
+        if seconds is None:
+            return None
+        total += _stage_epochs(exp, stage, section) * seconds
+    return total / 3600
+
+
+def _start(cell: Cell) -> str:
+    """Where a cell's model comes from: a shared dense run, its own training, or a given checkpoint."""
+    if cell.dense is not None:
+        return f"from {cell.dense.name}"
+    if "train" in cell.raw.get("stages", STAGE_NAMES):
+        return "trains its own model"
+    return f"from {(cell.raw.get('model') or {}).get('checkpoint')}"
+
+
+def status_table(sweep: Sweep) -> str:
+    """Every run with its status, the training left and, where an epoch has been measured, its time."""
+    rows, total, unknown = [("run", "status", "left", "detail")], 0.0, 0
+    runs = [(folder, raw, "shared dense model") for folder, raw in sweep.dense_runs.items()]
+    for cell in sweep.cells:
+        detail = cell.problem or _start(cell)
+        runs.append((cell.folder, None if cell.problem else cell.raw, detail))
+    for folder, raw, detail in runs:
+        if raw is None:
+            rows.append((folder.name, "cannot run", "-", detail))
+            continue
+        left, hours = _left(folder, raw)
+        total, unknown = total + (hours or 0.0), unknown + (hours is None)
+        rows.append((folder.name, run_status(folder, raw.get("stages", list(STAGE_NAMES))), left, detail))
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    lines = ["  ".join([*(row[i].ljust(widths[i]) for i in range(3)), row[3]]) for row in rows]
+    estimate = f"about {total:.1f} h of training left (measured epoch times, else estimated GPU-hours)"
+    return "\n".join([*lines, estimate + (f", plus {unknown} run(s) of unknown size" if unknown else "")])
+
+
+# ------------------------------------------------------------------------------------------- running
+
+
+def _write_config(sweep: Sweep, name: str, raw: dict[str, Any]) -> Path:
+    path = sweep.out / "configs" / f"{name}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(to_yaml(raw))
+    return path
+
+
+def _not_done(sweep: Sweep) -> tuple[list[Job], list[Job]]:
+    """The jobs left: shared dense models, and cells (with the dense run each starts from)."""
+    dense = [Job(f.name, _write_config(sweep, f.name, raw), f) for f, raw in sweep.dense_runs.items()]
+    dense = [job for job in dense if run_status(job.folder, ["train"]) != "done"]
+    cells = [
+        Job(c.name, _write_config(sweep, c.name, c.raw), c.folder, c.dense)
+        for c in sweep.cells
+        if not c.problem and run_status(c.folder, c.raw.get("stages", list(STAGE_NAMES))) != "done"
+    ]
+    return dense, cells
+
+
+def _dense_done(folder: Path) -> bool:
+    return run_status(folder, ["train"]) == "done"
+
+
+def run_sweep(sweep: Sweep, launcher: str = "local", slurm: SlurmOptions | None = None) -> list[str]:
+    """Train the shared dense models, then run every cell that can run, with ``launcher`` (``local``,
+    ``slurm`` or ``submitit-local``, see ``gkp.application.launchers``); returns the names of the failed runs (none
+    known yet when the jobs went to SLURM)."""
+    dense, cells = _not_done(sweep)
+    if launcher == "local":
+        return run_locally(dense, cells, _dense_done, visible_gpus())
+    logs = sweep.out / "jobs"
+    if launcher == "slurm":
+        submit_to_slurm(dense, cells, _dense_done, logs, slurm or SlurmOptions())
+        return []
+    return run_with_submitit_locally(dense, cells, _dense_done, logs, slurm or SlurmOptions())
+
+
+def results_of(sweep: Sweep) -> list[Path]:
+    """The cells' folders that hold results."""
+    return [cell.folder for cell in sweep.cells if (cell.folder / RESULTS_FILE).is_file()]

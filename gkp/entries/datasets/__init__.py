@@ -1,0 +1,1 @@
+"""The datasets a config can name (``data.name``)."""

@@ -1,0 +1,104 @@
+"""Image-folder datasets (Tiny-ImageNet, ImageNet) read with torchvision transforms.
+
+Expected layout under ``data.root``: ``train/<class>/*.JPEG`` and either ``val/<class>/*.JPEG`` or, as
+Tiny-ImageNet ships, ``val/images/*.JPEG`` with ``val/val_annotations.txt`` (file, class, ...).
+Side <= 64 (Tiny-ImageNet): train = Resize + RandomCrop(pad side/8) + flip, test = Resize.
+Larger (ImageNet, 224): train = RandomResizedCrop + flip, test = Resize(side * 8/7) + CenterCrop.
+Images stay in [0, 1]; normalisation is inside the model.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset, Subset
+
+from gkp.foundation.errors import DataError, relative_path_note
+from gkp.mechanisms.data.bundle import DataBundle, subset, training_indices
+from gkp.mechanisms.data.splits import FolderSplit
+from gkp.mechanisms.data.statistics import IMAGENET_MEAN, IMAGENET_STD
+
+IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
+
+
+class AnnotatedFolder(Dataset):
+    """Tiny-ImageNet's validation folder: images listed with their class in an annotation file."""
+
+    def __init__(self, folder: Path, class_to_idx: dict[str, int], transform):
+        from torchvision.datasets.folder import default_loader
+
+        self.loader = default_loader
+        self.transform = transform
+        self.samples = []
+        for line in (folder / "val_annotations.txt").read_text().splitlines():
+            parts = line.split("\t")
+            if len(parts) >= 2 and parts[1] in class_to_idx:
+                self.samples.append((folder / "images" / parts[0], class_to_idx[parts[1]]))
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int):
+        path, label = self.samples[index]
+        return self.transform(self.loader(str(path))), label
+
+
+def transforms_for(image_size: int, train: bool):
+    from torchvision import transforms as T
+
+    if image_size <= 64:
+        steps = [T.Resize(image_size), T.CenterCrop(image_size)]
+        if train:
+            steps += [T.RandomCrop(image_size, padding=image_size // 8), T.RandomHorizontalFlip()]
+    elif train:
+        steps = [T.RandomResizedCrop(image_size), T.RandomHorizontalFlip()]
+    else:
+        steps = [T.Resize(round(image_size * 8 / 7)), T.CenterCrop(image_size)]
+    return T.Compose([*steps, T.ToTensor()])
+
+
+def read_image_folders(root: str, image_size: int) -> tuple[Dataset, Dataset, int]:
+    from torchvision.datasets import ImageFolder
+
+    train_dir, val_dir = Path(root) / "train", Path(root) / "val"
+    for folder in (train_dir, val_dir):
+        if not folder.is_dir():
+            raise DataError(
+                f"imagefolder: {folder.resolve()} does not exist{relative_path_note(folder)}. "
+                "data.root must hold train/ and "
+                "val/, one subfolder per class (Tiny-ImageNet's val/images + val_annotations.txt "
+                "also works); see docs/models-and-data.md, 'Data layout'"
+            )
+    train = ImageFolder(str(train_dir), transform=transforms_for(image_size, train=True))
+    if (val_dir / "val_annotations.txt").is_file():
+        test: Dataset = AnnotatedFolder(val_dir, train.class_to_idx, transforms_for(image_size, train=False))
+    else:
+        test = ImageFolder(str(val_dir), transform=transforms_for(image_size, train=False))
+        if test.classes != train.classes:
+            raise DataError(f"imagefolder: {val_dir} and {train_dir} hold different class folders")
+    if len(test) == 0:
+        raise DataError(f"imagefolder: no validation images found in {val_dir}")
+    return train, test, len(train.classes)
+
+
+def bundle_from_folders(cfg, device: torch.device, num_classes: int | None = None) -> DataBundle:
+    """The splits of the image folders under ``cfg.root`` (a ``DataConfig``), streamed to ``device``; the
+    class count is the folders' (``num_classes`` is for generated data)."""
+    size = cfg.image_size or 224
+    train_set, test_set, num_classes = read_image_folders(cfg.root, size)
+    train_idx, val_idx = training_indices(len(train_set), cfg)
+    test_idx = subset(len(test_set), cfg.test_size, cfg)
+    val = None
+    if len(val_idx):
+        plain = type(train_set)(train_set.root, transform=transforms_for(size, train=False))
+        val = FolderSplit(Subset(plain, val_idx.tolist()), device, cfg.num_workers)
+    return DataBundle(
+        FolderSplit(Subset(train_set, train_idx.tolist()), device, cfg.num_workers),
+        val,
+        FolderSplit(Subset(test_set, test_idx.tolist()), device, cfg.num_workers),
+        num_classes,
+        size,
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+    )

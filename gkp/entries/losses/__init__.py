@@ -1,0 +1,1 @@
+"""The losses a training section minimises: cross-entropy, adversarial training, distillation."""

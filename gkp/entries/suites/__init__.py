@@ -1,0 +1,1 @@
+"""Ready-made attack suites a config can name among its attacks."""

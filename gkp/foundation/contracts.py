@@ -1,0 +1,401 @@
+"""The contracts between the mechanisms (plans, surgery, layers, engine, evaluation) and what plugs into
+them: models, pruning methods, attacks and datasets, written down in one place.
+
+Each registry of ``gkp.application.catalog`` holds entries of one type below, and ``tests/test_contracts.py`` checks
+every entry of every registry against its contract, so a new model, method, attack or dataset is tested
+the moment it is registered. ``docs/extending.md`` walks through adding each.
+
+- A **model** (``ArchEntry``) is built as ``build(num_classes=..., mean=..., std=..., **args)`` and is a
+  ``PrunableModel``: a ``normalize`` module applied first (so it takes [0, 1] images), its filter-pruning
+  dependency table and the convs grouped kernel pruning prunes. Modules that the SR-GKP authors' MACs
+  count as pooling (the option-A shortcut's subsampling) are ``CountedAsPooling``.
+- A **pruning method** (``PruningMethod``) turns trained weights into a ``Selection``: one plan per pruned
+  layer, of its ``kind``. A grouped-kernel method's parameters hold ``groups`` and ``scope``.
+- An **attack** (``Attack``) maps a batch inside a ``gkp.foundation.threat.Box`` to adversarial images; its
+  parameters hold ``eps`` and ``norm``.
+- A **dataset** (``Dataset``) loads a config's ``data`` section into a ``gkp.mechanisms.data.bundle.DataBundle``.
+- The **training loop** (``gkp.mechanisms.engine.train.fit``) runs ``Phase``s of a ``Recipe`` each, computes its loss
+  with an ``Objective`` (cross-entropy, or an adversarial-training entry's) and calls ``TrainingHooks`` at
+  fixed points of every step and epoch; a training-time pruning method is such hooks (``TrainingTime``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+
+import torch
+from torch import nn
+
+from gkp.foundation.errors import PruningError
+
+if TYPE_CHECKING:
+    from gkp.foundation.threat import Box
+    from gkp.mechanisms.data.bundle import DataBundle
+
+# ------------------------------------------------------------------------------------------- models
+
+
+@dataclass(frozen=True)
+class FilterGroup:
+    """Which modules shrink together when filters of ``conv`` are removed: the conv's output channels,
+    the BatchNorm ``bn`` that follows it, and the input channels of each consumer (a conv, or a linear
+    layer fed by a 1x1 feature map). Convs whose outputs feed a residual sum are not listed: with option-A
+    (zero-padding) shortcuts their width is tied across a whole stage."""
+
+    conv: str
+    bn: str
+    consumers: tuple[str, ...]
+
+
+@runtime_checkable
+class PrunableModel(Protocol):
+    """What every registered architecture provides.
+
+    - ``normalize``: a ``gkp.mechanisms.layers.normalize.Normalize`` applied to the input first, holding the mean and
+      std as buffers: every model, and every attack, works on [0, 1] images.
+    - ``filter_pruning_groups()``: the ``FilterGroup`` of every conv filter pruning may shrink.
+    - ``grouped_kernel_targets(scope)``: the ungrouped convs grouped kernel pruning prunes, ``scope``
+      "3x3" (the paper's choice) or "all" (bottleneck ResNets: every conv of a block).
+    """
+
+    normalize: nn.Module
+
+    def filter_pruning_groups(self) -> list[FilterGroup]: ...
+
+    def grouped_kernel_targets(self, scope: str = "3x3") -> list[str]: ...
+
+
+@runtime_checkable
+class CountedAsPooling(Protocol):
+    """A module (besides ``nn`` pooling layers) that the SR-GKP authors' MACs convention counts as pooling:
+    ``pooled_reads`` is the number of input elements it reads per sample."""
+
+    def pooled_reads(self, inputs: torch.Tensor, output: torch.Tensor) -> int: ...
+
+
+def no_data_args(image_size: int) -> dict[str, Any]:
+    return {}
+
+
+@dataclass(frozen=True)
+class ArchEntry:
+    """A registered architecture ``name``: ``build(num_classes=..., mean=..., std=..., **args)`` returns a
+    ``PrunableModel``; ``input_size`` is the image side it is meant for; ``data_args(image_size)`` gives
+    the constructor arguments that depend on the data's image side (a stem, say) unless the config sets
+    them."""
+
+    name: str
+    build: Callable[..., nn.Module]
+    input_size: int
+    description: str
+    data_args: Callable[[int], dict[str, Any]] = no_data_args
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What rebuilds a model: registry name, constructor args and (for pruned models) the plan. Every
+    model built by ``gkp.application.catalog.build_model`` carries one as ``model.gkp_spec``; surgery adds the plan."""
+
+    arch: str
+    args: dict[str, Any] = field(default_factory=dict)
+    plan: dict[str, Any] | None = None
+
+
+def model_spec(model: nn.Module) -> ModelSpec:
+    spec = getattr(model, "gkp_spec", None)
+    if spec is None:
+        raise TypeError("this model was not built by gkp.application.catalog.build_model, so it has no ModelSpec")
+    return spec
+
+
+# ------------------------------------------------------------------------------------------- pruning
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+PlanKind = Literal["filters", "grouped_kernels"]
+
+
+@dataclass(frozen=True)
+class PruningContext:
+    """What a method may read besides the trained weights, its rate and its parameters.
+
+    ``snapshots(epoch)`` returns the dense model's state_dict saved by the training stage after that
+    (1-based) epoch; methods ask for the epochs they need through ``PruningMethod.snapshot_epochs``.
+    ``calibration()`` returns the seeded training batches data-dependent methods read (``prune.calibration``).
+    ``rates`` (per-layer rates by module-name prefix) and ``target_macs`` (a fraction of the dense MACs)
+    refine the uniform rate for the methods whose ``budgets`` accept them; ``input_size`` is the image
+    side the MACs are counted at.
+    """
+
+    snapshots: Callable[[int], dict[str, torch.Tensor]] | None = None
+    calibration: Callable[[], list[Batch]] | None = None
+    rates: Mapping[str, float] = field(default_factory=dict)
+    target_macs: float | None = None
+    input_size: int = 32
+
+    def snapshot(self, epoch: int) -> dict[str, torch.Tensor]:
+        if self.snapshots is None:
+            raise PruningError("this method needs training snapshots, and none were given")
+        return self.snapshots(epoch)
+
+    def calibration_batches(self) -> list[Batch]:
+        if self.calibration is None:
+            raise PruningError("this method reads calibration images (prune.calibration), and none were given")
+        return self.calibration()
+
+
+NO_CONTEXT = PruningContext()
+
+
+@dataclass(frozen=True)
+class Selection:
+    """What a method selected: ``{layer name: layer plan}`` (``gkp.mechanisms.pruning.plan``), and ``notes`` on how it
+    decided (a solved rate, the calibration images read), which ``plan.json`` records."""
+
+    layers: dict[str, Any]
+    notes: dict[str, Any] = field(default_factory=dict)
+
+
+def no_snapshots(params: Any) -> tuple[int, ...]:
+    return ()
+
+
+@dataclass(frozen=True)
+class PruningMethod:
+    """A pruning method: its parameter dataclass, its selection function and a cheap feasibility check.
+
+    ``select(model, rate, params, context) -> Selection`` reads the trained weights (and the context) and
+    must not modify the model; every layer plan it returns is of ``kind`` ("filters" or
+    "grouped_kernels"). ``check(model, rate, params, context)`` raises ``PruningError`` for settings that
+    cannot work on this architecture; the runner calls it before any training starts.
+    ``snapshot_epochs(params)`` lists the training snapshots the method reads. ``budgets`` names how its
+    size may be set (``rate``, and for filter methods ``rates`` and ``target_macs``); ``calibrated``
+    methods read calibration images. A "grouped_kernels" method's params are ``GroupedKernelParams``.
+    A training-time method (``training`` set) acts while the model trains; its ``select`` then reads the
+    trained model's zeroed filters (see ``TrainingTime``).
+    """
+
+    name: str
+    params: type
+    select: Callable[..., Selection]
+    check: Callable[..., None]
+    summary: str
+    kind: PlanKind
+    snapshot_epochs: Callable[[Any], tuple[int, ...]] = field(default=no_snapshots)
+    budgets: frozenset[str] = frozenset({"rate"})
+    calibrated: bool = False
+    training: TrainingTime | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind == "grouped_kernels":
+            require_fields(self.params, GroupedKernelParams, f"pruning method '{self.name}'")
+
+
+class GroupedKernelParams(Protocol):
+    """The parameters every grouped-kernel method takes: ``groups`` (filter groups per conv, the grouped
+    conv's groups) and ``scope`` (which convs: "3x3" or "all", see ``PrunableModel``)."""
+
+    groups: int
+    scope: str
+
+
+# ------------------------------------------------------------------------------------------- attacks
+
+AttackFn = Callable[[nn.Module, torch.Tensor, torch.Tensor, Any, "torch.Generator | None", "Box"], torch.Tensor]
+AttackKind = Literal["gradient", "query", "minimum_norm"]
+
+
+class AttackParams(Protocol):
+    """The parameters every attack takes: ``eps``, the radius of its threat model in the units of the
+    attacked input (optional, ``None``, only for minimum-norm attacks, which then bound no threat model),
+    and ``norm``, "linf" or "l2"."""
+
+    eps: float | None
+    norm: str
+
+
+@dataclass(frozen=True)
+class Attack:
+    """A registered attack.
+
+    ``run(model, x, y, params, generator, box) -> x_adv``: ``x`` a batch (N, C, H, W) inside ``box`` (pixels
+    in [0, 1] by default; the evaluation passes normalized inputs and their range in the paper's mode), on
+    any device, and ``y`` (N,) integer labels. ``params.eps`` and step sizes are in the units of ``x``.
+    ``x_adv`` is detached, on ``x``'s device, inside the box and, for bounded attacks, inside the eps-ball;
+    minimum-norm attacks return each sample's smallest adversarial point found (or the clean image).
+    Randomness comes only from ``generator``.
+
+    ``kind``: "gradient" (white-box), "query" (the model's outputs only) or "minimum_norm". ``norms``: the
+    values its ``params.norm`` accepts. ``quick``: parameter overrides that make it finish in seconds on a
+    small model (smoke runs and the contract tests); the defaults are the papers'.
+    """
+
+    name: str
+    params: type
+    run: AttackFn
+    kind: AttackKind
+    summary: str
+    norms: tuple[str, ...] = ("linf",)
+    quick: Mapping[str, Any] = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        require_fields(self.params, AttackParams, f"attack '{self.name}'")
+
+
+# ------------------------------------------------------------------------------------------- datasets
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A registered dataset: ``load(cfg, device, num_classes) -> DataBundle`` reads a config's ``data``
+    section (``num_classes`` sizes generated data) and returns its splits on ``device``;
+    ``check(cfg, trains)`` raises ``ConfigError`` before any compute when the section cannot work (a
+    missing path, a training stage without training data); ``images(cfg)`` tells, without loading them,
+    how many (training, test) images the section gives, or None where only loading would tell (used to
+    estimate a sweep's time before anything ran)."""
+
+    name: str
+    load: Callable[[Any, torch.device, int | None], DataBundle]
+    summary: str
+    check: Callable[[Any, bool], None] = lambda cfg, trains: None
+    images: Callable[[Any], tuple[int, int] | None] = lambda cfg: None
+
+
+# ------------------------------------------------------------------------------------------- training
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How one phase of training optimises: SGD settings, a learning-rate schedule stepped once per epoch
+    (``gkp.mechanisms.engine.schedule``) and the number of epochs. ``Recipe.of(section)`` reads a config's ``train``
+    or ``finetune`` section."""
+
+    epochs: int
+    lr: float
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    nesterov: bool = False
+    schedule: str = "step"
+    step_size: int = 100
+    milestones: tuple[int, ...] = ()
+    gamma: float = 0.1
+
+    @classmethod
+    def of(cls, section: Any) -> Recipe:
+        return cls(**{f.name: getattr(section, f.name) for f in dataclasses.fields(cls)})
+
+
+@dataclass(frozen=True)
+class Phase:
+    """A stretch of training with its own optimizer and schedule (a fresh SGD each phase): ``name`` ("" for
+    a run of one phase), its ``recipe``, and ``final``: whether the model has its final structure during
+    it, so that its epochs may become best-epoch models (an ADMM phase's soft-pruned model may not)."""
+
+    name: str
+    recipe: Recipe
+    final: bool = True
+
+
+class TrainingHooks:
+    """Extension points of the training loop; every one is a no-op here, and the loop calls all of them
+    at every step and epoch, whoever implements them. Per step: ``regularizer(model)`` (a term added to
+    the loss, or None), ``after_backward(model)`` (gradients are unscaled: mask or add to them),
+    ``after_step(model)`` (after the optimizer: re-apply masks). Per epoch (0-based within the phase):
+    ``start_epoch`` and ``end_epoch`` (after the schedule's step, before the epoch's evaluation).
+    ``start_phase(model, phase)`` runs when a phase begins, not when a resumed run re-enters it.
+    ``state_dict()`` is saved with every resume checkpoint and given back to ``load_state_dict`` on
+    resume: everything a hook keeps between epochs must be in it (tensors on any device)."""
+
+    def start_phase(self, model: nn.Module, phase: int) -> None:
+        pass
+
+    def start_epoch(self, model: nn.Module, phase: int, epoch: int) -> None:
+        pass
+
+    def regularizer(self, model: nn.Module) -> torch.Tensor | None:
+        return None
+
+    def after_backward(self, model: nn.Module) -> None:
+        pass
+
+    def after_step(self, model: nn.Module) -> None:
+        pass
+
+    def end_epoch(self, model: nn.Module, phase: int, epoch: int) -> None:
+        pass
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+Objective = Callable[
+    [nn.Module, torch.Tensor, torch.Tensor, "torch.Generator | None"], tuple[torch.Tensor, torch.Tensor]
+]
+"""``objective(model, x, y, generator) -> (mean loss, logits)``: the loss one training step minimises on
+a batch (model in train mode) and the logits its accuracy is counted on. Randomness (an attack's random
+start) comes only from ``generator``, seeded per epoch."""
+
+During = Literal["train", "finetune"]
+
+
+@dataclass(frozen=True)
+class TrainingTime:
+    """How a training-time pruning method acts. ``build(model, rate, params, context, recipe)`` returns the
+    ``Phase``s it trains (given the recipe of the config section it trains with) and its
+    ``TrainingHooks``, which zero filters as the method prescribes. ``during`` is where it acts by default:
+    "train" (from a fresh initialisation, with the ``train`` section's recipe) or "finetune" (from the
+    trained dense model, with the ``finetune`` section's)."""
+
+    build: Callable[..., tuple[list[Phase], TrainingHooks]]
+    during: During
+
+
+@dataclass(frozen=True)
+class AdversarialTraining:
+    """A registered adversarial-training objective: ``params`` (a dataclass with ``eps``, in pixel units)
+    and ``objective(attack, params, label_smoothing) -> Objective``, where ``attack`` is the registered
+    ``Attack`` named ``attack`` that crafts its training examples."""
+
+    name: str
+    params: type
+    attack: str
+    objective: Callable[..., Objective]
+    summary: str
+
+
+# ------------------------------------------------------------------------------------------- importers
+
+
+@dataclass(frozen=True)
+class Importer:
+    """A released checkpoint format the model zoo converts (``gkp.application.checkpoints.importers``, ``checkpoints/MANIFEST``).
+
+    ``convert(source, entry) -> model``: reads the file at ``source`` without executing anything from it
+    and returns the model built by ``gkp.application.catalog.build_model`` for ``entry.arch`` with
+    ``entry.num_classes`` and the normalisation ``entry.mean`` / ``entry.std`` inside, computing what the
+    source's own model computes. Raises ``CheckpointError`` when the file does not match the entry."""
+
+    name: str
+    convert: Callable[[Any, Any], nn.Module]
+    summary: str
+
+
+# ------------------------------------------------------------------------------------------- checks
+
+
+def require_fields(params: type, protocol: type, owner: str) -> None:
+    """Raise ``TypeError`` unless the dataclass ``params`` has every field ``protocol`` declares."""
+    required = typing.get_type_hints(protocol)
+    have = {f.name for f in dataclasses.fields(params)} if dataclasses.is_dataclass(params) else set()
+    missing = [name for name in required if name not in have]
+    if missing:
+        raise TypeError(
+            f"{owner}: its parameters {params.__name__} must be a dataclass with the fields "
+            f"{', '.join(required)} ({protocol.__name__}); missing: {', '.join(missing)}"
+        )

@@ -1,0 +1,173 @@
+"""Runs that span several processes, one per GPU (``torchrun --nproc_per_node N -m gkp run ...``, or a
+multi-GPU SLURM job): data-parallel training and sharded evaluation that give one process's results.
+
+- **Training.** Each step draws the global batch a single process would draw (``train.batch_size``, the
+  same shuffling and augmentation); each process takes its contiguous part, and the gradients are summed
+  across processes, weighted by the parts' sizes, so the step is one process's step on the whole batch up to
+  the order of floating-point sums. We reduce the gradients ourselves, once after each backward pass,
+  instead of wrapping the model in ``DistributedDataParallel``: adversarial training runs attacks (extra
+  backward passes for input gradients) inside each step, which DDP would synchronise too.
+- **BatchNorm.** With ``sync_batchnorm`` the statistics of a training batch are those of the whole global
+  batch (summed across processes, in both passes): the results equal one process's. Without it each
+  process normalises with its own part, as most CIFAR code does, and the running statistics of rank 0 are
+  the model's (sent to the others after every epoch, as DDP's ``broadcast_buffers`` does).
+- **Evaluation.** The batches of the test split are dealt round-robin to the processes and the per-sample
+  results gathered; each batch keeps the attack seeds it has in one process, so the numbers are the same.
+- **Files.** Rank 0 alone writes (``gkp.foundation.files.writes_files``); every process computes the same things.
+
+On a CPU the processes talk through gloo, on GPUs through NCCL.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from gkp.foundation.errors import ConfigError
+from gkp.mechanisms.data.splits import Shard
+
+
+def launched_as_group() -> bool:
+    """Whether ``torchrun`` (or a multi-task SLURM job) started this process as one of several."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def join_group(device: torch.device) -> torch.device:
+    """Join the run's process group when the launcher started several processes; returns the device this
+    process uses (its own GPU: ``cuda:LOCAL_RANK``)."""
+    if not launched_as_group() or dist.is_initialized():
+        return device
+    if device.type == "cuda":
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        if local_rank >= torch.cuda.device_count():
+            raise ConfigError(
+                f"process {local_rank} of the run has no GPU of its own: this node has {torch.cuda.device_count()}; "
+                "start as many processes per node as there are GPUs (torchrun --nproc_per_node)"
+            )
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return device
+
+
+def leave_group() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def shard() -> Shard:
+    """This process's share of the work (the whole of it outside a process group)."""
+    if not dist.is_initialized():
+        return Shard()
+    return Shard(dist.get_rank(), dist.get_world_size())
+
+
+def barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+@contextmanager
+def rank_zero_first() -> Iterator[None]:
+    """The block runs in rank 0 first, then in the other processes, which find what it downloaded or wrote."""
+    first = shard().rank == 0
+    if not first:
+        barrier()
+    yield
+    if first:
+        barrier()
+
+
+def broadcast_model(model: nn.Module) -> None:
+    """Rank 0's parameters and buffers in every process (the start of training; BatchNorm's running
+    statistics after each epoch)."""
+    if not dist.is_initialized():
+        return
+    with torch.no_grad():
+        for tensor in [*model.parameters(), *model.buffers()]:
+            dist.broadcast(tensor.data, src=0)
+
+
+def sum_across(values: torch.Tensor) -> torch.Tensor:
+    """``values`` summed over the processes (themselves outside a group)."""
+    if dist.is_initialized():
+        values = values.clone()
+        dist.all_reduce(values)
+    return values
+
+
+def average_gradients(model: nn.Module, batch_part: int) -> None:
+    """After a backward pass of ``batch_part`` times this process's mean loss: the gradient of the whole
+    batch's mean loss in every process (one all-reduce of all gradients and the parts' sizes)."""
+    if not dist.is_initialized():
+        return
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    flat = torch.cat([*(g.reshape(-1) for g in grads), grads[0].new_tensor([float(batch_part)])])
+    dist.all_reduce(flat)
+    flat = flat[:-1] / flat[-1]
+    offset = 0
+    for grad in grads:
+        grad.copy_(flat[offset : offset + grad.numel()].view_as(grad))
+        offset += grad.numel()
+
+
+def gather(local: list[tuple[int, Any]]) -> list[Any]:
+    """Every process's (batch index, result) pairs, as one list ordered by batch index."""
+    if not dist.is_initialized():
+        return [value for _, value in sorted(local, key=lambda pair: pair[0])]
+    parts: list[list[tuple[int, Any]]] = [[] for _ in range(dist.get_world_size())]
+    dist.all_gather_object(parts, local)
+    return [value for _, value in sorted((pair for part in parts for pair in part), key=lambda pair: pair[0])]
+
+
+# ------------------------------------------------------------------------------------------- BatchNorm
+
+
+class _GlobalBatchNorm(nn.BatchNorm2d):
+    """A BatchNorm2d whose training statistics are those of the global batch (every process's part); in
+    eval mode, and outside a process group, it is the plain layer. Works on CPU (gloo) and GPU alike,
+    where torch's SyncBatchNorm needs a GPU."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and dist.is_initialized()):
+            return super().forward(x)
+        from torch.distributed.nn.functional import all_reduce  # sums that pass gradients back
+
+        count = x.new_tensor([float(x.numel() // x.shape[1])])
+        totals = all_reduce(torch.cat([x.sum((0, 2, 3)), (x * x).sum((0, 2, 3)), count]))
+        channels, n = x.shape[1], totals[-1]
+        mean = totals[:channels] / n
+        var = totals[channels : 2 * channels] / n - mean * mean
+        self._update_running_statistics(mean.detach(), var.detach(), n.item())
+        shape = (1, channels, 1, 1)
+        normalised = (x - mean.view(shape)) * torch.rsqrt(var + self.eps).view(shape)
+        return normalised * self.weight.view(shape) + self.bias.view(shape) if self.affine else normalised
+
+    def _update_running_statistics(self, mean: torch.Tensor, var: torch.Tensor, n: float) -> None:
+        if not self.track_running_stats:
+            return
+        self.num_batches_tracked += 1
+        factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+        with torch.no_grad():
+            self.running_mean.mul_(1 - factor).add_(mean, alpha=factor)
+            self.running_var.mul_(1 - factor).add_(var * n / max(n - 1, 1), alpha=factor)
+
+
+@contextmanager
+def global_batchnorm(model: nn.Module, enabled: bool) -> Iterator[None]:
+    """Within the block (when ``enabled``), the model's BatchNorm2d layers normalise training batches with
+    the global batch's statistics; the layers are the same objects, with the same weights and buffers."""
+    layers = [m for m in model.modules() if type(m) is nn.BatchNorm2d] if enabled else []
+    for layer in layers:
+        layer.__class__ = _GlobalBatchNorm
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.__class__ = nn.BatchNorm2d
