@@ -209,7 +209,7 @@ def run(
     return with_restarts(once, params.restarts, x, y)[0]
 
 
-ATTACK = Attack(
+ENTRY = Attack(
     "apgd_ce",
     APGDParams,
     run,

@@ -69,7 +69,7 @@ def run(
     return x_adv
 
 
-ATTACK = Attack(
+ENTRY = Attack(
     "apgd_t",
     APGDTargetedParams,
     run,

@@ -93,7 +93,7 @@ def run(
     return carlini_wagner(model, x, y, params, box)
 
 
-ATTACK = Attack(
+ENTRY = Attack(
     "cw_l2",
     CWParams,
     run,

@@ -177,7 +177,7 @@ def run(
     return x_adv
 
 
-ATTACK = Attack(
+ENTRY = Attack(
     "fab_t",
     FABTargetedParams,
     run,

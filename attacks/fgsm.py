@@ -40,7 +40,7 @@ def run(
     return fgsm(model, x, y, eps=params.eps, box=box)
 
 
-ATTACK = Attack(
+ENTRY = Attack(
     "fgsm",
     FGSMParams,
     run,

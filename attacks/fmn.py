@@ -83,7 +83,7 @@ def run(
     return fmn(model, x, y, params, box)
 
 
-ATTACK = Attack(
+ENTRY = Attack(
     "fmn",
     FMNParams,
     run,

@@ -85,7 +85,7 @@ def run(
     return x_adv
 
 
-ATTACK = Attack(
+ENTRY = Attack(
     "pgd",
     PGDParams,
     run,

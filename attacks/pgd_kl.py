@@ -56,7 +56,7 @@ def run(
     return x_adv
 
 
-ATTACK = Attack(
+ENTRY = Attack(
     "pgd_kl",
     PGDKLParams,
     run,

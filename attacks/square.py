@@ -217,7 +217,7 @@ def run(
     )
 
 
-ATTACK = Attack(
+ENTRY = Attack(
     "square",
     SquareParams,
     run,

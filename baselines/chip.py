@@ -84,7 +84,7 @@ def score(model: nn.Module, groups, params: ChipParams, context: PruningContext)
     return {name: (ci_sums[name] / images).cpu().numpy() for name in groups}
 
 
-METHOD = filter_method(
+ENTRY = filter_method(
     "chip",
     ChipParams,
     score,

@@ -41,4 +41,4 @@ def score(model: nn.Module, groups, params: FPGMParams, context: PruningContext)
     return {name: fpgm_scores(model.get_submodule(name).weight) for name in groups}
 
 
-METHOD = filter_method("fpgm", FPGMParams, score, "FPGM, filter pruning via geometric median (He et al., CVPR 2019)")
+ENTRY = filter_method("fpgm", FPGMParams, score, "FPGM, filter pruning via geometric median (He et al., CVPR 2019)")

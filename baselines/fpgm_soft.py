@@ -86,7 +86,7 @@ def build(model: nn.Module, rate: float, params: FPGMSoftParams, context: Prunin
     return [Phase("", recipe)], FPGMHooks(counts, _norm_counts(model, counts, params.norm_rate))
 
 
-METHOD = training_time_method(
+ENTRY = training_time_method(
     "fpgm_soft",
     FPGMSoftParams,
     build,

@@ -62,7 +62,7 @@ def score(
     return {name: mean_normalise(group_importance(model, group)) for name, group in groups.items()}
 
 
-METHOD = filter_method(
+ENTRY = filter_method(
     "group_norm",
     GroupNormParams,
     score,

@@ -60,6 +60,6 @@ def score(model: nn.Module, groups, params: HRankParams, context: PruningContext
     return {name: values.cpu().numpy() for name, values in ranks.items()}
 
 
-METHOD = filter_method(
+ENTRY = filter_method(
     "hrank", HRankParams, score, "HRank: mean feature-map rank (Lin et al., CVPR 2020)", calibrated=True
 )

@@ -56,7 +56,7 @@ class HRankHooks(MaskState):
         self.masks[name] = lowest(ranks, self.counts[name])
         zero_filters(model, self.masks, self.batchnorms)
 
-    def after_step(self, model: nn.Module) -> None:
+    def after_step(self, model: nn.Module, lr: float, step: int) -> None:
         zero_filters(model, self.masks, self.batchnorms)
 
 
@@ -78,7 +78,7 @@ def build(model: nn.Module, rate: float, params: HRankIterativeParams, context: 
     return phases, HRankHooks(counts, batchnorms, context)
 
 
-METHOD = training_time_method(
+ENTRY = training_time_method(
     "hrank_iterative",
     HRankIterativeParams,
     build,

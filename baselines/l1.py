@@ -45,7 +45,7 @@ def score(model: nn.Module, groups, params: L1Params, context: PruningContext) -
     return {name: l1_scores(model.get_submodule(name).weight) for name in groups}
 
 
-METHOD = filter_method("l1", L1Params, score, "L1-norm filter pruning (Li et al., ICLR 2017)")
+L1 = filter_method("l1", L1Params, score, "L1-norm filter pruning (Li et al., ICLR 2017)")
 
 PRESETS: dict[tuple[str, str], tuple[tuple[float, float, float], tuple[str, ...]]] = {
     ("resnet56", "a"): ((0.1, 0.1, 0.1), ("layer1.7", "layer2.0", "layer3.0", "layer3.8")),
@@ -72,11 +72,11 @@ def _preset(variant: str) -> PruningMethod:
 
     def select(model: nn.Module, rate: float, params: Any, context: PruningContext = NO_CONTEXT) -> Selection:
         context = with_preset(model, context)
-        selection = METHOD.select(model, rate, params, context)
+        selection = L1.select(model, rate, params, context)
         return Selection(selection.layers, {**selection.notes, "rates": dict(context.rates)})
 
     def check(model: nn.Module, rate: float, params: Any, context: PruningContext = NO_CONTEXT) -> None:
-        METHOD.check(model, rate, params, with_preset(model, context))
+        L1.check(model, rate, params, with_preset(model, context))
 
     summary = f"L1-norm filter pruning, Li et al.'s ResNet-56/110 variant {variant.upper()} (ICLR 2017)"
     return PruningMethod(
@@ -86,3 +86,5 @@ def _preset(variant: str) -> PruningMethod:
 
 L1_A = _preset("a")
 L1_B = _preset("b")
+
+ENTRIES = (L1, L1_A, L1_B)

@@ -38,4 +38,4 @@ def score(model: nn.Module, groups, params: L2Params, context: PruningContext) -
     return {name: l2_scores(model.get_submodule(name).weight) for name in groups}
 
 
-METHOD = filter_method("l2", L2Params, score, "L2-norm filter pruning, the SFP criterion (He et al., IJCAI 2018)")
+ENTRY = filter_method("l2", L2Params, score, "L2-norm filter pruning, the SFP criterion (He et al., IJCAI 2018)")

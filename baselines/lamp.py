@@ -54,7 +54,7 @@ def score(model: nn.Module, groups, params: LAMPParams, context: PruningContext)
     return {name: lamp_scores(model.get_submodule(name).weight) for name in groups}
 
 
-METHOD = filter_method(
+ENTRY = filter_method(
     "lamp",
     LAMPParams,
     score,

@@ -36,4 +36,4 @@ def score(model: nn.Module, groups, params: RandomParams, context: PruningContex
     return {name: random_scores(model.get_submodule(name).out_channels, params.seed, name) for name in groups}
 
 
-METHOD = filter_method("random", RandomParams, score, "random filter pruning, a seeded control")
+ENTRY = filter_method("random", RandomParams, score, "random filter pruning, a seeded control")

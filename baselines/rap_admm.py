@@ -133,8 +133,8 @@ class ADMMHooks(MaskState):
             "u": _on_cpu(self.u),
         }
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        super().load_state_dict(state)
+    def load_state_dict(self, state: dict[str, Any], model: nn.Module) -> None:
+        super().load_state_dict(state, model)
         self.rho, self.phase = state.get("rho", self.params.rho), state.get("phase", ADMM)
         self.z, self.u = dict(state.get("z", {})), dict(state.get("u", {}))
 
@@ -149,7 +149,7 @@ def build(model: nn.Module, rate: float, params: RAPADMMParams, context: Pruning
     return phases, ADMMHooks(rates, params)
 
 
-METHOD = training_time_method(
+ENTRY = training_time_method(
     "rap_admm",
     RAPADMMParams,
     build,

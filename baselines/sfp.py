@@ -54,6 +54,6 @@ def build(model: nn.Module, rate: float, params: SFPParams, context: PruningCont
     return [Phase("", recipe)], SFPHooks(pruned_counts(model, params.scope, rate, context))
 
 
-METHOD = training_time_method(
+ENTRY = training_time_method(
     "sfp", SFPParams, build, "SFP, soft filter pruning by L2 norm after every epoch (He et al., IJCAI 2018)", "train"
 )

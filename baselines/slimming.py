@@ -9,8 +9,8 @@ layer always keeps at least one channel. For option-A ResNets only the inner Bat
 
 The paper trains with an L1 penalty s * sum |gamma| on all BatchNorm scales, so that unimportant
 channels' scales shrink towards zero before pruning; ``train.bn_sparsity`` (s; 1e-4 for VGG, 1e-5 for
-ResNets in the paper) adds it to the training loop (``BatchNormSparsity``, a training hook; in
-``finetune`` too). Without it this is the |gamma| criterion on a normally trained model.
+ResNets in the paper) adds it to the training loop (``gkp.mechanisms.engine.hooks.BatchNormSparsity``, a
+training hook; in ``finetune`` too). Without it this is the |gamma| criterion on a normally trained model.
 """
 
 from __future__ import annotations
@@ -19,11 +19,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 from torch import nn
 
 from baselines.filter_method import filter_method
-from gkp.foundation.contracts import FilterGroup, PruningContext, TrainingHooks
+from gkp.foundation.contracts import FilterGroup, PruningContext
 from gkp.foundation.errors import PruningError
 from gkp.mechanisms.pruning.surgery import filter_groups
 
@@ -51,7 +50,7 @@ def score(
     return {name: slimming_scores(model.get_submodule(group.bn)) for name, group in groups.items()}
 
 
-METHOD = filter_method(
+ENTRY = filter_method(
     "slimming",
     SlimmingParams,
     score,
@@ -59,16 +58,3 @@ METHOD = filter_method(
     allocation="global",
     check_params=check_affine,
 )
-
-
-class BatchNormSparsity(TrainingHooks):
-    """Sparsity training: after each backward pass, add the subgradient of ``strength * |gamma|`` to the
-    gradient of every BatchNorm scale."""
-
-    def __init__(self, strength: float):
-        self.strength = strength
-
-    def after_backward(self, model: nn.Module) -> None:
-        for module in model.modules():
-            if isinstance(module, nn.BatchNorm2d) and module.weight is not None and module.weight.grad is not None:
-                module.weight.grad.add_(torch.sign(module.weight.detach()), alpha=self.strength)

@@ -61,7 +61,7 @@ def score(model: nn.Module, groups, params: TaylorParams, context: PruningContex
     return {name: (totals[name] / len(batches)).cpu().numpy() for name in groups}
 
 
-METHOD = filter_method(
+ENTRY = filter_method(
     "taylor",
     TaylorParams,
     score,

@@ -207,7 +207,7 @@ def _score_only(model: nn.Module, groups, params: ThiNetParams, context: Pruning
     return {name: removal_scores(x) for name, x in sample_contributions(model, groups, params, context).items()}
 
 
-METHOD: PruningMethod = replace(
+ENTRY: PruningMethod = replace(
     filter_method("thinet", ThiNetParams, _score_only, SUMMARY, calibrated=True, check_params=check_params),
     select=_select,
 )

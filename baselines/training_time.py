@@ -62,7 +62,7 @@ class MaskState(TrainingHooks):
     def state_dict(self) -> dict[str, Any]:
         return {"masks": {name: keep.cpu() for name, keep in self.masks.items()}}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: dict[str, Any], model: nn.Module) -> None:
         self.masks = dict(state.get("masks", {}))
 
 

@@ -1,6 +1,6 @@
 """SR-GKP pruning speed: our vectorised selection + surgery against the loop reference
-(``gkp.entries.grouped_kernels.loop_reference``, the same procedure written with plain Python loops, as the authors' code
-computes it) on the same weights, in the same process. Prints seconds, the ratio and whether every
+(``gkp.entries.grouped_kernels.loop_reference``, the same procedure written with plain Python loops, as the
+authors' code computes it) on the same weights, in the same process. Prints seconds, the ratio and whether every
 selection is identical.
 
     python benchmarks/bench_srgkp.py                              # ResNet-20/56/110 and VGG-16, reference
@@ -32,7 +32,8 @@ import torch
 from gkp.application.catalog import build_model
 from gkp.application.checkpoints.io import load_model
 from gkp.entries.grouped_kernels import loop_reference as reference
-from gkp.entries.grouped_kernels.srgkp import METHOD, SRGKPParams
+from gkp.entries.grouped_kernels.srgkp import ENTRY as SRGKP
+from gkp.entries.grouped_kernels.srgkp import SRGKPParams
 from gkp.foundation.contracts import model_spec
 from gkp.mechanisms.engine.device import benchmark_device
 from gkp.mechanisms.pruning.plan import Plan
@@ -46,14 +47,14 @@ def compile_branch_sums() -> float:
     """Seconds to compile the numba loops of the branch costs (or load them from numba's disk cache), which
     happens once per process: not counted in our times."""
     start = time.perf_counter()
-    METHOD.select(build_model("resnet8"), 0.4375, SRGKPParams())
+    SRGKP.select(build_model("resnet8"), 0.4375, SRGKPParams())
     return time.perf_counter() - start
 
 
 def ours(model, rate: float) -> tuple[float, dict]:
     """Seconds of the selection and the surgery on the model's device, and the selection."""
     start = time.perf_counter()
-    layers = METHOD.select(model, rate, SRGKPParams()).layers
+    layers = SRGKP.select(model, rate, SRGKPParams()).layers
     apply(model, Plan("srgkp", rate, layers))
     if model_device(model).type == "cuda":
         torch.cuda.synchronize()

@@ -23,11 +23,12 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 
-from gkp.application.catalog import build_model
+from gkp.application.catalog import LOSSES, build_model
 from gkp.foundation.contracts import TrainingHooks
 from gkp.mechanisms.data.splits import TensorSplit
 from gkp.mechanisms.engine.device import benchmark_device, use_channels_last
-from gkp.mechanisms.engine.train import LoopSettings, Optimization, cross_entropy, gradient_scaler, train_one_epoch
+from gkp.mechanisms.engine.optimize import Optimization, gradient_scaler
+from gkp.mechanisms.engine.train import Epoch, LoopSettings, objective_generator, train_one_epoch
 
 
 class PILImages(Dataset):
@@ -64,17 +65,11 @@ def ours_epoch(
 ) -> float:
     settings = LoopSettings(stage="bench", seed=0, batch_size=batch_size, amp=amp, channels_last=channels_last)
     start = time.perf_counter()
-    train_one_epoch(
-        model,
-        split,
-        Optimization(optimizer, None, gradient_scaler(amp, device)),
-        objective=cross_entropy(),
-        hooks=TrainingHooks(),
-        settings=settings,
-        seed=epoch,
-        device=device,
-        description="ours",
-    )
+    cross_entropy = LOSSES.get("cross_entropy")
+    objective = cross_entropy.objective(cross_entropy.params(), 0.0)
+    optimization = Optimization({"model": optimizer}, {}, gradient_scaler(amp, device), None)
+    state = Epoch(model, optimization, objective, TrainingHooks(), objective_generator(device, epoch))
+    train_one_epoch(state, split, settings, seed=epoch, description="ours")
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return split.num_samples / (time.perf_counter() - start)

@@ -21,28 +21,21 @@ import torch
 from baselines.fpgm_soft import FPGMHooks
 from baselines.sfp import SFPHooks
 from baselines.training_time import pruned_counts
-from gkp.application.catalog import ATTACKS, build_model
-from gkp.entries.losses.adversarial import PGD, PGDTrainingParams
+from gkp.application.catalog import ATTACKS, LOSSES, build_model
 from gkp.foundation.contracts import PruningContext, TrainingHooks
 from gkp.mechanisms.data.splits import TensorSplit
 from gkp.mechanisms.engine.device import benchmark_device
-from gkp.mechanisms.engine.train import LoopSettings, Optimization, cross_entropy, train_one_epoch
+from gkp.mechanisms.engine.optimize import Optimization
+from gkp.mechanisms.engine.train import Epoch, LoopSettings, objective_generator, train_one_epoch
 
 
 def epoch_seconds(model, split, objective, hooks, settings, device) -> float:
-    optimization = Optimization(torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9), None, None)
-    start = time.perf_counter()
-    train_one_epoch(
-        model,
-        split,
-        optimization,
-        objective=objective,
-        hooks=hooks,
-        settings=settings,
-        seed=0,
-        device=device,
-        description="bench",
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    epoch = Epoch(
+        model, Optimization({"model": optimizer}, {}, None, None), objective, hooks, objective_generator(device, 0)
     )
+    start = time.perf_counter()
+    train_one_epoch(epoch, split, settings, seed=0, description="bench")
     hooks.end_epoch(model, 0, 0)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -80,12 +73,16 @@ def main() -> None:
     sfp, fpgm = SFPHooks(counts), FPGMHooks(counts, {name: 0 for name in counts})
     sfp.start_phase(model, 0)
     fpgm.start_phase(model, 0)
-    params = PGDTrainingParams(steps=args.steps)
+    cross_entropy, pgd = LOSSES.get("cross_entropy"), LOSSES.get("pgd")
+    plain = cross_entropy.objective(cross_entropy.params(), 0.0)
     runs = {
-        "plain": (cross_entropy(), TrainingHooks()),
-        "sfp": (cross_entropy(), sfp),
-        "fpgm": (cross_entropy(), fpgm),
-        f"pgd-{args.steps}": (PGD.objective(ATTACKS.get(PGD.attack), params, 0.0), TrainingHooks()),
+        "plain": (plain, TrainingHooks()),
+        "sfp": (plain, sfp),
+        "fpgm": (plain, fpgm),
+        f"pgd-{args.steps}": (
+            pgd.objective(pgd.params(steps=args.steps), 0.0, ATTACKS.get(pgd.attack)),
+            TrainingHooks(),
+        ),
     }
     seconds = median_seconds(model, split, runs, settings, device, args.rounds)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"

@@ -62,9 +62,9 @@ def forms_cache(tmp_path_factory, monkeypatch):
 def pinned_forms(monkeypatch):
     """Grouped-kernel convs keep their default form instead of being timed: for runs whose test is not
     about forms (timing every form of every layer costs seconds and proves nothing there)."""
-    from gkp.application.pipeline import steps as stages
+    from gkp.application.pipeline import evaluation
 
-    monkeypatch.setattr(stages, "choose_forms", lambda *args, **kwargs: {})
+    monkeypatch.setattr(evaluation, "choose_forms", lambda *args, **kwargs: {})
 
 
 def tiny_config(**sections) -> dict:

@@ -1,6 +1,6 @@
 """The paper's Tables 2-7 and 9-19 read from ../shared/specs/paper.md, in its several formats (pipe tables,
-compact "BB/(a)/(b)" cells, bullet lists), as rows of ``gkp/application/reports/paper_tables.yaml``: [part,] method, row,
-values. Read from the spec's text so that the data file is checked against it, not against a copy."""
+compact "BB/(a)/(b)" cells, bullet lists), as rows of ``gkp/application/reports/paper_tables.yaml``: [part,]
+method, row, values. Read from the spec's text so that the data file is checked against it, not against a copy."""
 
 from __future__ import annotations
 

@@ -10,10 +10,12 @@ import pytest
 import torch
 import yaml
 
-from gkp.application.catalog import ADVERSARIAL_TRAINING, ATTACKS, build_model
+from gkp.application.catalog import ATTACKS, LOSSES, build_model
 from gkp.application.config import build_experiment
 from gkp.application.pipeline.run import run_experiment
-from gkp.entries.losses.adversarial import craft, trades_loss
+from gkp.entries.losses.crafting import craft
+from gkp.entries.losses.trades import trades_loss
+from gkp.foundation.contracts import StepContext
 from gkp.foundation.errors import ConfigError
 from gkp.foundation.schema import build
 
@@ -21,7 +23,7 @@ from conftest import tiny_config
 
 
 def attack_of(name: str, **params):
-    entry = ADVERSARIAL_TRAINING.get(name)
+    entry = LOSSES.get(name)
     settings = build(entry.params, params, "adversarial")
     return entry, settings
 
@@ -50,7 +52,7 @@ def test_the_training_examples_stay_in_the_eps_ball_and_the_image_box(name):
     model = build_model("resnet8").train()
     entry, params = attack_of(name, eps=6 / 255)
     attack = ATTACKS.get(entry.attack)
-    objective = entry.objective(attack, params, 0.0)
+    objective = entry.objective(params, 0.0, attack)
     seen = []
     forward = model.forward
 
@@ -60,7 +62,7 @@ def test_the_training_examples_stay_in_the_eps_ball_and_the_image_box(name):
 
     model.forward = recording
     x, y = torch.rand(6, 3, 16, 16), torch.randint(0, 10, (6,))
-    objective(model, x, y, torch.Generator().manual_seed(0))
+    objective(StepContext(model, x, y, torch.Generator().manual_seed(0)))
     trained_on = seen[-1]  # the last forward pass of the objective is the adversarial batch
     assert (trained_on - x).abs().max() <= 6 / 255 + 1e-6 and trained_on.min() >= 0 and trained_on.max() <= 1
     assert not torch.equal(trained_on, x)
@@ -73,14 +75,14 @@ def test_batchnorm_running_statistics_move_during_the_attack_only_in_train_mode(
     pgd = ATTACKS.get("pgd")
     before = model.bn1.running_mean.clone()
     x, y = torch.rand(4, 3, 16, 16), torch.randint(0, 10, (4,))
-    craft(model, pgd, pgd.params(eps=4 / 255, steps=2), x, y, None, bn_mode)
+    craft(StepContext(model, x, y), pgd, pgd.params(eps=4 / 255, steps=2), bn_mode)
     assert model.training
     assert torch.equal(model.bn1.running_mean, before) == (bn_mode == "eval")
 
 
 def test_the_config_reads_adversarial_training_and_names_what_is_wrong():
     exp = build_experiment(tiny_config(finetune={"adversarial": {"method": "trades", "beta": 3}}))
-    assert exp.finetune.adversarial.method.name == "trades" and exp.finetune.adversarial.params.beta == 3
+    assert exp.finetune.adversarial.entry.name == "trades" and exp.finetune.adversarial.params.beta == 3
     assert exp.to_dict()["finetune"]["adversarial"]["method"] == "trades"
     assert exp.train.adversarial is None
     with pytest.raises(ConfigError, match="train.adversarial.method: unknown"):
@@ -89,6 +91,8 @@ def test_the_config_reads_adversarial_training_and_names_what_is_wrong():
         build_experiment(tiny_config(train={"adversarial": "pgd"}))
     with pytest.raises(ConfigError, match="train.adversarial.beta"):
         build_experiment(tiny_config(train={"adversarial": {"method": "pgd", "beta": 6}}))
+    with pytest.raises(ConfigError, match="train.adversarial.method: 'distill' is not an adversarial training"):
+        build_experiment(tiny_config(train={"adversarial": {"method": "distill"}}))
 
 
 def test_a_pgd_trained_model_resists_pgd_far_better_than_a_plainly_trained_one(tmp_path):
@@ -124,7 +128,7 @@ def test_an_adversarially_trained_dense_model_pruned_one_shot_and_fine_tuned_wit
     results = run_experiment(build_experiment(config), out=tmp_path)
     assert results["model"] == "final" and set(results["training"]) == {"train", "finetune"}
     saved = build_experiment(yaml.safe_load((tmp_path / "config.yaml").read_text()))  # the resolved config reloads
-    assert saved.train.adversarial.method.name == "pgd" and saved.finetune.adversarial.method.name == "trades"
+    assert saved.train.adversarial.entry.name == "pgd" and saved.finetune.adversarial.entry.name == "trades"
     assert saved.finetune.adversarial.params.steps == 2
 
 
@@ -136,8 +140,8 @@ def test_fgsm_rs_takes_one_step_of_1_25_eps_from_a_random_start():
     seen = []
     pgd = ATTACKS.get(entry.attack)
     recording = dataclasses.replace(pgd, run=lambda model, x, y, p, generator, box: seen.append(p) or x)
-    objective = entry.objective(recording, params, 0.0)
-    objective(build_model("resnet8").train(), torch.rand(2, 3, 16, 16), torch.tensor([0, 1]), None)
+    objective = entry.objective(params, 0.0, recording)
+    objective(StepContext(build_model("resnet8").train(), torch.rand(2, 3, 16, 16), torch.tensor([0, 1])))
     (used,) = seen
     assert (used.steps, used.random_start, used.norm) == (1, True, "linf")
     assert used.step_size == pytest.approx(1.25 * 8 / 255) and used.eps == pytest.approx(8 / 255)

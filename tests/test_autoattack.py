@@ -21,7 +21,7 @@ import torch
 
 from gkp.application.catalog import ATTACKS
 from gkp.application.checkpoints.io import load_model
-from gkp.entries.suites.suites import STRONG
+from gkp.entries.suites.strong import ENTRY as STRONG
 from gkp.foundation.schema import build
 from gkp.foundation.threat import PIXELS
 

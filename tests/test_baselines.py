@@ -207,7 +207,7 @@ def test_calibration_batches_are_seeded_distinct_unaugmented_training_samples():
 
 
 def test_slimming_sparsity_training_adds_the_l1_subgradient_to_every_batchnorm_scale():
-    from baselines.slimming import BatchNormSparsity
+    from gkp.mechanisms.engine.hooks import BatchNormSparsity
 
     model = build_model("resnet8")
     for module in model.modules():

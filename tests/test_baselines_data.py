@@ -108,7 +108,7 @@ def test_hrank_scores_and_selection_match_loop():
     for name in reference:
         np.testing.assert_array_equal(scores[name], reference[name])
     assert any(len(np.unique(s)) < len(s) for s in scores.values())  # ties occur and are resolved by index
-    check_selection(hrank.METHOD, reference, model, batches)
+    check_selection(hrank.ENTRY, reference, model, batches)
 
 
 # ------------------------------------------------------------------ CHIP
@@ -170,7 +170,7 @@ def test_chip_scores_and_selection_match_loop(one_thread):
     scores = chip.score(model, filter_groups(model), chip.ChipParams(), context(batches))
     for name in reference:
         np.testing.assert_allclose(scores[name], reference[name], rtol=1e-9, atol=1e-10)
-    check_selection(chip.METHOD, reference, model, batches)
+    check_selection(chip.ENTRY, reference, model, batches)
 
 
 # ------------------------------------------------------------------ Taylor
@@ -244,4 +244,4 @@ def test_taylor_leaves_the_model_unchanged():
 def test_taylor_selection():
     model, batches = seeded_resnet8(), random_batches()
     reference = gate_reference(seeded_resnet8(), batches)
-    check_selection(taylor.METHOD, reference, model, batches)
+    check_selection(taylor.ENTRY, reference, model, batches)

@@ -21,7 +21,7 @@ from gkp.foundation.schema import build
 from gkp.mechanisms.pruning.plan import Plan
 from gkp.mechanisms.pruning.surgery import apply, filter_groups
 
-METHODS = [l2.METHOD, fpgm.METHOD, random.METHOD, lamp.METHOD, group_norm.METHOD, slimming.METHOD]
+METHODS = [l2.ENTRY, fpgm.ENTRY, random.ENTRY, lamp.ENTRY, group_norm.ENTRY, slimming.ENTRY]
 LAYERS = ("layer1.0.conv1", "layer2.0.conv1", "layer3.0.conv1")  # resnet8's filter groups
 SIZES = (16, 32, 64)
 
@@ -100,7 +100,7 @@ def test_l2_keeps_the_largest_norm_filters_of_each_layer():
         conv.zero_()
         for j in range(16):
             conv[j, j % 4, 1, 1] = (-1) ** j * (j % 5)  # ||W_j||_2 = j mod 5, signs alternate
-    kept = select(l2.METHOD, model, 0.75)
+    kept = select(l2.ENTRY, model, 0.75)
     assert kept["layer1.0.conv1"] == (3, 4, 9, 14)  # the three 4s, then the first 3 (ties to the lower index)
     assert kept_sizes(kept) == [4, 8, 16]
 
@@ -125,7 +125,7 @@ def test_fpgm_prunes_the_middle_of_the_layer_not_the_small_filters():
     assert loop_fpgm(model.layer1[0].conv1.weight) == [
         12.0 * g for g in (205, 191, 179, 169, 161, 155, 151, 149, 149, 151, 155, 161, 169, 179, 191, 1395)
     ]
-    assert select(fpgm.METHOD, model, 0.5)["layer1.0.conv1"] == (0, 1, 2, 3, 12, 13, 14, 15)
+    assert select(fpgm.ENTRY, model, 0.5)["layer1.0.conv1"] == (0, 1, 2, 3, 12, 13, 14, 15)
 
 
 # ---------------------------------------------------------------- random
@@ -133,7 +133,7 @@ def test_fpgm_prunes_the_middle_of_the_layer_not_the_small_filters():
 
 def test_random_plans_depend_only_on_the_seed():
     model = build_model("resnet20")
-    method = random.METHOD
+    method = random.ENTRY
 
     def plan(seed: int, model: nn.Module = model) -> dict:
         return method.select(model, 0.5, random.RandomParams(seed=seed), PruningContext()).layers
@@ -175,12 +175,12 @@ def test_lamp_largest_channel_scores_one_and_layers_are_scale_invariant():
 
 def test_lamp_ranks_globally_and_ignores_a_layer_scale():
     model = randomised(build_model("resnet8"))
-    kept = select(lamp.METHOD, model, 0.6)
+    kept = select(lamp.ENTRY, model, 0.6)
     assert sum(kept_sizes(kept)) == 112 - 67  # floor(60% of all 112 channels), spread unevenly
     assert len({size / total for size, total in zip(kept_sizes(kept), SIZES, strict=True)}) > 1
     with torch.no_grad():
         model.layer3[0].conv1.weight.mul_(1e-3)
-    assert select(lamp.METHOD, model, 0.6) == kept
+    assert select(lamp.ENTRY, model, 0.6) == kept
     global_l2 = filter_method("global_l2", l2.L2Params, l2.score, "global L2, for contrast", allocation="global")
     assert kept_sizes(select(global_l2, model, 0.6))[2] == 1  # a global magnitude ranking empties layer3
 
@@ -215,12 +215,12 @@ def test_group_norm_equals_the_loop_for_conv_and_linear_consumers(model):
 
 def test_group_norm_global_plan_ignores_a_whole_group_scale():
     model = randomised(build_model("resnet8"), seed=6)
-    kept = select(group_norm.METHOD, model, 0.4)
+    kept = select(group_norm.ENTRY, model, 0.4)
     assert sum(kept_sizes(kept)) == 112 - 44
     with torch.no_grad():
         for parameter in (model.layer2[0].conv1.weight, model.layer2[0].bn1.weight, model.layer2[0].conv2.weight):
             parameter.mul_(0.01)
-    assert select(group_norm.METHOD, model, 0.4) == kept
+    assert select(group_norm.ENTRY, model, 0.4) == kept
 
 
 # ---------------------------------------------------------------- slimming
@@ -239,7 +239,7 @@ def test_slimming_thresholds_abs_gamma_across_layers():
         model.layer1[0].conv1.weight.zero_()  # the conv weights play no part
     scores = slimming.score(model, filter_groups(model), slimming.SlimmingParams(), PruningContext())
     assert scores["layer2.0.conv1"][:6].tolist() == pytest.approx([0.01, 0.02, 0.03, 0.04, 1.0, 5.0], rel=1e-6)
-    kept = select(slimming.METHOD, model, 7 / 112)  # the 7 smallest |gamma| of all 112 channels
+    kept = select(slimming.ENTRY, model, 7 / 112)  # the 7 smallest |gamma| of all 112 channels
     assert kept["layer1.0.conv1"] == tuple(c for c in range(16) if c not in (3, 7))
     assert kept["layer2.0.conv1"] == tuple(range(4, 32))
     assert kept["layer3.0.conv1"] == tuple(c for c in range(64) if c != 10)
@@ -250,10 +250,10 @@ def test_slimming_keeps_one_channel_of_a_collapsed_layer():
     with torch.no_grad():
         model.layer1[0].bn1.weight.fill_(1e-4)
         model.layer1[0].bn1.weight[9] = 2e-4
-    assert select(slimming.METHOD, model, 0.2)["layer1.0.conv1"] == (9,)
+    assert select(slimming.ENTRY, model, 0.2)["layer1.0.conv1"] == (9,)
 
 
-@pytest.mark.parametrize("method", [slimming.METHOD, group_norm.METHOD], ids=lambda m: m.name)
+@pytest.mark.parametrize("method", [slimming.ENTRY, group_norm.ENTRY], ids=lambda m: m.name)
 def test_gamma_methods_reject_batchnorm_without_scale(method):
     model = build_model("resnet8")
     model.layer2[0].bn1 = nn.BatchNorm2d(32, affine=False)

@@ -22,7 +22,7 @@ from conftest import TouchOnUnpickle
 def test_dense_and_pruned_checkpoints_round_trip(tmp_path):
     torch.manual_seed(0)
     model = build_model("resnet20", num_classes=10).eval()
-    pruned = apply(model, Plan("l1", 0.5, l1.METHOD.select(model, 0.5, l1.L1Params()).layers))
+    pruned = apply(model, Plan("l1", 0.5, l1.L1.select(model, 0.5, l1.L1Params()).layers))
     x = torch.rand(2, 3, 32, 32)
     for name, original in (("dense", model), ("pruned", pruned)):
         path = tmp_path / f"{name}.ckpt"

@@ -1,6 +1,7 @@
-"""Every entry of every registry against its contract in ``gkp.foundation.contracts``: a model, dataset, pruning
-method (one-shot or training-time), attack or adversarial-training objective added to ``gkp.application.catalog`` is
-checked here with no test to write by hand; and the table of stages (``gkp.application.pipeline.stages.STAGES``)."""
+"""Every entry of every registry against its contract in ``gkp.foundation.contracts``: a model, dataset,
+pruning method (one-shot or training-time), attack, loss or optimizer added as a file of its registry's
+package is found by name and checked here with no test to write by hand; and the stages' table
+(``gkp.application.pipeline.stages``) against the pipeline that runs them."""
 
 from __future__ import annotations
 
@@ -16,17 +17,19 @@ import torch
 import torch.nn.functional as F
 from test_data import _png_tree, _write_npz
 
+from gkp.application import catalog
 from gkp.application.catalog import (
-    ADVERSARIAL_TRAINING,
     ATTACKS,
     DATASETS,
+    LOSSES,
     MODELS,
+    OPTIMIZERS,
     PRUNING_METHODS,
     build_model,
     load_data,
 )
 from gkp.application.config import Experiment
-from gkp.application.pipeline.stages import STAGES, resolve
+from gkp.application.pipeline.stages import STAGES
 from gkp.foundation.contracts import (
     AttackParams,
     CountedAsPooling,
@@ -35,6 +38,7 @@ from gkp.foundation.contracts import (
     PruningContext,
     Recipe,
     Selection,
+    StepContext,
     model_spec,
 )
 from gkp.foundation.errors import ConfigError, DataError, PruningError
@@ -277,7 +281,7 @@ def run_hooks(model, phases, hooks, batch) -> None:
             loss.backward()
             hooks.after_backward(model)
             optimizer.step()
-            hooks.after_step(model)
+            hooks.after_step(model, phase.recipe.lr, index + epoch + 1)
             hooks.end_epoch(model, index, epoch)
 
 
@@ -303,27 +307,46 @@ def test_every_training_time_method_zeroes_its_rate_and_leaves_a_valid_plan(name
     buffer = io.BytesIO()
     torch.save(hooks.state_dict(), buffer)
     buffer.seek(0)
-    hooks.load_state_dict(torch.load(buffer, weights_only=True))
+    hooks.load_state_dict(torch.load(buffer, weights_only=True), model)
     selection = method.select(model, rate, defaults(method), context)
     assert set(selection.layers) == {group.conv for group in model.filter_pruning_groups()}
     pruned = apply(model, Plan(name, rate, selection.layers)).eval()
     assert torch.isfinite(pruned(torch.rand(2, 3, 32, 32))).all()
 
 
-@pytest.mark.parametrize("name", ADVERSARIAL_TRAINING.names())
-def test_every_adversarial_training_objective_trains_on_a_batch(name, resnet20):
-    """Its attack is registered and takes its parameters; the objective returns a finite scalar loss with
-    gradients for the model, logits per sample, and leaves the model in train mode."""
-    entry = ADVERSARIAL_TRAINING.get(name)
-    assert entry.name == name and entry.summary and entry.attack in ATTACKS.names()
-    params = build(entry.params, {"eps": 4 / 255}, "adversarial")
-    objective = entry.objective(ATTACKS.get(entry.attack), params, 0.0)
+@pytest.mark.parametrize("name", LOSSES.names())
+def test_every_loss_trains_on_a_batch(name, resnet20):
+    """Its attack, if any, is registered; the objective returns a finite scalar loss with gradients for the
+    model and logits per sample, and leaves the model in train mode (a teacher given where it reads one)."""
+    loss = LOSSES.get(name)
+    assert loss.name == name and loss.summary and (loss.attack is None or loss.attack in ATTACKS)
+    assert loss.key in (None, "adversarial", "distill") and (loss.key is None) == (name == "cross_entropy")
+    params = build(loss.params, {"eps": 4 / 255} if loss.attack else {}, "loss")
+    objective = loss.objective(params, 0.0, ATTACKS.get(loss.attack) if loss.attack else None)
     model = copy.deepcopy(resnet20).train()
+    teacher = copy.deepcopy(resnet20).eval() if loss.teacher else None
     x, y = torch.rand(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
-    loss, logits = objective(model, x, y, torch.Generator().manual_seed(0))
-    assert loss.dim() == 0 and torch.isfinite(loss) and logits.shape == (4, 10) and model.training
-    loss.backward()
+    value, logits = objective(StepContext(model, x, y, torch.Generator().manual_seed(0), teacher))
+    assert value.dim() == 0 and torch.isfinite(value) and logits.shape == (4, 10) and model.training
+    value.backward()
     assert model.fc.weight.grad is not None
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS.names())
+def test_every_optimizer_steps_the_parameters_of_its_groups(name):
+    """Built over parameter groups with options of their own, it keeps those options, takes the recipe's
+    learning rate and weight decay elsewhere, and moves every parameter that has a gradient."""
+    optimizer = OPTIMIZERS.get(name)
+    assert optimizer.name == name and optimizer.summary
+    first, second = torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(2))
+    recipe = Recipe(epochs=1, lr=0.1, weight_decay=1e-4)
+    built = optimizer.build(
+        [{"params": [first], "lr": 0.5}, {"params": [second]}], recipe, build(optimizer.params, {}, "o")
+    )
+    assert [g["lr"] for g in built.param_groups] == [0.5, 0.1] and built.param_groups[1]["weight_decay"] == 1e-4
+    (first.sum() + second.sum()).backward()
+    built.step()
+    assert (first < 1).all() and (second < 1).all()
 
 
 GROUPED_KERNEL_METHODS = [name for name, method in PRUNING_METHODS.items() if method.kind == "grouped_kernels"]
@@ -388,10 +411,28 @@ def test_an_attack_without_eps_is_refused_when_it_is_registered():
 # ------------------------------------------------------------------------------------------- stages
 
 
-@pytest.mark.parametrize("stage", STAGES, ids=lambda stage: stage.name)
-def test_every_stage_names_functions_that_exist(stage):
-    assert callable(resolve(stage.function))
-    assert stage.check is None or callable(resolve(stage.check))
+def test_the_pipeline_runs_the_stages_of_the_table_in_its_order(monkeypatch):
+    from gkp.application.pipeline import run
+
+    ran = []
+    monkeypatch.setattr(run, "run_stage", lambda ctx, stage, work, names: ran.append((stage.name, work.__name__)))
+    run.run_stages(None, ("eval",))
+    assert [name for name, _ in ran] == [stage.name for stage in STAGES]
+    assert dict(ran) == {"train": "train", "prune": "prune", "finetune": "finetune", "eval": "evaluate_models"}
+
+
+REGISTRIES = {name: value for name, value in vars(catalog).items() if isinstance(value, catalog.Registry)}
+
+
+@pytest.mark.parametrize("registry", REGISTRIES, ids=str)
+def test_every_entry_is_found_by_its_name_alone(registry):
+    """Listing imports every module of the registry's packages (and refuses an entry in a module a lookup
+    by its name would not open); a fresh registry then finds each entry from its name alone."""
+    listed = REGISTRIES[registry]
+    fresh = catalog.Registry(listed.kind, listed.entry_type, listed.packages)
+    for name in listed.names():
+        assert fresh.get(name) is listed.get(name) and fresh.get(name).name == name
+        assert name in fresh
 
 
 def test_the_stages_fingerprints_cover_every_section_that_changes_results():

@@ -40,7 +40,7 @@ def test_pruned_resnet20_matches_the_hand_count():
 
 def test_l1_at_half_rate_matches_the_hand_count():
     model = build_model("resnet20")
-    pruned = apply(model, Plan("l1", 0.5, l1.METHOD.select(model, 0.5, l1.L1Params()).layers))
+    pruned = apply(model, Plan("l1", 0.5, l1.L1.select(model, 0.5, l1.L1Params()).layers))
     assert (count_params(pruned), count_macs(pruned, 32)) == cifar_resnet_by_hand([[8] * 3, [16] * 3, [32] * 3])
 
 

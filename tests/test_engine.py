@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from gkp.application.catalog import LOSSES
 from gkp.application.checkpoints.io import read_checkpoint
 from gkp.application.config import build_experiment
 from gkp.application.pipeline.run import run_experiment
@@ -12,8 +13,9 @@ from gkp.foundation.contracts import TrainingHooks
 from gkp.foundation.errors import ConfigError, NonFiniteLossError, RunFolderError
 from gkp.mechanisms.data.splits import TensorSplit
 from gkp.mechanisms.engine.device import amp_dtype, resolve_device, use_channels_last
+from gkp.mechanisms.engine.optimize import Optimization
 from gkp.mechanisms.engine.schedule import build_scheduler
-from gkp.mechanisms.engine.train import LoopSettings, Optimization, cross_entropy, train_one_epoch
+from gkp.mechanisms.engine.train import Epoch, LoopSettings, objective_generator, train_one_epoch
 
 from conftest import tiny_config
 
@@ -68,18 +70,11 @@ def test_training_batches_reach_the_model_in_the_layout_the_setting_names(settin
     model = LayoutProbe()
     split = TensorSplit(torch.randint(0, 256, (16, 3, 8, 8), dtype=torch.uint8), torch.arange(16) % 10, "crop_flip")
     settings = LoopSettings(stage="test", seed=0, batch_size=8, amp="off", channels_last=setting)
-    optimization = Optimization(torch.optim.SGD(model.parameters(), lr=0.1), None, None)
-    train_one_epoch(
-        model,
-        split,
-        optimization,
-        objective=cross_entropy(),
-        hooks=TrainingHooks(),
-        settings=settings,
-        seed=0,
-        device=torch.device("cpu"),
-        description="test",
-    )
+    optimization = Optimization({"model": torch.optim.SGD(model.parameters(), lr=0.1)}, {}, None, None)
+    cross_entropy = LOSSES.get("cross_entropy")
+    objective = cross_entropy.objective(cross_entropy.params(), 0.0)
+    epoch = Epoch(model, optimization, objective, TrainingHooks(), objective_generator(torch.device("cpu"), 0))
+    train_one_epoch(epoch, split, settings, seed=0, description="test")
     assert model.layouts == {layout}
 
 

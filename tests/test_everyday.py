@@ -216,11 +216,11 @@ def test_the_first_n_images_instead_of_a_seeded_subset():
 
 
 def test_gkp_list_names_every_registered_entry(capsys):
-    from gkp.application.catalog import ADVERSARIAL_TRAINING, ATTACKS, DATASETS, MODELS, PRUNING_METHODS, SUITES
+    from gkp.application.catalog import ATTACKS, DATASETS, LOSSES, MODELS, OPTIMIZERS, PRUNING_METHODS, SUITES
 
     assert main(["list"]) == 0
     names = {line.split()[0] for line in capsys.readouterr().out.splitlines() if line.startswith("  ")}
-    registries = (PRUNING_METHODS, ATTACKS, SUITES, MODELS, DATASETS, ADVERSARIAL_TRAINING)
+    registries = (PRUNING_METHODS, ATTACKS, SUITES, MODELS, DATASETS, LOSSES, OPTIMIZERS)
     assert names == {name for registry in registries for name in registry.names()}
     assert (
         main(["list", "suites"]) == 0 and capsys.readouterr().out.splitlines()[0] == "attack suites (attacks[].suite):"
@@ -334,12 +334,21 @@ def test_results_of_a_run_from_before_evaluations_existed_are_kept_when_it_is_ev
     assert kept == first and (tmp_path / "run" / "evaluations" / first["evaluation"] / "config.yaml").is_file()
 
 
-def test_the_square_schedule_key_leaves_older_evaluations_fingerprints_alone():
-    from gkp.application.pipeline.stages import stage_named
-
-    plain = build_experiment(tiny_config(attacks=[{"name": "square", "queries": 10}])).to_dict()
-    older = {**plain, "attacks": [{k: v for k, v in a.items() if k != "rescale_schedule"} for a in plain["attacks"]]}
-    assert stage_named("eval").fingerprint(plain) == stage_named("eval").fingerprint(older)
+def test_a_run_folder_of_an_earlier_fingerprint_version_is_refused_with_how_to_rerun(tmp_path, capsys):
+    """Its stages cannot be compared with the config: not reused, not overwritten, one line and exit 2."""
+    config = write_config(tmp_path / "tiny.yaml", tiny_config(stages=["train"], train={"epochs": 1}))
+    assert main(["run", str(config), "--out", str(tmp_path / "run")]) == 0
+    marker = tmp_path / "run" / "state" / "train.done"
+    older = {k: v for k, v in json.loads(marker.read_text()).items() if k != "version"}  # as version 1 wrote it
+    marker.write_text(json.dumps(older))
+    dense = (tmp_path / "run" / "dense.ckpt").read_bytes()
+    capsys.readouterr()
+    assert main(["run", str(config), "--out", str(tmp_path / "run")]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "made by an earlier version of gkp (run-folder version 1" in error
+    assert "--out DIR for a new run, or --restart" in error
+    assert (tmp_path / "run" / "dense.ckpt").read_bytes() == dense
+    assert main(["run", str(config), "--out", str(tmp_path / "run"), "--restart"]) == 0
 
 
 def test_gkp_plot_draws_the_best_per_metric_and_accuracy_against_the_rate(tmp_path, capsys):

@@ -14,7 +14,7 @@ from torch import nn
 
 from gkp.application.catalog import build_model
 from gkp.application.config import EvalConfig, build_experiment
-from gkp.application.pipeline import steps as stages
+from gkp.application.pipeline import evaluation, prune, training
 from gkp.application.pipeline.run import run_experiment
 from gkp.mechanisms.engine.evaluate import evaluate, evaluated_model
 from gkp.mechanisms.engine.folding import batchnorm_folded, conv_batchnorm_pairs
@@ -169,7 +169,8 @@ def test_the_config_switch_reaches_every_evaluation(tmp_path, monkeypatch):
         seen.append(kwargs["options"])
         return evaluate(*args, **kwargs)
 
-    monkeypatch.setattr(stages, "evaluate", recording)
+    for stage in (training, prune, evaluation):
+        monkeypatch.setattr(stage, "evaluate", recording)
     config = tiny_config(
         stages=["train", "prune", "eval"],
         train={"epochs": 1},

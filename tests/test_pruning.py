@@ -47,7 +47,7 @@ def test_l1_pruned_model_equals_the_masked_dense_model(arch, args, side):
 def test_surgery_keeps_the_input_model_and_records_the_plan():
     model = build_model("resnet20")
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    plan = Plan("l1", 0.5, l1.METHOD.select(model, 0.5, l1.L1Params()).layers)
+    plan = Plan("l1", 0.5, l1.L1.select(model, 0.5, l1.L1Params()).layers)
     pruned = apply(model, plan)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert model.layer1[0].conv1.out_channels == 16 and pruned.layer1[0].conv1.out_channels == 8
@@ -62,7 +62,7 @@ def test_l1_keeps_the_largest_filters():
         conv.weight.zero_()
         for j in range(16):
             conv.weight[j, 0, 0, 0] = (-1) ** j * (j % 5)  # |W_j|_1 = j mod 5
-    layers = l1.METHOD.select(model, 0.75, l1.L1Params()).layers
+    layers = l1.L1.select(model, 0.75, l1.L1Params()).layers
     # Scores 0,1,2,3,4,0,1,2,3,4,...: the four largest are the 4s at 4, 9, 14 and then the 3 at index 3.
     assert layers["layer1.0.conv1"].kept == (3, 4, 9, 14)
 
@@ -77,7 +77,7 @@ def test_keep_count_and_top_k():
 
 def test_l1_check_rejects_an_impossible_rate():
     with pytest.raises(PruningError, match="layer1.0.conv1"):
-        l1.METHOD.check(build_model("resnet20"), 0.97, l1.L1Params())
+        l1.L1.check(build_model("resnet20"), 0.97, l1.L1Params())
 
 
 def test_plan_round_trips_and_rejects_malformed_input():

@@ -16,7 +16,8 @@ from gkp.entries.grouped_kernels import branch_sums
 from gkp.entries.grouped_kernels import loop_reference as oracle
 from gkp.entries.grouped_kernels.search import SearchSettings, beam_search
 from gkp.entries.grouped_kernels.smoothness import filter_smoothness, grouped_kernel_smoothness, snake_order
-from gkp.entries.grouped_kernels.srgkp import METHOD, SRGKPParams
+from gkp.entries.grouped_kernels.srgkp import ENTRY as SRGKP
+from gkp.entries.grouped_kernels.srgkp import SRGKPParams
 from gkp.foundation.errors import PruningError
 
 
@@ -35,7 +36,7 @@ def test_the_authors_resnet20_gives_the_golden_selection(shared, authors_checkpo
         "metric": "euclidean",
     }
     model, _ = load_model(authors_checkpoint)
-    layers = METHOD.select(model, 0.4375, SRGKPParams()).layers
+    layers = SRGKP.select(model, 0.4375, SRGKPParams()).layers
     assert list(layers) == list(golden["layers"])
     for name, expected in golden["layers"].items():
         assert layers[name].to_dict()["filter_order"] == expected["filter_order"], name
@@ -91,7 +92,7 @@ def test_the_vectorised_search_equals_the_oracle(settings):
     weight = random_weight(16, 16, seed=len(SETTINGS[0]) + sum(map(ord, str(settings))))
     with torch.no_grad():
         model.layer1[0].conv1.weight.copy_(torch.from_numpy(weight))
-    ours = METHOD.select(model, rate, params).layers["layer1.0.conv1"].to_dict()
+    ours = SRGKP.select(model, rate, params).layers["layer1.0.conv1"].to_dict()
     expected = oracle.srgkp_layer(
         weight,
         rate,
@@ -116,7 +117,7 @@ def test_ties_between_identical_grouped_kernels_follow_the_reference():
     model.layer1[0].conv1 = conv
     model.layer1[0].bn1 = torch.nn.BatchNorm2d(8)
     model.grouped_kernel_targets = lambda scope="3x3": ["layer1.0.conv1"]
-    ours = METHOD.select(model, 0.5, SRGKPParams(groups=2)).layers["layer1.0.conv1"].to_dict()
+    ours = SRGKP.select(model, 0.5, SRGKPParams(groups=2)).layers["layer1.0.conv1"].to_dict()
     assert (ours["filter_order"], ours["kept"]) == (expected["filter_order"], expected["kept"])
 
 
@@ -131,12 +132,12 @@ def test_groups_must_divide_every_layer():
         match=r"groups=3 does not divide the 16 filters of 'layer1.0.conv1'; "
         r"valid group counts: 1, 2, 4, 8, 16",
     ):
-        METHOD.check(build_model("resnet20"), 0.4375, SRGKPParams(groups=3))
+        SRGKP.check(build_model("resnet20"), 0.4375, SRGKPParams(groups=3))
 
 
 def test_a_rate_that_keeps_nothing_is_refused():
     with pytest.raises(PruningError, match=r"rate 0.97 keeps 0 of the 16 input channels per group of 'layer1.0.conv1'"):
-        METHOD.check(build_model("resnet20"), 0.97, SRGKPParams())
+        SRGKP.check(build_model("resnet20"), 0.97, SRGKPParams())
 
 
 def random_beams(rng, n: int, rows: int, prefix: int, levels: tuple[int, ...]) -> list[np.ndarray]:
@@ -200,7 +201,7 @@ def test_the_search_on_a_gpu_adds_as_on_the_cpu(monkeypatch, shared, authors_che
     monkeypatch.setattr(search, "outside_sums", branch_sums._device_outside_sums)
     golden = json.loads((shared / "golden" / "srgkp_resnet20_default.json").read_text())
     model, _ = load_model(authors_checkpoint)
-    layers = METHOD.select(model, 0.4375, SRGKPParams()).layers
+    layers = SRGKP.select(model, 0.4375, SRGKPParams()).layers
     assert {name: plan.to_dict()["kept"] for name, plan in layers.items()} == {
         name: expected["kept"] for name, expected in golden["layers"].items()
     }
@@ -210,8 +211,8 @@ def test_the_search_on_a_gpu_adds_as_on_the_cpu(monkeypatch, shared, authors_che
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_the_search_runs_on_the_models_gpu_with_the_cpus_selection():
     model = build_model("resnet20")
-    on_cpu = METHOD.select(model, 0.4375, SRGKPParams()).layers
-    on_gpu = METHOD.select(model.cuda(), 0.4375, SRGKPParams()).layers
+    on_cpu = SRGKP.select(model, 0.4375, SRGKPParams()).layers
+    on_gpu = SRGKP.select(model.cuda(), 0.4375, SRGKPParams()).layers
     assert {k: v.to_dict() for k, v in on_gpu.items()} == {k: v.to_dict() for k, v in on_cpu.items()}
 
 
@@ -220,7 +221,7 @@ def test_vgg16_layers_of_64_inputs_equal_the_oracle():
     names = ["features.3", "features.7"]  # the plain-Python oracle takes hours on the wider layers
     model = build_model("vgg16")
     model.grouped_kernel_targets = lambda scope="3x3": names
-    layers = METHOD.select(model, 0.4375, SRGKPParams()).layers
+    layers = SRGKP.select(model, 0.4375, SRGKPParams()).layers
     for name in names:
         expected = oracle.srgkp_layer(model.get_submodule(name).weight.detach().numpy())
         got = layers[name].to_dict()

@@ -167,7 +167,7 @@ def test_thinet_pruned_model_equals_the_masked_model_with_scales(arch, args, lay
     torch.manual_seed(0)
     model = randomise_batchnorm(build_model(arch, **args))
     calibration = [(torch.rand(4, 3, 32, 32), torch.zeros(4, dtype=torch.long))]
-    layers = thinet.METHOD.select(model, 0.5, ThiNetParams(), PruningContext(calibration=lambda: calibration)).layers
+    layers = thinet.ENTRY.select(model, 0.5, ThiNetParams(), PruningContext(calibration=lambda: calibration)).layers
     plan = Plan("thinet", 0.5, layers)
     assert set(layers) == {g.conv for g in model.filter_pruning_groups()}
     chosen = layers[layer]
@@ -196,10 +196,10 @@ def test_select_is_deterministic_for_a_seed_and_needs_calibration():
 
     def select(seed: int) -> dict:
         context = PruningContext(calibration=lambda: calibration)
-        return thinet.METHOD.select(model, 0.5, ThiNetParams(4, seed), context).layers
+        return thinet.ENTRY.select(model, 0.5, ThiNetParams(4, seed), context).layers
 
     first = select(0)
     assert first == select(0) and first != select(1)
-    assert thinet.METHOD.calibrated and "thinet" == thinet.METHOD.name
+    assert thinet.ENTRY.calibrated and "thinet" == thinet.ENTRY.name
     with pytest.raises(PruningError, match="calibration"):
-        thinet.METHOD.select(model, 0.5, ThiNetParams())
+        thinet.ENTRY.select(model, 0.5, ThiNetParams())

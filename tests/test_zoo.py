@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
-from gkp.application.catalog import MODELS
-from gkp.application.checkpoints.importers import IMPORTERS, stream_orders
+from gkp.application.catalog import IMPORTERS, MODELS
+from gkp.application.checkpoints.importers.akamaster import stream_orders
 from gkp.application.checkpoints.io import load_model
 from gkp.application.checkpoints.zoo import ZooError, fetch, load_manifest, sha256_of
 from gkp.application.cli import main

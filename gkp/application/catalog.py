@@ -1,10 +1,11 @@
-"""Every registry, assembled in one place above the mechanisms: the models, datasets, pruning methods,
-attacks, attack suites and adversarial-training objectives a config can name. Plans, surgery, layers,
-the engine and the evaluation import none of this; the config, the stages and the command line look
-names up here. Each entry fulfils its contract in
-``gkp.foundation.contracts``, which ``tests/test_contracts.py`` checks for every entry of every registry.
+"""Every registry: the models, datasets, pruning methods, attacks, attack suites, losses and optimizers a
+config can name, each found by name in its packages (``gkp.foundation.registry``: the entry ``pgd`` of
+``ATTACKS`` is ``attacks/pgd.py``'s ``ENTRY``) and imported only when named. Plans, surgery, layers, the
+engine and the evaluation import none of this; the config, the pipeline and the command line look names
+up here. Each entry fulfils its contract in ``gkp.foundation.contracts``, which
+``tests/test_contracts.py`` checks for every entry of every registry.
 
-To add an entry: write it (``docs/extending.md``) and add one line to its registry below.
+To add an entry: write its file in one of its registry's packages (``docs/extending.md``).
 """
 
 from __future__ import annotations
@@ -15,98 +16,32 @@ from typing import Any
 import torch
 from torch import nn
 
-from attacks import apgd_ce, apgd_t, cw_l2, fab_t, fgsm, fmn, pgd, pgd_kl, square
-from baselines import (
-    chip,
-    fpgm,
-    fpgm_soft,
-    group_norm,
-    hrank,
-    hrank_iterative,
-    l1,
-    l2,
-    lamp,
-    random,
-    rap_admm,
-    sfp,
-    slimming,
-    taylor,
-    thinet,
+from gkp.foundation.contracts import (
+    ArchEntry,
+    Attack,
+    Dataset,
+    Importer,
+    Loss,
+    ModelSpec,
+    Optimizer,
+    PruningMethod,
+    Suite,
 )
-from gkp.entries.datasets import sources
-from gkp.entries.grouped_kernels import gkp_greedy, gkp_l2, gkp_least_smooth, gkp_random, srgkp, tmigkp
-from gkp.entries.losses import adversarial
-from gkp.entries.models import bottleneck_resnet, resnet, vgg16
-from gkp.entries.suites import suites
-from gkp.entries.suites.suites import Suite
-from gkp.foundation.contracts import AdversarialTraining, ArchEntry, Attack, Dataset, ModelSpec, PruningMethod
 from gkp.foundation.errors import ConfigError
 from gkp.foundation.registry import Registry, did_you_mean
 from gkp.mechanisms.data.bundle import DataBundle
 
-# Network slimming's sparsity training (``train.bn_sparsity``), a training hook the stages add.
-BatchNormSparsity = slimming.BatchNormSparsity
-
-MODELS: Registry[ArchEntry] = Registry.of(
-    "model arch", (*resnet.ENTRIES, vgg16.ENTRY, bottleneck_resnet.RESNET50, bottleneck_resnet.RESNET101)
+MODELS: Registry[ArchEntry] = Registry("model arch", ArchEntry, ("gkp.entries.models",))
+DATASETS: Registry[Dataset] = Registry("dataset", Dataset, ("gkp.entries.datasets",))
+PRUNING_METHODS: Registry[PruningMethod] = Registry(
+    "pruning method", PruningMethod, ("gkp.entries.grouped_kernels", "baselines")
 )
-
-DATASETS: Registry[Dataset] = Registry.of(
-    "dataset", (sources.CIFAR10, sources.CIFAR100, sources.IMAGEFOLDER, sources.NPZ, sources.DIGITS, sources.SYNTHETIC)
-)
-
-PRUNING_METHODS: Registry[PruningMethod] = Registry.of(
-    "pruning method",
-    (
-        # grouped kernel pruning (gkp/entries/grouped_kernels/)
-        srgkp.METHOD,
-        tmigkp.METHOD,
-        gkp_greedy.METHOD,
-        gkp_least_smooth.METHOD,
-        gkp_l2.METHOD,
-        gkp_random.METHOD,
-        # filter pruning (baselines/)
-        l1.METHOD,
-        l1.L1_A,
-        l1.L1_B,
-        l2.METHOD,
-        fpgm.METHOD,
-        slimming.METHOD,
-        taylor.METHOD,
-        hrank.METHOD,
-        chip.METHOD,
-        thinet.METHOD,
-        lamp.METHOD,
-        group_norm.METHOD,
-        random.METHOD,
-        # filter pruning during training (baselines/)
-        sfp.METHOD,
-        fpgm_soft.METHOD,
-        rap_admm.METHOD,
-        hrank_iterative.METHOD,
-    ),
-)
-
-SUITES: Registry[Suite] = Registry.of("suite", (suites.PAPER_CIFAR, suites.PAPER_IMAGENET, suites.STRONG))
-
-ATTACKS: Registry[Attack] = Registry.of(
-    "attack",
-    (
-        fgsm.ATTACK,
-        pgd.ATTACK,
-        apgd_ce.ATTACK,
-        apgd_t.ATTACK,
-        fab_t.ATTACK,
-        square.ATTACK,
-        cw_l2.ATTACK,
-        fmn.ATTACK,
-        pgd_kl.ATTACK,
-    ),
-)
-
-ADVERSARIAL_TRAINING: Registry[AdversarialTraining] = Registry.of(
-    "adversarial training", (adversarial.PGD, adversarial.TRADES, adversarial.FGSM_RS)
-)
+ATTACKS: Registry[Attack] = Registry("attack", Attack, ("attacks",))
+SUITES: Registry[Suite] = Registry("suite", Suite, ("gkp.entries.suites",))
+LOSSES: Registry[Loss] = Registry("loss", Loss, ("gkp.entries.losses",))
+OPTIMIZERS: Registry[Optimizer] = Registry("optimizer", Optimizer, ("gkp.entries.optimizers",))
+# The checkpoint formats the zoo converts (the format of each entry of checkpoints/MANIFEST).
+IMPORTERS: Registry[Importer] = Registry("checkpoint format", Importer, ("gkp.application.checkpoints.importers",))
 
 
 # ------------------------------------------------------------------------------------- models

@@ -3,7 +3,7 @@
 gkp run CONFIG [--set key=value ...] [--out DIR] [--restart]    all the config's stages
 gkp STAGE CONFIG [...]                                          one stage of gkp.application.pipeline.stages.STAGES
 gkp check CONFIG [--set ...]                                    validate and print the resolved config
-gkp list [methods|attacks|suites|models|datasets|adversarial]   what a config can name, one line each
+gkp list [methods|attacks|suites|models|datasets|losses|optimizers]  what a config can name
 gkp import-checkpoint SRC.pt DST.ckpt                           convert an SR-GKP authors' release
 gkp zoo                                                         the released checkpoints known by name
 gkp fetch NAME [--from FILE]                                    download (or bring in), verify, convert, cache
@@ -366,29 +366,22 @@ def _entries(kind: str) -> list[tuple[str, str]]:
     """(name, one line) of every entry of a registry ``gkp list`` shows."""
     from gkp.application import catalog
 
+    registry = getattr(catalog, LISTS[kind][0])
     if kind == "methods":
-        return [
-            (n, f"{m.summary} [{'during training' if m.training else 'one-shot'}]")
-            for n, m in catalog.PRUNING_METHODS.items()
-        ]
-    if kind == "attacks":
-        return [(n, a.summary) for n, a in catalog.ATTACKS.items()]
-    if kind == "suites":
-        return [(n, s.summary) for n, s in catalog.SUITES.items()]
+        return [(n, f"{m.summary} [{'during training' if m.training else 'one-shot'}]") for n, m in registry.items()]
     if kind == "models":
-        return [(n, m.description) for n, m in catalog.MODELS.items()]
-    if kind == "datasets":
-        return [(n, d.summary) for n, d in catalog.DATASETS.items()]
-    return [(n, a.summary) for n, a in catalog.ADVERSARIAL_TRAINING.items()]
+        return [(n, m.description) for n, m in registry.items()]
+    return [(n, entry.summary) for n, entry in registry.items()]
 
 
-LISTS = {
-    "methods": "pruning methods (prune.method)",
-    "attacks": "attacks (attacks[].name)",
-    "suites": "attack suites (attacks[].suite)",
-    "models": "models (model.arch)",
-    "datasets": "datasets (data.name)",
-    "adversarial": "adversarial training (train.adversarial.method)",
+LISTS = {  # kind: (its registry in gkp.application.catalog, what a config names with it)
+    "methods": ("PRUNING_METHODS", "pruning methods (prune.method)"),
+    "attacks": ("ATTACKS", "attacks (attacks[].name)"),
+    "suites": ("SUITES", "attack suites (attacks[].suite)"),
+    "models": ("MODELS", "models (model.arch)"),
+    "datasets": ("DATASETS", "datasets (data.name)"),
+    "losses": ("LOSSES", "losses (train.adversarial.method, finetune.distill; default cross_entropy)"),
+    "optimizers": ("OPTIMIZERS", "optimizers (train.optimizer, finetune.optimizer)"),
 }
 
 
@@ -396,7 +389,7 @@ def _list(args: argparse.Namespace) -> None:
     for kind in [args.kind] if args.kind else LISTS:
         entries = _entries(kind)
         width = max(len(name) for name, _ in entries)
-        print(f"{LISTS[kind]}:")
+        print(f"{LISTS[kind][1]}:")
         print("\n".join(f"  {name.ljust(width)}  {line}" for name, line in entries))
 
 
@@ -436,7 +429,7 @@ COMMANDS = (
     ),
     Command(
         "list",
-        "the methods, attacks, suites, models, datasets and adversarial training a config can name",
+        "the methods, attacks, suites, models, datasets, losses and optimizers a config can name",
         "gkp list methods",
         _add_list_arguments,
         _list,

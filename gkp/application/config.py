@@ -17,22 +17,22 @@ from typing import Any, Literal
 import yaml
 
 from gkp.application.catalog import (
-    ADVERSARIAL_TRAINING,
     ATTACKS,
     DATASETS,
+    LOSSES,
     MODELS,
+    OPTIMIZERS,
     PRUNING_METHODS,
     SUITES,
     check_arch_args,
 )
 from gkp.application.checkpoints.zoo import check_zoo_name
-from gkp.application.pipeline.stages import STAGE_NAMES, TRAINING_SECTIONS, eval_model_choices, trains
-from gkp.entries.suites.suites import expand_suites
+from gkp.application.pipeline.stages import STAGE_NAMES, TRAINING_SECTIONS, eval_model_choices, stage_named
+from gkp.foundation.contracts import Choice
 from gkp.foundation.errors import ConfigError
 from gkp.foundation.registry import did_you_mean
 from gkp.foundation.schema import build, option, to_plain, to_yaml
 from gkp.foundation.settings import (
-    AdversarialSpec,
     AttackSpec,
     DataConfig,
     EvalConfig,
@@ -95,27 +95,59 @@ def _build_prune(raw: Any) -> PruneConfig | None:
     return replace(prune, params=build(method.params, prune.params, "prune.params"), during=during)
 
 
-def _build_adversarial(raw: Any, path: str) -> AdversarialSpec | None:
+def _adversarial(raw: Any, path: str) -> Choice | None:
+    """``adversarial: {method: NAME, ...}``: a loss that trains on adversarial examples."""
     if raw is None:
         return None
+    methods = [name for name, loss in LOSSES.items() if loss.key == "adversarial"]
     if not isinstance(raw, dict) or "method" not in raw:
         raise ConfigError(
-            f"{path}: a mapping with a 'method' (one of {', '.join(ADVERSARIAL_TRAINING.names())}) and its "
+            f"{path}: a mapping with a 'method' (one of {', '.join(methods)}) and its "
             f"parameters, e.g. {{method: pgd, eps: 8/255, steps: 10}}, got {raw!r}"
         )
-    method = ADVERSARIAL_TRAINING.get(raw["method"], f"{path}.method")
+    loss = LOSSES.get(raw["method"], f"{path}.method")
+    if loss.key != "adversarial":
+        raise ConfigError(f"{path}.method: '{loss.name}' is not an adversarial training; one of {', '.join(methods)}")
     params = {k: v for k, v in raw.items() if k != "method"}
-    return AdversarialSpec(method, build(method.params, params, path))
+    return Choice(loss, build(loss.params, params, path), key="method")
 
 
-def _pop_adversarial(raw: dict) -> dict[str, AdversarialSpec | None]:
-    """Each training section's ``adversarial`` entry, built, and removed from ``raw``."""
-    specs = {}
+def _distill(raw: Any, path: str) -> Choice | None:
+    """``distill: {temperature: ..., weight: ...}`` (``{}`` for the defaults): distillation from the dense model."""
+    if raw is None:
+        return None
+    loss = LOSSES.get("distill")
+    return Choice(loss, build(loss.params, raw, path), key=None)
+
+
+def _optimizer(raw: Any, path: str) -> Choice:
+    """``optimizer: NAME`` or ``{name: NAME, ...its parameters}``; default sgd."""
+    raw = {"name": "sgd"} if raw is None else {"name": raw} if isinstance(raw, str) else raw
+    if not isinstance(raw, dict) or "name" not in raw:
+        raise ConfigError(
+            f"{path}: an optimizer's name ({', '.join(OPTIMIZERS.names())}) or a mapping with its 'name' and its "
+            f"parameters, e.g. {{name: adamw, betas: [0.9, 0.99]}}, got {raw!r}"
+        )
+    optimizer = OPTIMIZERS.get(raw["name"], f"{path}.name")
+    return Choice(optimizer, build(optimizer.params, {k: v for k, v in raw.items() if k != "name"}, path))
+
+
+CHOICES = {
+    "adversarial": _adversarial,
+    "distill": _distill,
+    "optimizer": _optimizer,
+}  # a training section's keys that name entries
+
+
+def _pop_choices(raw: dict) -> dict[str, dict[str, Choice | None]]:
+    """Each training section's keys that name registry entries, built, and removed from ``raw``."""
+    chosen = {}
     for section in TRAINING_SECTIONS:
-        if isinstance(raw.get(section), dict) and "adversarial" in raw[section]:
-            raw[section] = dict(raw[section])
-            specs[section] = _build_adversarial(raw[section].pop("adversarial"), f"{section}.adversarial")
-    return specs
+        keys = dict(raw[section]) if isinstance(raw.get(section), dict) else {}
+        chosen[section] = {key: make(keys.pop(key, None), f"{section}.{key}") for key, make in CHOICES.items()}
+        if isinstance(raw.get(section), dict):
+            raw[section] = keys
+    return chosen
 
 
 def _check_budget(prune: PruneConfig, method) -> None:
@@ -178,7 +210,7 @@ def _build_attacks(raw: Any) -> tuple[AttackSpec, ...]:
         return ()
     if not isinstance(raw, list):
         raise ConfigError(f"attacks: must be a list of attacks such as [{{name: pgd, eps: 8/255}}], got {raw!r}")
-    entries = expand_suites(raw, SUITES)
+    entries = expand_suites(raw)
     labels = _default_labels([entry for _, entry in entries])
     specs = tuple(_build_attack(path, entry, labels[i]) for i, (path, entry) in enumerate(entries))
     labels = [s.label for s in specs]
@@ -247,7 +279,7 @@ def _check_training_time_stages(exp: Experiment) -> None:
 
 def _check_data(exp: Experiment) -> None:
     dataset = DATASETS.get(exp.data.name, "data.name")
-    dataset.check(exp.data, any(trains(stage, exp) for stage in exp.stages))
+    dataset.check(exp.data, any(stage_named(stage).trains(exp) for stage in exp.stages))
     if (exp.data.mean is None) != (exp.data.std is None):
         raise ConfigError("data.mean: give data.mean and data.std together")
 
@@ -262,15 +294,28 @@ def _check_training(exp: Experiment) -> None:
                     f"{stage}.eval_attacks: '{label}' is not the label of an attack in "
                     f"'attacks'; labels: {', '.join(labels) or 'none (attacks is empty)'}"
                 )
-        if cfg.nesterov and cfg.momentum == 0:
-            raise ConfigError(f"{stage}.nesterov: Nesterov momentum needs {stage}.momentum > 0")
+        if cfg.nesterov and (cfg.momentum == 0 or cfg.optimizer.entry.name != "sgd"):
+            raise ConfigError(f"{stage}.nesterov: Nesterov momentum is SGD's, and needs {stage}.momentum > 0")
+        if cfg.adversarial is not None and cfg.distill is not None:
+            raise ConfigError(
+                f"{stage}.distill: a section minimises one loss; drop {stage}.adversarial or {stage}.distill"
+            )
         if cfg.schedule == "multistep" and not cfg.milestones:
             raise ConfigError(f"{stage}.milestones: schedule multistep needs milestones, e.g. [150, 225]")
         if list(cfg.milestones) != sorted(set(cfg.milestones)):
             raise ConfigError(f"{stage}.milestones: must be increasing epochs, got {list(cfg.milestones)}")
-        used = any(trains(name, exp) == stage for name in exp.stages)
+        used = any(stage_named(name).trains(exp) == stage for name in exp.stages)
         if used and cfg.select_on == "val" and exp.data.val_fraction <= 0:
             raise ConfigError(f"{stage}.select_on: 'val' needs a validation split: set data.val_fraction, e.g. 0.1")
+
+
+def _check_teacher(exp: Experiment) -> None:
+    """The dense model is the teacher: the train section, which trains it, cannot distill from it."""
+    if exp.train.distill is not None:
+        raise ConfigError(
+            "train.distill: the teacher is the dense model, which the train section trains; distill while "
+            "fine-tuning (finetune.distill), or in the prune stage with prune.during: finetune"
+        )
 
 
 def _check_eval(exp: Experiment) -> None:
@@ -295,10 +340,10 @@ def build_experiment(raw: Any, default_name: str = "experiment") -> Experiment:
     raw.setdefault("name", default_name)
     prune = _build_prune(raw.pop("prune", None))
     attacks = _build_attacks(raw.pop("attacks", None))
-    adversarial = _pop_adversarial(raw)
+    chosen = _pop_choices(raw)
     exp = replace(build(Experiment, raw, ""), prune=prune, attacks=attacks)
-    for section, spec in adversarial.items():
-        exp = replace(exp, **{section: replace(getattr(exp, section), adversarial=spec)})
+    for section, choices in chosen.items():
+        exp = replace(exp, **{section: replace(getattr(exp, section), **choices)})
     _check_data(exp)
     if exp.model.arch is None and exp.model.checkpoint is None:
         raise ConfigError(
@@ -312,8 +357,30 @@ def build_experiment(raw: Any, default_name: str = "experiment") -> Experiment:
         raise ConfigError(f"name: must be letters, digits, '_', '.' or '-' (it names a folder), got {exp.name!r}")
     _check_stages(exp)
     _check_training(exp)
+    _check_teacher(exp)
     _check_eval(exp)
     return exp
+
+
+def expand_suites(entries: list[Any]) -> list[tuple[str, Any]]:
+    """(key path, attack entry) for every attack, the suites named replaced by their attacks in order."""
+    expanded = []
+    for i, entry in enumerate(entries):
+        if not (isinstance(entry, dict) and "suite" in entry):
+            expanded.append((f"attacks[{i}]", entry))
+            continue
+        suite = SUITES.get(entry["suite"], f"attacks[{i}].suite")
+        name, keys = suite.name, suite.keys
+        arguments = {k: v for k, v in entry.items() if k != "suite"}
+        for key in arguments:
+            if key not in keys:
+                raise ConfigError(
+                    f"attacks[{i}].{key}: the suite {name} takes {', '.join(keys) if keys else 'no other keys'}"
+                )
+        if "eps" in keys and "eps" not in arguments:
+            raise ConfigError(f"attacks[{i}].eps: the suite {name} needs an eps (pixel units), e.g. 8/255")
+        expanded += [(f"attacks[{i}] ({name})", attack) for attack in suite.make(**arguments)]
+    return expanded
 
 
 # ---------------------------------------------------------------- files and --set overrides
@@ -384,7 +451,7 @@ def read_config(path: str | Path, seen: tuple[Path, ...] = ()) -> dict:
 def load_experiment(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Experiment:
     raw = read_config(path)
     if any(assignment.startswith("attacks.") for assignment in overrides) and isinstance(raw.get("attacks"), list):
-        raw["attacks"] = [entry for _, entry in expand_suites(raw["attacks"], SUITES)]  # members by index
+        raw["attacks"] = [entry for _, entry in expand_suites(raw["attacks"])]  # members by index
     for assignment in overrides:
         apply_override(raw, assignment)
     return build_experiment(raw, default_name=Path(path).stem)

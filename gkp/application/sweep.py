@@ -48,7 +48,7 @@ from gkp.application.launchers import (
     submit_to_slurm,
     visible_gpus,
 )
-from gkp.application.pipeline.stages import RESULTS_FILE, STAGE_NAMES, stage_named, trains
+from gkp.application.pipeline.stages import RESULTS_FILE, STAGE_NAMES, stage_named
 from gkp.foundation.contracts import PruningContext, Recipe
 from gkp.foundation.errors import ConfigError
 from gkp.foundation.schema import to_yaml
@@ -129,7 +129,7 @@ def load_sweep(path: str | Path) -> Sweep:
 def _attach_dense(sweep: Sweep, cell: Cell) -> None:
     """Check the cell's config, and point it at the shared dense run of its training settings."""
     method = (cell.raw.get("prune") or {}).get("method")
-    if method is not None and method not in PRUNING_METHODS.names():
+    if method is not None and method not in PRUNING_METHODS:
         cell.problem = f"no such method yet: {method}"
         return
     try:
@@ -139,7 +139,7 @@ def _attach_dense(sweep: Sweep, cell: Cell) -> None:
         return
     if not _shares_dense(exp):
         return
-    fingerprint = stage_named("train").fingerprint(exp.to_dict())
+    fingerprint = stage_named("train").fingerprint(exp)
     dense = sweep.dense_out / f"dense-{fingerprint[:12]}"
     sweep.dense_runs.setdefault(dense, {**cell.raw, "name": dense.name, "stages": ["train"]})
     cell.dense = dense
@@ -166,7 +166,7 @@ def epochs_left(folder: Path, raw: dict[str, Any]) -> tuple[int, float | None]:
         rows = list(csv.DictReader((folder / "metrics.csv").open()))
     left = 0
     for stage in exp.stages:
-        section = trains(stage, exp)
+        section = stage_named(stage).trains(exp)
         if section is not None and not (folder / "state" / f"{stage}.done").is_file():
             done = sum(1 for row in rows if row["stage"] == stage)
             left += max(_stage_epochs(exp, stage, section) - done, 0)
@@ -225,7 +225,7 @@ def estimated_epoch_seconds(exp, stage: str, section: str) -> float | None:
     macs = _macs(exp.model.arch, json.dumps(exp.model.args, sort_keys=True), exp.data.image_size)
     if stage == "finetune" and exp.prune is not None:
         macs *= 1 - exp.prune.rate  # the pruned model's share, about
-    adversarial_steps = getattr(cfg.adversarial, "steps", 1) if cfg.adversarial else 0
+    adversarial_steps = getattr(cfg.adversarial.params, "steps", 1) if cfg.adversarial else 0
     passes = images[0] * 3 * (1 + adversarial_steps)
     if cfg.eval_every:
         attacks = [exp.attack(label) for label in cfg.eval_attacks]
@@ -251,7 +251,7 @@ def _estimated_hours(raw: dict[str, Any], folder: Path) -> float | None:
     exp = build_experiment(raw)
     total = 0.0
     for stage in exp.stages:
-        section = trains(stage, exp)
+        section = stage_named(stage).trains(exp)
         if section is None or (folder / "state" / f"{stage}.done").is_file():
             continue
         seconds = estimated_epoch_seconds(exp, stage, section)

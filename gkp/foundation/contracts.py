@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from gkp.foundation.errors import PruningError
+from gkp.foundation.schema import at_least, option, positive, to_plain
 
 if TYPE_CHECKING:
     from gkp.foundation.threat import Box
@@ -245,6 +246,18 @@ class Attack:
         require_fields(self.params, AttackParams, f"attack '{self.name}'")
 
 
+@dataclass(frozen=True)
+class Suite:
+    """A named list of attacks a config's ``attacks`` may hold as one entry (``{suite: NAME, ...}``):
+    ``make(**arguments)`` returns the attack entries (mappings as a config writes them), ``keys`` are the
+    arguments a config may give it."""
+
+    name: str
+    make: Callable[..., list[dict[str, Any]]]
+    keys: tuple[str, ...]
+    summary: str
+
+
 # ------------------------------------------------------------------------------------------- datasets
 
 
@@ -268,10 +281,51 @@ class Dataset:
 
 
 @dataclass(frozen=True)
+class Choice:
+    """A registry entry a config chose, with its parameters: ``adversarial: {method: pgd, eps: 8/255}``,
+    ``optimizer: {name: adamw}``, ``distill: {temperature: 2}``. ``plain()`` is how the resolved config
+    writes it: the entry's name under ``key`` (none where the config key itself names the entry), then
+    its parameters."""
+
+    entry: Any
+    params: Any
+    key: str | None = "name"
+
+    def plain(self) -> dict[str, Any]:
+        named = {self.key: self.entry.name} if self.key else {}
+        return {**named, **to_plain(self.params)}
+
+
+@dataclass(frozen=True)
+class ParamGroup:
+    """Options for the parameters whose names match ``match`` (an ``fnmatch`` pattern such as ``*.bn*``
+    or ``*.bias``): a learning rate and a weight decay of their own; the first matching group wins."""
+
+    match: str = option(doc="parameter names, an fnmatch pattern: *.bias, layer1.*, *.bn*", default_text="(required)")
+    lr: float | None = option(None, check=positive, doc="their initial learning rate; default the section's lr")
+    weight_decay: float | None = option(None, check=at_least(0), doc="their weight decay; default the section's")
+
+
+@dataclass(frozen=True)
+class Optimizer:
+    """A registered optimizer a training section names (``optimizer``): ``build(groups, recipe, params)``
+    returns the ``torch.optim.Optimizer`` over ``groups`` (torch parameter groups: dicts of ``params``
+    and, where a ``ParamGroup`` set them, ``lr`` and ``weight_decay``) with the recipe's ``lr`` and
+    ``weight_decay`` as defaults and its own ``params``."""
+
+    name: str
+    params: type
+    build: Callable[..., torch.optim.Optimizer]
+    summary: str
+
+
+@dataclass(frozen=True)
 class Recipe:
-    """How one phase of training optimises: SGD settings, a learning-rate schedule stepped once per epoch
-    (``gkp.mechanisms.engine.schedule``) and the number of epochs. ``Recipe.of(section)`` reads a config's ``train``
-    or ``finetune`` section."""
+    """How one phase of training optimises: the optimizer (``optimizer``, a ``Choice`` of an ``Optimizer``;
+    None: SGD with ``momentum`` and ``nesterov``), its learning rate and weight decay, per-parameter
+    options (``param_groups``), an optional clip of the gradients' global L2 norm, a learning-rate
+    schedule stepped once per epoch (``gkp.mechanisms.engine.schedule``) and the number of epochs.
+    ``Recipe.of(section)`` reads a config's ``train`` or ``finetune`` section."""
 
     epochs: int
     lr: float
@@ -282,6 +336,9 @@ class Recipe:
     step_size: int = 100
     milestones: tuple[int, ...] = ()
     gamma: float = 0.1
+    optimizer: Choice | None = None
+    param_groups: tuple[ParamGroup, ...] = ()
+    clip_grad_norm: float | None = None
 
     @classmethod
     def of(cls, section: Any) -> Recipe:
@@ -289,25 +346,75 @@ class Recipe:
 
 
 @dataclass(frozen=True)
+class StepContext:
+    """What the loss of one training step sees: the ``model`` (in train mode, eval mode in a phase that
+    freezes it), the batch ``x`` (images in [0, 1]) and ``y`` (labels), the ``generator`` its randomness
+    comes from (an attack's random start; seeded per epoch), the ``teacher`` (the dense model in eval
+    mode, for losses that read one, else None), the ``phase`` and ``epoch`` (0-based within the phase)
+    and ``step``, the optimizer steps the stage took before this one, across its phases."""
+
+    model: nn.Module
+    x: torch.Tensor
+    y: torch.Tensor
+    generator: torch.Generator | None = None
+    teacher: nn.Module | None = None
+    phase: int = 0
+    epoch: int = 0
+    step: int = 0
+
+
+Objective = Callable[[StepContext], tuple[torch.Tensor, torch.Tensor]]
+"""``objective(step) -> (mean loss, logits)``: the loss one training step minimises on its batch and the
+logits its accuracy is counted on."""
+
+Optimizers = Callable[[nn.Module, Recipe], dict[str, torch.optim.Optimizer]]
+"""``optimizers(model, recipe) -> {name: optimizer}``: a phase's own optimizers (a discriminator's beside
+the model's, say), each stepped by the phase's ``step`` and scheduled by its recipe."""
+
+Step = Callable[[StepContext, Mapping[str, torch.optim.Optimizer], Objective], tuple[torch.Tensor, torch.Tensor]]
+"""``step(context, optimizers, objective) -> (loss, logits)``: one training step of its own (alternating a
+discriminator or a predictor with the model, say): its forward and backward passes and optimizer steps.
+The loop then calls ``after_step``; the hooks' ``regularizer`` and ``after_backward`` and the recipe's
+``clip_grad_norm`` are the step's to apply."""
+
+
+@dataclass(frozen=True)
 class Phase:
-    """A stretch of training with its own optimizer and schedule (a fresh SGD each phase): ``name`` ("" for
-    a run of one phase), its ``recipe``, and ``final``: whether the model has its final structure during
-    it, so that its epochs may become best-epoch models (an ADMM phase's soft-pruned model may not)."""
+    """A stretch of training with its own optimizers and schedule (fresh ones each phase).
+
+    ``name`` ("" for a run of one phase); its ``recipe``; ``final``: whether the model has its final
+    structure during it, so that its epochs may become best-epoch models (an ADMM phase's soft-pruned model
+    may not). By default the phase trains every parameter of the model with one optimizer from its recipe,
+    one step being the objective (plus the hooks' regularizer) minimised by that optimizer; ``optimizers``
+    and ``step`` replace both. ``frozen_backbone``: the model runs in eval mode and only the parameters
+    its optimizers hold get gradients. ``data``: the split it trains on, ``train``, or ``val``, the seeded
+    fraction ``data.val_fraction`` of the training split (augmented as the training split is).
+    ``stop(model)``, asked after every step, ends the phase early (that epoch is its last)."""
 
     name: str
     recipe: Recipe
     final: bool = True
+    optimizers: Optimizers | None = None
+    step: Step | None = None
+    frozen_backbone: bool = False
+    data: Literal["train", "val"] = "train"
+    stop: Callable[[nn.Module], bool] | None = None
 
 
 class TrainingHooks:
     """Extension points of the training loop; every one is a no-op here, and the loop calls all of them
-    at every step and epoch, whoever implements them. Per step: ``regularizer(model)`` (a term added to
-    the loss, or None), ``after_backward(model)`` (gradients are unscaled: mask or add to them),
-    ``after_step(model)`` (after the optimizer: re-apply masks). Per epoch (0-based within the phase):
-    ``start_epoch`` and ``end_epoch`` (after the schedule's step, before the epoch's evaluation).
-    ``start_phase(model, phase)`` runs when a phase begins, not when a resumed run re-enters it.
-    ``state_dict()`` is saved with every resume checkpoint and given back to ``load_state_dict`` on
-    resume: everything a hook keeps between epochs must be in it (tensors on any device)."""
+    at every step and epoch, whoever implements them.
+
+    Per step: ``regularizer(model)`` (a term added to the loss, or None), ``after_backward(model)``
+    (gradients are unscaled: mask or add to them), ``after_step(model, lr, step)`` (after the optimizer,
+    with the learning rate it used and the stage's step count including this step: re-apply masks, take a
+    proximal step). Per epoch (0-based within the phase): ``start_epoch`` and ``end_epoch`` (after the
+    schedule's step, before the epoch's evaluation). ``start_phase(model, phase)`` runs when a phase
+    begins, before its optimizers exist (a module it swaps in is optimised), not when a resumed run
+    re-enters the phase. ``state_dict()`` is saved with every resume checkpoint; on resume
+    ``load_state_dict(state, model)`` gets it back, with the model as ``prepare`` left it, *before* the
+    weights are loaded: a hook that changed the model's structure rebuilds it there, so the saved weights
+    fit. Everything a hook keeps between epochs must be in its state (tensors on any device)."""
 
     def start_phase(self, model: nn.Module, phase: int) -> None:
         pass
@@ -321,7 +428,7 @@ class TrainingHooks:
     def after_backward(self, model: nn.Module) -> None:
         pass
 
-    def after_step(self, model: nn.Module) -> None:
+    def after_step(self, model: nn.Module, lr: float, step: int) -> None:
         pass
 
     def end_epoch(self, model: nn.Module, phase: int, epoch: int) -> None:
@@ -330,43 +437,59 @@ class TrainingHooks:
     def state_dict(self) -> dict[str, Any]:
         return {}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: dict[str, Any], model: nn.Module) -> None:
         pass
 
-
-Objective = Callable[
-    [nn.Module, torch.Tensor, torch.Tensor, "torch.Generator | None"], tuple[torch.Tensor, torch.Tensor]
-]
-"""``objective(model, x, y, generator) -> (mean loss, logits)``: the loss one training step minimises on
-a batch (model in train mode) and the logits its accuracy is counted on. Randomness (an attack's random
-start) comes only from ``generator``, seeded per epoch."""
 
 During = Literal["train", "finetune"]
 
 
+def unchanged(model: nn.Module, hooks: TrainingHooks) -> nn.Module:
+    return model
+
+
 @dataclass(frozen=True)
 class TrainingTime:
-    """How a training-time pruning method acts. ``build(model, rate, params, context, recipe)`` returns the
-    ``Phase``s it trains (given the recipe of the config section it trains with) and its
-    ``TrainingHooks``, which zero filters as the method prescribes. ``during`` is where it acts by default:
-    "train" (from a fresh initialisation, with the ``train`` section's recipe) or "finetune" (from the
-    trained dense model, with the ``finetune`` section's)."""
+    """How a training-time pruning method acts.
+
+    ``build(model, rate, params, context, recipe)`` returns the ``Phase``s it trains (given the recipe of
+    the config section it trains with) and its ``TrainingHooks``; it must not change the model (the runner
+    also calls it to check the settings before any compute). ``prepare(model, hooks) -> model`` then puts
+    in the modules the method trains with (masks, gates, adapters, weight generators), before any
+    optimizer exists. After training, ``finalize(model, hooks) -> (pruned model, Selection)`` returns the
+    physical model and its plan, where the method built something zeroed filters cannot describe (the
+    pruned model must be what surgery builds from the plan, so that its checkpoint reloads); without it
+    the method's ``select`` reads the trained model's zeroed filters and surgery cuts them out. ``during``
+    is where it acts by default: "train" (from a fresh initialisation, with the ``train`` section's
+    recipe) or "finetune" (from the trained dense model, with the ``finetune`` section's)."""
 
     build: Callable[..., tuple[list[Phase], TrainingHooks]]
     during: During
+    prepare: Callable[[nn.Module, TrainingHooks], nn.Module] = unchanged
+    finalize: Callable[[nn.Module, TrainingHooks], tuple[nn.Module, Selection]] | None = None
+
+    @property
+    def changes_structure(self) -> bool:
+        """Whether the trained model is more than the architecture with zeroed filters."""
+        return self.prepare is not unchanged or self.finalize is not None
 
 
 @dataclass(frozen=True)
-class AdversarialTraining:
-    """A registered adversarial-training objective: ``params`` (a dataclass with ``eps``, in pixel units)
-    and ``objective(attack, params, label_smoothing) -> Objective``, where ``attack`` is the registered
-    ``Attack`` named ``attack`` that crafts its training examples."""
+class Loss:
+    """A registered loss a training section minimises (cross-entropy, an adversarial training,
+    distillation): ``objective(params, label_smoothing, attack) -> Objective``. ``attack`` names the
+    registered attack that crafts its training examples (the runner passes that ``Attack``; None for the
+    losses that craft none); a loss that reads a ``teacher`` gets the dense model in every
+    ``StepContext``. ``key`` is the key of a training section that chooses it (``adversarial``: its
+    ``method`` names the loss; ``distill``; none for the default, cross-entropy)."""
 
     name: str
     params: type
-    attack: str
     objective: Callable[..., Objective]
     summary: str
+    key: str | None = None
+    attack: str | None = None
+    teacher: bool = False
 
 
 # ------------------------------------------------------------------------------------------- importers
@@ -374,7 +497,8 @@ class AdversarialTraining:
 
 @dataclass(frozen=True)
 class Importer:
-    """A released checkpoint format the model zoo converts (``gkp.application.checkpoints.importers``, ``checkpoints/MANIFEST``).
+    """A released checkpoint format the model zoo converts (``checkpoints/MANIFEST``; one file each in
+    ``gkp.application.checkpoints.importers``).
 
     ``convert(source, entry) -> model``: reads the file at ``source`` without executing anything from it
     and returns the model built by ``gkp.application.catalog.build_model`` for ``entry.arch`` with

@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from gkp.foundation.contracts import AdversarialTraining, Attack
+from gkp.foundation.contracts import Attack, Choice, ParamGroup
 from gkp.foundation.schema import at_least, in_open_unit_interval, in_unit_interval, option, positive, to_plain
 
 
@@ -74,30 +74,38 @@ class DataConfig:
     augment: Literal["auto", "crop_flip", "crop", "flip", "none"] = option(
         "auto", doc="training augmentation; auto: the dataset's usual (digits: crop only)"
     )
+    crop_padding: int | None = option(
+        None,
+        check=at_least(0),
+        doc="zero border of the random crops; default a side/8 border: 4 at 32x32 (CC's configs: 8)",
+        default_text="side / 8",
+    )
     num_workers: int = option(4, check=at_least(0), doc="loader processes for imagefolder data")
     mean: tuple[float, ...] | None = option(None, doc="normalisation mean of newly built models (default: the data's)")
     std: tuple[float, ...] | None = option(None, doc="normalisation std of newly built models (default: the data's)")
 
 
 @dataclass(frozen=True)
-class AdversarialSpec:
-    """Adversarial training: the registered objective ``method`` (``gkp.foundation.contracts.AdversarialTraining``)
-    and its ``params`` (eps and steps in pixel units)."""
-
-    method: AdversarialTraining = option(doc="pgd, trades or fgsm_rs (see docs/training.md)", default_text="(required)")
-    params: Any = option(doc="the method's own parameters, as keys of the entry", default_text="the method's")
-
-    def plain(self) -> dict[str, Any]:
-        return {"method": self.method.name, **to_plain(self.params)}
-
-
-@dataclass(frozen=True)
 class TrainConfig:
     epochs: int = option(300, check=at_least(1), doc="epochs")
-    lr: float = option(0.1, check=positive, doc="initial learning rate (SGD)")
+    lr: float = option(0.1, check=positive, doc="initial learning rate")
+    optimizer: Choice | None = option(
+        None,
+        doc="sgd, or adamw, or a mapping with the optimizer's own keys, e.g. {name: adamw, betas: [0.9, 0.99]} "
+        "(see Optimizers below)",
+        default_text="{name: sgd}",
+    )
     momentum: float = option(0.9, check=in_unit_interval, doc="SGD momentum")
-    weight_decay: float = option(5e-4, check=at_least(0), doc="SGD weight decay")
-    nesterov: bool = option(False, doc="Nesterov momentum")
+    weight_decay: float = option(5e-4, check=at_least(0), doc="weight decay")
+    nesterov: bool = option(False, doc="Nesterov momentum (SGD)")
+    param_groups: tuple[ParamGroup, ...] = option(
+        (),
+        doc="per-parameter options, first match wins, e.g. [{match: '*.bn*', weight_decay: 0}] "
+        "(keys: match, lr, weight_decay)",
+    )
+    clip_grad_norm: float | None = option(
+        None, check=positive, doc="clip the gradients' global L2 norm to this before each step (CC: 1)"
+    )
     schedule: Literal["constant", "step", "multistep", "cosine"] = option(
         "step", doc="learning-rate schedule, stepped once per epoch"
     )
@@ -110,8 +118,14 @@ class TrainConfig:
         check=at_least(0),
         doc="network slimming's L1 penalty on every BatchNorm scale (Liu et al.: 1e-5 for ResNets, 1e-4 for VGG)",
     )
-    adversarial: AdversarialSpec | None = option(
-        None, doc="adversarial training, e.g. {method: pgd, eps: 8/255, steps: 10}; default: none (clean)"
+    adversarial: Choice | None = option(
+        None,
+        doc="adversarial training, e.g. {method: pgd, eps: 8/255, steps: 10} (see Losses below); default: none",
+    )
+    distill: Choice | None = option(
+        None,
+        doc="distillation from the dense model, e.g. {temperature: 2, weight: 1} (see Losses below); "
+        "fine-tuning only; default: none",
     )
     amp: Literal["auto", "off", "fp16", "bf16"] = option(
         "auto", doc="mixed precision; auto: bfloat16 on CUDA (float16 where bf16 is missing), off on CPU"
@@ -134,10 +148,15 @@ class TrainConfig:
         doc="epochs after which the weights are also kept in snapshots/ (a method that reads snapshots adds its own)",
     )
 
+    @property
+    def loss(self) -> Choice | None:
+        """The loss a key of this section chose (adversarial or distill); None: cross-entropy."""
+        return self.adversarial or self.distill
+
 
 @dataclass(frozen=True)
 class FinetuneConfig(TrainConfig):
-    lr: float = option(0.01, check=positive, doc="initial learning rate (SGD)")
+    lr: float = option(0.01, check=positive, doc="initial learning rate")
 
 
 @dataclass(frozen=True)

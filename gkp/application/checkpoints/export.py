@@ -3,8 +3,8 @@
 - **safetensors**: the weights in the safetensors layout (an 8-byte little-endian header length, a JSON
   header of each tensor's dtype, shape and byte range, then the raw little-endian bytes), with the
   model's arch, constructor arguments, plan and metadata as JSON under the header's ``__metadata__``
-  (``gkp``). Written and read here (a few dozen lines, no extra dependency); ``gkp.application.checkpoints.io`` loads such
-  a file wherever a checkpoint is expected, pruned and grouped models included.
+  (``gkp``). Written and read here (a few dozen lines, no extra dependency); ``gkp.application.checkpoints.io``
+  loads such a file wherever a checkpoint is expected, pruned and grouped models included.
 - **onnx**: the model in eval mode, input ``images`` (N, 3, H, W) in [0, 1] with a dynamic batch, output
   ``logits``; normalisation is inside. Needs the ``onnx`` package (``pip install onnx``); ONNX Runtime
   runs the result (the tests compare it with PyTorch to 1e-5 when it is installed).

@@ -2,7 +2,8 @@
 
 ``checkpoints/MANIFEST`` lists each entry: its URL, its sha256 (or, where the source publishes only the
 first hex digits in the file name, that prefix, checked as torch.hub checks it), the importer that converts
-it (``gkp.application.checkpoints.importers``), its architecture, dataset and normalisation, source, licence and reported metrics.
+it (``gkp.application.checkpoints.importers``), its architecture, dataset and normalisation, source, licence
+and reported metrics.
 ``fetch`` downloads a file once (torch.hub's downloader, with a progress bar), verifies it, converts it
 into our checkpoint format and caches the result in ``$GKP_ZOO_CACHE`` (default
 ``$XDG_CACHE_HOME/robust-gkp/zoo``, i.e. ``~/.cache/robust-gkp/zoo``) under a name that carries the
@@ -184,7 +185,7 @@ def _bring_in(entry: ZooEntry, source_file: str | Path | None, raw: Path) -> Non
 
 
 def _convert(entry: ZooEntry, raw: Path, digest: str, destination: Path) -> None:
-    from gkp.application.checkpoints.importers import IMPORTERS
+    from gkp.application.catalog import IMPORTERS
 
     try:
         model = IMPORTERS.get(entry.format).convert(raw, entry)

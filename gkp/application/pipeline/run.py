@@ -1,9 +1,10 @@
-"""The pipeline runner: ``run_experiment`` runs the stages of ``gkp.application.pipeline.stages.STAGES`` a config asks for.
+"""Running a config: ``run_experiment`` checks everything it can before any compute, prepares the run folder,
+then ``run_stages`` runs the stages the config asks for, in pipeline order, each an ordinary function:
 
-It resolves the device (in a run of several processes started by ``torchrun``, joins their group: see
-``gkp.mechanisms.engine.distributed``), loads the data, checks that every stage it will run has its inputs and that its
-settings are feasible (before any compute), prepares the run folder, then runs the stages in order.
-Finished stages are skipped, interrupted ones resume from their last epoch.
+    train (training.train) -> prune (prune.prune) -> finetune (training.finetune) -> eval (evaluation.evaluate_models)
+
+Finished stages are skipped, interrupted ones resume from their last epoch. In a run of several processes
+started by ``torchrun``, the processes join one group (``gkp.mechanisms.engine.distributed``).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,14 +20,96 @@ from gkp.application.catalog import load_data
 from gkp.application.checkpoints.io import read_checkpoint
 from gkp.application.checkpoints.zoo import local_checkpoint
 from gkp.application.config import Experiment
+from gkp.application.pipeline.context import Context, require_model
+from gkp.application.pipeline.evaluation import evaluate_models
+from gkp.application.pipeline.prune import check_pruning, prune
 from gkp.application.pipeline.rundir import RunDir
-from gkp.application.pipeline.stages import RESULTS_FILE, STAGES, models_made_by, stage_named, trains
-from gkp.application.pipeline.steps import Context, require_model
+from gkp.application.pipeline.stages import EVAL, FINETUNE, PRUNE, RESULTS_FILE, STAGES, TRAIN, Stage, models_made_by
+from gkp.application.pipeline.training import finetune, train
 from gkp.foundation.errors import ConfigError
 from gkp.mechanisms.engine import distributed
 from gkp.mechanisms.engine.device import resolve_device, set_determinism
 
 log = logging.getLogger(__name__)
+
+
+def run_stages(ctx: Context, names: tuple[str, ...]) -> None:
+    """The pipeline: each stage of ``names``, in this order."""
+    run_stage(ctx, TRAIN, train, names)
+    run_stage(ctx, PRUNE, prune, names)
+    run_stage(ctx, FINETUNE, finetune, names)
+    run_stage(ctx, EVAL, evaluate_models, names)
+
+
+def run_stage(ctx: Context, stage: Stage, work: Callable[[Context], None], names: tuple[str, ...]) -> None:
+    """Run one stage, if asked for and not done already, between its started and done markers."""
+    if stage.name not in names:
+        return
+    distributed.barrier()  # in a run of several processes, all see what rank 0 wrote before this stage
+    if ctx.run.is_done(stage.name):
+        log.info("%s: already done in %s, skipped", stage.name, ctx.run.path)
+        return
+    start = time.perf_counter()
+    log.info("%s: starting", stage.name)
+    ctx.run.mark_started(stage.name, ctx.fingerprint(stage.name))
+    work(ctx)
+    ctx.run.mark_done(stage.name, ctx.fingerprint(stage.name))
+    log.info("%s: done in %.1fs", stage.name, time.perf_counter() - start)
+
+
+def run_experiment(
+    exp: Experiment, out: str | Path | None = None, stages: tuple[str, ...] | None = None, restart: bool = False
+) -> dict[str, Any] | None:
+    """Run ``stages`` (default: the config's) of ``exp`` in ``out`` (default runs/<name>); returns
+    the results of the eval stage when it ran or had run (in a run of several processes: in rank 0)."""
+    names = tuple(stages or exp.stages)
+    device = distributed.join_group(resolve_device(exp.device))
+    try:
+        return _run_in(exp, out, names, restart, device)
+    finally:
+        distributed.leave_group()
+
+
+def _run_in(exp: Experiment, out: str | Path | None, names: tuple[str, ...], restart: bool, device):
+    if distributed.shard().rank != 0:
+        logging.getLogger().setLevel(logging.WARNING)  # rank 0 tells the story
+    set_determinism(exp.deterministic)
+    run = RunDir(out or Path("runs") / exp.name)
+    with distributed.rank_zero_first():  # downloads, fetched checkpoints, the folder: the others then read them
+        if restart:
+            run.check_usable()  # --restart moves aside a run folder, never a user's file or folder
+            run.move_aside()
+        ctx = Context(exp, run, device, load_data(exp.data, device, exp.model.num_classes))
+        preflight(ctx, names)
+        fingerprints = {stage.name: stage.fingerprint(exp) for stage in STAGES}
+        repeatable = frozenset(stage.name for stage in STAGES if stage.repeatable)
+        run.prepare(exp.to_dict(), fingerprints, device, repeatable)
+    log.info("run folder %s on %s", run.path, device)
+    run_stages(ctx, names)
+    results_file = run.path / RESULTS_FILE
+    reports = EVAL.name in names and results_file.is_file() and distributed.shard().rank == 0  # rank 0 reports
+    return json.loads(results_file.read_text()) if reports else None
+
+
+# ------------------------------------------------------------------------------------------- before any compute
+
+
+def preflight(ctx: Context, names: tuple[str, ...]) -> None:
+    """Fail before any compute when a stage would lack its input or its settings cannot work."""
+    _check_model_fits_data(ctx)
+    will_make = models_made_by(names, ctx.exp)
+    for stage in STAGES:
+        if stage.name not in names:
+            continue
+        if stage.trains(ctx.exp) and ctx.data.train is None:
+            raise ConfigError(
+                f"data: the {stage.name} stage trains, and data '{ctx.exp.data.name}' has no training split"
+            )
+        for model in stage.reads(ctx.exp):
+            if model not in will_make and not (model == "final" and will_make):
+                require_model(ctx, model)
+    if PRUNE.name in names:
+        check_pruning(ctx, will_make)
 
 
 def _check_model_fits_data(ctx: Context) -> None:
@@ -55,68 +139,3 @@ def _check_model_fits_data(ctx: Context) -> None:
             f"model.checkpoint: {ctx.exp.model.checkpoint} predicts {classes} classes but "
             f"data '{ctx.exp.data.name}' has labels up to {ctx.data.num_classes - 1}"
         )
-
-
-def preflight(ctx: Context, stages: tuple[str, ...]) -> None:
-    """Fail before any compute when a stage would lack its input or its settings cannot work."""
-    _check_model_fits_data(ctx)
-    will_make = models_made_by(stages, ctx.exp)
-    for name in stages:
-        stage = stage_named(name)
-        if trains(name, ctx.exp) and ctx.data.train is None:
-            raise ConfigError(f"data: the {name} stage trains, and data '{ctx.exp.data.name}' has no training split")
-        stage.preflight(ctx, will_make)
-        for model in stage.reads(ctx.exp):
-            if model not in will_make and not (model == "final" and will_make):
-                require_model(ctx, model)
-
-
-def run_experiment(
-    exp: Experiment, out: str | Path | None = None, stages: tuple[str, ...] | None = None, restart: bool = False
-) -> dict[str, Any] | None:
-    """Run ``stages`` (default: the config's) of ``exp`` in ``out`` (default runs/<name>); returns
-    the results of the eval stage when it ran or had run (in a run of several processes: in rank 0)."""
-    stages = tuple(stages or exp.stages)
-    device = distributed.join_group(resolve_device(exp.device))
-    try:
-        return _run_in(exp, out, stages, restart, device)
-    finally:
-        distributed.leave_group()
-
-
-def _run_in(
-    exp: Experiment, out: str | Path | None, stages: tuple[str, ...], restart: bool, device
-) -> dict[str, Any] | None:
-    if distributed.shard().rank != 0:
-        logging.getLogger().setLevel(logging.WARNING)  # rank 0 tells the story
-    set_determinism(exp.deterministic)
-    run = RunDir(out or Path("runs") / exp.name)
-    with distributed.rank_zero_first():  # downloads, fetched checkpoints, the folder: the others then read them
-        if restart:
-            run.check_usable()  # --restart moves aside a run folder, never a user's file or folder
-            run.move_aside()
-        ctx = Context(exp, run, device, load_data(exp.data, device, exp.model.num_classes))
-        preflight(ctx, stages)
-        plain = exp.to_dict()
-        repeatable = frozenset(stage.name for stage in STAGES if stage.repeatable)
-        run.prepare(plain, {stage.name: stage.fingerprint(plain) for stage in STAGES}, device, repeatable)
-    log.info("run folder %s on %s", run.path, device)
-    for name in stages:
-        _run_stage(ctx, name)
-    results_file = run.path / RESULTS_FILE
-    ran_eval = any(RESULTS_FILE in stage_named(name).files for name in stages)
-    reports = ran_eval and results_file.is_file() and distributed.shard().rank == 0  # rank 0 reports
-    return json.loads(results_file.read_text()) if reports else None
-
-
-def _run_stage(ctx: Context, name: str) -> None:
-    distributed.barrier()  # in a run of several processes, all see what rank 0 wrote before this stage
-    if ctx.run.is_done(name):
-        log.info("%s: already done in %s, skipped", name, ctx.run.path)
-        return
-    start = time.perf_counter()
-    log.info("%s: starting", name)
-    ctx.run.mark_started(name, ctx.fingerprint(name))
-    stage_named(name).run(ctx)
-    ctx.run.mark_done(name, ctx.fingerprint(name))
-    log.info("%s: done in %.1fs", name, time.perf_counter() - start)

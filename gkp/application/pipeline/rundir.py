@@ -10,10 +10,11 @@
                 per_sample_<model>.npz  per-sample flags of the evaluation, and minimum-norm attacks' norms
                 state/         <stage>_last.ckpt (resume), <stage>.started and <stage>.done markers
 
-Each stage has a fingerprint: a hash of the config sections it depends on (``gkp.application.pipeline.stages.STAGES`` names
+Each stage has a fingerprint: a hash of the config sections it depends on (``stages.STAGES`` names
 them). A finished stage with the same fingerprint is skipped; a finished or interrupted stage with a
 different one stops the run with the differing keys named, so finished results are never overwritten
-silently.
+silently. The markers record the fingerprints' version (``stages.FINGERPRINT_VERSION``): a folder of
+another version is refused, with how to rerun.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ import yaml
 from torch import nn
 
 from gkp.application.checkpoints.io import read_checkpoint, save_checkpoint
-from gkp.application.pipeline.stages import EXECUTION_ONLY, RESULTS_FILE
+from gkp.application.pipeline.stages import EXECUTION_ONLY, FINGERPRINT_VERSION, RESULTS_FILE
 from gkp.foundation.errors import RunFolderError
 from gkp.foundation.files import replaced_atomically, write_json_atomic, write_text_atomic, writes_files
 from gkp.foundation.schema import to_yaml
@@ -133,12 +134,19 @@ class RunDir:
         return self.state / f"{stage}.started"
 
     def recorded_fingerprints(self) -> dict[str, str]:
-        """Fingerprints of the stages this folder has finished or started (a done marker wins)."""
-        found = {}
-        for suffix in ("started", "done"):
-            for marker in sorted(self.state.glob(f"*.{suffix}")):
-                found[marker.stem] = json.loads(marker.read_text())["fingerprint"]
-        return found
+        """Fingerprints of the stages this folder has finished or started (a done marker wins), once the
+        folder is known to come from this version of the fingerprints."""
+        markers = [m for suffix in ("started", "done") for m in sorted(self.state.glob(f"*.{suffix}"))]
+        recorded = {marker.stem: json.loads(marker.read_text()) for marker in markers}
+        versions = {record.get("version", 1) for record in recorded.values()}
+        if versions - {FINGERPRINT_VERSION}:
+            raise RunFolderError(
+                f"{self.path} was made by an earlier version of gkp (run-folder version {min(versions)}; this is "
+                f"version {FINGERPRINT_VERSION}), whose fingerprints cannot be compared with this config's. Its "
+                f"results are kept: pass --out DIR for a new run, or --restart to move it aside to "
+                f"{self.path.name}.old-<time> and start over"
+            )
+        return {stage: record["fingerprint"] for stage, record in recorded.items()}
 
     def move_aside(self) -> None:
         """--restart: keep the previous run, renamed to <folder>.old-<time>, and start an empty one."""
@@ -210,13 +218,21 @@ class RunDir:
     def mark_started(self, stage: str, fingerprint_value: str) -> None:
         write_json_atomic(
             self._started_marker(stage),
-            {"fingerprint": fingerprint_value, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
+            {
+                "fingerprint": fingerprint_value,
+                "version": FINGERPRINT_VERSION,
+                "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            },
         )
 
     def mark_done(self, stage: str, fingerprint_value: str) -> None:
         write_json_atomic(
             self._done_marker(stage),
-            {"fingerprint": fingerprint_value, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
+            {
+                "fingerprint": fingerprint_value,
+                "version": FINGERPRINT_VERSION,
+                "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            },
         )
 
     def per_sample_path(self, model: str) -> Path:
@@ -311,13 +327,13 @@ class StageStore:
         self.best_prefix = best_prefix
         self.writer = None
 
-    def load_resume(self, model: nn.Module) -> TrainingState | None:
+    def load_resume(self) -> tuple[TrainingState, dict[str, torch.Tensor]] | None:
+        """(the state of the stage's last finished epoch, the model weights then), if an epoch finished."""
         path = self.run.resume_path(self.stage)
         if not path.is_file():
             return None
         payload = read_checkpoint(path)
-        model.load_state_dict(payload["state_dict"])
-        return TrainingState(**payload["training"])
+        return TrainingState(**payload["training"]), payload["state_dict"]
 
     def describe_last(self) -> str:
         path = self.run.resume_path(self.stage)

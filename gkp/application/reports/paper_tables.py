@@ -1,8 +1,8 @@
 """Our results in the layout of a paper table, each number beside the paper's: ``gkp table RUN_DIR ...
 --paper table10`` (Markdown, or CSV with ``--csv``).
 
-``gkp/application/reports/paper_tables.yaml`` holds the paper's Tables 2-7 and 9-19 as printed. A run supplies the rows of the
-method it is named after (the sweeps of ``scripts/paper/`` name each cell so): the row "BB" comes from its
+``paper_tables.yaml`` (beside this file) holds the paper's Tables 2-7 and 9-19 as printed. A run supplies the
+rows of the method it is named after (the sweeps of ``scripts/paper/`` name each cell so): the row "BB" comes from its
 best benign checkpoint, "(a)", "(b)", ... from its best on the table's first, second, ... attack column
 (FGSM 0.01 and 0.1 on CIFAR-10; FGSM 0.001, 0.01, 0.1 and PGD in Table 13), a merged row ("(a)=(b)",
 "BB=(b)", "(a)&(b)") from the first it names, "-" from its main evaluated model (a training-time method's

@@ -7,13 +7,15 @@ images, int64 labels, the class count, and the normalisation statistics models s
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from gkp.foundation.errors import DataError, relative_path_note
+from gkp.foundation.errors import ConfigError, DataError, relative_path_note
 from gkp.mechanisms.data.bundle import DataBundle, subset, training_indices
 from gkp.mechanisms.data.splits import TensorSplit
 from gkp.mechanisms.data.statistics import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD
@@ -192,3 +194,34 @@ def bundle_from_arrays(arrays: Arrays, cfg, device: torch.device) -> DataBundle:
         arrays.mean,
         arrays.std,
     )
+
+
+Reader = Callable[..., Arrays]  # (DataConfig, num_classes) -> Arrays
+
+
+def loader_of(read: Reader) -> Callable[..., DataBundle]:
+    """A ``Dataset.load`` for array-shaped data: the reader's arrays split, subset and put on the device."""
+
+    def load(cfg, device: torch.device, num_classes: int | None = None) -> DataBundle:
+        return bundle_from_arrays(read(cfg, num_classes), cfg, device)
+
+    return load
+
+
+def reads_root(cfg, trains: bool) -> None:
+    """A ``Dataset.check`` for every source but npz: it reads ``data.root`` (or nothing), never npz files."""
+    if cfg.path or cfg.train_path or cfg.test_path:
+        raise ConfigError(
+            f"data.path: path, train_path and test_path are for data.name: npz, "
+            f"not '{cfg.name}' (which reads data.root)"
+        )
+
+
+def sized(train: int, test: int) -> Callable[[Any], tuple[int, int]]:
+    """A ``Dataset.images`` for a dataset of ``train`` + ``test`` images, as a data section subsets them."""
+
+    def images(cfg) -> tuple[int, int]:
+        kept = min(cfg.train_size or train, train)
+        return round(kept * (1 - cfg.val_fraction)), min(cfg.test_size or test, test)
+
+    return images

@@ -9,11 +9,13 @@ Images stay in [0, 1]; normalisation is inside the model.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
 from torch.utils.data import Dataset, Subset
 
+from gkp.entries.datasets.arrays import sized
 from gkp.foundation.errors import DataError, relative_path_note
 from gkp.mechanisms.data.bundle import DataBundle, subset, training_indices
 from gkp.mechanisms.data.splits import FolderSplit
@@ -102,3 +104,19 @@ def bundle_from_folders(cfg, device: torch.device, num_classes: int | None = Non
         IMAGENET_MEAN,
         IMAGENET_STD,
     )
+
+
+# What image folders usually hold at their image size, for estimates before the folders exist here:
+# Tiny-ImageNet (64x64: 100,000 + 10,000) and ImageNet-1k (224x224: 1,281,167 + 50,000).
+USUAL_FOLDER_IMAGES = {64: (100_000, 10_000), 224: (1_281_167, 50_000)}
+
+
+def folder_images(cfg) -> tuple[int, int] | None:
+    """(training, test) images: counted where the folders exist, else what the usual dataset of the image
+    size holds."""
+    root = Path(cfg.root)
+    if (root / "train").is_dir() and (root / "val").is_dir():
+        train, test = (sum(len(files) for _, _, files in os.walk(root / part)) for part in ("train", "val"))
+        return sized(train, test)(cfg)
+    usual = USUAL_FOLDER_IMAGES.get(cfg.image_size or 224)
+    return sized(*usual)(cfg) if usual else None

@@ -37,7 +37,7 @@ def greedy_select(bucket: Bucket, params: GreedyParams) -> np.ndarray:
     return bucket.beam_search(greedy_settings(bucket.keep, params.match_ratio, params.beta))
 
 
-METHOD = grouped_kernel_method(
+ENTRY = grouped_kernel_method(
     "gkp_greedy",
     GreedyParams,
     snaking,

@@ -26,6 +26,6 @@ def keep_largest(bucket: Bucket, params: LargestParams) -> np.ndarray:
     return np.sort(np.argsort(-bucket.norms, axis=1, kind="stable")[:, : bucket.keep], axis=1)
 
 
-METHOD = grouped_kernel_method(
+ENTRY = grouped_kernel_method(
     "gkp_l2", LargestParams, snaking, keep_largest, "smoothness snaking + keep the largest GKs by L2 norm"
 )

@@ -26,7 +26,7 @@ def keep_smoothest(bucket: Bucket, params: LeastSmoothParams) -> np.ndarray:
     return np.sort(np.argsort(bucket.smoothness, axis=1, kind="stable")[:, : bucket.keep], axis=1)
 
 
-METHOD = grouped_kernel_method(
+ENTRY = grouped_kernel_method(
     "gkp_least_smooth",
     LeastSmoothParams,
     snaking,

@@ -33,7 +33,7 @@ def keep_random(bucket: Bucket, params: RandomKernelParams) -> np.ndarray:
     return np.sort(np.stack(draws)[:, : bucket.keep], axis=1)
 
 
-METHOD = grouped_kernel_method(
+ENTRY = grouped_kernel_method(
     "gkp_random",
     RandomKernelParams,
     snaking,

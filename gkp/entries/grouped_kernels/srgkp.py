@@ -60,7 +60,7 @@ def beam_select(bucket: Bucket, params: SRGKPParams) -> np.ndarray:
     return bucket.beam_search(settings)
 
 
-METHOD = grouped_kernel_method(
+ENTRY = grouped_kernel_method(
     "srgkp",
     SRGKPParams,
     snaking,

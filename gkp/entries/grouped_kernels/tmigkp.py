@@ -13,8 +13,8 @@ Per pruned conv:
 3. The clustering that wins most snapshots groups the layer (ties: the longest run of consecutive wins,
    then the order above); groups are ordered by their lowest filter index, filters ascending within.
 4. Each group keeps K = int((1 - rate) * (C_in + 1)) grouped kernels chosen greedily (see
-   ``gkp.entries.grouped_kernels.gkp_greedy``): from every start, add the GK least similar in sum to those chosen; keep the
-   candidate of lowest cost, each pruned GK counting the sum of its top int(0.2 K) similarities to the
+   ``gkp.entries.grouped_kernels.gkp_greedy``): from every start, add the GK least similar in sum to those
+   chosen; keep the candidate of lowest cost, each pruned GK counting the sum of its top int(0.2 K) similarities to the
    kept ones, weighted by ``cost_balancer`` (beta; automatic by default).
 
 Where the original's code is not available to us the details are our definitions, documented in
@@ -116,7 +116,7 @@ def tmi_select(bucket: Bucket, params: TMIParams) -> np.ndarray:
     return bucket.beam_search(settings)
 
 
-METHOD = grouped_kernel_method(
+ENTRY = grouped_kernel_method(
     "tmigkp",
     TMIParams,
     tmi_grouping,

@@ -1,4 +1,5 @@
-"""Bottleneck ResNet-50/101 (He et al., CVPR 2016) built from torchvision's ``ResNet``.
+"""Bottleneck ResNets (He et al., CVPR 2016) built from torchvision's ``ResNet``: the code of the
+``resnet50`` and ``resnet101`` entries.
 
 Module names are torchvision's (``conv1 bn1 layer1..4.{i}.conv1..3 bn1..3 downsample fc``), so its
 pretrained weights load directly. ``stem="small"`` replaces the 7x7 stride-2 conv and the max-pool by
@@ -9,14 +10,13 @@ torchvision's stem for 224x224 inputs.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from functools import partial
 from typing import Literal
 
 import torch
 from torch import nn
 from torchvision.models.resnet import Bottleneck, ResNet
 
-from gkp.foundation.contracts import ArchEntry, FilterGroup
+from gkp.foundation.contracts import FilterGroup
 from gkp.mechanisms.data.statistics import IMAGENET_MEAN, IMAGENET_STD
 from gkp.mechanisms.layers.normalize import Normalize
 
@@ -64,11 +64,3 @@ class BottleneckResNet(ResNet):
         return [
             f"layer{s}.{i}.{c}" for s in (1, 2, 3, 4) for i in range(len(getattr(self, f"layer{s}"))) for c in convs
         ]
-
-
-RESNET50 = ArchEntry(
-    "resnet50", partial(BottleneckResNet, (3, 4, 6, 3)), 224, "bottleneck ResNet-50 (torchvision)", stem_for
-)
-RESNET101 = ArchEntry(
-    "resnet101", partial(BottleneckResNet, (3, 4, 23, 3)), 224, "bottleneck ResNet-101 (torchvision)", stem_for
-)

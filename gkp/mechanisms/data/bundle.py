@@ -1,9 +1,10 @@
-"""Datasets as the engine sees them: a ``DataBundle`` of train / val / test splits on the device.
+"""Datasets as the engine sees them: a ``DataBundle`` of train / val / test splits on the device, and the
+seeded subsets and validation fraction a ``data`` section asks for.
 
 The sources (CIFAR-10/100, image folders, npz files, scikit-learn's digits, synthetic data) are
-``gkp.foundation.contracts.Dataset`` entries in ``gkp.entries.datasets.sources``, registered in ``gkp.application.catalog.DATASETS``;
-``gkp.application.catalog.load_data(cfg, device)`` loads the one a config names. ``data.val_fraction`` holds out a
-seeded part of the training set for ``select_on: val``; ``train_size`` / ``test_size`` take seeded subsets.
+``gkp.foundation.contracts.Dataset`` entries in ``gkp/entries/datasets/``; ``gkp.application.catalog.load_data``
+loads the one a config names. ``data.val_fraction`` holds out a seeded part of the training set (for
+``select_on: val``, and for phases that train on it); ``train_size`` / ``test_size`` take seeded subsets.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ On a CPU the processes talk through gloo, on GPUs through NCCL.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -102,12 +102,12 @@ def sum_across(values: torch.Tensor) -> torch.Tensor:
     return values
 
 
-def average_gradients(model: nn.Module, batch_part: int) -> None:
+def average_gradients(parameters: Iterable[nn.Parameter], batch_part: int) -> None:
     """After a backward pass of ``batch_part`` times this process's mean loss: the gradient of the whole
     batch's mean loss in every process (one all-reduce of all gradients and the parts' sizes)."""
     if not dist.is_initialized():
         return
-    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    grads = [p.grad for p in parameters if p.grad is not None]
     flat = torch.cat([*(g.reshape(-1) for g in grads), grads[0].new_tensor([float(batch_part)])])
     dist.all_reduce(flat)
     flat = flat[:-1] / flat[-1]

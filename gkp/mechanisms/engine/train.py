@@ -1,15 +1,16 @@
-"""The one training loop: phases of SGD epochs with hooks, AMP on CUDA, channels_last, periodic
-evaluation with best-epoch tracking, per-epoch resume checkpoints, and a stop on a non-finite loss.
+"""The one training loop: phases of epochs with hooks, AMP on CUDA, channels_last, periodic evaluation
+with best-epoch tracking, per-epoch resume checkpoints, and a stop on a non-finite loss.
 
-Everything a method or option changes about training goes through ``gkp.foundation.contracts``: the ``Phase``s (each
-with a fresh optimizer and schedule from its ``Recipe``), the ``Objective`` (the loss of a batch:
-cross-entropy, or an adversarial-training one) and the ``TrainingHooks`` (regularizers, gradient masks,
-re-applied masks, per-epoch re-selection, state that goes into resume checkpoints). The loop calls every
-hook at its point, whoever implements it.
+Everything a method or option changes about training goes through ``gkp.foundation.contracts``: the
+``Phase``s (each with fresh optimizers and schedules from its ``Recipe``, or its own optimizers and step;
+the split it trains on, a frozen backbone, a rule that ends it early), the ``Objective`` (the loss of a
+step: a ``Loss`` entry's) and the ``TrainingHooks`` (regularizers, gradient masks, re-applied masks,
+per-epoch re-selection, state that goes into resume checkpoints). The loop calls every hook at its point,
+whoever implements it.
 
-``fit`` talks to the run folder only through a ``store`` (see ``gkp.application.pipeline.rundir.StageStore``): it asks for a
-resume state at the start, and after every epoch hands over the new state, the metrics row and any
-improved best model. Each epoch's shuffling, augmentation and objective randomness (an attack's random
+``fit`` talks to the run folder only through a ``store`` (see ``gkp.application.pipeline.rundir``): it
+asks for a resume state at the start, and after every epoch hands over the new state, the metrics row and
+any improved best model. Each epoch's shuffling, augmentation and objective randomness (an attack's random
 start) come from seeds derived from the experiment seed, the stage, the phase and the epoch, so a run
 resumed after an interruption repeats exactly the epochs it lost (bit-identical on CPU with
 ``deterministic: true``).
@@ -26,16 +27,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from gkp.foundation.contracts import Objective, Phase, TrainingHooks
-from gkp.foundation.errors import NonFiniteLossError
+from gkp.foundation.contracts import Objective, Phase, Recipe, StepContext, TrainingHooks
+from gkp.foundation.errors import ConfigError, NonFiniteLossError
 from gkp.foundation.seeding import derive_seed
 from gkp.mechanisms.engine import distributed
 from gkp.mechanisms.engine.device import amp_dtype, use_channels_last
-from gkp.mechanisms.engine.schedule import build_scheduler
+from gkp.mechanisms.engine.optimize import Optimization
 
 log = logging.getLogger(__name__)
 
@@ -46,23 +46,14 @@ EpochEvaluation = Callable[[nn.Module, str], dict[str, float]]
 """``evaluate(model, description) -> {metric: accuracy}`` on the selection split (benign and attacks)."""
 
 
-def cross_entropy(label_smoothing: float = 0.0) -> Objective:
-    """Plain training: the cross-entropy of the clean batch."""
-
-    def objective(model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = model(x)
-        return F.cross_entropy(logits, y, label_smoothing=label_smoothing), logits
-
-    return objective
-
-
 @dataclass(frozen=True)
 class LoopSettings:
     """What the loop needs besides its phases: the stage (names checkpoints and seeds), the seed, the
     batch size, precision and memory format ("auto" / "on" / "off" as in the config), how often it
     evaluates (every ``eval_every`` epochs, 0: the last epoch only), whether a run of several processes
-    normalises with the global batch (``gkp.mechanisms.engine.distributed``), the prefix of its metric columns and
-    the (1-based, counted across phases) epochs after which the weights are also kept as snapshots."""
+    normalises with the global batch (``gkp.mechanisms.engine.distributed``), the prefix of its metric
+    columns and the (1-based, counted across phases) epochs after which the weights are also kept as
+    snapshots."""
 
     stage: str
     seed: int
@@ -88,127 +79,133 @@ class FitOutcome:
 @dataclass
 class TrainingState:
     """What a resume checkpoint holds besides the model weights: the position (``epoch`` epochs of phase
-    ``phase`` completed), the optimizer, schedule and scaler of that phase, the hooks' state, and the
-    history and best epochs so far."""
+    ``phase`` completed; a phase its stop rule ended counts as complete), the optimizers, schedules and
+    scaler of that phase, the optimizer steps taken, the hooks' state, and the history and best epochs."""
 
     epoch: int
-    optimizer: dict
-    scheduler: dict
-    scaler: dict | None
+    optimization: dict
     history: list[dict[str, Any]]
     best: dict[str, dict[str, Any]]
     phase: int = 0
+    steps: int = 0
     hooks: dict = field(default_factory=dict)
 
 
-def gradient_scaler(amp: str, device: torch.device) -> torch.amp.GradScaler | None:
-    """float16 autocast needs its loss scaled against underflowing gradients; bfloat16 and float32 do not."""
-    return torch.amp.GradScaler(device.type) if amp_dtype(amp, device) == torch.float16 else None
+@dataclass(frozen=True)
+class Data:
+    """The splits a phase may train on: ``train``, and ``val`` (``data.val_fraction``), if any."""
+
+    train: Any
+    val: Any = None
+
+    def of(self, phase: Phase) -> Any:
+        split = self.train if phase.data == "train" else self.val
+        if split is None:
+            raise ConfigError(
+                f"phase '{phase.name}' trains on the validation fraction of the training split, and there is "
+                "none: set data.val_fraction, e.g. 0.1"
+            )
+        return split
+
+
+# ------------------------------------------------------------------------------------ one step
+
+
+ONE_PHASE = Phase("", Recipe(epochs=1, lr=0.0))  # the phase of an epoch run on its own (benchmarks, tests)
+
+
+def objective_generator(device: torch.device, seed: int) -> torch.Generator:
+    """The generator an epoch's objective draws from (an attack's random start), seeded from its seed."""
+    generator = torch.Generator(device=device)
+    generator.manual_seed(derive_seed(seed, "objective"))
+    return generator
 
 
 @dataclass
-class Optimization:
-    """One phase's optimizer, schedule and (float16 only) gradient scaler."""
+class Epoch:
+    """What the steps of one epoch share: the model, the phase's optimization, the objective, the hooks,
+    the objective's generator, where it is (the phase, its index, the epoch in it), the teacher, and the
+    stage's step count."""
 
-    optimizer: torch.optim.Optimizer
-    scheduler: Any
-    scaler: torch.amp.GradScaler | None
+    model: nn.Module
+    optimization: Optimization
+    objective: Objective
+    hooks: TrainingHooks
+    generator: torch.Generator
+    phase: Phase = ONE_PHASE
+    index: int = 0
+    epoch: int = 0
+    teacher: nn.Module | None = None
+    steps: int = 0
+    part: int | None = None  # in a run of several processes: this process's images of the batch
 
-    @classmethod
-    def start(cls, model: nn.Module, phase: Phase, settings: LoopSettings, device: torch.device) -> Optimization:
-        recipe = phase.recipe
-        optimizer = torch.optim.SGD(
-            model.parameters(),
-            lr=recipe.lr,
-            momentum=recipe.momentum,
-            weight_decay=recipe.weight_decay,
-            nesterov=recipe.nesterov,
-        )
-        return cls(optimizer, build_scheduler(recipe, optimizer), gradient_scaler(settings.amp, device))
-
-    def restore(self, state: TrainingState) -> None:
-        self.optimizer.load_state_dict(state.optimizer)
-        self.scheduler.load_state_dict(state.scheduler)
-        if self.scaler is not None and state.scaler:
-            self.scaler.load_state_dict(state.scaler)
-
-    def state(self) -> tuple[dict, dict, dict | None]:
-        return (
-            self.optimizer.state_dict(),
-            self.scheduler.state_dict(),
-            self.scaler.state_dict() if self.scaler else None,
-        )
-
-    @property
-    def lr(self) -> float:
-        return self.optimizer.param_groups[0]["lr"]
+    def context(self, x: torch.Tensor, y: torch.Tensor) -> StepContext:
+        return StepContext(self.model, x, y, self.generator, self.teacher, self.index, self.epoch, self.steps)
 
 
-# ------------------------------------------------------------------------------------ one epoch
+def default_step(epoch: Epoch, x: torch.Tensor, y: torch.Tensor, dtype) -> tuple[torch.Tensor, Any, torch.Tensor]:
+    """The objective plus the hooks' regularizer, minimised by every optimizer of the phase. In a run of
+    several processes the loss is weighted by this process's part of the batch and the gradients
+    averaged, so the step is the whole batch's. Returns (loss, penalty or None, logits)."""
+    model, hooks, optimization = epoch.model, epoch.hooks, epoch.optimization
+    with torch.autocast(x.device.type, dtype=dtype) if dtype else nullcontext():
+        loss, logits = epoch.objective(epoch.context(x, y))
+        penalty = hooks.regularizer(model)
+    total = loss if penalty is None else loss + penalty
+    optimization.zero_grad()
+    if epoch.part is not None:
+        total = total * epoch.part
+    (optimization.scaler.scale(total) if optimization.scaler is not None else total).backward()
+    if epoch.part is not None:
+        distributed.average_gradients(optimization.parameters(), epoch.part)
+    optimization.unscale()
+    hooks.after_backward(model)
+    optimization.clip()
+    optimization.step()
+    return loss, penalty, logits
 
 
-def _step(
-    model: nn.Module, loss: torch.Tensor, optimization: Optimization, hooks: TrainingHooks, part: int | None
-) -> None:
-    """One SGD step on ``loss``. In a run of several processes ``part`` is this process's number of images
-    of the batch: its loss is weighted by it and the gradients averaged, so the step is the whole batch's."""
-    optimizer, scaler = optimization.optimizer, optimization.scaler
-    optimizer.zero_grad(set_to_none=True)
-    if part is not None:
-        loss = loss * part
-    (scaler.scale(loss) if scaler is not None else loss).backward()
-    if part is not None:
-        distributed.average_gradients(model, part)
-    if scaler is not None:
-        scaler.unscale_(optimizer)
-        hooks.after_backward(model)
-        scaler.step(optimizer)
-        scaler.update()
-    else:
-        hooks.after_backward(model)
-        optimizer.step()
-    hooks.after_step(model)
+def own_step(epoch: Epoch, x: torch.Tensor, y: torch.Tensor, dtype) -> tuple[torch.Tensor, Any, torch.Tensor]:
+    """The phase's own step, under the same autocast."""
+    with torch.autocast(x.device.type, dtype=dtype) if dtype else nullcontext():
+        loss, logits = epoch.phase.step(epoch.context(x, y), epoch.optimization.optimizers, epoch.objective)
+    return loss, None, logits
 
 
 def train_one_epoch(
-    model: nn.Module,
-    split,
-    optimization: Optimization,
-    *,
-    objective: Objective,
-    hooks: TrainingHooks,
-    settings: LoopSettings,
-    seed: int,
-    device: torch.device,
-    description: str,
-) -> dict[str, float]:
-    model.train()
+    epoch: Epoch, split, settings: LoopSettings, seed: int, description: str
+) -> tuple[dict[str, float], bool]:
+    """One pass over ``split``: (the metrics row, whether the phase's stop rule ended it early)."""
+    model, device = epoch.model, epoch.generator.device
+    model.train(not epoch.phase.frozen_backbone)
     dtype = amp_dtype(settings.amp, device)
-    channels_last = use_channels_last(settings.channels_last, device)
+    layout = torch.channels_last if use_channels_last(settings.channels_last, device) else torch.contiguous_format
     shard = distributed.shard()
-    generator = torch.Generator(device=device)
-    generator.manual_seed(derive_seed(seed, "objective"))
+    step_of = own_step if epoch.phase.step is not None else default_step
     # loss, penalty (both summed over images), correct, images
     sums = torch.zeros(4, device=device, dtype=torch.float64)
     start = time.perf_counter()
     batches = split.batches(settings.batch_size, train=True, seed=seed, shard=shard)
     total = split.num_batches(settings.batch_size, train=True, shard=shard)
     progress = tqdm(batches, total=total, desc=description, leave=False, disable=None if shard.rank == 0 else True)
-    layout = torch.channels_last if channels_last else torch.contiguous_format
-    for step, (x, y) in enumerate(progress):
+    stopping = False
+    for index, (x, y) in enumerate(progress):
         x = x.contiguous(memory_format=layout)  # whatever the split hands over (its crop: channels_last)
-        with torch.autocast(device.type, dtype=dtype) if dtype else nullcontext():
-            loss, logits = objective(model, x, y, generator)
-            penalty = hooks.regularizer(model)
-        total_loss = loss if penalty is None else loss + penalty
-        _step(model, total_loss, optimization, hooks, len(y) if shard.size > 1 else None)
+        epoch.part = len(y) if shard.size > 1 else None
+        loss, penalty, logits = step_of(epoch, x, y, dtype)
+        epoch.steps += 1
+        epoch.hooks.after_step(model, epoch.optimization.lr, epoch.steps)
         sums[0] += loss.detach().double() * len(y)
         if penalty is not None:
             sums[1] += penalty.detach().double() * len(y)
         sums[2] += (logits.detach().argmax(1) == y).sum()
         sums[3] += len(y)
-        if (step + 1) % NAN_CHECK_EVERY == 0 or step + 1 == total:
-            _check_finite(distributed.sum_across(sums[:2]).sum(), step)
+        stopping = epoch.phase.stop is not None and epoch.phase.stop(model)
+        if (index + 1) % NAN_CHECK_EVERY == 0 or index + 1 == total or stopping:
+            _check_finite(distributed.sum_across(sums[:2]).sum(), index)
+        if stopping:
+            log.info("%s: the phase's stop rule ended it after step %d of the epoch", description, index + 1)
+            break
     loss_sum, penalty_sum, correct, seen = distributed.sum_across(sums).tolist()
     seconds = time.perf_counter() - start
     row = {
@@ -219,7 +216,7 @@ def train_one_epoch(
     }
     if penalty_sum:
         row["train_penalty"] = penalty_sum / max(seen, 1)
-    return row
+    return row, stopping
 
 
 def _check_finite(loss_sum: torch.Tensor, step: int) -> None:
@@ -246,25 +243,25 @@ class _Run:
         self.hooks, self.evaluate_epoch = hooks, evaluate_epoch
         self.history: list[dict[str, Any]] = []
         self.best: dict[str, dict[str, Any]] = {}
-        self.total_epochs = sum(phase.recipe.epochs for phase in self.phases)
-
-    def epochs_before(self, phase_index: int) -> int:
-        return sum(phase.recipe.epochs for phase in self.phases[:phase_index])
+        self.steps = 0
+        self.planned_epochs = sum(phase.recipe.epochs for phase in self.phases)
 
     def resume(self) -> TrainingState | None:
-        state = self.store.load_resume(self.model)
-        if state is not None:
-            self.history, self.best = state.history, state.best
-            self.hooks.load_state_dict(state.hooks)
-            done = self.epochs_before(state.phase) + state.epoch
-            log.info("%s: resuming after epoch %d of %d", self.settings.stage, done, self.total_epochs)
+        """The state of the last finished epoch, if any: the hooks' state and the structure it implies are
+        restored first, then the weights (which need that structure)."""
+        found = self.store.load_resume()
+        if found is None:
+            return None
+        state, weights = found
+        self.hooks.load_state_dict(state.hooks, self.model)
+        self.model.load_state_dict(weights)
+        self.history, self.best, self.steps = state.history, state.best, state.steps
+        log.info("%s: resuming after epoch %d of %d", self.settings.stage, len(self.history), self.planned_epochs)
         return state
 
-    def record(self, row: dict[str, Any], phase: Phase) -> None:
+    def record(self, row: dict[str, Any], phase: Phase, last: bool) -> None:
         """Evaluate when due, track the best epochs (of final-structure phases only) and keep snapshots."""
-        if row["epoch"] == self.total_epochs or (
-            self.settings.eval_every > 0 and row["epoch"] % self.settings.eval_every == 0
-        ):
+        if last or (self.settings.eval_every > 0 and row["epoch"] % self.settings.eval_every == 0):
             for metric, value in self.evaluate_epoch(self.model, f"{self.describe(row['epoch'])} eval").items():
                 row[f"{self.settings.metric_prefix}_{metric}"] = value
                 if phase.final and (metric not in self.best or value > self.best[metric]["accuracy"]):
@@ -278,7 +275,7 @@ class _Run:
         )
 
     def describe(self, epoch: int) -> str:
-        return f"{self.settings.stage} {epoch}/{self.total_epochs}"
+        return f"{self.settings.stage} {epoch}/{self.planned_epochs}"
 
 
 def _formatted(key: str, value: Any) -> str:
@@ -289,66 +286,85 @@ def fit(
     model: nn.Module,
     phases: Sequence[Phase],
     *,
-    train_split,
+    data: Data,
     settings: LoopSettings,
     store,
-    objective: Objective | None = None,
+    objective: Objective,
     hooks: TrainingHooks = NO_HOOKS,
     evaluate_epoch: EpochEvaluation | None = None,
+    teacher: nn.Module | None = None,
 ) -> FitOutcome:
-    """Train ``model`` in place through ``phases`` (each with a fresh SGD and schedule), resuming from
-    ``store``. Each step minimises ``objective`` (default: cross-entropy) plus the hooks' regularizer;
-    after each epoch the model is evaluated (``evaluate_epoch``, when due) and checkpointed."""
+    """Train ``model`` in place through ``phases``, resuming from ``store``. Each step minimises
+    ``objective`` (plus the hooks' regularizer) or runs the phase's own step; after each epoch the model is
+    evaluated (``evaluate_epoch``, when due) and checkpointed. ``teacher`` is given to the objective."""
     device = next(model.parameters()).device
+    if distributed.shard().size > 1 and any(phase.step is not None for phase in phases):
+        raise ConfigError("a phase with a step of its own trains in one process; run it without torchrun")
     if use_channels_last(settings.channels_last, device):
         model.to(memory_format=torch.channels_last)
     run = _Run(model, phases, settings, store, hooks, evaluate_epoch or (lambda m, d: {}))
-    objective = objective or cross_entropy()
     state = run.resume()
     distributed.broadcast_model(model)
     start_phase, start_epoch = (state.phase, state.epoch) if state else (0, 0)
+    trainable = {p: p.requires_grad for p in model.parameters()}
     with distributed.global_batchnorm(model, settings.sync_batchnorm):
         for index in range(start_phase, len(run.phases)):
             phase = run.phases[index]
-            optimization = Optimization.start(model, phase, settings, device)
             resuming = state is not None and index == start_phase
-            if resuming:
-                optimization.restore(state)
-            else:
+            if not resuming:
                 hooks.start_phase(model, index)
-            for epoch in range(start_epoch if resuming else 0, phase.recipe.epochs):
-                _one_epoch(run, index, epoch, optimization, objective, train_split, device)
+            optimization = Optimization.start(model, phase, settings.amp, device)
+            if resuming:
+                optimization.restore(state.optimization)
+            _unfreeze(trainable)
+            if phase.frozen_backbone:
+                _freeze_all_but(model, optimization, trainable)
+            first = start_epoch if resuming else 0
+            for epoch in range(first, phase.recipe.epochs):
+                stopped = _one_epoch(run, index, epoch, optimization, objective, data, device, teacher)
+                if stopped:
+                    break
+    _unfreeze(trainable)
     return FitOutcome(run.history, run.best)
 
 
-def _one_epoch(run: _Run, index: int, epoch: int, optimization, objective, train_split, device) -> None:
+def _freeze_all_but(model: nn.Module, optimization: Optimization, trainable: dict) -> None:
+    """A frozen backbone: only the parameters the phase's optimizers hold get gradients."""
+    held = set(optimization.parameters())
+    for parameter in model.parameters():
+        parameter.requires_grad_(parameter in held and trainable.get(parameter, True))
+
+
+def _unfreeze(trainable: dict) -> None:
+    for parameter, requires_grad in trainable.items():
+        parameter.requires_grad_(requires_grad)
+
+
+def _one_epoch(run: _Run, index: int, epoch: int, optimization, objective, data: Data, device, teacher) -> bool:
+    """Train, step the schedules, evaluate and checkpoint one epoch; whether the phase's stop rule ended it."""
     phase, model, hooks, settings = run.phases[index], run.model, run.hooks, run.settings
-    overall = run.epochs_before(index) + epoch + 1
+    overall = len(run.history) + 1
     lr = optimization.lr
     hooks.start_epoch(model, index, epoch)
+    seed = epoch_seed(settings, phase, epoch)
+    generator = objective_generator(device, seed)
+    state = Epoch(model, optimization, objective, hooks, generator, phase, index, epoch, teacher, run.steps)
     try:
-        row = train_one_epoch(
-            model,
-            train_split,
-            optimization,
-            objective=objective,
-            hooks=hooks,
-            settings=settings,
-            seed=epoch_seed(settings, phase, epoch),
-            device=device,
-            description=run.describe(overall),
-        )
+        row, stopped = train_one_epoch(state, data.of(phase), settings, seed, run.describe(overall))
     except NonFiniteLossError as error:
         raise NonFiniteLossError(
             f"{settings.stage}, epoch {overall}: {error}. The last good checkpoint ({run.store.describe_last()}) "
             "is kept. Fix the cause (a lower learning rate, the data) and start a new run "
             "(--out) or --restart"
         ) from None
-    optimization.scheduler.step()
+    run.steps = state.steps
+    optimization.end_epoch()
     distributed.broadcast_model(model)  # rank 0's BatchNorm statistics where each process kept its own
     hooks.end_epoch(model, index, epoch)
     phase_column = {"phase": phase.name} if phase.name else {}
-    run.record({"epoch": overall, **phase_column, "lr": lr, **row}, phase)
-    optimizer, scheduler, scaler = optimization.state()
-    state = TrainingState(epoch + 1, optimizer, scheduler, scaler, run.history, run.best, index, hooks.state_dict())
+    last = index + 1 == len(run.phases) and (stopped or epoch + 1 == phase.recipe.epochs)
+    run.record({"epoch": overall, **phase_column, "lr": lr, **row}, phase, last)
+    done = phase.recipe.epochs if stopped else epoch + 1
+    state = TrainingState(done, optimization.state(), run.history, run.best, index, run.steps, hooks.state_dict())
     run.store.save_epoch(model, state)
+    return stopped

@@ -7,8 +7,8 @@ shortcuts only the filters of a block's inner conv (``PrunableModel.filter_pruni
 out physically; zeroed filters of the stem and of each block's last conv feed a residual sum and stay in
 the physical model as zeros (``zero_masks`` in the plan's notes). Where a method leaves the BatchNorm of a
 zeroed filter active, the channel still emits a constant (its BatchNorm's output for a zero input,
-through the ReLU), so the physical model, which drops it, differs from the masked one: ``gkp.application.pipeline.steps``
-measures and reports that difference.
+through the ReLU), so the physical model, which drops it, differs from the masked one: the prune stage
+(``gkp.application.pipeline.prune``) measures and reports that difference.
 """
 
 from __future__ import annotations

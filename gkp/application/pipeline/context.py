@@ -1,0 +1,74 @@
+"""What every stage works with: the experiment, its run folder, the device and the loaded data, and where
+each model of the run lives (its file in the run folder, or ``model.checkpoint`` for the dense one)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from gkp.application.catalog import model_for_data
+from gkp.application.checkpoints.io import load_model
+from gkp.application.checkpoints.zoo import local_checkpoint
+from gkp.application.pipeline.rundir import RunDir
+from gkp.application.pipeline.stages import model_file, produced_by, stage_named
+from gkp.foundation.errors import RunFolderError
+from gkp.mechanisms.data.bundle import DataBundle
+
+if TYPE_CHECKING:
+    from gkp.application.config import Experiment
+
+NEWEST_FIRST = ("final", "pruned", "dense")  # the models "final" may stand for, newest along the pipeline first
+
+
+@dataclass
+class Context:
+    """What every stage works with: the experiment, its run folder, the device and the loaded data."""
+
+    exp: Experiment
+    run: RunDir
+    device: torch.device
+    data: DataBundle
+
+    def fingerprint(self, stage: str) -> str:
+        return stage_named(stage).fingerprint(self.exp)
+
+
+def _own_model(ctx: Context, name: str) -> Path | None:
+    """The model ``name`` as its stage saved it; the dense model may also be ``model.checkpoint``."""
+    candidates = [ctx.run.path / model_file(name)]
+    if name == "dense" and ctx.exp.model.checkpoint:
+        candidates.append(local_checkpoint(ctx.exp.model.checkpoint))
+    return next((p for p in candidates if p.is_file()), None)
+
+
+def model_path(ctx: Context, name: str) -> Path | None:
+    """The checkpoint behind an eval model name, if it exists: ``final`` is the newest model along the
+    pipeline (fine-tuned, else pruned, else dense); best-epoch models are their files."""
+    if name != "final":
+        return _own_model(ctx, name)
+    return next((p for p in (_own_model(ctx, m) for m in NEWEST_FIRST) if p is not None), None)
+
+
+def require_model(ctx: Context, name: str) -> Path:
+    path = model_path(ctx, name)
+    if path is None:
+        stage = produced_by(name, ctx.exp)
+        raise RunFolderError(
+            f"no '{name}' model in {ctx.run.path}: run the {stage} stage first "
+            f"(gkp {stage} CONFIG){' or set model.checkpoint' if name == 'dense' else ''}"
+        )
+    return path
+
+
+def load_run_model(ctx: Context, name: str) -> nn.Module:
+    """The model ``name`` of this run, on the run's device, in eval mode."""
+    return load_model(require_model(ctx, name), ctx.device)[0]
+
+
+def new_model(ctx: Context) -> nn.Module:
+    """A freshly initialised model for the configured arch, sized and normalised for the data."""
+    return model_for_data(ctx.exp.model.arch, ctx.data, ctx.exp.model.num_classes, ctx.exp.model.args)

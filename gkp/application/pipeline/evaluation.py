@@ -1,0 +1,113 @@
+"""The eval stage: each model of ``eval.models`` evaluated clean and under every attack of the config,
+with per-sample flags, the worst case over the attacks, parameters and MACs in both conventions. An
+interrupted evaluation keeps the attacks it finished; a changed ``attacks`` or ``eval`` section runs
+again beside the earlier results (``evaluations/<fingerprint>/``)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from gkp.application.checkpoints.io import load_model
+from gkp.application.checkpoints.zoo import user_cache
+from gkp.application.pipeline.context import Context, require_model
+from gkp.application.pipeline.stages import STAGE_NAMES
+from gkp.foundation.files import write_json_atomic
+from gkp.mechanisms.counting import count_nonzero_params, measure
+from gkp.mechanisms.engine.evaluate import evaluate
+from gkp.mechanisms.layers.forms import choose_forms
+
+log = logging.getLogger(__name__)
+
+
+def forms_cache() -> Path:
+    """The file of grouped-conv form timings kept across stages and runs on this machine."""
+    return user_cache("forms.json", "GKP_FORMS_CACHE")
+
+
+def fastest_forms(ctx: Context, model: nn.Module, batch_size: int, train: bool, channels_last: bool) -> dict[str, int]:
+    """Run each layer that has several equivalent forms in its fastest one on this device and batch,
+    timed in the memory format it will run in, once per machine (``forms_cache``), so that the same
+    command gives the same numbers; deterministic runs keep the default forms. Returns how many layers
+    run in each form."""
+    if ctx.exp.deterministic:
+        return {}
+    path = forms_cache()
+    timings = _read_timings(path)
+    known = dict(timings)
+    chosen = choose_forms(
+        model, ctx.data.image_size, batch_size, train=train, channels_last=channels_last, timings=timings
+    )
+    if timings != known:
+        _record_timings(path, {k: v for k, v in timings.items() if k not in known})
+    return dict(Counter(chosen.values()))
+
+
+def _read_timings(path: Path) -> dict[str, str]:
+    try:
+        timings = json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError):
+        return {}
+    return timings if isinstance(timings, dict) else {}
+
+
+def _record_timings(path: Path, new: dict[str, str]) -> None:
+    """Add timings to the file; a choice another run recorded meanwhile wins, so that all keep one."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(path, {**new, **_read_timings(path)})
+    except OSError as error:
+        log.warning("could not record grouped-conv form timings in %s (%s): they will be timed again", path, error)
+
+
+def _evaluate_model(ctx: Context, name: str) -> dict[str, Any]:
+    path = require_model(ctx, name)
+    model, _ = load_model(path, ctx.device)
+    batch_size = ctx.exp.data.eval_batch_size
+    forms = fastest_forms(ctx, model, batch_size, train=bool(ctx.exp.attacks), channels_last=ctx.exp.eval.channels_last)
+    evaluation = ctx.fingerprint("eval")
+    status = path.stat()
+    identity = f"{path.resolve()} {status.st_size} {status.st_mtime_ns}"
+    report = evaluate(
+        model,
+        ctx.data.test,
+        ctx.exp.attacks,
+        batch_size=batch_size,
+        seed=ctx.exp.seed,
+        description=f"eval {name}",
+        options=ctx.exp.eval,
+        finished=ctx.run.finished_attacks(evaluation, name, identity),
+        on_finished=lambda label, outcome: ctx.run.save_finished_attack(evaluation, name, identity, label, outcome),
+    )
+    cost, authors = measure(model, ctx.data.image_size), measure(model, ctx.data.image_size, "authors")
+    ctx.run.write_per_sample(name, report.per_sample, evaluation)
+    counts = {"params": cost.params, "nonzero_params": count_nonzero_params(model), "macs": cost.macs}
+    counts["authors_macs"] = authors.macs
+    return {"model": name, "checkpoint": str(path), **counts, **({"forms": forms} if forms else {}), **report.to_dict()}
+
+
+def evaluate_models(ctx: Context) -> None:
+    """The eval stage: every model of ``eval.models``; results.json reports the first, then the others."""
+    entries = [_evaluate_model(ctx, name) for name in ctx.exp.eval.models]
+    training = {
+        stage: json.loads((ctx.run.path / f"{stage}.json").read_text())
+        for stage in STAGE_NAMES
+        if (ctx.run.path / f"{stage}.json").is_file()
+    }
+    prune = ctx.exp.prune
+    results = {
+        "name": ctx.exp.name,
+        "method": prune.method if prune else None,
+        "rate": prune.rate if prune and prune.target_macs is None else None,
+        "data": ctx.exp.data.name,
+        "device": str(ctx.device),
+        **entries[0],
+        "other_models": entries[1:],
+        "training": training,
+    }
+    ctx.run.write_results(ctx.fingerprint("eval"), {**results, "evaluation": ctx.fingerprint("eval")})

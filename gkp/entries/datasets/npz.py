@@ -1,0 +1,28 @@
+"""npz files of ``images`` (uint8 N x H x W x 3) and ``labels``: ``data.path`` for evaluation only, or
+``data.train_path`` and ``data.test_path``."""
+
+from __future__ import annotations
+
+from gkp.entries.datasets.arrays import loader_of, read_npz
+from gkp.foundation.contracts import Dataset
+from gkp.foundation.errors import ConfigError
+
+
+def check_paths(cfg, trains: bool) -> None:
+    if not (cfg.path or (cfg.train_path and cfg.test_path)):
+        raise ConfigError(
+            "data.path: an npz dataset needs data.path (evaluation only) or both data.train_path and data.test_path"
+        )
+    if trains and not cfg.train_path:
+        raise ConfigError(
+            "data.train_path: the train/finetune stages need an npz training file; "
+            "data.path is used for evaluation only"
+        )
+
+
+ENTRY = Dataset(
+    "npz",
+    loader_of(lambda cfg, classes: read_npz(cfg.path, cfg.train_path, cfg.test_path)),
+    "npz files of uint8 images (N x H x W x 3) and labels: data.path, or data.train_path + data.test_path",
+    check_paths,
+)
