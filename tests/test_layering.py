@@ -136,3 +136,58 @@ def test_importing_every_mechanism_loads_no_entry_in_a_fresh_interpreter():
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert "gkp.mechanisms.engine.train" in loaded and "gkp.mechanisms.engine.evaluate" in loaded
     assert sorted(m for m in loaded if layer_of(m) not in below("mechanisms")) == []
+
+
+# ------------------------------------------------------------------------------------------- what a command loads
+
+PROBE = """
+import sys
+from gkp.application.cli import main
+for command in {commands!r}:
+    assert main(command) == 0, command
+ours = [(name, module) for name, module in sorted(sys.modules.items()) if name.split('.')[0] in {packages!r}]
+entries = [name for name, module in ours if hasattr(module, 'ENTRY') or hasattr(module, 'ENTRIES')]
+print('ENTRIES', ' '.join(entries))
+"""
+
+
+def entries_loaded_by(*commands: list[str]) -> set[str]:
+    """The entry modules (those declaring ENTRY or ENTRIES) a fresh interpreter loads to run ``commands``."""
+    probe = PROBE.format(commands=[list(command) for command in commands], packages=PACKAGES)
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=ROOT).stdout
+    return set(next(line for line in out.splitlines() if line.startswith("ENTRIES")).split()[1:])
+
+
+@pytest.fixture(scope="module")
+def l1_fgsm_run(tmp_path_factory):
+    """A run of L1 pruning evaluated under FGSM: its config, folder and the entry modules it loaded."""
+    import yaml
+
+    from conftest import tiny_config
+
+    folder = tmp_path_factory.mktemp("l1_fgsm")
+    config = tiny_config(train={"epochs": 1}, finetune={"epochs": 1}, attacks=[{"name": "fgsm", "eps": "8/255"}])
+    (folder / "l1.yaml").write_text(yaml.safe_dump(config))
+    loaded = entries_loaded_by(["run", str(folder / "l1.yaml"), "--out", str(folder / "run")])
+    return folder, loaded
+
+
+def test_a_run_loads_the_entries_its_config_names_and_no_other(l1_fgsm_run):
+    _, loaded = l1_fgsm_run
+    assert loaded == {
+        "gkp.entries.models.resnet",  # resnet8
+        "gkp.entries.datasets.synthetic",
+        "baselines.l1",
+        "attacks.fgsm",
+        "gkp.entries.losses.cross_entropy",
+        "gkp.entries.optimizers.sgd",
+    }
+
+
+def test_reading_or_converting_a_checkpoint_loads_no_method_attack_loss_or_optimizer(l1_fgsm_run):
+    folder, _ = l1_fgsm_run
+    checkpoint = str(folder / "run" / "finetuned.ckpt")
+    loaded = entries_loaded_by(
+        ["info", checkpoint], ["export", checkpoint, "--out", str(folder / "exported.safetensors")]
+    )
+    assert loaded == {"gkp.entries.models.resnet"}

@@ -52,6 +52,18 @@ class FilterGroup:
     consumers: tuple[str, ...]
 
 
+@dataclass(frozen=True)
+class ResidualBlock:
+    """A block computing ``relu(branch(x) + shortcut(x))``: the block's module ``name``, its ``shortcut``
+    (an attribute of the block; None or missing: the identity) and the BatchNorm ending its branch
+    (``last_norm``, an attribute of the block), whose zeroed scale and shift leave the block computing its
+    shortcut alone, as a removed block does (``gkp.mechanisms.layers.restructured.RemovedBlock``)."""
+
+    name: str
+    shortcut: str
+    last_norm: str
+
+
 @runtime_checkable
 class PrunableModel(Protocol):
     """What every registered architecture provides.
@@ -61,6 +73,9 @@ class PrunableModel(Protocol):
     - ``filter_pruning_groups()``: the ``FilterGroup`` of every conv filter pruning may shrink.
     - ``grouped_kernel_targets(scope)``: the ungrouped convs grouped kernel pruning prunes, ``scope``
       "3x3" (the paper's choice) or "all" (bottleneck ResNets: every conv of a block).
+
+    A residual architecture also lists its blocks (``residual_blocks()``, ``ResidualBlock``s), so that a
+    plan may remove them.
     """
 
     normalize: nn.Module
@@ -116,7 +131,7 @@ def model_spec(model: nn.Module) -> ModelSpec:
 # ------------------------------------------------------------------------------------------- pruning
 
 Batch = tuple[torch.Tensor, torch.Tensor]
-PlanKind = Literal["filters", "grouped_kernels"]
+PlanKind = Literal["filters", "grouped_kernels", "removed_blocks", "factorised", "adapters"]
 
 
 @dataclass(frozen=True)

@@ -171,9 +171,10 @@ def read_synthetic(num_classes: int, image_size: int, train_size: int, test_size
     return Arrays(train, test, num_classes, mean, std, "none")
 
 
-def _tensor_split(arrays: ArraySet, index: np.ndarray, device: torch.device, augment: str) -> TensorSplit:
+def _tensor_split(arrays: ArraySet, index: np.ndarray, device: torch.device, augment: str, cfg) -> TensorSplit:
     images = torch.from_numpy(np.ascontiguousarray(arrays.images[index])).permute(0, 3, 1, 2)
-    return TensorSplit(images.contiguous().to(device), torch.from_numpy(arrays.labels[index]).to(device), augment)
+    labels = torch.from_numpy(arrays.labels[index]).to(device)
+    return TensorSplit(images.contiguous().to(device), labels, augment, cfg.crop_padding)
 
 
 def bundle_from_arrays(arrays: Arrays, cfg, device: torch.device) -> DataBundle:
@@ -182,13 +183,14 @@ def bundle_from_arrays(arrays: Arrays, cfg, device: torch.device) -> DataBundle:
     train = val = None
     if arrays.train is not None:
         train_idx, val_idx = training_indices(len(arrays.train.labels), cfg)
-        train = _tensor_split(arrays.train, train_idx, device, augment)
-        val = _tensor_split(arrays.train, val_idx, device, "none") if len(val_idx) else None
+        train = _tensor_split(arrays.train, train_idx, device, augment, cfg)
+        # augmented only where a phase trains on it; evaluations read every split unaugmented
+        val = _tensor_split(arrays.train, val_idx, device, augment, cfg) if len(val_idx) else None
     test_idx = subset(len(arrays.test.labels), cfg.test_size, cfg)
     return DataBundle(
         train,
         val,
-        _tensor_split(arrays.test, test_idx, device, "none"),
+        _tensor_split(arrays.test, test_idx, device, "none", cfg),
         arrays.num_classes,
         arrays.test.images.shape[1],
         arrays.mean,

@@ -46,13 +46,16 @@ class AnnotatedFolder(Dataset):
         return self.transform(self.loader(str(path))), label
 
 
-def transforms_for(image_size: int, train: bool):
+def transforms_for(image_size: int, train: bool, crop_padding: int | None = None):
+    """torchvision's transforms: small images (Tiny-ImageNet) padded crops and flips, as CIFAR's; larger
+    ones ImageNet's random resized crops (``crop_padding`` is then unused)."""
     from torchvision import transforms as T
 
     if image_size <= 64:
         steps = [T.Resize(image_size), T.CenterCrop(image_size)]
         if train:
-            steps += [T.RandomCrop(image_size, padding=image_size // 8), T.RandomHorizontalFlip()]
+            padding = image_size // 8 if crop_padding is None else crop_padding
+            steps += [T.RandomCrop(image_size, padding=padding), T.RandomHorizontalFlip()]
     elif train:
         steps = [T.RandomResizedCrop(image_size), T.RandomHorizontalFlip()]
     else:
@@ -60,7 +63,7 @@ def transforms_for(image_size: int, train: bool):
     return T.Compose([*steps, T.ToTensor()])
 
 
-def read_image_folders(root: str, image_size: int) -> tuple[Dataset, Dataset, int]:
+def read_image_folders(root: str, image_size: int, crop_padding: int | None = None) -> tuple[Dataset, Dataset, int]:
     from torchvision.datasets import ImageFolder
 
     train_dir, val_dir = Path(root) / "train", Path(root) / "val"
@@ -72,7 +75,7 @@ def read_image_folders(root: str, image_size: int) -> tuple[Dataset, Dataset, in
                 "val/, one subfolder per class (Tiny-ImageNet's val/images + val_annotations.txt "
                 "also works); see docs/models-and-data.md, 'Data layout'"
             )
-    train = ImageFolder(str(train_dir), transform=transforms_for(image_size, train=True))
+    train = ImageFolder(str(train_dir), transform=transforms_for(image_size, train=True, crop_padding=crop_padding))
     if (val_dir / "val_annotations.txt").is_file():
         test: Dataset = AnnotatedFolder(val_dir, train.class_to_idx, transforms_for(image_size, train=False))
     else:
@@ -88,7 +91,7 @@ def bundle_from_folders(cfg, device: torch.device, num_classes: int | None = Non
     """The splits of the image folders under ``cfg.root`` (a ``DataConfig``), streamed to ``device``; the
     class count is the folders' (``num_classes`` is for generated data)."""
     size = cfg.image_size or 224
-    train_set, test_set, num_classes = read_image_folders(cfg.root, size)
+    train_set, test_set, num_classes = read_image_folders(cfg.root, size, cfg.crop_padding)
     train_idx, val_idx = training_indices(len(train_set), cfg)
     test_idx = subset(len(test_set), cfg.test_size, cfg)
     val = None

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torchvision.models.resnet import Bottleneck, ResNet
 
-from gkp.foundation.contracts import FilterGroup
+from gkp.foundation.contracts import FilterGroup, ResidualBlock
 from gkp.mechanisms.data.statistics import IMAGENET_MEAN, IMAGENET_STD
 from gkp.mechanisms.layers.normalize import Normalize
 
@@ -56,6 +56,14 @@ class BottleneckResNet(ResNet):
                 groups.append(FilterGroup(f"{p}.conv1", f"{p}.bn1", (f"{p}.conv2",)))
                 groups.append(FilterGroup(f"{p}.conv2", f"{p}.bn2", (f"{p}.conv3",)))
         return groups
+
+    def residual_blocks(self) -> list[ResidualBlock]:
+        """Every bottleneck: its branch ends with bn3, its shortcut is ``downsample`` (None: the identity)."""
+        return [
+            ResidualBlock(f"layer{s}.{i}", "downsample", "bn3")
+            for s in (1, 2, 3, 4)
+            for i in range(len(getattr(self, f"layer{s}")))
+        ]
 
     def grouped_kernel_targets(self, scope: str = "3x3") -> list[str]:
         """Convs grouped kernel pruning prunes: each bottleneck's 3x3 conv2, or with ``scope="all"`` its

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gkp.foundation.contracts import ArchEntry, FilterGroup
+from gkp.foundation.contracts import ArchEntry, FilterGroup, ResidualBlock
 from gkp.mechanisms.data.statistics import CIFAR10_MEAN, CIFAR10_STD
 from gkp.mechanisms.layers.normalize import Normalize
 
@@ -109,6 +109,14 @@ class CifarResNet(nn.Module):
                 prefix = f"layer{stage}.{i}"
                 groups.append(FilterGroup(f"{prefix}.conv1", f"{prefix}.bn1", (f"{prefix}.conv2",)))
         return groups
+
+    def residual_blocks(self) -> list[ResidualBlock]:
+        """Every basic block: its branch ends with bn2, its shortcut is the identity or the zero-pad one."""
+        return [
+            ResidualBlock(f"layer{s}.{i}", "shortcut", "bn2")
+            for s in (1, 2, 3)
+            for i in range(len(getattr(self, f"layer{s}")))
+        ]
 
     def grouped_kernel_targets(self, scope: str = "3x3") -> list[str]:
         """Convs grouped kernel pruning prunes: both 3x3 convs of every basic block."""

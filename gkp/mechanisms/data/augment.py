@@ -29,10 +29,16 @@ def random_flip(images: torch.Tensor, generator: torch.Generator) -> torch.Tenso
     return torch.where(flip[:, None, None, None], images.flip(3), images)
 
 
-def augment(images: torch.Tensor, kind: str, generator: torch.Generator) -> torch.Tensor:
-    """Apply ``kind`` (crop_flip, crop, flip or none) to a uint8 batch; crops pad by a side/8 border."""
+def default_padding(side: int) -> int:
+    """The crops' zero border where a config sets none: side/8, 4 at CIFAR's 32x32 (the usual CIFAR recipe)."""
+    return max(1, side // 8)
+
+
+def augment(images: torch.Tensor, kind: str, generator: torch.Generator, padding: int | None = None) -> torch.Tensor:
+    """Apply ``kind`` (crop_flip, crop, flip or none) to a uint8 batch; crops pad by ``padding`` (default
+    ``default_padding``)."""
     if kind in ("crop_flip", "crop"):
-        images = random_crop(images, max(1, images.shape[-1] // 8), generator)
+        images = random_crop(images, default_padding(images.shape[-1]) if padding is None else padding, generator)
     if kind in ("crop_flip", "flip"):
         images = random_flip(images, generator)
     return images

@@ -49,12 +49,18 @@ WHOLE = Shard()
 
 
 class TensorSplit:
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, augment_kind: str = "none"):
+    """A whole split as uint8 tensors on the device; training batches are augmented with ``augment_kind``
+    (crops padded by ``crop_padding``, default a side/8 border), evaluation batches never."""
+
+    def __init__(
+        self, images: torch.Tensor, labels: torch.Tensor, augment_kind: str = "none", crop_padding: int | None = None
+    ):
         if images.dtype != torch.uint8 or images.dim() != 4:
             raise ValueError(f"images must be a uint8 (N, C, H, W) tensor, got {images.dtype} {tuple(images.shape)}")
         self.images = images.contiguous()
         self.labels = labels.long()
         self.augment_kind = augment_kind
+        self.crop_padding = crop_padding
 
     @property
     def num_samples(self) -> int:
@@ -86,7 +92,7 @@ class TensorSplit:
             start += size
             images = self.images.index_select(0, index)
             if train and self.augment_kind != "none":  # the whole batch, so that its random draws are one process's
-                images = augment(images, self.augment_kind, generator)
+                images = augment(images, self.augment_kind, generator, self.crop_padding)
             part = shard.part(size) if train else slice(None)
             yield images[part].float().div_(255), self.labels.index_select(0, index)[part]
 

@@ -13,6 +13,13 @@ multiplies the weights with which every consumer reads kept channel ``kept[i]`` 
 the consumers keep their weights.
 ``grouped_kernels`` layers (GKP) list the conv's filters grouped (``filter_order``) and, per group, the
 input channels whose kernels it keeps (``kept``); the conv becomes a grouped convolution.
+
+Plans that change the structure further (``gkp.mechanisms.layers.restructured``): a ``removed_block``
+entry names a residual block whose branch is removed (it computes its shortcut alone); a ``factorised``
+conv reads ``keep_in`` of its input channels through a ``rank``-channel conv and a 1x1 conv (the truncated
+SVD of the dense weights); an ``adapters`` conv sits between 1x1 convs and keeps ``keep_in`` x ``keep_out``
+of its weights. Each is rebuilt from the dense model and the plan alone; a method that trains the new
+layers saves their weights in its checkpoint.
 """
 
 from __future__ import annotations
@@ -84,7 +91,63 @@ class GroupedKernelPlan:
         )
 
 
-LAYER_TYPES: dict[str, type] = {FilterPlan.type: FilterPlan, GroupedKernelPlan.type: GroupedKernelPlan}
+@dataclass(frozen=True)
+class RemovedBlockPlan:
+    """Remove the residual branch of one block: the block computes its shortcut alone."""
+
+    type: ClassVar[str] = "removed_block"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": self.type}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str) -> RemovedBlockPlan:
+        extra = sorted(set(data) - {"type"})
+        if extra:
+            raise PruningError(f"{where}: a removed block takes no keys, got {', '.join(extra)}")
+        return cls()
+
+
+@dataclass(frozen=True)
+class FactorisedPlan:
+    """Factorise one conv: read its input channels ``keep_in`` (sorted), through ``rank`` channels."""
+
+    keep_in: tuple[int, ...]
+    rank: int
+    type: ClassVar[str] = "factorised"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": self.type, "keep_in": list(self.keep_in), "rank": self.rank}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str) -> FactorisedPlan:
+        rank = data.get("rank")
+        if not isinstance(rank, int) or isinstance(rank, bool) or rank < 1:
+            raise PruningError(f"{where}.rank must be a whole number >= 1, got {rank!r}")
+        return cls(_index_list(data.get("keep_in"), f"{where}.keep_in"), rank)
+
+
+@dataclass(frozen=True)
+class AdaptersPlan:
+    """Put 1x1 convs around one conv, which keeps its input channels ``keep_in`` and outputs ``keep_out``."""
+
+    keep_in: tuple[int, ...]
+    keep_out: tuple[int, ...]
+    type: ClassVar[str] = "adapters"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": self.type, "keep_in": list(self.keep_in), "keep_out": list(self.keep_out)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str) -> AdaptersPlan:
+        return cls(
+            _index_list(data.get("keep_in"), f"{where}.keep_in"), _index_list(data.get("keep_out"), f"{where}.keep_out")
+        )
+
+
+LAYER_TYPES: dict[str, type] = {
+    kind.type: kind for kind in (FilterPlan, GroupedKernelPlan, RemovedBlockPlan, FactorisedPlan, AdaptersPlan)
+}
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """Module surgery: build the physically smaller model a plan describes, never mutating the input.
 
 ``apply(model, plan)`` returns a deep copy whose pruned layers are replaced by smaller ones holding the
-kept weights (narrower convs for filter plans, ``GroupedKernelConv2d`` for grouped-kernel plans);
+kept weights (narrower convs for filter plans, ``GroupedKernelConv2d`` for grouped-kernel plans, and the
+layers of ``gkp.mechanisms.layers.restructured`` for removed blocks, factorised convs and adapters);
 ``apply_mask(model, plan)`` returns a dense copy whose pruned weights are zeroed instead, the reference
 that the smaller model must match. A filter plan's ``scales`` multiply its consumers' input weights of the
 kept channels, in both.
@@ -15,10 +16,18 @@ from dataclasses import replace
 import torch
 from torch import nn
 
-from gkp.foundation.contracts import FilterGroup, model_spec
+from gkp.foundation.contracts import FilterGroup, ResidualBlock, model_spec
 from gkp.foundation.errors import PruningError
 from gkp.mechanisms.layers.grouped_conv import GroupedKernelConv2d
-from gkp.mechanisms.pruning.plan import FilterPlan, GroupedKernelPlan, Plan
+from gkp.mechanisms.layers.restructured import AdaptedConv2d, FactorisedConv2d, RemovedBlock
+from gkp.mechanisms.pruning.plan import (
+    AdaptersPlan,
+    FactorisedPlan,
+    FilterPlan,
+    GroupedKernelPlan,
+    Plan,
+    RemovedBlockPlan,
+)
 
 
 def get_module(model: nn.Module, name: str) -> nn.Module:
@@ -199,8 +208,94 @@ def _mask_grouped(model: nn.Module, name: str, layer: GroupedKernelPlan, groups:
         conv.weight[dropped.to(conv.weight.device)] = 0
 
 
-APPLY = {FilterPlan.type: _apply_filters, GroupedKernelPlan.type: _apply_grouped}
-MASK = {FilterPlan.type: _mask_filters, GroupedKernelPlan.type: _mask_grouped}
+def residual_blocks(model: nn.Module) -> dict[str, ResidualBlock]:
+    if not hasattr(model, "residual_blocks"):
+        raise PruningError(
+            f"{type(model).__name__} lists no residual blocks (a residual_blocks() method), so none can be removed"
+        )
+    return {block.name: block for block in model.residual_blocks()}
+
+
+def _residual_block(model: nn.Module, name: str) -> ResidualBlock:
+    blocks = residual_blocks(model)
+    if name not in blocks:
+        raise PruningError(f"'{name}' is not a residual block of this architecture; its blocks: {', '.join(blocks)}")
+    return blocks[name]
+
+
+def _apply_removed_block(model: nn.Module, name: str, layer: RemovedBlockPlan, groups) -> None:
+    shortcut = getattr(get_module(model, name), _residual_block(model, name).shortcut, None)
+    set_module(model, name, RemovedBlock(shortcut if shortcut is not None else nn.Identity()))
+
+
+def _mask_removed_block(model: nn.Module, name: str, layer: RemovedBlockPlan, groups) -> None:
+    norm = getattr(get_module(model, name), _residual_block(model, name).last_norm)
+    with torch.no_grad():
+        for tensor in (norm.weight, norm.bias):
+            if tensor is not None:
+                tensor.zero_()
+
+
+def _plain_conv(model: nn.Module, name: str) -> nn.Conv2d:
+    conv = get_module(model, name)
+    if not isinstance(conv, nn.Conv2d) or conv.groups != 1:
+        raise PruningError(f"'{name}' is not an ungrouped Conv2d, so it cannot be factorised or adapted")
+    return conv
+
+
+def _factorised_rank(conv: nn.Conv2d, layer: FactorisedPlan, name: str) -> int:
+    _checked_indices(layer.keep_in, conv.in_channels, name)
+    largest = min(conv.out_channels, len(layer.keep_in) * conv.kernel_size[0] * conv.kernel_size[1])
+    if not 1 <= layer.rank <= largest:
+        raise PruningError(f"the plan's rank of '{name}' must be in [1, {largest}], got {layer.rank}")
+    return layer.rank
+
+
+def _apply_factorised(model: nn.Module, name: str, layer: FactorisedPlan, groups) -> None:
+    conv = _plain_conv(model, name)
+    rank = _factorised_rank(conv, layer, name)
+    set_module(model, name, FactorisedConv2d.from_dense(conv, list(layer.keep_in), rank))
+
+
+def _mask_factorised(model: nn.Module, name: str, layer: FactorisedPlan, groups) -> None:
+    """The dense conv whose weight is the factorised one's product, zero outside ``keep_in``."""
+    conv = _plain_conv(model, name)
+    factorised = FactorisedConv2d.from_dense(conv, list(layer.keep_in), _factorised_rank(conv, layer, name))
+    product = torch.einsum("or,rikl->oikl", factorised.expand.weight[:, :, 0, 0], factorised.reduce.weight)
+    with torch.no_grad():
+        conv.weight.zero_()[:, factorised.keep_in] = product.to(conv.weight.dtype)
+
+
+def _apply_adapters(model: nn.Module, name: str, layer: AdaptersPlan, groups) -> None:
+    conv = _plain_conv(model, name)
+    _checked_indices(layer.keep_in, conv.in_channels, name)
+    _checked_indices(layer.keep_out, conv.out_channels, name)
+    set_module(model, name, AdaptedConv2d.from_dense(conv, list(layer.keep_in), list(layer.keep_out)))
+
+
+def _mask_adapters(model: nn.Module, name: str, layer: AdaptersPlan, groups) -> None:
+    conv = _plain_conv(model, name)
+    kept = torch.zeros(conv.out_channels, conv.in_channels, dtype=torch.bool)
+    rows = _checked_indices(layer.keep_out, conv.out_channels, name)
+    kept[rows[:, None], _checked_indices(layer.keep_in, conv.in_channels, name)[None, :]] = True
+    with torch.no_grad():
+        conv.weight[~kept.to(conv.weight.device)] = 0
+
+
+APPLY = {
+    FilterPlan.type: _apply_filters,
+    GroupedKernelPlan.type: _apply_grouped,
+    RemovedBlockPlan.type: _apply_removed_block,
+    FactorisedPlan.type: _apply_factorised,
+    AdaptersPlan.type: _apply_adapters,
+}
+MASK = {
+    FilterPlan.type: _mask_filters,
+    GroupedKernelPlan.type: _mask_grouped,
+    RemovedBlockPlan.type: _mask_removed_block,
+    FactorisedPlan.type: _mask_factorised,
+    AdaptersPlan.type: _mask_adapters,
+}
 
 
 def _permute_inputs(module: nn.Module, order: torch.Tensor, restore: torch.Tensor) -> None:
@@ -241,7 +336,17 @@ def fold_output_orders(model: nn.Module) -> None:
         conv.restore = None
 
 
+def _check_removed_blocks_stand_alone(plan: Plan) -> None:
+    """A removed block's layers are gone with it: no other plan entry may name one of them."""
+    removed = [name for name, layer in plan.layers.items() if layer.type == RemovedBlockPlan.type]
+    for name in plan.layers:
+        inside = next((block for block in removed if name.startswith(f"{block}.")), None)
+        if inside is not None:
+            raise PruningError(f"the plan prunes '{name}', a layer of the block '{inside}' it also removes")
+
+
 def _transform(model: nn.Module, plan: Plan, handlers: dict) -> nn.Module:
+    _check_removed_blocks_stand_alone(plan)
     result = copy.deepcopy(model)
     groups = filter_groups(model) if any(layer.type == FilterPlan.type for layer in plan.layers.values()) else {}
     for name, layer in plan.layers.items():
