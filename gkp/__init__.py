@@ -1,14 +1,15 @@
 """Robustness-aware structured pruning: grouped kernel pruning (SR-GKP, TMI-GKP) and filter-pruning baselines.
 
-The imports run one way (``tests/test_layering.py`` checks it):
+The folders are the layers, and the imports run one way (``tests/test_layering.py`` checks it):
 
-- foundation: ``errors``, ``registry``, ``schema``, ``seeding``, ``contracts`` (what every model, method,
-  attack and dataset must provide), ``threat`` (boxes and norms), ``settings`` (the config's sections);
-- mechanisms: ``layers``, ``pruning`` (plans and surgery), ``counting``, ``engine`` (training and
-  evaluation loops), ``data`` (splits);
-- entries: ``models``, ``data.sources``, ``grouped`` (the GKP methods), and the ``baselines`` and
-  ``attacks`` packages;
-- ``catalog`` (every registry), then ``config``, ``stages``, ``runner`` and ``cli``.
+- ``foundation``: errors, files, registries, the config schema and sections, seeds, the contracts of
+  every entry, the threat model;
+- ``mechanisms``: layers, pruning plans and surgery, counting, the training and evaluation loops, data
+  splits;
+- ``entries``: models, datasets, the grouped-kernel methods, losses, optimizers and attack suites, and the
+  top-level ``baselines`` and ``attacks`` packages;
+- ``application``: the registries (``catalog``), the config, the pipeline (``pipeline/run.py`` calls its
+  four stages in order), checkpoints and the zoo, sweeps, reports and the ``gkp`` command.
 
 See README.md for usage and docs/ for the reference.
 """

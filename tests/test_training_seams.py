@@ -22,7 +22,7 @@ from gkp.foundation.errors import ConfigError
 from gkp.mechanisms.data.augment import random_crop
 from gkp.mechanisms.data.splits import TensorSplit
 from gkp.mechanisms.engine.optimize import Optimization, model_optimizer, parameter_groups
-from gkp.mechanisms.engine.train import Data, LoopSettings, fit
+from gkp.mechanisms.engine.train import NO_HOOKS, Data, LoopSettings, fit
 
 from conftest import tiny_config
 
@@ -78,7 +78,7 @@ def cross_entropy():
 SETTINGS = LoopSettings(stage="test", seed=0, batch_size=4, amp="off", channels_last="off", eval_every=0)
 
 
-def run(model, phases, hooks=TrainingHooks(), objective=None, data=None, store=None):
+def run(model, phases, hooks=NO_HOOKS, objective=None, data=None, store=None):
     torch.manual_seed(0)
     return fit(
         model,
