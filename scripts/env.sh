@@ -14,6 +14,9 @@ PYTHON="${PYTHON:-python3}"
 
 "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 10))' || {
     echo "robust-gkp needs Python >= 3.10; set PYTHON=/path/to/python3.x" >&2; exit 1; }
+# The interpreter a virtual environment was made from, not the environment's own: with this environment
+# activated, python3 is its python, which the rebuild below deletes before making the new one.
+PYTHON="$("$PYTHON" -c 'import sys; print(getattr(sys, "_base_executable", sys.executable))')"
 
 constraints=(-c "$GKP_ROOT/requirements.lock")
 [ "${GKP_UNLOCKED:-0}" = 1 ] && constraints=()

@@ -367,8 +367,13 @@ def test_a_stopped_phase_is_complete_when_its_run_resumes():
 # ------------------------------------------------------------------------------------------- data
 
 
-def test_the_crop_padding_is_a_setting():
-    assert build_experiment(tiny_config(data={"crop_padding": 8})).data.crop_padding == 8
+def test_the_crop_padding_is_a_setting_that_reaches_the_training_split():
+    from gkp.application.catalog import load_data
+
+    exp = build_experiment(tiny_config(data={"crop_padding": 8, "val_fraction": 0.25}))
+    bundle = load_data(exp.data, torch.device("cpu"))
+    assert bundle.train.crop_padding == bundle.val.crop_padding == 8 and bundle.test.augment_kind == "none"
+    assert build_experiment(tiny_config()).data.crop_padding is None  # a side/8 border
     images = torch.full((64, 1, 4, 4), 255, dtype=torch.uint8)
     generator = torch.Generator().manual_seed(0)
     # with a border as wide as the image, some crops fall entirely in the zero padding

@@ -1,22 +1,25 @@
 """The contracts between the mechanisms (plans, surgery, layers, engine, evaluation) and what plugs into
-them: models, pruning methods, attacks and datasets, written down in one place.
+them, written down in one place: models, datasets, pruning methods, attacks, attack suites, losses and
+optimizers.
 
-Each registry of ``gkp.application.catalog`` holds entries of one type below, and ``tests/test_contracts.py`` checks
-every entry of every registry against its contract, so a new model, method, attack or dataset is tested
-the moment it is registered. ``docs/extending.md`` walks through adding each.
+Each registry of ``gkp.application.catalog`` finds entries of one type below in its packages, and
+``tests/test_contracts.py`` checks every entry of every registry against its contract, so a new entry is
+tested the moment its file exists. ``docs/extending.md`` walks through adding each.
 
 - A **model** (``ArchEntry``) is built as ``build(num_classes=..., mean=..., std=..., **args)`` and is a
   ``PrunableModel``: a ``normalize`` module applied first (so it takes [0, 1] images), its filter-pruning
-  dependency table and the convs grouped kernel pruning prunes. Modules that the SR-GKP authors' MACs
-  count as pooling (the option-A shortcut's subsampling) are ``CountedAsPooling``.
+  dependency table, the convs grouped kernel pruning prunes and, if residual, its blocks. Modules that the
+  SR-GKP authors' MACs count as pooling (the option-A shortcut's subsampling) are ``CountedAsPooling``.
 - A **pruning method** (``PruningMethod``) turns trained weights into a ``Selection``: one plan per pruned
   layer, of its ``kind``. A grouped-kernel method's parameters hold ``groups`` and ``scope``.
 - An **attack** (``Attack``) maps a batch inside a ``gkp.foundation.threat.Box`` to adversarial images; its
-  parameters hold ``eps`` and ``norm``.
+  parameters hold ``eps`` and ``norm``. A **suite** (``Suite``) names a list of attacks.
 - A **dataset** (``Dataset``) loads a config's ``data`` section into a ``gkp.mechanisms.data.bundle.DataBundle``.
-- The **training loop** (``gkp.mechanisms.engine.train.fit``) runs ``Phase``s of a ``Recipe`` each, computes its loss
-  with an ``Objective`` (cross-entropy, or an adversarial-training entry's) and calls ``TrainingHooks`` at
-  fixed points of every step and epoch; a training-time pruning method is such hooks (``TrainingTime``).
+- The **training loop** (``gkp.mechanisms.engine.train.fit``) runs ``Phase``s of a ``Recipe`` each (its
+  ``Optimizer``, or the phase's own optimizers and step), minimises an ``Objective`` (a ``Loss`` entry's,
+  given a ``StepContext``) and calls ``TrainingHooks`` at fixed points of every step and epoch; a
+  training-time pruning method is phases and hooks, and may ``prepare`` and ``finalize`` the model
+  (``TrainingTime``).
 """
 
 from __future__ import annotations
@@ -390,7 +393,8 @@ Step = Callable[[StepContext, Mapping[str, torch.optim.Optimizer], Objective], t
 """``step(context, optimizers, objective) -> (loss, logits)``: one training step of its own (alternating a
 discriminator or a predictor with the model, say): its forward and backward passes and optimizer steps.
 The loop then calls ``after_step``; the hooks' ``regularizer`` and ``after_backward`` and the recipe's
-``clip_grad_norm`` are the step's to apply."""
+``clip_grad_norm`` are the step's to apply. It runs under the section's autocast, without float16 loss
+scaling, in one process."""
 
 
 @dataclass(frozen=True)

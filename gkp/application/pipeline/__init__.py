@@ -1,1 +1,2 @@
-"""The pipeline: train -> prune -> finetune -> eval, and the run folder it works in."""
+"""The pipeline: train -> prune -> finetune -> eval. ``run.py`` calls the four stages in order (``training``,
+``prune``, ``evaluation``); ``stages.py`` describes them as data; ``rundir.py`` is the run folder."""

@@ -12,12 +12,21 @@ from dataclasses import asdict, replace
 import torch
 from torch import nn
 
-from gkp.application.catalog import PRUNING_METHODS
+from gkp.application.catalog import PRUNING_METHODS, build_model
 from gkp.application.checkpoints.io import checkpoint_payload, model_from_payload, read_checkpoint, save_checkpoint
 from gkp.application.pipeline.context import Context, load_run_model, new_model
 from gkp.application.pipeline.stages import model_file
 from gkp.application.pipeline.training import method_snapshots, train_stage
-from gkp.foundation.contracts import Phase, PruningContext, PruningMethod, Recipe, Selection, TrainingHooks, model_spec
+from gkp.foundation.contracts import (
+    ModelSpec,
+    Phase,
+    PruningContext,
+    PruningMethod,
+    Recipe,
+    Selection,
+    TrainingHooks,
+    model_spec,
+)
 from gkp.foundation.errors import CheckpointError, ConfigError, PruningError
 from gkp.foundation.files import write_json_atomic
 from gkp.foundation.schema import to_plain
@@ -122,12 +131,14 @@ def _prune_while_training(ctx: Context, method: PruningMethod) -> None:
     exp = ctx.exp
     seed_everything(exp.seed)
     model = new_model(ctx).to(ctx.device) if exp.prune.during == "train" else load_run_model(ctx, "dense")
+    dense = model_spec(model)
     phases, hooks = _method_training(ctx, method, model)
     model = method.training.prepare(model, hooks)
     outcome = train_stage(ctx, "prune", exp.prune.during, model, phases, hooks)
     if method.training.finalize is not None:
-        pruned, selection = _finalized(ctx, method, model, hooks)
-        _save_pruned(ctx, new_model(ctx), selection, pruned, {"trained": exp.prune.during}, "dense")
+        pruned, selection = _finalized(ctx, method, model, hooks, dense)
+        architecture = build_model(dense.arch, **dense.args).to(ctx.device)
+        _save_pruned(ctx, architecture, selection, pruned, {"trained": exp.prune.during}, "dense")
         return
     metadata = {"stage": "prune", "input_size": ctx.data.image_size, "final": outcome.final}
     save_checkpoint(ctx.run.path / model_file("masked"), model, metadata)
@@ -138,13 +149,12 @@ def _prune_while_training(ctx: Context, method: PruningMethod) -> None:
 
 
 def _finalized(
-    ctx: Context, method: PruningMethod, model: nn.Module, hooks: TrainingHooks
+    ctx: Context, method: PruningMethod, model: nn.Module, hooks: TrainingHooks, dense: ModelSpec
 ) -> tuple[nn.Module, Selection]:
-    """The method's physical model, carrying its plan, checked to be what surgery rebuilds from that plan
-    (else its checkpoint could not be read back)."""
+    """The method's physical model, carrying its plan over the ``dense`` architecture, checked to be what
+    surgery rebuilds from that plan (else its checkpoint could not be read back)."""
     pruned, selection = method.training.finalize(model, hooks)
-    plan = _plan(ctx, selection)
-    pruned.gkp_spec = replace(model_spec(new_model(ctx)), plan=plan.to_dict())
+    pruned.gkp_spec = replace(dense, plan=_plan(ctx, selection).to_dict())
     try:
         model_from_payload(checkpoint_payload(pruned), f"{method.name}'s finalized model")
     except CheckpointError as error:

@@ -39,8 +39,9 @@ class Stage:
     """One stage: its ``name`` and ``summary``; the config ``sections`` its fingerprint adds to the earlier
     stages' (with the section it trains with); the models it ``reads`` and ``saves`` under a config (eval
     names: dense, masked, pruned, final, and best-epoch models); the ``files`` it writes in the run folder;
-    the section whose recipe it ``trains`` with (None: it does not train); ``repeatable``: a change of its
-    own settings alone reruns it beside its earlier results instead of refusing the folder."""
+    the section whose recipe it ``trains`` with (None: it does not train), and the prefix of the best-epoch
+    models it then keeps (``<best_prefix>best_<metric>``); ``repeatable``: a change of its own settings
+    alone reruns it beside its earlier results instead of refusing the folder."""
 
     name: str
     summary: str
@@ -49,6 +50,7 @@ class Stage:
     saves: Callable[[Any], tuple[str, ...]]
     files: tuple[str, ...]
     trains: Callable[[Any], str | None] = no_training
+    best_prefix: str = ""
     repeatable: bool = False
 
     def fingerprint_sections(self, exp: Any) -> tuple[str, ...]:
@@ -69,11 +71,13 @@ class Stage:
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def best_models(exp: Any, section: str | None, prefix: str) -> tuple[str, ...]:
-    """The best-epoch models of a stage training with ``section``: one per metric it tracks."""
+def best_models(exp: Any, stage_name: str) -> tuple[str, ...]:
+    """The best-epoch models a stage keeps under this config: one per metric of the section it trains with."""
+    stage = stage_named(stage_name)
+    section = stage.trains(exp)
     if section is None:
         return ()
-    return tuple(f"{prefix}best_{metric}" for metric in ("benign", *getattr(exp, section).eval_attacks))
+    return tuple(f"{stage.best_prefix}best_{metric}" for metric in ("benign", *getattr(exp, section).eval_attacks))
 
 
 def pruning_trains(exp: Any) -> str | None:
@@ -102,7 +106,7 @@ TRAIN = Stage(
     "train the dense model",
     sections=("seed", "deterministic", "model", "data", "train"),
     reads=no_models,
-    saves=lambda exp: ("dense", *best_models(exp, "train", "dense_")),
+    saves=lambda exp: ("dense", *best_models(exp, "train")),
     files=(
         "dense.ckpt",
         "dense_best_<metric>.ckpt",
@@ -113,6 +117,7 @@ TRAIN = Stage(
         "tb/train/",
     ),
     trains=lambda exp: "train",
+    best_prefix="dense_",
 )
 PRUNE = Stage(
     "prune",
@@ -126,7 +131,7 @@ PRUNE = Stage(
     saves=lambda exp: (
         "pruned",
         *(("masked",) if keeps_masked(exp) else ()),
-        *best_models(exp, pruning_trains(exp), "pruning_"),
+        *best_models(exp, "prune"),
     ),
     files=(
         "pruned.ckpt",
@@ -139,13 +144,14 @@ PRUNE = Stage(
         "tb/prune/",
     ),
     trains=pruning_trains,
+    best_prefix="pruning_",
 )
 FINETUNE = Stage(
     "finetune",
     "fine-tune the pruned model",
     sections=("finetune",),
     reads=lambda exp: ("pruned", *teacher_models(exp, "finetune")),
-    saves=lambda exp: ("final", *best_models(exp, "finetune", "")),
+    saves=lambda exp: ("final", *best_models(exp, "finetune")),
     files=(
         "finetuned.ckpt",
         "best_<metric>.ckpt",

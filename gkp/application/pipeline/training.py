@@ -23,8 +23,6 @@ from gkp.mechanisms.engine.hooks import BatchNormSparsity, HookChain
 from gkp.mechanisms.engine.train import Data, FitOutcome, LoopSettings, fit
 from gkp.mechanisms.layers.forms import use_form
 
-BEST_PREFIXES = {"train": "dense_", "prune": "pruning_", "finetune": ""}  # of each stage's best-epoch models
-
 
 def train(ctx: Context) -> None:
     """The train stage: a fresh model trained with the ``train`` recipe, saved as the dense model."""
@@ -126,7 +124,7 @@ def train_stage(
     """Run the training loop for ``stage`` with the recipe of config section ``section`` (one phase
     unless a training-time method gives its own), and write the stage's best-epoch summary."""
     cfg = getattr(ctx.exp, section)
-    best_prefix = BEST_PREFIXES[stage]
+    best_prefix = stage_named(stage).best_prefix
     store = StageStore(ctx.run, stage, ctx.fingerprint(stage), best_prefix)
     settings = LoopSettings(
         stage=stage,

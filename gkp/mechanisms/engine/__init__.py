@@ -1,1 +1,1 @@
-"""Training and evaluation loops, and the device/precision settings they share."""
+"""Training and evaluation loops, a phase's optimizers, and the device/precision settings they share."""
