@@ -67,6 +67,28 @@ def pinned_forms(monkeypatch):
     monkeypatch.setattr(evaluation, "choose_forms", lambda *args, **kwargs: {})
 
 
+class MemoryStore:
+    """What ``fit`` persists, kept in memory: the last epoch's state (to resume from) and the rows."""
+
+    def __init__(self):
+        self.last = None
+
+    def load_resume(self):
+        return self.last
+
+    def save_epoch(self, model, state):
+        self.last = (state, {k: v.clone() for k, v in model.state_dict().items()})
+
+    def save_best(self, *args):
+        pass
+
+    def save_snapshot(self, *args):
+        pass
+
+    def describe_last(self):
+        return "memory"
+
+
 def tiny_config(**sections) -> dict:
     """A config that trains in seconds: ResNet-8 on 16x16 synthetic images."""
     config = {

@@ -28,6 +28,7 @@ from gkp.application.catalog import (
     build_model,
     load_data,
 )
+from gkp.application.checkpoints.io import checkpoint_payload, model_from_payload
 from gkp.application.config import Experiment
 from gkp.application.pipeline.stages import STAGES
 from gkp.foundation.contracts import (
@@ -44,11 +45,14 @@ from gkp.foundation.contracts import (
 from gkp.foundation.errors import ConfigError, DataError, PruningError
 from gkp.foundation.schema import build
 from gkp.foundation.settings import DataConfig
+from gkp.mechanisms.data.splits import TensorSplit
+from gkp.mechanisms.engine.train import Data, LoopSettings, fit
 from gkp.mechanisms.layers.normalize import Normalize
 from gkp.mechanisms.pruning.masks import mask_targets, zeroed_filters
 from gkp.mechanisms.pruning.plan import LAYER_TYPES, Plan
 from gkp.mechanisms.pruning.surgery import apply, apply_mask
 
+from conftest import MemoryStore
 from test_grouped import assert_same_logits
 from test_pruning import randomise_batchnorm
 
@@ -226,7 +230,7 @@ TRAINING_TIME = [name for name, method in PRUNING_METHODS.items() if method.trai
 @pytest.mark.parametrize("name", ONE_SHOT)
 def test_every_method_selects_a_valid_deterministic_plan_or_refuses_in_check(name, resnet20):
     method = PRUNING_METHODS.get(name)
-    assert method.name == name and method.summary and method.kind in ("filters", "grouped_kernels")
+    assert method.name == name and method.summary and method.kind in LAYER_TYPES
     assert all(isinstance(epoch, int) for epoch in method.snapshot_epochs(defaults(method)))
     context = full_context(resnet20)
     try:
@@ -267,51 +271,77 @@ def test_every_method_refuses_a_rate_that_empties_a_layer_before_any_work(name, 
     assert layers and all(len(layer.kept) == 1 for layer in layers.values())
 
 
-def run_hooks(model, phases, hooks, batch) -> None:
-    """The training loop's calls, one SGD step per epoch on one batch."""
+def train_through_the_loop(model, phases, hooks, batch) -> None:
+    """The training loop itself on one batch: one step per epoch, every hook at its point."""
     x, y = batch
-    for index, phase in enumerate(phases):
-        optimizer = torch.optim.SGD(model.parameters(), lr=phase.recipe.lr, momentum=0.9, weight_decay=5e-4)
-        hooks.start_phase(model, index)
-        for epoch in range(phase.recipe.epochs):
-            hooks.start_epoch(model, index, epoch)
-            penalty = hooks.regularizer(model)
-            loss = F.cross_entropy(model(x), y) + (penalty if penalty is not None else 0)
-            optimizer.zero_grad()
-            loss.backward()
-            hooks.after_backward(model)
-            optimizer.step()
-            hooks.after_step(model, phase.recipe.lr, index + epoch + 1)
-            hooks.end_epoch(model, index, epoch)
+    loss = LOSSES.get("cross_entropy")
+    fit(
+        model,
+        phases,
+        data=Data(TensorSplit((x * 255).round().to(torch.uint8), y)),
+        settings=LoopSettings(
+            stage="contract", seed=0, batch_size=len(y), amp="off", channels_last="off", eval_every=0
+        ),
+        store=MemoryStore(),
+        objective=loss.objective(loss.params(), 0.0),
+        hooks=hooks,
+    )
 
 
-@pytest.mark.parametrize("rate", [0.5, 0.999])
-@pytest.mark.parametrize("name", TRAINING_TIME)
-def test_every_training_time_method_zeroes_its_rate_and_leaves_a_valid_plan(name, rate, resnet20):
-    """Through the loop's calls, each masked conv ends with floor(N x rate) filters zeroed (never all);
-    the phases fit the recipe and end with the final structure; the hooks' state survives a weights-only
-    checkpoint; ``select`` reads the zeroed filters into a plan whose physical model runs."""
+def trained(name: str, rate: float, resnet20) -> tuple:
+    """A training-time method's phases and hooks (checked to fit their recipe) after training a copy of
+    ResNet-20 through the loop, its ``prepare`` first: (model, hooks, context)."""
     method = PRUNING_METHODS.get(name)
     model = copy.deepcopy(resnet20).train()
     context = full_context(model)
     method.check(model, rate, defaults(method), context)
-    targets = mask_targets(model, "all")
-    recipe = Recipe(epochs=2 * len(targets), lr=0.01)
+    recipe = Recipe(epochs=2 * len(mask_targets(model, "all")), lr=0.01)
     phases, hooks = method.training.build(model, rate, defaults(method), context, recipe)
     assert sum(p.recipe.epochs for p in phases) <= recipe.epochs and phases[-1].final
-    run_hooks(model, phases, hooks, context.calibration_batches()[0])
+    model = method.training.prepare(model, hooks)
+    train_through_the_loop(model, phases, hooks, context.calibration_batches()[0])
+    return model, hooks, context
+
+
+ZEROING = [name for name in TRAINING_TIME if PRUNING_METHODS.get(name).training.finalize is None]
+FINALIZING = [name for name in TRAINING_TIME if name not in ZEROING]
+
+
+@pytest.mark.parametrize("rate", [0.5, 0.999])
+@pytest.mark.parametrize("name", ZEROING)
+def test_every_training_time_method_zeroes_its_rate_and_leaves_a_valid_plan(name, rate, resnet20):
+    """Through the loop, each masked conv ends with floor(N x rate) filters zeroed (never all); the
+    phases fit the recipe and end with the final structure; the hooks' state survives a weights-only
+    checkpoint; ``select`` reads the zeroed filters into a plan whose physical model runs."""
+    model, hooks, context = trained(name, rate, resnet20)
     zeroed = zeroed_filters(model)
-    for conv in targets:
+    for conv in mask_targets(model, "all"):
         total = model.get_submodule(conv).out_channels
         assert len(zeroed.get(conv, [])) == math.floor(total * rate + 1e-9) < total, conv
     buffer = io.BytesIO()
     torch.save(hooks.state_dict(), buffer)
     buffer.seek(0)
     hooks.load_state_dict(torch.load(buffer, weights_only=True), model)
+    method = PRUNING_METHODS.get(name)
     selection = method.select(model, rate, defaults(method), context)
     assert set(selection.layers) == {group.conv for group in model.filter_pruning_groups()}
     pruned = apply(model, Plan(name, rate, selection.layers)).eval()
     assert torch.isfinite(pruned(torch.rand(2, 3, 32, 32))).all()
+
+
+@pytest.mark.parametrize("name", FINALIZING)
+def test_every_finalizing_method_builds_a_physical_model_its_plan_rebuilds(name, resnet20):
+    """After the loop, ``finalize`` returns a model and a plan of the method's kind; the architecture
+    with that plan and the model's weights computes what the model does."""
+    model, hooks, _ = trained(name, 0.5, resnet20)
+    method = PRUNING_METHODS.get(name)
+    pruned, selection = method.training.finalize(model, hooks)
+    assert selection.layers and all(type(layer) is LAYER_TYPES[method.kind] for layer in selection.layers.values())
+    pruned.gkp_spec = dataclasses.replace(model_spec(resnet20), plan=Plan(name, 0.5, selection.layers).to_dict())
+    rebuilt = model_from_payload(checkpoint_payload(pruned)).eval()
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        assert_same_logits(rebuilt(x), pruned.eval()(x))
 
 
 @pytest.mark.parametrize("name", LOSSES.names())

@@ -341,6 +341,9 @@ def test_a_run_folder_of_an_earlier_fingerprint_version_is_refused_with_how_to_r
     marker = tmp_path / "run" / "state" / "train.done"
     older = {k: v for k, v in json.loads(marker.read_text()).items() if k != "version"}  # as version 1 wrote it
     marker.write_text(json.dumps(older))
+    from gkp.application.sweep import run_status
+
+    assert run_status(tmp_path / "run", ["train"]) == "earlier version"  # a sweep does not count it as done
     dense = (tmp_path / "run" / "dense.ckpt").read_bytes()
     capsys.readouterr()
     assert main(["run", str(config), "--out", str(tmp_path / "run")]) == 2

@@ -191,3 +191,18 @@ def test_reading_or_converting_a_checkpoint_loads_no_method_attack_loss_or_optim
         ["info", checkpoint], ["export", checkpoint, "--out", str(folder / "exported.safetensors")]
     )
     assert loaded == {"gkp.entries.models.resnet"}
+
+
+def test_a_lookup_imports_the_module_of_its_entry_and_no_other():
+    """resnet50 has a module of its own: the CIFAR family module ``resnet`` (also a candidate by name) stays
+    unread; pgd_kl likewise leaves ``attacks.pgd`` alone."""
+    code = (
+        "import sys\n"
+        "from gkp.application.catalog import ATTACKS, MODELS\n"
+        "MODELS.get('resnet50'), ATTACKS.get('pgd_kl')\n"
+        "print(' '.join(m for m in sys.modules if m.startswith(('gkp.entries.models.', 'attacks.'))))"
+    )
+    loaded = set(
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    )
+    assert loaded == {"gkp.entries.models.resnet50", "gkp.entries.models.bottleneck_resnet", "attacks.pgd_kl"}

@@ -252,7 +252,7 @@ TOYS = {
         refuse_select,
         lambda *args: None,
         "gates on each block's branch, the blocks of the smallest removed",
-        "removed_blocks",
+        "removed_block",
         training=TrainingTime(build_gates, "finetune", prepare=gate_blocks, finalize=remove_smallest_gates),
     ),
     "toy_adapters": PruningMethod(

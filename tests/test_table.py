@@ -173,7 +173,7 @@ def test_finished_digits_runs_fill_table5_and_table7(tmp_path, capsys):
     spec = {"name": "digits", "base": "base.yaml", "out": str(tmp_path / "table10"), "cells": cells}
     (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(spec))
     sweep = load_sweep(tmp_path / "sweep.yaml")
-    assert run_sweep(sweep, devices=[None]) == []
+    assert run_sweep(sweep) == []
     folders = [str(cell.folder) for cell in sweep.cells]
     assert main(["table", *folders, "--paper", "table5"]) == 0
     table5 = capsys.readouterr().out

@@ -19,12 +19,11 @@ from gkp.application.pipeline.run import run_experiment
 from gkp.entries.losses.distill import distillation_loss
 from gkp.foundation.contracts import Choice, ParamGroup, Phase, Recipe, StepContext, TrainingHooks
 from gkp.foundation.errors import ConfigError
-from gkp.mechanisms.data.augment import random_crop
 from gkp.mechanisms.data.splits import TensorSplit
 from gkp.mechanisms.engine.optimize import Optimization, model_optimizer, parameter_groups
 from gkp.mechanisms.engine.train import NO_HOOKS, Data, LoopSettings, fit
 
-from conftest import tiny_config
+from conftest import MemoryStore, tiny_config
 
 # ------------------------------------------------------------------------------------------- a tiny world
 
@@ -40,28 +39,6 @@ class Tiny(nn.Module):
 
     def forward(self, x):
         return self.head(F.relu(self.bn(self.conv(x))).mean(dim=(2, 3)))
-
-
-class MemoryStore:
-    """What ``fit`` persists, kept in memory: the last epoch's state (to resume from) and the rows."""
-
-    def __init__(self):
-        self.last = None
-
-    def load_resume(self):
-        return self.last
-
-    def save_epoch(self, model, state):
-        self.last = (state, {k: v.clone() for k, v in model.state_dict().items()})
-
-    def save_best(self, *args):
-        pass
-
-    def save_snapshot(self, *args):
-        pass
-
-    def describe_last(self):
-        return "memory"
 
 
 def split(value: float, count: int = 8) -> TensorSplit:
@@ -127,7 +104,8 @@ def test_fine_tuning_distils_from_the_dense_model_in_eval_mode(tmp_path, monkeyp
         objective = original(cfg)
 
         def wrapped(step: StepContext):
-            seen.append((step.teacher is not None and not step.teacher.training, step.model.training))
+            teacher = None if step.teacher is None else step.teacher.training
+            seen.append((cfg.distill is not None, teacher, step.model.training))
             return objective(step)
 
         return wrapped
@@ -141,8 +119,10 @@ def test_fine_tuning_distils_from_the_dense_model_in_eval_mode(tmp_path, monkeyp
         "weight": 1.0,
     }
     run_experiment(exp, out=tmp_path)
-    distilling = seen[len(seen) // 2 :]  # the fine-tuning half of the steps
-    assert distilling and all(teacher_in_eval and student_trains for teacher_in_eval, student_trains in distilling)
+    training_steps = [teacher for distils, teacher, _ in seen if not distils]
+    distilling = [(teacher, student) for distils, teacher, student in seen if distils]
+    assert training_steps and all(teacher is None for teacher in training_steps)  # the train stage has none
+    assert distilling and all(teacher is False and student for teacher, student in distilling)  # eval, train
 
 
 def test_distillation_where_no_teacher_exists_or_beside_another_loss_is_refused():
@@ -177,7 +157,7 @@ def test_the_optimizer_and_its_parameter_groups_come_from_the_section():
     model = build_model("resnet8")
     optimizer = model_optimizer(model, Recipe.of(exp.finetune))
     assert isinstance(optimizer, torch.optim.AdamW) and optimizer.defaults["betas"] == (0.8, 0.9)
-    bn, fc, rest = optimizer.param_groups
+    rest, bn, fc = optimizer.param_groups
     names = {id(p): n for n, p in model.named_parameters()}
     assert all("bn" in names[id(p)] for p in bn["params"]) and bn["weight_decay"] == 0
     assert [names[id(p)] for p in fc["params"]] == ["fc.weight", "fc.bias"] and fc["lr"] == 0.5
@@ -291,31 +271,47 @@ def test_a_module_swapped_in_when_a_phase_starts_is_optimised():
     assert not torch.equal(model.head.weight, hooks.fresh)
 
 
-class Gate(nn.Module):
+class Gated(Tiny):
+    """Tiny with a gate on its logits: what a method's ``prepare`` would add beside the backbone."""
+
     def __init__(self):
         super().__init__()
-        self.value = nn.Parameter(torch.ones(2))
+        self.gate = nn.Parameter(torch.ones(2))
+
+    def forward(self, x):
+        return super().forward(x) * self.gate
+
+
+def gate_only(model, recipe):
+    return {"gates": torch.optim.SGD([model.gate], lr=0.5)}
 
 
 def test_a_frozen_backbone_runs_in_eval_mode_and_trains_only_its_optimizers_parameters():
-    model = Tiny()
-    model.gate = Gate()
-    backbone = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("gate")}
+    model = Gated()
+    backbone = {k: v.clone() for k, v in model.state_dict().items() if k != "gate"}
     modes = []
 
-    def gated(step: StepContext):
+    def recording(step: StepContext):
         modes.append(step.model.training)
-        logits = step.model(step.x) * step.model.gate.value
-        return F.cross_entropy(logits, step.y), logits
+        return cross_entropy()(step)
 
-    frozen = phase(
-        epochs=2, frozen_backbone=True, optimizers=lambda m, r: {"gates": torch.optim.SGD(m.gate.parameters(), lr=0.5)}
-    )
-    run(model, [frozen], objective=gated)
+    run(model, [phase(epochs=2, frozen_backbone=True, optimizers=gate_only)], objective=recording)
     after = model.state_dict()
     assert all(torch.equal(after[k], v) for k, v in backbone.items())  # weights and BatchNorm statistics
-    assert not torch.equal(model.gate.value, torch.ones(2)) and modes and not any(modes)
+    assert not torch.equal(model.gate, torch.ones(2)) and modes and not any(modes)
     assert all(p.requires_grad for p in model.parameters())  # given back after the phase
+
+
+def test_an_adversarial_loss_leaves_a_frozen_backbone_in_eval_mode():
+    """Crafting restores the mode it found: in a frozen phase, eval (its BatchNorm statistics stay)."""
+    from gkp.application.catalog import ATTACKS
+
+    pgd = LOSSES.get("pgd")
+    objective = pgd.objective(pgd.params(steps=2, bn_mode="train"), 0.0, ATTACKS.get("pgd"))
+    model = Gated()
+    statistics = model.bn.running_mean.clone()
+    run(model, [phase(epochs=1, frozen_backbone=True, optimizers=gate_only)], objective=objective)
+    assert torch.equal(model.bn.running_mean, statistics) and not torch.equal(model.gate, torch.ones(2))
 
 
 def test_a_phase_trains_on_the_validation_fraction_when_it_asks_for_it():
@@ -374,8 +370,11 @@ def test_the_crop_padding_is_a_setting_that_reaches_the_training_split():
     bundle = load_data(exp.data, torch.device("cpu"))
     assert bundle.train.crop_padding == bundle.val.crop_padding == 8 and bundle.test.augment_kind == "none"
     assert build_experiment(tiny_config()).data.crop_padding is None  # a side/8 border
-    images = torch.full((64, 1, 4, 4), 255, dtype=torch.uint8)
-    generator = torch.Generator().manual_seed(0)
-    # with a border as wide as the image, some crops fall entirely in the zero padding
-    assert (random_crop(images, 4, generator).flatten(1).amax(1) == 0).any()
-    assert (random_crop(images, 1, generator).flatten(1).amax(1) > 0).all()
+    white = torch.full((64, 1, 4, 4), 255, dtype=torch.uint8)
+
+    def blank_crops(padding: int | None) -> int:
+        split = TensorSplit(white, torch.zeros(64, dtype=torch.long), "crop", padding)
+        (images, _), *_ = split.batches(64, train=True, seed=0)
+        return int((images.flatten(1).amax(1) == 0).sum())
+
+    assert blank_crops(4) > 0 and blank_crops(None) == blank_crops(1) == 0  # 4x4 images: a border of 1

@@ -1,13 +1,16 @@
-"""How a sweep's runs are started. Every run is ``gkp run CONFIG --out FOLDER``, which resumes from its
-folder, so any launcher can stop, crash or be preempted and a rerun continues.
+"""How a sweep's runs are started. Every run is what ``gkp run CONFIG --out FOLDER`` does, the runner
+(``gkp.application.pipeline.run.run_experiment``) on that config and folder, which resumes from the folder,
+so any launcher can stop, crash or be preempted and a rerun continues.
 
-- ``local``: subprocesses on this machine, one run per visible GPU at a time (one at a time on a CPU).
+- ``local``: that command as a process of its own on this machine (each sees one GPU, through
+  ``CUDA_VISIBLE_DEVICES``), one run per visible GPU at a time (one at a time on a CPU).
 - ``slurm``: job arrays submitted through submitit (https://github.com/facebookincubator/submitit, a
-  maintained launcher; we do not write a job scheduler). One array holds the shared dense models and the
-  cells that train their own; the cells that start from a shared dense model go in a second array that
-  waits for the first (``afterok``). A preempted or timed-out job is requeued by submitit and its run
-  resumes from the last finished epoch. With ``gpus_per_run`` above 1 a run spans that many tasks, which
-  the run joins as one ``torch.distributed`` group (see ``gkp.mechanisms.engine.distributed``).
+  maintained launcher; we do not write a job scheduler); each job calls the runner in its own process.
+  One array holds the shared dense models and the cells that train their own; the cells that start from a
+  shared dense model go in a second array that waits for the first (``afterok``). A preempted or
+  timed-out job is requeued by submitit and its run resumes from the last finished epoch. With
+  ``gpus_per_run`` above 1 a run spans that many tasks, which the run joins as one ``torch.distributed``
+  group (see ``gkp.mechanisms.engine.distributed``).
 - ``submitit-local``: the same submitit code on this machine, each job a local process; the way to try
   the SLURM path (and what the tests run). It waits for the dense models before starting the cells,
   since submitit's local executor has no dependencies.

@@ -48,9 +48,10 @@ from gkp.application.launchers import (
     submit_to_slurm,
     visible_gpus,
 )
+from gkp.application.pipeline.rundir import RunDir
 from gkp.application.pipeline.stages import RESULTS_FILE, STAGE_NAMES, stage_named
 from gkp.foundation.contracts import PruningContext, Recipe
-from gkp.foundation.errors import ConfigError
+from gkp.foundation.errors import ConfigError, RunFolderError
 from gkp.foundation.schema import to_yaml
 from gkp.mechanisms.counting import measure
 
@@ -151,8 +152,13 @@ def _attach_dense(sweep: Sweep, cell: Cell) -> None:
 
 
 def run_status(folder: Path, stages: list[str]) -> str:
-    """done (every stage finished), partial (some started) or missing."""
+    """done (every stage finished), partial (some started), missing, or "earlier version" (a folder whose
+    fingerprints another version of gkp wrote: not done, and refused when run, with how to rerun)."""
     markers = [folder / "state" / f"{stage}.done" for stage in stages]
+    try:
+        RunDir(folder).recorded_fingerprints()
+    except RunFolderError:
+        return "earlier version"
     if all(marker.is_file() for marker in markers):
         return "done"
     return "partial" if (folder / "state").is_dir() else "missing"

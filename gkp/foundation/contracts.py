@@ -134,7 +134,7 @@ def model_spec(model: nn.Module) -> ModelSpec:
 # ------------------------------------------------------------------------------------------- pruning
 
 Batch = tuple[torch.Tensor, torch.Tensor]
-PlanKind = Literal["filters", "grouped_kernels", "removed_blocks", "factorised", "adapters"]
+PlanKind = Literal["filters", "grouped_kernels", "removed_block", "factorised", "adapters"]  # the plans' layer types
 
 
 @dataclass(frozen=True)
@@ -187,14 +187,15 @@ class PruningMethod:
     """A pruning method: its parameter dataclass, its selection function and a cheap feasibility check.
 
     ``select(model, rate, params, context) -> Selection`` reads the trained weights (and the context) and
-    must not modify the model; every layer plan it returns is of ``kind`` ("filters" or
-    "grouped_kernels"). ``check(model, rate, params, context)`` raises ``PruningError`` for settings that
-    cannot work on this architecture; the runner calls it before any training starts.
+    must not modify the model; every layer plan it returns is of ``kind``, a layer type of
+    ``gkp.mechanisms.pruning.plan`` ("filters", "grouped_kernels", or a structure-changing "removed_block",
+    "factorised" or "adapters"). ``check(model, rate, params, context)`` raises ``PruningError`` for
+    settings that cannot work on this architecture; the pipeline calls it before any training starts.
     ``snapshot_epochs(params)`` lists the training snapshots the method reads. ``budgets`` names how its
     size may be set (``rate``, and for filter methods ``rates`` and ``target_macs``); ``calibrated``
     methods read calibration images. A "grouped_kernels" method's params are ``GroupedKernelParams``.
     A training-time method (``training`` set) acts while the model trains; its ``select`` then reads the
-    trained model's zeroed filters (see ``TrainingTime``).
+    trained model's zeroed filters, unless its ``finalize`` gives the plan (see ``TrainingTime``).
     """
 
     name: str
@@ -407,7 +408,8 @@ class Phase:
     one step being the objective (plus the hooks' regularizer) minimised by that optimizer; ``optimizers``
     and ``step`` replace both. ``frozen_backbone``: the model runs in eval mode and only the parameters
     its optimizers hold get gradients. ``data``: the split it trains on, ``train``, or ``val``, the seeded
-    fraction ``data.val_fraction`` of the training split (augmented as the training split is).
+    fraction ``data.val_fraction`` of the training split (augmented as the training split is, but for
+    image folders, whose held-out images are read unaugmented).
     ``stop(model)``, asked after every step, ends the phase early (that epoch is its last)."""
 
     name: str

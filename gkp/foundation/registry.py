@@ -90,12 +90,13 @@ class Registry(Generic[T]):
     def _lookup(self, name: str) -> T | None:
         if name in self._added:
             return self._added[name]
-        if name not in self._found:
-            for package in self.packages:
-                for candidate in module_candidates(name):
-                    module = self._module(package, candidate)
-                    if module is not None:
-                        self._take(module)
+        for package in self.packages:
+            for candidate in module_candidates(name):
+                if name in self._found:
+                    return self._found[name]
+                module = self._module(package, candidate)
+                if module is not None:
+                    self._take(module)
         return self._found.get(name)
 
     @staticmethod

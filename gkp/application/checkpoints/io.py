@@ -3,7 +3,8 @@
 Saving is atomic (a temporary file in the same folder, then a rename), so an interrupted save leaves
 the previous file intact. Loading uses ``torch.load(weights_only=True)``, which refuses to run code
 from the file; a pruned checkpoint is rebuilt by applying its plan to a freshly built dense model and
-then loading the weights. Resume files add ``training`` (optimizer, scheduler, epoch, history).
+then loading the weights. Resume files add ``training`` (the loop's position, optimizers, schedules, step
+count, hooks' state, history and best epochs: ``gkp.mechanisms.engine.train.TrainingState``).
 """
 
 from __future__ import annotations

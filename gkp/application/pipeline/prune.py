@@ -134,7 +134,8 @@ def _prune_while_training(ctx: Context, method: PruningMethod) -> None:
     dense = model_spec(model)
     phases, hooks = _method_training(ctx, method, model)
     model = method.training.prepare(model, hooks)
-    outcome = train_stage(ctx, "prune", exp.prune.during, model, phases, hooks)
+    own_modules = method.training.changes_structure
+    outcome = train_stage(ctx, "prune", exp.prune.during, model, phases, hooks, keep_best=not own_modules)
     if method.training.finalize is not None:
         pruned, selection = _finalized(ctx, method, model, hooks, dense)
         architecture = build_model(dense.arch, **dense.args).to(ctx.device)

@@ -322,7 +322,9 @@ class RunDir:
 class StageStore:
     """What ``engine.train.fit`` persists for one stage: resume state, best models, metrics, TensorBoard."""
 
-    def __init__(self, run: RunDir, stage: str, fingerprint_value: str, best_prefix: str):
+    def __init__(self, run: RunDir, stage: str, fingerprint_value: str, best_prefix: str | None):
+        """``best_prefix``: the best-epoch models are ``<best_prefix>best_<metric>.ckpt``; None: the model as
+        it trains is not one a checkpoint can rebuild (a method's own modules in it), so none is kept."""
         self.run, self.stage, self.fingerprint = run, stage, fingerprint_value
         self.best_prefix = best_prefix
         self.writer = None
@@ -340,6 +342,8 @@ class StageStore:
         return str(path) if path.is_file() else "none yet: the first epoch did not finish"
 
     def save_best(self, metric: str, model: nn.Module, record: dict[str, Any]) -> None:
+        if self.best_prefix is None:
+            return
         path = self.run.path / f"{self.best_prefix}best_{metric}.ckpt"
         save_checkpoint(path, model, {"stage": self.stage, "metric": metric, **record})
 

@@ -85,9 +85,10 @@ def pruning_trains(exp: Any) -> str | None:
     return exp.prune.during if getattr(exp, "prune", None) is not None else None
 
 
-def keeps_masked(exp: Any) -> bool:
-    """A training-time method whose trained model is the architecture with zeroed filters: the prune stage
-    keeps it as ``masked`` (a method that builds other modules has no such model)."""
+def keeps_trained_models(exp: Any) -> bool:
+    """A training-time method whose model as it trains is the architecture with zeroed filters: the prune
+    stage keeps it (``masked``) and its best epochs. A method that trains with modules of its own
+    (``prepare``, ``finalize``) has no such checkpoint, only its physical model."""
     if pruning_trains(exp) is None:
         return False
     from gkp.application.catalog import PRUNING_METHODS
@@ -128,11 +129,7 @@ PRUNE = Stage(
         *(() if pruning_trains(exp) == "train" else ("dense",)),
         *teacher_models(exp, pruning_trains(exp)),
     ),
-    saves=lambda exp: (
-        "pruned",
-        *(("masked",) if keeps_masked(exp) else ()),
-        *best_models(exp, "prune"),
-    ),
+    saves=lambda exp: ("pruned", *(("masked", *best_models(exp, "prune")) if keeps_trained_models(exp) else ())),
     files=(
         "pruned.ckpt",
         "plan.json",

@@ -107,8 +107,9 @@ def _epoch_evaluation(ctx: Context, cfg):
     return evaluate_epoch
 
 
-def _summary(outcome: FitOutcome, cfg, best_prefix: str) -> dict[str, Any]:
-    best = {m: {**r, "checkpoint": f"{best_prefix}best_{m}.ckpt"} for m, r in outcome.best.items()}
+def _summary(outcome: FitOutcome, cfg, best_prefix: str | None) -> dict[str, Any]:
+    kept = (lambda m: {"checkpoint": f"{best_prefix}best_{m}.ckpt"}) if best_prefix is not None else (lambda m: {})
+    best = {m: {**r, **kept(m)} for m, r in outcome.best.items()}
     return {"select_on": cfg.select_on, "epochs": len(outcome.history), "best": best, "final": outcome.final}
 
 
@@ -120,11 +121,14 @@ def train_stage(
     phases: list[Phase] | None = None,
     method_hooks: TrainingHooks | None = None,
     snapshot_epochs: frozenset[int] = frozenset(),
+    keep_best: bool = True,
 ) -> FitOutcome:
     """Run the training loop for ``stage`` with the recipe of config section ``section`` (one phase
-    unless a training-time method gives its own), and write the stage's best-epoch summary."""
+    unless a training-time method gives its own), and write the stage's best-epoch summary; the best
+    epochs' models are kept as checkpoints unless ``keep_best`` is false (a model a checkpoint cannot
+    rebuild, with a method's own modules in it)."""
     cfg = getattr(ctx.exp, section)
-    best_prefix = stage_named(stage).best_prefix
+    best_prefix = stage_named(stage).best_prefix if keep_best else None
     store = StageStore(ctx.run, stage, ctx.fingerprint(stage), best_prefix)
     settings = LoopSettings(
         stage=stage,

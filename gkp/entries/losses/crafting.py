@@ -23,13 +23,14 @@ BN_MODE_DOC = "BatchNorm mode while crafting examples"
 
 def craft(step: StepContext, attack: Attack, params, bn_mode: BatchNormMode) -> torch.Tensor:
     """The attack's examples of the step's batch, crafted with BatchNorm in ``bn_mode``; the model is
-    left in train mode."""
+    left in the mode it was in (train mode, or eval mode in a phase that freezes it)."""
+    training = step.model.training
     if bn_mode == "eval":
         step.model.eval()
     try:
         return attack.run(step.model, step.x, step.y, params, step.generator, PIXELS)
     finally:
-        step.model.train()
+        step.model.train(training)
 
 
 def adversarial_cross_entropy(

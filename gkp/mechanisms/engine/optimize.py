@@ -21,8 +21,9 @@ MODEL_OPTIMIZER = "model"  # the name of a phase's one optimizer over the model
 
 
 def parameter_groups(model: nn.Module, recipe: Recipe) -> list[dict[str, Any]]:
-    """The model's parameters as torch parameter groups: one per ``recipe.param_groups`` entry that matches
-    any (with its options), in their order, then the rest; each parameter in the first group it matches."""
+    """The model's parameters as torch parameter groups: those no ``recipe.param_groups`` entry matches
+    (with the recipe's options), then one group per entry, in their order, with its options; each
+    parameter in the first entry it matches. An entry that matches nothing is refused."""
     rest: list[nn.Parameter] = []
     matched: list[list[nn.Parameter]] = [[] for _ in recipe.param_groups]
     for name, parameter in model.named_parameters():
@@ -37,7 +38,7 @@ def parameter_groups(model: nn.Module, recipe: Recipe) -> list[dict[str, Any]]:
             )
         options = {key: getattr(group, key) for key in ("lr", "weight_decay") if getattr(group, key) is not None}
         groups.append({"params": parameters, **options})
-    return [*groups, {"params": rest}] if rest else groups
+    return [{"params": rest}, *groups] if rest else groups
 
 
 def sgd(groups: list[dict[str, Any]], recipe: Recipe, params: Any = None) -> torch.optim.Optimizer:
@@ -135,5 +136,6 @@ class Optimization:
 
     @property
     def lr(self) -> float:
-        """The learning rate of the first optimizer's first group (the one the metrics report)."""
+        """The learning rate of the first optimizer's first group, the one the metrics report and
+        ``after_step`` gets: the recipe's, unless every parameter has a group of its own."""
         return next(iter(self.optimizers.values())).param_groups[0]["lr"]

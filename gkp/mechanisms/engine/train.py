@@ -298,8 +298,10 @@ def fit(
     ``objective`` (plus the hooks' regularizer) or runs the phase's own step; after each epoch the model is
     evaluated (``evaluate_epoch``, when due) and checkpointed. ``teacher`` is given to the objective."""
     device = next(model.parameters()).device
-    if distributed.shard().size > 1 and any(phase.step is not None for phase in phases):
-        raise ConfigError("a phase with a step of its own trains in one process; run it without torchrun")
+    if distributed.shard().size > 1 and any(phase.step is not None or phase.stop is not None for phase in phases):
+        raise ConfigError(
+            "a phase with a step or a stop rule of its own trains in one process; run it without torchrun"
+        )
     if use_channels_last(settings.channels_last, device):
         model.to(memory_format=torch.channels_last)
     run = _Run(model, phases, settings, store, hooks, evaluate_epoch or (lambda m, d: {}))
@@ -311,12 +313,12 @@ def fit(
         for index in range(start_phase, len(run.phases)):
             phase = run.phases[index]
             resuming = state is not None and index == start_phase
+            _unfreeze(trainable)
             if not resuming:
                 hooks.start_phase(model, index)
             optimization = Optimization.start(model, phase, settings.amp, device)
             if resuming:
                 optimization.restore(state.optimization)
-            _unfreeze(trainable)
             if phase.frozen_backbone:
                 _freeze_all_but(model, optimization, trainable)
             first = start_epoch if resuming else 0

@@ -10,7 +10,8 @@ the dense form, or every layer runs dense (layers that each win alone can lose t
 The forms compute the same function but sum in different orders, so the choice shows in the last digits
 of every result. ``choose_forms`` therefore takes a ``timings`` mapping (the stages keep it in a file):
 a layer shape timed once on a machine keeps its form there, and the same command gives the same numbers.
-``use_form`` puts every layer in one form (training runs in the ``dense`` form: see ``gkp.application.pipeline.steps``).
+``use_form`` puts every layer in one form (fine-tuning runs in the ``dense`` form: see
+``gkp.application.pipeline.training.finetune``).
 """
 
 from __future__ import annotations

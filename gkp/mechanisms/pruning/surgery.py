@@ -316,8 +316,11 @@ def fold_output_orders(model: nn.Module) -> None:
     """Where a grouped-kernel conv feeds only a BatchNorm and then convs or linear layers (the
     architecture's filter groups), leave its outputs in grouped order: permute the BatchNorm's channels
     and the consumers' inputs instead, and drop the output permutation. The function is unchanged."""
+    present = dict(model.named_modules())
     for group in model.filter_pruning_groups():
-        conv = get_module(model, group.conv)
+        if group.conv not in present:  # gone with a removed block
+            continue
+        conv = present[group.conv]
         consumers = [get_module(model, name) for name in group.consumers]
         if not isinstance(conv, GroupedKernelConv2d) or conv.restore is None:
             continue
