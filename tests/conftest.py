@@ -52,10 +52,12 @@ def authors_checkpoint(shared: Path, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(autouse=True)
-def forms_cache(tmp_path_factory, monkeypatch):
-    """Form timings go to a file of the test session's own, never to the user's cache: a layer shape is
-    timed once per session, as once per machine in real use (tests of the timing pass their own dict)."""
+def session_caches(tmp_path_factory, monkeypatch):
+    """Form timings and file digests go to files of the test session's own, never to the user's cache: a
+    layer shape is timed once per session, as once per machine in real use (tests of the timing pass
+    their own dict)."""
     monkeypatch.setenv("GKP_FORMS_CACHE", str(tmp_path_factory.getbasetemp() / "forms.json"))
+    monkeypatch.setenv("GKP_DIGEST_CACHE", str(tmp_path_factory.getbasetemp() / "digests.json"))
 
 
 @pytest.fixture

@@ -228,9 +228,13 @@ def test_gkp_list_names_every_registered_entry(capsys):
 
 
 def test_version_and_a_help_with_an_example_for_every_command(capsys):
-    with pytest.raises(SystemExit):
-        main(["--version"])
+    assert main(["--version"]) == 0
     assert capsys.readouterr().out.startswith("gkp ")
+    assert main(["run"]) == 2  # a missing argument: one line, where to read more
+    assert (
+        capsys.readouterr().err
+        == "gkp: error: gkp run: the following arguments are required: config (see gkp run --help)\n"
+    )
     parser = build_parser()
     for command in COMMANDS:
         with pytest.raises(SystemExit):

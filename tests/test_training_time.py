@@ -369,9 +369,9 @@ def test_the_prune_fingerprint_follows_the_section_a_training_time_method_trains
     base = tiny_config(stages=["train", "prune"], prune={"method": "fpgm_soft"})
     changed = tiny_config(stages=["train", "prune"], prune={"method": "fpgm_soft"}, finetune={"lr": 0.5})
     plain, other = build_experiment(base), build_experiment(changed)
-    assert prune.fingerprint(plain) != prune.fingerprint(other)
+    assert prune.fingerprint(plain, None) != prune.fingerprint(other, None)
     one_shot = [build_experiment(tiny_config(finetune=f)) for f in ({"lr": 0.01}, {"lr": 0.5})]
-    assert prune.fingerprint(one_shot[0]) == prune.fingerprint(one_shot[1])
+    assert prune.fingerprint(one_shot[0], None) == prune.fingerprint(one_shot[1], None)
 
 
 # ------------------------------------------------------------------------------------------- resume

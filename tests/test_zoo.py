@@ -20,11 +20,12 @@ import torchvision
 from gkp.application.catalog import IMPORTERS, MODELS
 from gkp.application.checkpoints.importers.akamaster import stream_orders
 from gkp.application.checkpoints.io import load_model
-from gkp.application.checkpoints.zoo import ZooError, fetch, load_manifest, sha256_of
+from gkp.application.checkpoints.zoo import ZooError, fetch, load_manifest
 from gkp.application.cli import main
 from gkp.application.config import build_experiment
 from gkp.application.pipeline.run import run_experiment
 from gkp.foundation.errors import CheckpointError, ConfigError
+from gkp.foundation.files import sha256_of
 
 from conftest import write_config
 
@@ -391,4 +392,43 @@ def test_safetensors_round_trips_every_dtype_and_refuses_a_damaged_file(tmp_path
         assert back["state_dict"][name].dtype == tensor.dtype and torch.equal(back["state_dict"][name], tensor)
     path.write_bytes(path.read_bytes()[:-5])
     with pytest.raises(CheckpointError, match="is not a safetensors file written by gkp export"):
+        read_safetensors(path)
+
+
+def test_a_cached_checkpoint_that_changed_since_its_conversion_is_refused(shared, cache, tmp_path):
+    """The cache is trusted while its file is what was converted: a file put in its place is refused; a cache
+    made before digests were recorded is checked against its own record of the release and then recorded."""
+    from gkp.application.checkpoints.zoo import recorded_digest
+
+    path = fetch("resnet20-akamaster", shared / "checkpoints" / "resnet20-12fca82f.th")
+    genuine = path.read_bytes()
+    other = fetch("resnet56-akamaster", shared / "checkpoints" / "resnet56-4bfd9763.th")
+    path.write_bytes(other.read_bytes())
+    with pytest.raises(ZooError, match="changed since it was converted.*gkp fetch resnet20-akamaster"):
+        fetch("resnet20-akamaster")
+    recorded_digest(path).unlink()
+    with pytest.raises(ZooError, match="is not resnet20-akamaster's converted checkpoint"):
+        fetch("resnet20-akamaster")
+    path.write_bytes(genuine)
+    assert fetch("resnet20-akamaster") == path and recorded_digest(path).read_text().strip() == sha256_of(path)
+
+
+def test_a_safetensors_file_whose_tensors_share_bytes_is_refused(tmp_path):
+    """Two tensors reading one byte range (a crafted file) would load silently: the format forbids it."""
+    from gkp.application.checkpoints.export import read_safetensors
+
+    header = {
+        "a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+        "b": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+        "__metadata__": {"gkp": json.dumps({"arch": "resnet8", "arch_args": {}, "plan": None, "metadata": {}})},
+    }
+    text = json.dumps(header).encode()
+    path = tmp_path / "shared.safetensors"
+    path.write_bytes(len(text).to_bytes(8, "little") + text + torch.ones(2).numpy().tobytes())
+    with pytest.raises(CheckpointError, match="byte ranges overlap or leave a gap"):
+        read_safetensors(path)
+    header["__metadata__"] = {"gkp": "[1, 2]"}
+    text = json.dumps(header).encode()
+    path.write_bytes(len(text).to_bytes(8, "little") + text + torch.ones(2).numpy().tobytes())
+    with pytest.raises(CheckpointError, match="its gkp metadata is list, not a mapping"):
         read_safetensors(path)

@@ -19,13 +19,27 @@ gkp curves RUN_DIR [RUN_DIR ...] --attack LABEL [--out PREFIX]  security curves 
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
+import signal
 import sys
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from gkp.application.pipeline.stages import STAGES
 from gkp.foundation.errors import GkpError
+
+
+def positive_int(text: str) -> int:
+    """An argument that must be a whole number >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
+    return value
 
 
 def _add_experiment_arguments(parser: argparse.ArgumentParser) -> None:
@@ -77,7 +91,7 @@ def _add_fetch_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _add_info_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", help="a checkpoint file, or zoo:NAME")
-    parser.add_argument("--input-size", type=int, help="image side for MACs (default: the checkpoint's)")
+    parser.add_argument("--input-size", type=positive_int, help="image side for MACs (default: the checkpoint's)")
     parser.add_argument(
         "--convention",
         choices=("macs", "authors"),
@@ -90,7 +104,10 @@ def _add_export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", help="a checkpoint file, or zoo:NAME")
     parser.add_argument("--format", choices=("safetensors", "onnx"), default="safetensors", help="the file format")
     parser.add_argument("--out", help="output file (default: the checkpoint's name with .safetensors or .onnx)")
-    parser.add_argument("--input-size", type=int, help="ONNX: the example's image side (default: the checkpoint's)")
+    parser.add_argument(
+        "--input-size", type=positive_int, help="ONNX: the example's image side (default: the checkpoint's)"
+    )
+    parser.add_argument("--force", action="store_true", help="replace the output file if it exists")
 
 
 def _add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
@@ -156,8 +173,15 @@ def _version() -> str:
         return "unknown (not installed)"
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line naming the problem and where to read about it."""
+
+    def error(self, message: str):
+        self.exit(2, f"gkp: error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="gkp",
         description="Robustness-aware structured pruning experiments: train, prune, fine-tune and attack "
         "CNNs from one YAML config.",
@@ -165,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument("--version", action="version", version=f"gkp {_version()}")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=OneLineParser)
     for command in COMMANDS:
         sub = commands.add_parser(
             command.name,
@@ -222,10 +246,13 @@ def _export(args: argparse.Namespace) -> None:
     from gkp.application.checkpoints.export import export_onnx, write_safetensors
     from gkp.application.checkpoints.io import model_from_payload, read_checkpoint
     from gkp.application.checkpoints.zoo import local_checkpoint
+    from gkp.foundation.errors import CheckpointError
 
     source = local_checkpoint(args.checkpoint)
     payload = read_checkpoint(source)
     out = Path(args.out or source.with_suffix(f".{args.format}").name)
+    if out.exists() and not args.force:
+        raise CheckpointError(f"{out} exists (a run's checkpoint, maybe); pass another --out, or --force to replace it")
     if args.format == "safetensors":
         write_safetensors(payload, out)
     else:
@@ -250,17 +277,18 @@ def _described(results: dict, folder) -> dict:
 
 def _read_results(folders: list[str]) -> list[dict]:
     """Each run folder's results.json, with its method, rate and data (see ``_described``)."""
-    import json
     from pathlib import Path
 
     from gkp.foundation.errors import RunFolderError
+    from gkp.foundation.files import read_json_mapping
 
     runs = []
     for folder in folders:
         path = Path(folder) / "results.json"
         if not path.is_file():
             raise RunFolderError(f"{path} does not exist: run the eval stage of that run first (gkp eval CONFIG)")
-        runs.append(_described(json.loads(path.read_text()), Path(folder)))
+        results = read_json_mapping(path, "evaluate the run again: gkp eval CONFIG --out FOLDER")
+        runs.append(_described(results, Path(folder)))
     return runs
 
 
@@ -288,7 +316,7 @@ def _fetch(args: argparse.Namespace) -> None:
 
 def _sweep(args: argparse.Namespace) -> None:
     from gkp.application.sweep import load_sweep, results_of, run_sweep, status_table
-    from gkp.foundation.errors import RunFolderError
+    from gkp.foundation.errors import ConfigError, RunFolderError
 
     sweep = load_sweep(args.spec)
     if not args.dry_run:
@@ -302,6 +330,12 @@ def _sweep(args: argparse.Namespace) -> None:
     finished = results_of(sweep)
     if finished and not args.dry_run:
         _compare(argparse.Namespace(runs=[str(folder) for folder in finished]))
+    unrunnable = [cell.name for cell in sweep.cells if cell.problem]
+    if unrunnable and not args.dry_run:
+        raise ConfigError(
+            f"sweep {sweep.name}: {len(unrunnable)} cell(s) cannot run ({', '.join(unrunnable[:6])}"
+            f"{', ...' if len(unrunnable) > 6 else ''}): the table above says why"
+        )
 
 
 def _slurm_options(args: argparse.Namespace):
@@ -503,8 +537,24 @@ COMMANDS = (
 )
 
 
+FULL = (errno.ENOSPC, errno.EDQUOT)  # a full disk or quota: the work is safe, the command can be rerun
+
+
+class Terminated(Exception):
+    """SIGTERM, raised where the command is, so that it ends as an interruption does."""
+
+
+def _terminated(signum, frame) -> None:
+    raise Terminated
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exit_:  # --help, --version (0) or a wrong argument (2, its line already printed)
+        return int(exit_.code or 0)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminated)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(message)s",
@@ -516,7 +566,19 @@ def main(argv: list[str] | None = None) -> int:
     except GkpError as error:
         print(f"gkp: error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:
+        if error.errno not in FULL:
+            raise
+        print(
+            f"gkp: error: {error.strerror} writing {error.filename or 'a file'}; free some space and run the same "
+            "command again: it resumes from the last finished epoch",
+            file=sys.stderr,
+        )
+        return 2
     except KeyboardInterrupt:
         print("gkp: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
+    except Terminated:
+        print("gkp: terminated; run the same command again to resume", file=sys.stderr)
+        return 143
     return 0

@@ -14,8 +14,6 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
 from gkp.application.catalog import (
     ATTACKS,
     DATASETS,
@@ -31,7 +29,7 @@ from gkp.application.pipeline.stages import STAGE_NAMES, TRAINING_SECTIONS, eval
 from gkp.foundation.contracts import Choice
 from gkp.foundation.errors import ConfigError
 from gkp.foundation.registry import did_you_mean
-from gkp.foundation.schema import build, option, to_plain, to_yaml
+from gkp.foundation.schema import build, load_yaml, option, read_text, to_plain, to_yaml
 from gkp.foundation.settings import (
     AttackSpec,
     DataConfig,
@@ -353,8 +351,10 @@ def build_experiment(raw: Any, default_name: str = "experiment") -> Experiment:
     if exp.model.arch is not None:
         MODELS.get(exp.model.arch, "model.arch")
         check_arch_args(exp.model.arch, exp.model.args)
-    if not re.fullmatch(r"[A-Za-z0-9_.\-]+", exp.name):
-        raise ConfigError(f"name: must be letters, digits, '_', '.' or '-' (it names a folder), got {exp.name!r}")
+    if not re.fullmatch(r"[A-Za-z0-9_.\-]+", exp.name) or not exp.name.strip("."):
+        raise ConfigError(
+            f"name: must be letters, digits, '_', '.' or '-', and not dots alone (it names a folder), got {exp.name!r}"
+        )
     _check_stages(exp)
     _check_training(exp)
     _check_teacher(exp)
@@ -391,7 +391,7 @@ def apply_override(raw: dict, assignment: str) -> None:
     key, sep, text = assignment.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"--set {assignment!r}: expected key.path=value, e.g. prune.rate=0.625")
-    value = yaml.safe_load(text) if text.strip() else None
+    value = load_yaml(text, f"--set {key.strip()}: the value") if text.strip() else None
     parts = key.strip().split(".")
     node: Any = raw
     for depth, part in enumerate(parts):
@@ -431,10 +431,7 @@ def read_config(path: str | Path, seen: tuple[Path, ...] = ()) -> dict:
         raise ConfigError(f"config file {path} does not exist")
     if path.resolve() in seen:
         raise ConfigError(f"{path}: 'base' files include each other in a loop")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{path} is not valid YAML: {error}") from error
+    raw = load_yaml(read_text(path, "config"), str(path))
     raw = {} if raw is None else raw
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the config must be a mapping of sections, got {type(raw).__name__}")

@@ -18,8 +18,10 @@ so any launcher can stop, crash or be preempted and a rerun continues.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -57,25 +59,56 @@ def run_locally(dense: Sequence[Job], cells: Sequence[Job], dense_done, devices:
     return failed + _run_processes([job for job in cells if job.needs is None or dense_done(job.needs)], devices)
 
 
+PR_SET_PDEATHSIG = 1  # prctl(2): the signal a process gets when the one that started it dies
+
+
+def _dies_with_the_sweep() -> None:
+    """Run in each child before it starts: on Linux the kernel sends it SIGTERM when the sweep's process
+    ends, however it ends (kill -9 included), so no run outlives the sweep that started it."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 def _run_processes(jobs: Sequence[Job], devices: list[str | None]) -> list[str]:
-    """Run the jobs as subprocesses, one per device at a time; returns the names of those that failed."""
+    """Run the jobs as subprocesses, one per device at a time; returns the names of those that failed.
+    If the sweep is interrupted (SIGINT, SIGTERM) its runs are stopped the same way and waited for; each
+    resumes from its last epoch when the sweep runs again."""
     failed, running, queue = [], {}, list(jobs)
-    while queue or running:
-        while queue and len(running) < len(devices):
-            job = queue.pop(0)
-            busy = {device for device, _ in running.values()}
-            device = next(d for d in devices if d not in busy)
-            env = {**os.environ, **({"CUDA_VISIBLE_DEVICES": device} if device is not None else {})}
-            command = [sys.executable, "-m", "gkp", "run", str(job.config), "--out", str(job.folder)]
-            running[subprocess.Popen(command, env=env)] = (device, job.name)
-            print(f"sweep: {job.name} started" + (f" on GPU {device}" if device is not None else ""), flush=True)
-        for process in [p for p in running if p.poll() is not None]:
-            _, name = running.pop(process)
-            print(f"sweep: {name} {'done' if process.returncode == 0 else 'FAILED'}", flush=True)
-            if process.returncode != 0:
-                failed.append(name)
-        time.sleep(0.2)
+    try:
+        while queue or running:
+            while queue and len(running) < len(devices):
+                job = queue.pop(0)
+                busy = {device for device, _ in running.values()}
+                device = next(d for d in devices if d not in busy)
+                env = {**os.environ, **({"CUDA_VISIBLE_DEVICES": device} if device is not None else {})}
+                command = [sys.executable, "-m", "gkp", "run", str(job.config), "--out", str(job.folder)]
+                running[subprocess.Popen(command, env=env, preexec_fn=_dies_with_the_sweep)] = (device, job.name)
+                print(f"sweep: {job.name} started" + (f" on GPU {device}" if device is not None else ""), flush=True)
+            for process in [p for p in running if p.poll() is not None]:
+                _, name = running.pop(process)
+                print(f"sweep: {name} {'done' if process.returncode == 0 else 'FAILED'}", flush=True)
+                if process.returncode != 0:
+                    failed.append(name)
+            time.sleep(0.2)
+    finally:
+        _stop(running)
     return failed
+
+
+GRACE_SECONDS = 5  # for runs that got the terminal's Ctrl-C themselves to end before they are told to
+
+
+def _stop(running: dict) -> None:
+    """Interrupt the runs still going (each keeps its last finished epoch) and wait for them to end."""
+    deadline = time.monotonic() + GRACE_SECONDS
+    while any(process.poll() is None for process in running) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for process in running:
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+    for process, (_, name) in running.items():
+        process.wait()
+        print(f"sweep: {name} stopped", flush=True)
 
 
 # ------------------------------------------------------------------------------------------- submitit

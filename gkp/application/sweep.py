@@ -51,8 +51,8 @@ from gkp.application.launchers import (
 from gkp.application.pipeline.rundir import RunDir
 from gkp.application.pipeline.stages import RESULTS_FILE, STAGE_NAMES, stage_named
 from gkp.foundation.contracts import PruningContext, Recipe
-from gkp.foundation.errors import ConfigError, RunFolderError
-from gkp.foundation.schema import to_yaml
+from gkp.foundation.errors import ConfigError, DataError, RunFolderError
+from gkp.foundation.schema import load_yaml, read_text, to_yaml
 from gkp.mechanisms.counting import measure
 
 
@@ -110,7 +110,7 @@ def _shares_dense(exp) -> bool:
 
 def load_sweep(path: str | Path) -> Sweep:
     path = Path(path)
-    spec = yaml.safe_load(path.read_text()) if path.is_file() else None
+    spec = load_yaml(read_text(path, "sweep spec"), str(path)) if path.is_file() else None
     if not isinstance(spec, dict) or "base" not in spec:
         raise ConfigError(f"{path}: a sweep spec needs 'base' (a config file) and 'grid' (see docs/running.md)")
     name = spec.get("name") or path.stem
@@ -135,12 +135,13 @@ def _attach_dense(sweep: Sweep, cell: Cell) -> None:
         return
     try:
         exp = build_experiment(cell.raw)
-    except ConfigError as error:
+        content = DATASETS.get(exp.data.name).content(exp.data) if _shares_dense(exp) else None
+    except (ConfigError, DataError) as error:
         cell.problem = str(error)
         return
     if not _shares_dense(exp):
         return
-    fingerprint = stage_named("train").fingerprint(exp)
+    fingerprint = stage_named("train").fingerprint(exp, content)  # the data's content names it too
     dense = sweep.dense_out / f"dense-{fingerprint[:12]}"
     sweep.dense_runs.setdefault(dense, {**cell.raw, "name": dense.name, "stages": ["train"]})
     cell.dense = dense
@@ -152,9 +153,12 @@ def _attach_dense(sweep: Sweep, cell: Cell) -> None:
 
 
 def run_status(folder: Path, stages: list[str]) -> str:
-    """done (every stage finished), partial (some started), missing, or "earlier version" (a folder whose
-    fingerprints another version of gkp wrote: not done, and refused when run, with how to rerun)."""
+    """done (every stage finished), running (a process holds the folder), partial (some started), missing,
+    or "earlier version" (a folder whose fingerprints another version of gkp wrote: not done, and refused
+    when run, with how to rerun)."""
     markers = [folder / "state" / f"{stage}.done" for stage in stages]
+    if RunDir(folder).holder() is not None:
+        return "running"
     try:
         RunDir(folder).recorded_fingerprints()
     except RunFolderError:
@@ -306,14 +310,24 @@ def _write_config(sweep: Sweep, name: str, raw: dict[str, Any]) -> Path:
     return path
 
 
+def _to_start(job: Job, stages: list[str]) -> bool:
+    """Whether the sweep starts ``job``: not when it is done, nor while another process runs it."""
+    status = run_status(job.folder, stages)
+    if status == "running":
+        print(f"sweep: {job.name} is running in {RunDir(job.folder).holder()}; not started again", flush=True)
+    return status not in ("done", "running")
+
+
 def _not_done(sweep: Sweep) -> tuple[list[Job], list[Job]]:
     """The jobs left: shared dense models, and cells (with the dense run each starts from)."""
     dense = [Job(f.name, _write_config(sweep, f.name, raw), f) for f, raw in sweep.dense_runs.items()]
-    dense = [job for job in dense if run_status(job.folder, ["train"]) != "done"]
+    dense = [job for job in dense if _to_start(job, ["train"])]
     cells = [
-        Job(c.name, _write_config(sweep, c.name, c.raw), c.folder, c.dense)
+        job
         for c in sweep.cells
-        if not c.problem and run_status(c.folder, c.raw.get("stages", list(STAGE_NAMES))) != "done"
+        if not c.problem
+        for job in [Job(c.name, _write_config(sweep, c.name, c.raw), c.folder, c.dense)]
+        if _to_start(job, c.raw.get("stages", list(STAGE_NAMES)))
     ]
     return dense, cells
 

@@ -287,13 +287,16 @@ class Dataset:
     ``check(cfg, trains)`` raises ``ConfigError`` before any compute when the section cannot work (a
     missing path, a training stage without training data); ``images(cfg)`` tells, without loading them,
     how many (training, test) images the section gives, or None where only loading would tell (used to
-    estimate a sweep's time before anything ran)."""
+    estimate a sweep's time before anything ran); ``content(cfg)`` is a digest of the files the section
+    reads (npz files, an image folder's manifest), or None where the dataset's name fixes its content:
+    every stage's fingerprint covers it, so that a changed file is refused like a changed key."""
 
     name: str
     load: Callable[[Any, torch.device, int | None], DataBundle]
     summary: str
     check: Callable[[Any, bool], None] = lambda cfg, trains: None
     images: Callable[[Any], tuple[int, int] | None] = lambda cfg: None
+    content: Callable[[Any], str | None] = lambda cfg: None
 
 
 # ------------------------------------------------------------------------------------------- training

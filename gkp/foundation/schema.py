@@ -9,10 +9,12 @@ what would be valid. Numbers may be written as fractions (``eps: 8/255``).
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Callable
 from fractions import Fraction
+from pathlib import Path
 from typing import Any, Literal
 
 import yaml
@@ -56,17 +58,62 @@ def in_unit_interval(v: float) -> str | None:
 
 
 def parse_number(value: Any, path: str) -> float:
-    """A float from a number or a fraction string such as ``"8/255"``."""
+    """A finite float from a number or a fraction string such as ``"8/255"`` or ``"0.5/255"``."""
     if isinstance(value, bool):
         raise ConfigError(f"{path}: must be a number, got the boolean {value}")
-    if isinstance(value, (int, float)):
-        return float(value)
-    if isinstance(value, str):
-        try:
-            return float(Fraction(value.replace(" ", "")))
-        except (ValueError, ZeroDivisionError):
-            pass
-    raise ConfigError(f"{path}: must be a number such as 0.03 or 8/255, got {value!r}")
+    number = None
+    try:
+        if isinstance(value, (int, float)):
+            number = float(value)
+        elif isinstance(value, str):
+            numerator, _, denominator = value.replace(" ", "").partition("/")
+            number = float(Fraction(numerator)) / (float(Fraction(denominator)) if denominator else 1.0)
+    except OverflowError:  # beyond a float: as infinite
+        number = math.inf
+    except (ValueError, ZeroDivisionError):
+        pass
+    if number is None:
+        raise ConfigError(f"{path}: must be a number such as 0.03 or 8/255, got {value!r}")
+    if not math.isfinite(number):
+        raise ConfigError(f"{path}: must be a finite number, got {value!r}")
+    return number
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (which would silently keep the last)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"the key {key!r} is given twice", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_yaml(text: str, source: str) -> Any:
+    """Plain data from YAML text (safe: no tags that build objects; no key twice in a mapping), or a
+    ConfigError naming ``source`` and the place of the problem."""
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
+    except yaml.YAMLError as error:
+        place = getattr(error, "problem_mark", None)
+        where = f" (line {place.line + 1}, column {place.column + 1})" if place is not None else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise ConfigError(f"{source} is not valid YAML: {problem}{where}") from None
+
+
+def read_text(path: Path, what: str = "file") -> str:
+    """A text file's content, or a ConfigError when it is not UTF-8 or cannot be read."""
+    try:
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path} is not UTF-8 text (byte {error.start}); save the {what} as UTF-8") from None
+    except OSError as error:
+        raise ConfigError(f"{path} cannot be read ({error.strerror or error})") from None
 
 
 def _type_name(tp: Any) -> str:

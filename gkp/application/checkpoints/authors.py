@@ -11,6 +11,7 @@ format, with the authors' input normalisation inside the model.
 
 from __future__ import annotations
 
+import math
 import pickle
 import re
 import zipfile
@@ -68,7 +69,26 @@ def _record_class(module: str, name: str) -> type:
 def _rebuild_tensor(
     storage: torch.Tensor, offset: int, size, stride, requires_grad=False, backward_hooks=None, metadata=None
 ) -> torch.Tensor:
-    return storage.as_strided(tuple(size), tuple(stride), offset)
+    """The view of ``storage`` the pickle describes, once checked to lie inside it and to hold no more
+    values than it (a crafted view could ask for more memory than the file could ever fill)."""
+    size, stride = _whole_numbers(size, "size"), _whole_numbers(stride, "stride")
+    (offset,) = _whole_numbers((offset,), "offset")
+    if len(size) != len(stride):
+        raise CheckpointError(f"a tensor of the file has {len(size)} sizes but {len(stride)} strides")
+    count = math.prod(size)
+    last = offset + sum((s - 1) * st for s, st in zip(size, stride, strict=True)) if count else offset - 1
+    if count > storage.numel() or last >= storage.numel():
+        raise CheckpointError(
+            f"a tensor of the file (size {size}, stride {stride}, offset {offset}) does not fit its storage of "
+            f"{storage.numel()} values: the file is corrupt or crafted"
+        )
+    return storage.as_strided(size, stride, offset)
+
+
+def _whole_numbers(values: Any, what: str) -> tuple[int, ...]:
+    if not isinstance(values, (tuple, list)) or not all(isinstance(v, int) and v >= 0 for v in values):
+        raise CheckpointError(f"a tensor of the file has a {what} that is not whole numbers >= 0: {values!r:.60}")
+    return tuple(values)
 
 
 def _rebuild_parameter(data: torch.Tensor, requires_grad=True, backward_hooks=None, *state) -> torch.Tensor:
@@ -118,7 +138,10 @@ class RestrictedUnpickler(pickle.Unpickler):
             raise CheckpointError(f"{self.source} holds an unknown persistent reference {pid!r:.80}")
         _, storage_type, key, _location, numel = pid
         if key not in self.storages:
-            raw = bytearray(self.archive.read(f"{self.prefix}data/{key}"))
+            name = f"{self.prefix}data/{key}"
+            if name not in self.archive.namelist():
+                raise CheckpointError(f"{self.source} refers to a storage '{key}' its archive does not hold")
+            raw = bytearray(self.archive.read(name))
             flat = torch.frombuffer(raw, dtype=storage_type.dtype) if raw else torch.empty(0, dtype=storage_type.dtype)
             if flat.numel() != numel:
                 raise CheckpointError(f"{self.source}: storage {key} holds {flat.numel()} values, expected {numel}")
@@ -146,8 +169,10 @@ def unpickle_records(path: str | Path) -> ModuleRecord:
         with archive.open(pickles[0]) as handle:
             try:
                 root = RestrictedUnpickler(handle, archive, prefix, str(path)).load()
-            except (pickle.UnpicklingError, EOFError, AttributeError, TypeError) as error:
+            except (pickle.UnpicklingError, EOFError, AttributeError, TypeError, ValueError, RuntimeError) as error:
                 raise CheckpointError(f"{path} is corrupt or not a module pickle ({error})") from error
+            except (zipfile.BadZipFile, OSError) as error:
+                raise CheckpointError(f"{path} is a corrupt zip archive ({error})") from error
     if not isinstance(root, ModuleRecord):
         raise CheckpointError(f"{path} does not hold a pickled module (found {type(root).__name__})")
     return root
@@ -213,6 +238,10 @@ def authors_resnet(source: str | Path) -> nn.Module:
 
 def import_authors_resnet(source: str | Path, destination: str | Path) -> dict[str, Any]:
     """Convert an authors' CIFAR ResNet pickle into our checkpoint at ``destination``; returns its metadata."""
+    if Path(destination).is_dir():
+        raise CheckpointError(
+            f"{destination} is a folder; give the file to write, e.g. {Path(destination) / 'resnet20.ckpt'}"
+        )
     model = authors_resnet(source)
     metadata = {
         "source": str(source),

@@ -78,13 +78,33 @@ def read_safetensors(path: str | Path) -> dict[str, Any]:
     data = Path(path).read_bytes()
     try:
         (length,) = struct.unpack("<Q", data[:8])
-        header = json.loads(data[8 : 8 + length])
-        described = json.loads(header.pop("__metadata__")["gkp"])
+        header = _mapping(json.loads(data[8 : 8 + length]), "header")
+        described = _mapping(json.loads(_mapping(header.pop("__metadata__"), "metadata")["gkp"]), "gkp metadata")
         body = memoryview(data)[8 + length :]
+        _check_byte_ranges(header, len(body))
         state = {name: _tensor(spec, body) for name, spec in header.items()}
     except (struct.error, ValueError, KeyError, TypeError, RuntimeError) as error:
         raise CheckpointError(f"{path} is not a safetensors file written by gkp export ({error})") from error
     return {**described, "state_dict": state}
+
+
+def _mapping(value: Any, what: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ValueError(f"its {what} is {type(value).__name__}, not a mapping")
+    return value
+
+
+def _check_byte_ranges(header: dict[str, Any], size: int) -> None:
+    """As the safetensors format requires: the tensors' byte ranges cover the data exactly, in order,
+    without overlapping (two tensors reading the same bytes would be accepted otherwise)."""
+    ranges = sorted(tuple(_mapping(spec, "tensor entry")["data_offsets"]) for spec in header.values())
+    end = 0
+    for begin, stop in ranges:
+        if begin != end or stop < begin:
+            raise ValueError(f"its tensors' byte ranges overlap or leave a gap at byte {end}")
+        end = stop
+    if end != size:
+        raise ValueError(f"its tensors' byte ranges end at byte {end}, its data at {size}")
 
 
 def _tensor(spec: dict[str, Any], body: memoryview) -> torch.Tensor:

@@ -61,8 +61,20 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist{relative_path_note(path)}")
-    if path.suffix == ".safetensors":
-        return read_safetensors(path)
+    payload = read_safetensors(path) if path.suffix == ".safetensors" else _read_torch_file(path)
+    if not isinstance(payload, dict) or any(key not in payload for key in REQUIRED_KEYS):
+        found = sorted(payload) if isinstance(payload, dict) else type(payload).__name__
+        raise CheckpointError(
+            f"{path} is not a gkp checkpoint: expected keys {', '.join(REQUIRED_KEYS)}, "
+            f"found {found}. A plain state_dict can be wrapped with gkp.application.checkpoints.io.save_checkpoint"
+        )
+    if not isinstance(payload["arch_args"], dict) or not isinstance(payload["state_dict"], dict):
+        raise CheckpointError(f"{path} is not a gkp checkpoint: its arch_args and state_dict must be mappings")
+    return payload
+
+
+def _read_torch_file(path: Path) -> Any:
+    """What a zip-format torch file holds, loaded with ``weights_only``: tensors and plain data only."""
     if not zipfile.is_zipfile(path):
         raise CheckpointError(f"{path} is corrupt or not a torch checkpoint (not a zip archive)")
     try:
@@ -77,12 +89,6 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         ) from error
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as error:
         raise CheckpointError(f"{path} is corrupt or not a torch checkpoint ({error})") from error
-    if not isinstance(payload, dict) or any(key not in payload for key in REQUIRED_KEYS):
-        found = sorted(payload) if isinstance(payload, dict) else type(payload).__name__
-        raise CheckpointError(
-            f"{path} is not a gkp checkpoint: expected keys {', '.join(REQUIRED_KEYS)}, "
-            f"found {found}. A plain state_dict can be wrapped with gkp.application.checkpoints.io.save_checkpoint"
-        )
     return payload
 
 
@@ -92,8 +98,8 @@ def model_from_payload(payload: dict[str, Any], source: str = "checkpoint") -> n
         model = build_model(payload["arch"], **payload["arch_args"])
         if payload["plan"] is not None:
             model = apply_plan(model, Plan.from_dict(payload["plan"], f"{source}: plan"))
-    except (GkpError, TypeError, ValueError) as error:
-        raise CheckpointError(f"{source}: cannot rebuild its model ({error})") from error
+    except (GkpError, TypeError, ValueError, RuntimeError) as error:
+        raise CheckpointError(f"{source}: cannot rebuild its model ({str(error).splitlines()[0]})") from error
     try:
         model.load_state_dict(payload["state_dict"], strict=True)
     except RuntimeError as error:

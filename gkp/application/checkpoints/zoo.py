@@ -14,7 +14,6 @@ the same way. A file that fails verification is deleted and never converted.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import urllib.error
@@ -25,8 +24,9 @@ from typing import Any
 import torch
 import yaml
 
-from gkp.application.checkpoints.io import save_checkpoint
+from gkp.application.checkpoints.io import read_checkpoint, save_checkpoint
 from gkp.foundation.errors import CheckpointError, ConfigError, GkpError
+from gkp.foundation.files import file_digest, sha256_of, user_cache, write_text_atomic
 
 MANIFEST = Path(__file__).resolve().parents[3] / "checkpoints" / "MANIFEST"
 PREFIX = "zoo:"
@@ -91,24 +91,8 @@ def entry_named(name: str, manifest: dict[str, ZooEntry] | None = None) -> ZooEn
     return manifest[name]
 
 
-def user_cache(leaf: str, variable: str) -> Path:
-    """``$variable`` if set, else ``$XDG_CACHE_HOME/robust-gkp/<leaf>`` (``~/.cache`` without it): where
-    what this machine keeps across runs lives (converted checkpoints, form timings; scripts/env.sh keeps
-    its virtual environment beside them)."""
-    default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "robust-gkp" / leaf
-    return Path(os.environ.get(variable, default))
-
-
 def cache_dir() -> Path:
     return user_cache("zoo", "GKP_ZOO_CACHE")
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _expected(entry: ZooEntry) -> str:
@@ -153,12 +137,40 @@ def cached_path(entry: ZooEntry) -> Path:
     return cache_dir() / f"{entry.name}-{entry.digest[:8]}.ckpt"
 
 
+def recorded_digest(converted: Path) -> Path:
+    """The file beside a converted checkpoint holding the sha256 it had when it was converted."""
+    return converted.with_name(converted.name + ".sha256")
+
+
+def _check_cached(entry: ZooEntry, converted: Path) -> None:
+    """A cached checkpoint is used only while it is what was converted: its digest (recomputed when its
+    size or time changed) must be the one recorded then. A cache made before digests were recorded is
+    checked against its own record of the release it came from, and its digest recorded."""
+    digest, record = file_digest(converted), recorded_digest(converted)
+    if not record.is_file():
+        metadata = read_checkpoint(converted)["metadata"]
+        if metadata.get("zoo") != entry.name or not entry.check_digest(str(metadata.get("sha256"))):
+            raise ZooError(
+                f"{converted} is not {entry.name}'s converted checkpoint: {_replace_cached(entry, converted)}"
+            )
+        write_text_atomic(record, digest + "\n")
+    elif record.read_text().strip() != digest:
+        raise ZooError(
+            f"{converted} changed since it was converted (sha256 {digest}): {_replace_cached(entry, converted)}"
+        )
+
+
+def _replace_cached(entry: ZooEntry, converted: Path) -> str:
+    return f"delete it (and {recorded_digest(converted).name}) and fetch it again: gkp fetch {entry.name}"
+
+
 def fetch(name: str, source_file: str | Path | None = None, manifest: dict[str, ZooEntry] | None = None) -> Path:
-    """The converted checkpoint of zoo entry ``name``: cached, else downloaded (or copied from
-    ``source_file``), verified, converted and cached."""
+    """The converted checkpoint of zoo entry ``name``: cached (and checked to be what was converted),
+    else downloaded (or copied from ``source_file``), verified, converted and cached."""
     entry = entry_named(name, manifest)
     destination = cached_path(entry)
     if destination.is_file() and source_file is None:
+        _check_cached(entry, destination)
         return destination
     raw = destination.with_name(f".{destination.name}.{os.getpid()}.download")
     try:
@@ -194,6 +206,7 @@ def _convert(entry: ZooEntry, raw: Path, digest: str, destination: Path) -> None
     metadata = {"zoo": entry.name, "url": entry.url, "sha256": digest, "source": entry.source}
     metadata |= {"licence": entry.licence, "reported": entry.reported, "input_size": entry.input_size}
     save_checkpoint(destination, model, metadata)
+    write_text_atomic(recorded_digest(destination), file_digest(destination) + "\n")
 
 
 def is_zoo_name(checkpoint: str | None) -> bool:

@@ -26,15 +26,17 @@ NEWEST_FIRST = ("final", "pruned", "dense")  # the models "final" may stand for,
 
 @dataclass
 class Context:
-    """What every stage works with: the experiment, its run folder, the device and the loaded data."""
+    """What every stage works with: the experiment, its run folder, the device, the loaded data and the
+    digest of its files."""
 
     exp: Experiment
     run: RunDir
     device: torch.device
     data: DataBundle
+    data_content: str | None = None  # the digest of the data files (``Dataset.content``)
 
     def fingerprint(self, stage: str) -> str:
-        return stage_named(stage).fingerprint(self.exp)
+        return stage_named(stage).fingerprint(self.exp, self.data_content)
 
 
 def _own_model(ctx: Context, name: str) -> Path | None:

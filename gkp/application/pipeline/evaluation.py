@@ -5,7 +5,6 @@ again beside the earlier results (``evaluations/<fingerprint>/``)."""
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import Counter
 from pathlib import Path
@@ -14,10 +13,9 @@ from typing import Any
 from torch import nn
 
 from gkp.application.checkpoints.io import load_model
-from gkp.application.checkpoints.zoo import user_cache
 from gkp.application.pipeline.context import Context, require_model
 from gkp.application.pipeline.stages import STAGE_NAMES
-from gkp.foundation.files import write_json_atomic
+from gkp.foundation.files import add_to_json_cache, read_json_cache, read_json_mapping, user_cache
 from gkp.mechanisms.counting import count_nonzero_params, measure
 from gkp.mechanisms.engine.evaluate import evaluate
 from gkp.mechanisms.layers.forms import choose_forms
@@ -38,31 +36,14 @@ def fastest_forms(ctx: Context, model: nn.Module, batch_size: int, train: bool, 
     if ctx.exp.deterministic:
         return {}
     path = forms_cache()
-    timings = _read_timings(path)
+    timings = read_json_cache(path)
     known = dict(timings)
     chosen = choose_forms(
         model, ctx.data.image_size, batch_size, train=train, channels_last=channels_last, timings=timings
     )
-    if timings != known:
-        _record_timings(path, {k: v for k, v in timings.items() if k not in known})
+    if timings != known:  # the new timings; a choice another run recorded meanwhile wins, so that all keep one
+        add_to_json_cache(path, {k: v for k, v in timings.items() if k not in known}, keep_recorded=True)
     return dict(Counter(chosen.values()))
-
-
-def _read_timings(path: Path) -> dict[str, str]:
-    try:
-        timings = json.loads(path.read_text()) if path.is_file() else {}
-    except (OSError, ValueError):
-        return {}
-    return timings if isinstance(timings, dict) else {}
-
-
-def _record_timings(path: Path, new: dict[str, str]) -> None:
-    """Add timings to the file; a choice another run recorded meanwhile wins, so that all keep one."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(path, {**new, **_read_timings(path)})
-    except OSError as error:
-        log.warning("could not record grouped-conv form timings in %s (%s): they will be timed again", path, error)
 
 
 def _evaluate_model(ctx: Context, name: str) -> dict[str, Any]:
@@ -95,7 +76,9 @@ def evaluate_models(ctx: Context) -> None:
     """The eval stage: every model of ``eval.models``; results.json reports the first, then the others."""
     entries = [_evaluate_model(ctx, name) for name in ctx.exp.eval.models]
     training = {
-        stage: json.loads((ctx.run.path / f"{stage}.json").read_text())
+        stage: read_json_mapping(
+            ctx.run.path / f"{stage}.json", f"delete it and state/{stage}.done to run {stage} again"
+        )
         for stage in STAGE_NAMES
         if (ctx.run.path / f"{stage}.json").is_file()
     }

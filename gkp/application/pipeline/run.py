@@ -13,10 +13,11 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from gkp.application.catalog import load_data
+from gkp.application.catalog import DATASETS, load_data
 from gkp.application.checkpoints.io import read_checkpoint
 from gkp.application.checkpoints.zoo import local_checkpoint
 from gkp.application.config import Experiment
@@ -75,17 +76,20 @@ def _run_in(exp: Experiment, out: str | Path | None, names: tuple[str, ...], res
         logging.getLogger().setLevel(logging.WARNING)  # rank 0 tells the story
     set_determinism(exp.deterministic)
     run = RunDir(out or Path("runs") / exp.name)
-    with distributed.rank_zero_first():  # downloads, fetched checkpoints, the folder: the others then read them
-        if restart:
-            run.check_usable()  # --restart moves aside a run folder, never a user's file or folder
-            run.move_aside()
-        ctx = Context(exp, run, device, load_data(exp.data, device, exp.model.num_classes))
-        preflight(ctx, names)
-        fingerprints = {stage.name: stage.fingerprint(exp) for stage in STAGES}
-        repeatable = frozenset(stage.name for stage in STAGES if stage.repeatable)
-        run.prepare(exp.to_dict(), fingerprints, device, repeatable)
-    log.info("run folder %s on %s", run.path, device)
-    run_stages(ctx, names)
+    with ExitStack() as held:  # the folder is this process's until the run ends (``RunDir.held``)
+        with distributed.rank_zero_first():  # downloads, fetched checkpoints, the folder: the others then read
+            if restart and run.path.exists():  # moves aside a run folder no other process holds, never a user's
+                held.enter_context(run.held())
+                run.move_aside()
+            data = load_data(exp.data, device, exp.model.num_classes)
+            ctx = Context(exp, run, device, data, DATASETS.get(exp.data.name).content(exp.data))
+            preflight(ctx, names)
+            held.enter_context(run.held())  # before anything is written in it
+            fingerprints = {stage.name: ctx.fingerprint(stage.name) for stage in STAGES}
+            repeatable = frozenset(stage.name for stage in STAGES if stage.repeatable)
+            run.prepare(exp.to_dict(), fingerprints, device, repeatable, ctx.data_content)
+        log.info("run folder %s on %s", run.path, device)
+        run_stages(ctx, names)
     results_file = run.path / RESULTS_FILE
     reports = EVAL.name in names and results_file.is_file() and distributed.shard().rank == 0  # rank 0 reports
     return json.loads(results_file.read_text()) if reports else None

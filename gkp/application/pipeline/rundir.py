@@ -9,6 +9,8 @@
                 snapshots/     epoch_NNNN.ckpt weight snapshots the train stage keeps (TMI-GKP reads them)
                 per_sample_<model>.npz  per-sample flags of the evaluation, and minimum-norm attacks' norms
                 state/         <stage>_last.ckpt (resume), <stage>.started and <stage>.done markers
+                .gkp-run       marks the folder as a run folder (a folder without it is never written into)
+                .gkp-lock      locked by the process running in the folder: one process at a time
 
 Each stage has a fingerprint: a hash of the config sections it depends on (``stages.STAGES`` names
 them). A finished stage with the same fingerprint is skipped; a finished or interrupted stage with a
@@ -20,8 +22,8 @@ another version is refused, with how to rerun.
 from __future__ import annotations
 
 import csv
+import fcntl
 import io
-import json
 import logging
 import os
 import platform
@@ -30,6 +32,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -42,12 +46,26 @@ from torch import nn
 from gkp.application.checkpoints.io import read_checkpoint, save_checkpoint
 from gkp.application.pipeline.stages import EXECUTION_ONLY, FINGERPRINT_VERSION, RESULTS_FILE
 from gkp.foundation.errors import RunFolderError
-from gkp.foundation.files import replaced_atomically, write_json_atomic, write_text_atomic, writes_files
+from gkp.foundation.files import (
+    read_json_cache,
+    read_json_mapping,
+    replaced_atomically,
+    write_json_atomic,
+    write_text_atomic,
+    writes_files,
+)
 from gkp.foundation.schema import to_yaml
 from gkp.mechanisms.engine.evaluate import AttackOutcome
 from gkp.mechanisms.engine.train import TrainingState
 
 log = logging.getLogger(__name__)
+
+MARKER = ".gkp-run"  # makes a folder a run folder: a folder without it is never written into
+LOCK = ".gkp-lock"  # locked by the process running in the folder (``RunDir.held``)
+
+
+def now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
 def _save_npz_atomic(path: Path, arrays: dict[str, Any]) -> None:
@@ -95,7 +113,7 @@ def environment(device: torch.device) -> dict[str, Any]:
 
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
     return {
-        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "time": now(),
         "command": " ".join(sys.argv),
         "processes": int(os.environ.get("WORLD_SIZE", "1")),
         "host": socket.gethostname(),
@@ -118,6 +136,7 @@ class RunDir:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.state = self.path / "state"
+        self.data_content: str | None = None  # what the stages read, recorded in their markers (``prepare``)
 
     # ------------------------------------------------------------ identity and conflicts
 
@@ -136,8 +155,7 @@ class RunDir:
     def recorded_fingerprints(self) -> dict[str, str]:
         """Fingerprints of the stages this folder has finished or started (a done marker wins), once the
         folder is known to come from this version of the fingerprints."""
-        markers = [m for suffix in ("started", "done") for m in sorted(self.state.glob(f"*.{suffix}"))]
-        recorded = {marker.stem: json.loads(marker.read_text()) for marker in markers}
+        recorded = self._markers()
         versions = {record.get("version", 1) for record in recorded.values()}
         if versions - {FINGERPRINT_VERSION}:
             raise RunFolderError(
@@ -147,6 +165,17 @@ class RunDir:
                 f"{self.path.name}.old-<time> and start over"
             )
         return {stage: record["fingerprint"] for stage, record in recorded.items()}
+
+    def _markers(self) -> dict[str, dict[str, Any]]:
+        """What each stage's marker records, by stage (a done marker wins over a started one)."""
+        markers = [m for suffix in ("started", "done") for m in sorted(self.state.glob(f"*.{suffix}"))]
+        recovery = "delete it to run that stage again, or pass --restart to start the run over"
+        return {marker.stem: read_json_mapping(marker, recovery) for marker in markers}
+
+    def _changed_data(self, data_content: str | None) -> list[str]:
+        """How the data the recorded stages read differs from ``data_content``, as 'data files: old -> new'."""
+        recorded = {record.get("data") for record in self._markers().values()} - {data_content}
+        return [f"the data files' content: {old} -> {data_content}" for old in sorted(map(str, recorded))]
 
     def move_aside(self) -> None:
         """--restart: keep the previous run, renamed to <folder>.old-<time>, and start an empty one."""
@@ -161,11 +190,14 @@ class RunDir:
         fingerprints: dict[str, str],
         device: torch.device,
         repeatable: frozenset[str] = frozenset(),
+        data_content: str | None = None,
     ) -> None:
-        """Create or re-open the folder for the plain config ``plain`` whose stages have ``fingerprints``;
-        refuse it if its stages were computed from another config. A ``repeatable`` stage whose own
-        settings alone changed (the evaluation, with other attacks or models) is not a conflict: it runs
-        again, and what it wrote before stays beside (``evaluations/``)."""
+        """Create or re-open the folder for the plain config ``plain`` whose stages have ``fingerprints``
+        (and read data of ``data_content``); refuse it if its stages were computed from another config or
+        other data. A ``repeatable`` stage whose own settings alone changed (the evaluation, with other
+        attacks or models) is not a conflict: it runs again, and what it wrote before stays beside
+        (``evaluations/``)."""
+        self.data_content = data_content
         recorded = self.recorded_fingerprints()
         changed = [stage for stage, value in fingerprints.items() if recorded.get(stage, value) != value]
         repeated = changed if all(stage in repeatable for stage in changed) else []
@@ -181,36 +213,93 @@ class RunDir:
             old_config = self.path / "config.yaml"
             old = yaml.safe_load(old_config.read_text()) if old_config.is_file() else {}
             ignored = ("device:", "name:", *(f"{section}.{key}:" for section, key in EXECUTION_ONLY))
-            differing_keys = [d for d in differences(old, plain) if not d.startswith(ignored)]
+            keys = [d for d in differences(old, plain) if not d.startswith(ignored)]
+            data = self._changed_data(data_content)
+            source = " and ".join(s for s, found in (("a different config", keys), ("other data", data)) if found)
             raise RunFolderError(
-                f"{self.path} already holds stage(s) {', '.join(conflicts)} computed from a different config "
-                f"({'; '.join(differing_keys[:6]) or 'see config.yaml'}). Its results are kept: pass --out DIR for a "
-                f"new run, or --restart to move the old run aside to {self.path.name}.old-<time> and start over"
+                f"{self.path} already holds stage(s) {', '.join(conflicts)} computed from "
+                f"{source or 'a different config'} ({'; '.join([*keys[:6], *data]) or 'see config.yaml'}). Its "
+                "results are kept: pass --out DIR for a new run, or --restart to move the old run aside to "
+                f"{self.path.name}.old-<time> and start over"
             )
         self.check_usable()
         try:
             self.state.mkdir(parents=True, exist_ok=True)
+            if not (self.path / MARKER).is_file():
+                write_json_atomic(self.path / MARKER, {"version": FINGERPRINT_VERSION, "created": now()})
             write_text_atomic(self.path / "config.yaml", to_yaml(plain))
         except OSError as error:
             raise RunFolderError(
                 f"{self.path} cannot be a run folder ({error.strerror or error}); pass --out a folder you can write"
             ) from error
         env_file = self.path / "env.json"
-        previous = json.loads(env_file.read_text()) if env_file.is_file() else {}
+        previous = read_json_cache(env_file)  # a damaged record of earlier invocations is started afresh
         earlier = [{k: v for k, v in previous.items() if k != "earlier"}, *previous.get("earlier", [])]
         write_json_atomic(env_file, {**environment(device), "earlier": earlier if previous else []})
 
+    def is_run_folder(self) -> bool:
+        """Whether our marker says this folder is a run folder (one made before the marker existed has
+        ``state/``, and is then refused as an earlier version, see ``recorded_fingerprints``)."""
+        return (self.path / MARKER).is_file() or self.state.is_dir()
+
     def check_usable(self) -> None:
-        """A run folder is new, empty, or a run folder already (it has config.yaml): never a file, never
-        a folder of other things that a run would write beside."""
+        """A run folder is new, empty, or a run folder already: never a file, never a folder of other
+        things (another tool's config.yaml, say) that a run would write beside or over."""
         if self.path.exists() and not self.path.is_dir():
             raise RunFolderError(f"{self.path} is a file, not a folder; pass --out a new or empty folder")
-        is_run = (self.path / "config.yaml").is_file() or self.state.is_dir()
-        if self.path.is_dir() and not is_run and any(not p.name.startswith(".") for p in self.path.iterdir()):
+        if (
+            self.path.is_dir()
+            and not self.is_run_folder()
+            and any(not p.name.startswith(".") for p in self.path.iterdir())
+        ):
             raise RunFolderError(
-                f"{self.path} holds other files and is not a run folder (it has no config.yaml); pass --out a "
-                "new or empty folder, so that nothing in it is mixed with a run's outputs"
+                f"{self.path} holds other files and is not a run folder (it has no {MARKER}); pass --out a "
+                "new or empty folder, so that nothing in it is mixed with a run's outputs or overwritten"
             )
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        """Hold the folder for this process while the block runs: an OS lock on ``.gkp-lock`` that dies with
+        the process however it ends (kill -9 included), so a second command on the folder stops at once,
+        naming the holder, instead of mixing its results with the first's. Only the process that writes
+        the run's files takes it (rank 0 of a run of several processes)."""
+        if not writes_files():
+            yield
+            return
+        self.check_usable()
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            handle = open(self.path / LOCK, "a+")  # noqa: SIM115 (closed below, after the block)
+        except OSError as error:
+            raise RunFolderError(
+                f"{self.path} cannot be a run folder ({error.strerror or error}); pass --out a folder you can write"
+            ) from error
+        with handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                holder = handle.read().strip() or "another process"
+                raise RunFolderError(
+                    f"{self.path} is in use by {holder}; wait for it to end, or pass --out DIR for a run of your own"
+                ) from None
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"process {os.getpid()} on {socket.gethostname()} ({' '.join(sys.argv)[:200]})\n")
+            handle.flush()
+            yield
+
+    def holder(self) -> str | None:
+        """Who holds the folder (see ``held``), or None when no process does."""
+        lock = self.path / LOCK
+        if not lock.is_file():
+            return None
+        with open(lock) as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return handle.read().strip() or "another process"
+        return None
 
     def is_done(self, stage: str) -> bool:
         return self._done_marker(stage).is_file()
@@ -221,7 +310,8 @@ class RunDir:
             {
                 "fingerprint": fingerprint_value,
                 "version": FINGERPRINT_VERSION,
-                "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "data": self.data_content,
+                "started": now(),
             },
         )
 
@@ -231,7 +321,8 @@ class RunDir:
             {
                 "fingerprint": fingerprint_value,
                 "version": FINGERPRINT_VERSION,
-                "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "data": self.data_content,
+                "finished": now(),
             },
         )
 

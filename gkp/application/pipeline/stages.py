@@ -59,14 +59,16 @@ class Stage:
         sections = [s for stage in upto for s in (*stage.sections, *filter(None, [stage.trains(exp)]))]
         return tuple(dict.fromkeys(sections))
 
-    def fingerprint(self, exp: Any) -> str:
-        """A hash of the fingerprint version and of this stage's config sections (execution-only keys left
-        out): equal fingerprints, equal results."""
+    def fingerprint(self, exp: Any, data_content: str | None) -> str:
+        """A hash of the fingerprint version, of this stage's config sections (execution-only keys left
+        out) and of the content of the data they read (``Dataset.content``): equal fingerprints, equal
+        results."""
         plain = exp.to_dict()
         chosen = {section: plain.get(section) for section in self.fingerprint_sections(exp)}
         for section, key in EXECUTION_ONLY:
             if isinstance(chosen.get(section), dict):
                 chosen[section] = {k: v for k, v in chosen[section].items() if k != key}
+        chosen["data_content"] = data_content  # every stage reads the data, or a model trained on it
         text = json.dumps({"version": FINGERPRINT_VERSION, **chosen}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 

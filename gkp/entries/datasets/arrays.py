@@ -7,6 +7,7 @@ images, int64 labels, the class count, and the normalisation statistics models s
 
 from __future__ import annotations
 
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,6 +70,9 @@ def read_cifar(name: str, root: str, download: bool) -> Arrays:
     )
 
 
+MAX_CLASSES = 100_000  # more than any image classification dataset; a larger label is a corrupt file
+
+
 def read_npz_file(path: str, key: str) -> ArraySet:
     file = Path(path)
     if not file.is_file():
@@ -84,7 +88,7 @@ def read_npz_file(path: str, key: str) -> ArraySet:
                     f"{', '.join(archive.files) or 'nothing'}"
                 )
             images, labels = archive["images"], archive["labels"]
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
         raise DataError(f"{key}: {file} is not a readable npz file ({error})") from error
     if images.ndim == 3:
         images = images[..., None]
@@ -98,6 +102,11 @@ def read_npz_file(path: str, key: str) -> ArraySet:
         raise DataError(
             f"{key}: {file}: 'labels' must be {images.shape[0]} non-negative integers, "
             f"got {labels.dtype} {labels.shape}"
+        )
+    if int(labels.max()) >= MAX_CLASSES:  # before any array of that size is built
+        raise DataError(
+            f"{key}: {file}: its labels run up to {int(labels.max())}; classes are numbered 0..K-1 "
+            f"with K at most {MAX_CLASSES:,}: relabel them"
         )
     if images.shape[-1] == 1:
         images = np.repeat(images, 3, axis=-1)

@@ -9,6 +9,7 @@ Images stay in [0, 1]; normalisation is inside the model.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from torch.utils.data import Dataset, Subset
 
 from gkp.entries.datasets.arrays import sized
 from gkp.foundation.errors import DataError, relative_path_note
+from gkp.foundation.files import add_to_json_cache, digest_cache, read_json_cache
 from gkp.mechanisms.data.bundle import DataBundle, subset, training_indices
 from gkp.mechanisms.data.splits import FolderSplit
 from gkp.mechanisms.data.statistics import IMAGENET_MEAN, IMAGENET_STD
@@ -123,3 +125,41 @@ def folder_images(cfg) -> tuple[int, int] | None:
         return sized(train, test)(cfg)
     usual = USUAL_FOLDER_IMAGES.get(cfg.image_size or 224)
     return sized(*usual)(cfg) if usual else None
+
+
+def _walk(root: Path) -> tuple[list[Path], list[os.DirEntry]]:
+    """Every folder under ``root`` (itself included) and every file in them, without reading a file."""
+    folders, files, todo = [], [], [root]
+    while todo:
+        folder = todo.pop()
+        folders.append(folder)
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                if entry.is_dir():
+                    todo.append(Path(entry.path))
+                else:
+                    files.append(entry)
+    return folders, files
+
+
+def manifest_digest(root: str) -> str:
+    """A digest of the image folders' manifest (every file's path under ``root``'s train/ and val/, and its
+    size). Computed once, then read from the digest cache while no folder's modification time changed
+    (adding, removing or renaming an image changes its folder's)."""
+    base = Path(root).resolve()
+    parts = [base / "train", base / "val"]
+    folders = [folder for part in parts if part.is_dir() for folder in _walk(part)[0]]
+    stamp = hashlib.sha256("".join(f"{f}:{f.stat().st_mtime_ns}\n" for f in sorted(folders)).encode()).hexdigest()
+    key = f"manifest of {base}"
+    known = read_json_cache(digest_cache()).get(key)
+    if isinstance(known, list) and known[:1] == [stamp] and len(known) == 2:
+        return known[1]
+    lines = sorted(
+        f"{Path(entry.path).relative_to(base)} {entry.stat().st_size}"
+        for part in parts
+        if part.is_dir()
+        for entry in _walk(part)[1]
+    )
+    digest = hashlib.sha256("\n".join(lines).encode()).hexdigest()
+    add_to_json_cache(digest_cache(), {key: [stamp, digest]})
+    return digest

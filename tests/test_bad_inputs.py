@@ -1,0 +1,266 @@
+"""Bad input ends in one line naming the problem and the fix, exit 2, and nothing written: a table of the
+inputs that used to end in a traceback (or be accepted silently), each tried through the command line."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import zipfile
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from gkp.application.cli import main
+
+from conftest import tiny_config, write_config
+
+# ------------------------------------------------------------------------------------------- makers
+
+
+def config_file(tmp: Path, text: str | bytes) -> str:
+    path = tmp / "bad.yaml"
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    return str(path)
+
+
+def tiny(tmp: Path, **sections) -> str:
+    config = tiny_config(**{"stages": ["train"], "train": {"epochs": 1}, **sections})
+    return str(write_config(tmp / "tiny.yaml", config))
+
+
+def npz_with_labels(tmp: Path, labels: np.ndarray) -> str:
+    path = tmp / "labels.npz"
+    np.savez(path, images=np.zeros((len(labels), 8, 8, 3), dtype=np.uint8), labels=labels)
+    return str(path)
+
+
+class StoragePlaceholder:
+    """Stands for a storage in a crafted pickle; its persistent id names the archive's entry."""
+
+
+class CraftedTensor:
+    def __init__(self, size, stride, offset=0):
+        self.size, self.stride, self.offset = size, stride, offset
+
+    def __reduce__(self):
+        return (
+            torch._utils._rebuild_tensor_v2,
+            (StoragePlaceholder(), self.offset, self.size, self.stride, False, OrderedDict()),
+        )
+
+
+def crafted_archive(tmp: Path, size, stride, offset=0, values: int = 4, with_storage: bool = True) -> str:
+    """A zip-format torch pickle of one tensor view over a storage of ``values`` floats, as torch.save lays
+    it out, whose view the test chooses (out of bounds, huge, its storage missing)."""
+    import io
+
+    class Crafter(pickle.Pickler):
+        def persistent_id(self, obj):
+            return ("storage", torch.FloatStorage, "0", "cpu", values) if isinstance(obj, StoragePlaceholder) else None
+
+    buffer = io.BytesIO()
+    Crafter(buffer, protocol=2).dump(CraftedTensor(size, stride, offset))
+    path = tmp / "crafted.pt"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("archive/data.pkl", buffer.getvalue())
+        archive.writestr("archive/byteorder", "little")
+        if with_storage:
+            archive.writestr("archive/data/0", np.zeros(values, dtype=np.float32).tobytes())
+    return str(path)
+
+
+def safetensors_with_metadata(tmp: Path, metadata, header=None) -> str:
+    header = header if header is not None else {"__metadata__": {"gkp": metadata}}
+    text = json.dumps(header).encode()
+    path = tmp / "odd.safetensors"
+    path.write_bytes(len(text).to_bytes(8, "little") + text)
+    return str(path)
+
+
+def checkpoint_with(tmp: Path, **changes) -> str:
+    from gkp.application.catalog import build_model
+    from gkp.application.checkpoints.io import checkpoint_payload
+
+    payload = {**checkpoint_payload(build_model("resnet8")), **changes}
+    path = tmp / "odd.ckpt"
+    torch.save(payload, path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> Path:
+    """A finished tiny run (train and eval) whose files the run-folder cases damage in copies."""
+    folder = tmp_path_factory.mktemp("finished")
+    config = tiny_config(stages=["train", "eval"], train={"epochs": 1}, eval={"models": ["dense"]})
+    assert main(["run", str(write_config(folder / "tiny.yaml", config)), "--out", str(folder / "run")]) == 0
+    return folder
+
+
+def damaged_copy(finished: Path, tmp: Path, file: str, content: str) -> Path:
+    import shutil
+
+    copy = tmp / "run"
+    shutil.copytree(finished / "run", copy)
+    (copy / file).write_text(content)
+    return copy
+
+
+# ------------------------------------------------------------------------------------------- the cases
+
+CASES = {
+    # config
+    "a config that is not UTF-8": lambda t, f: (
+        ["check", config_file(t, b"model: {arch: resnet8}\n# \xff\n")],
+        "is not UTF-8 text",
+    ),
+    "lr: 1e400": lambda t, f: (
+        ["check", config_file(t, "model: {arch: resnet8}\ntrain: {lr: 1e400}\n")],
+        "train.lr: must be a finite number",
+    ),
+    "--set prune.rate=1e400": lambda t, f: (
+        ["check", tiny(t), "--set", "prune.rate=1e400"],
+        "prune.rate: must be a finite number",
+    ),
+    "a YAML error in --set": lambda t, f: (
+        ["check", tiny(t), "--set", "prune.rate=[1,"],
+        "--set prune.rate: the value is not valid YAML",
+    ),
+    "a tag in --set": lambda t, f: (
+        ["check", tiny(t), "--set", "name=!!python/name:os.system"],
+        "could not determine a constructor",
+    ),
+    "a YAML error in a sweep spec": lambda t, f: (
+        ["sweep", config_file(t, "base: x.yaml\ngrid: {a: [1,\n"), "--dry-run"],
+        "is not valid YAML",
+    ),
+    "a tag in a sweep spec": lambda t, f: (
+        ["sweep", config_file(t, "base: !!python/object:os.system {}\n"), "--dry-run"],
+        "is not valid YAML",
+    ),
+    "a section given twice": lambda t, f: (
+        ["check", config_file(t, "model: {arch: resnet8}\nprune: {method: l1}\nprune: {method: fpgm}\n")],
+        "the key 'prune' is given twice (line 3",
+    ),
+    "a key given twice in a mapping": lambda t, f: (
+        ["check", config_file(t, "model: {arch: resnet8, arch: vgg16}\n")],
+        "the key 'arch' is given twice",
+    ),
+    "name: '..'": lambda t, f: (["run", tiny(t, name=".."), "--out", str(t / "out")], "not dots alone"),
+    # data
+    "a truncated npz": lambda t, f: (
+        [
+            "run",
+            tiny(t, data={"name": "npz", "path": truncated(t)}, stages=["eval"], model={"arch": "resnet8"}),
+            "--out",
+            str(t / "out"),
+        ],
+        "is not a readable npz file",
+    ),
+    "a uint64 label of 2^63 + 5": lambda t, f: (
+        ["run", tiny(t, data=npz_data(t, np.array([0, 1, 2**63 + 5], dtype=np.uint64))), "--out", str(t / "out")],
+        "its labels run up to 9223372036854775813",
+    ),
+    "a label of 2^40": lambda t, f: (
+        ["run", tiny(t, data=npz_data(t, np.array([0, 1, 2**40]))), "--out", str(t / "out")],
+        "classes are numbered 0..K-1",
+    ),
+    # checkpoints
+    "an out-of-bounds view": lambda t, f: (
+        ["import-checkpoint", crafted_archive(t, (4,), (8,)), str(t / "o.ckpt")],
+        "does not fit its storage",
+    ),
+    "a storage missing from the archive": lambda t, f: (
+        ["import-checkpoint", crafted_archive(t, (4,), (1,), with_storage=False), str(t / "o.ckpt")],
+        "its archive does not hold",
+    ),
+    "a zero-stride view of 160 GB": lambda t, f: (
+        ["import-checkpoint", crafted_archive(t, (200_000, 200_000), (0, 0)), str(t / "o.ckpt")],
+        "does not fit its storage",
+    ),
+    "import into a folder": lambda t, f: (["import-checkpoint", crafted_archive(t, (4,), (1,)), str(t)], "is a folder"),
+    "safetensors metadata {}": lambda t, f: (
+        ["info", safetensors_with_metadata(t, "{}")],
+        "is not a gkp checkpoint: expected keys",
+    ),
+    "safetensors metadata [1,2]": lambda t, f: (
+        ["info", safetensors_with_metadata(t, "[1,2]")],
+        "its gkp metadata is list",
+    ),
+    "a safetensors header that is a string": lambda t, f: (
+        ["info", safetensors_with_metadata(t, None, header="just text")],
+        "its header is str",
+    ),
+    "arch_args a list": lambda t, f: (
+        ["info", checkpoint_with(t, arch_args=[1, 2])],
+        "its arch_args and state_dict must be mappings",
+    ),
+    "num_classes: -5": lambda t, f: (
+        ["info", checkpoint_with(t, arch_args={"num_classes": -5})],
+        "cannot rebuild its model",
+    ),
+    "--input-size -4": lambda t, f: (
+        ["info", checkpoint_with(t), "--input-size", "-4"],
+        "must be a whole number >= 1, got '-4'",
+    ),
+    "--input-size 0": lambda t, f: (
+        ["info", checkpoint_with(t), "--input-size", "0"],
+        "must be a whole number >= 1, got '0'",
+    ),
+    # run folders
+    "a truncated state/train.done": lambda t, f: (
+        ["run", str(f / "tiny.yaml"), "--out", str(damaged_copy(f, t, "state/train.done", '{"finger'))],
+        "train.done is damaged or unreadable",
+    ),
+    "a truncated results.json": lambda t, f: (
+        ["compare", str(damaged_copy(f, t, "results.json", '{"name": '))],
+        "results.json is damaged or unreadable",
+    ),
+    "results.json a list": lambda t, f: (
+        ["compare", str(damaged_copy(f, t, "results.json", "[1, 2]"))],
+        "holds a list, not what gkp writes there",
+    ),
+    "a sweep whose every cell is invalid": lambda t, f: (["sweep", sweep_of_invalid_cells(t)], "2 cell(s) cannot run"),
+}
+
+
+def truncated(tmp: Path) -> str:
+    path = Path(npz_with_labels(tmp, np.arange(4) % 2))
+    path.write_bytes(path.read_bytes()[:50])
+    return str(path)
+
+
+def npz_data(tmp: Path, labels: np.ndarray) -> dict:
+    train = npz_with_labels(tmp, labels)
+    return {"name": "npz", "train_path": train, "test_path": train, "train_size": None, "test_size": None}
+
+
+def sweep_of_invalid_cells(tmp: Path) -> str:
+    (tmp / "base.yaml").write_text(yaml.safe_dump(tiny_config(stages=["train"])))
+    spec = {
+        "base": "base.yaml",
+        "out": str(tmp / "sweep"),
+        "cells": [{"name": "a", "prune.rate": 2}, {"name": "b", "train.lr": -1}],
+    }
+    return config_file(tmp, yaml.safe_dump(spec))
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bad_input_ends_in_one_line_exit_2_and_nothing_written(case, tmp_path, finished, capsys):
+    argv, message = CASES[case](tmp_path, finished)
+    capsys.readouterr()
+    assert main(argv) == 2
+    error = capsys.readouterr().err.strip()
+    assert message in error, error
+    assert len(error.splitlines()) == 1 and error.startswith("gkp: error: ")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "o.ckpt").exists()
+
+
+def test_a_fraction_of_a_decimal_is_a_number():
+    from gkp.application.config import build_experiment
+
+    exp = build_experiment(tiny_config(attacks=[{"name": "fgsm", "eps": "0.5/255"}]))
+    assert exp.attacks[0].params.eps == pytest.approx(0.5 / 255)

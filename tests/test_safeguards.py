@@ -1,0 +1,138 @@
+"""What keeps a run folder's results right: one process at a time in a folder (an OS lock that dies with the
+process), the content of the data in every fingerprint, a sweep whose runs die with it, and folders and
+files that are not ours left alone."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from gkp.application.cli import main
+from gkp.application.config import build_experiment
+from gkp.application.pipeline.run import run_experiment
+from gkp.application.pipeline.rundir import LOCK, RunDir
+from gkp.application.sweep import run_status
+from gkp.foundation.errors import RunFolderError
+
+from conftest import tiny_config, write_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def gkp(*args: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "gkp", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def wait_for(condition, seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+
+
+SLOW = {"train": {"epochs": 30, "eval_every": 0}, "data": {"train_size": 2048}}  # about 20 s alone
+
+
+def test_a_second_command_on_a_held_run_folder_is_refused_and_a_killed_holder_frees_it(tmp_path):
+    config = write_config(tmp_path / "tiny.yaml", tiny_config(stages=["train"], **SLOW))
+    folder = tmp_path / "run"
+    first = gkp("run", str(config), "--out", str(folder))
+    wait_for(lambda: RunDir(folder).holder() is not None)
+    assert f"process {first.pid}" in RunDir(folder).holder() and run_status(folder, ["train"]) == "running"
+    second = subprocess.run(
+        [sys.executable, "-m", "gkp", "run", str(config), "--out", str(folder), "--set", "train.lr=0.5"],
+        capture_output=True,
+        text=True,
+    )
+    assert second.returncode == 2 and second.stderr.count("\n") == 1
+    assert f"is in use by process {first.pid}" in second.stderr and "--out DIR" in second.stderr
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    assert RunDir(folder).holder() is None  # the lock died with its process
+    assert main(["run", str(config), "--out", str(folder), "--set", "train.epochs=1"]) == 2  # a changed config
+    assert main(["run", str(config), "--out", str(folder), "--restart", "--set", "train.epochs=1"]) == 0
+
+
+def test_the_lock_is_the_folders_own_and_held_within_one_process_too(tmp_path):
+    folder = RunDir(tmp_path / "run")
+    with folder.held():
+        assert (tmp_path / "run" / LOCK).is_file() and folder.holder() is not None
+        with pytest.raises(RunFolderError, match=f"is in use by process {os.getpid()}"):
+            with RunDir(tmp_path / "run").held():
+                pass
+    assert folder.holder() is None
+
+
+def write_npz(path: Path, count: int) -> str:
+    rng = np.random.default_rng(count)
+    np.savez(path, images=rng.integers(0, 256, (count, 8, 8, 3), dtype=np.uint8), labels=np.arange(count) % 2)
+    return str(path)
+
+
+def test_a_data_file_that_changed_after_a_run_is_refused_like_a_changed_key(tmp_path):
+    """A stage trained on changed data is refused, naming the data; an evaluation alone runs again on the
+    new data (as after a changed evaluation key), its earlier results kept beside: nothing stale."""
+    data = {"name": "npz", "train_path": write_npz(tmp_path / "train.npz", 64), "train_size": None}
+    data |= {"test_path": write_npz(tmp_path / "test.npz", 60), "test_size": None}
+    exp = build_experiment(tiny_config(stages=["train", "eval"], data=data, train={"epochs": 1}))
+    assert run_experiment(exp, out=tmp_path / "run")["benign"]["total"] == 60
+    assert run_experiment(exp, out=tmp_path / "run")["benign"]["total"] == 60  # unchanged: skipped
+    write_npz(tmp_path / "train.npz", 48)
+    content = r"the data files' content: train_path: [0-9a-f]{64}, test_path: [0-9a-f]{64} -> train_path"
+    with pytest.raises(RunFolderError, match=rf"computed from other data \({content}"):
+        run_experiment(exp, out=tmp_path / "run")
+    evaluation = {"name": "npz", "path": write_npz(tmp_path / "eval.npz", 60), "test_size": None}
+    dense = {"checkpoint": str(tmp_path / "run" / "dense.ckpt")}
+    exp = build_experiment(tiny_config(stages=["eval"], model=dense, data=evaluation, eval={"models": ["dense"]}))
+    assert run_experiment(exp, out=tmp_path / "eval")["benign"]["total"] == 60
+    write_npz(tmp_path / "eval.npz", 40)
+    assert run_experiment(exp, out=tmp_path / "eval")["benign"]["total"] == 40
+
+
+def test_an_interrupted_or_killed_sweep_leaves_no_run_behind(tmp_path):
+    base = tiny_config(stages=["train"], prune=None, **SLOW)  # no prune section: the cell trains in its folder
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
+    for how in (signal.SIGTERM, signal.SIGINT, signal.SIGKILL):
+        spec = {"base": "base.yaml", "out": str(tmp_path / how.name), "cells": [{"name": "slow"}]}
+        (tmp_path / f"{how.name}.yaml").write_text(yaml.safe_dump(spec))
+        sweep = gkp("sweep", str(tmp_path / f"{how.name}.yaml"))
+        cell = RunDir(tmp_path / how.name / "slow")
+        wait_for(lambda cell=cell: cell.holder() is not None)
+        sweep.send_signal(how)
+        sweep.wait(timeout=60)
+        wait_for(lambda cell=cell: cell.holder() is None, seconds=30)  # its run died with it
+        if how != signal.SIGKILL:
+            assert "stopped" in sweep.stdout.read() and "run the same command again to resume" in sweep.stderr.read()
+
+
+def test_a_folder_of_other_things_is_never_written_into(tmp_path, capsys):
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "config.yaml").write_text("mine: true\n")
+    config = write_config(tmp_path / "tiny.yaml", tiny_config(stages=["train"], train={"epochs": 1}))
+    assert main(["run", str(config), "--out", str(foreign)]) == 2
+    assert "holds other files and is not a run folder" in capsys.readouterr().err
+    assert (foreign / "config.yaml").read_text() == "mine: true\n" and sorted(os.listdir(foreign)) == ["config.yaml"]
+
+
+def test_export_does_not_replace_an_existing_file_unless_asked(tmp_path, capsys):
+    config = write_config(tmp_path / "tiny.yaml", tiny_config(stages=["train"], train={"epochs": 1}))
+    assert main(["run", str(config), "--out", str(tmp_path / "run")]) == 0
+    dense = tmp_path / "run" / "dense.ckpt"
+    before = dense.read_bytes()
+    capsys.readouterr()
+    assert main(["export", str(dense), "--out", str(dense)]) == 2
+    assert "exists" in capsys.readouterr().err and dense.read_bytes() == before
+    assert main(["export", str(dense), "--out", str(tmp_path / "copy.safetensors")]) == 0
+    assert main(["export", str(dense), "--out", str(tmp_path / "copy.safetensors")]) == 2
+    assert main(["export", str(dense), "--out", str(tmp_path / "copy.safetensors"), "--force"]) == 0
