@@ -150,6 +150,14 @@ CASES = {
         "the key 'arch' is given twice",
     ),
     "name: '..'": lambda t, f: (["run", tiny(t, name=".."), "--out", str(t / "out")], "not dots alone"),
+    "gkp check with a missing CIFAR-10 folder": lambda t, f: (
+        ["check", tiny(t, data={"name": "cifar10", "root": str(t / "nowhere")})],
+        "cifar10 was not found",
+    ),
+    "gkp check with a rate that empties a layer": lambda t, f: (
+        ["check", tiny(t, stages=["train", "prune"]), "--set", "prune.rate=0.99"],
+        "prune.rate: rate 0.99 would remove all",
+    ),
     # data
     "a truncated npz": lambda t, f: (
         [

@@ -136,3 +136,31 @@ def test_export_does_not_replace_an_existing_file_unless_asked(tmp_path, capsys)
     assert main(["export", str(dense), "--out", str(tmp_path / "copy.safetensors")]) == 0
     assert main(["export", str(dense), "--out", str(tmp_path / "copy.safetensors")]) == 2
     assert main(["export", str(dense), "--out", str(tmp_path / "copy.safetensors"), "--force"]) == 0
+
+
+def test_temporary_files_of_killed_writes_are_removed_by_the_next_run_in_the_folder(tmp_path):
+    config = write_config(tmp_path / "tiny.yaml", tiny_config(stages=["train"], train={"epochs": 1}))
+    assert main(["run", str(config), "--out", str(tmp_path / "run")]) == 0
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = [
+        tmp_path / "run" / f".dense.ckpt.{dead.stdout.strip()}.tmp",
+        tmp_path / "run" / "state" / f".x.{dead.stdout.strip()}.tmp.npz",
+    ]
+    for path in stale:
+        path.write_bytes(b"half a file")
+    mine = tmp_path / "run" / f".keep.{os.getpid()}.tmp"  # a live process's: left alone
+    mine.write_bytes(b"in progress")
+    assert main(["run", str(config), "--out", str(tmp_path / "run")]) == 0
+    assert not any(path.exists() for path in stale) and mine.exists()
+
+
+def test_sweeping_on_slurm_off_a_cluster_is_one_line_and_writes_nothing(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch anywhere
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(tiny_config(stages=["train"])))
+    spec = write_config(
+        tmp_path / "spec.yaml", {"base": "base.yaml", "out": str(tmp_path / "sweep"), "cells": [{"name": "a"}]}
+    )
+    assert main(["sweep", str(spec), "--launcher", "slurm"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "SLURM is not here (no sbatch on PATH)" in error and len(error.splitlines()) == 1
+    assert not (tmp_path / "sweep").exists()

@@ -2,7 +2,7 @@
 
 gkp run CONFIG [--set key=value ...] [--out DIR] [--restart]    all the config's stages
 gkp STAGE CONFIG [...]                                          one stage of gkp.application.pipeline.stages.STAGES
-gkp check CONFIG [--set ...]                                    validate and print the resolved config
+gkp check CONFIG [--set ...] [--out DIR]                        check what run checks, print the resolved config
 gkp list [methods|attacks|suites|models|datasets|losses|optimizers]  what a config can name
 gkp import-checkpoint SRC.pt DST.ckpt                           convert an SR-GKP authors' release
 gkp zoo                                                         the released checkpoints known by name
@@ -68,6 +68,7 @@ def _add_overrides(parser: argparse.ArgumentParser) -> None:
 def _add_check_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help="YAML experiment file")
     _add_overrides(parser)
+    parser.add_argument("--out", help="the run folder a run would use (default: runs/<name>): its models are checked")
 
 
 def _add_import_arguments(parser: argparse.ArgumentParser) -> None:
@@ -377,8 +378,11 @@ def _table(args: argparse.Namespace) -> None:
 
 def _check(args: argparse.Namespace) -> None:
     from gkp.application.config import dump_experiment, load_experiment
+    from gkp.application.pipeline.run import check_experiment
 
-    print(dump_experiment(load_experiment(args.config, args.overrides)), end="")
+    exp = load_experiment(args.config, args.overrides)
+    check_experiment(exp, args.out)
+    print(dump_experiment(exp), end="")
 
 
 def _import(args: argparse.Namespace) -> None:
@@ -456,7 +460,7 @@ COMMANDS = (
     ),
     Command(
         "check",
-        "validate a config and print it resolved",
+        "check a config as gkp run does before any compute (data, inputs, the method's rate) and print it resolved",
         "gkp check configs/quickstart.yaml --set prune.method=fpgm",
         _add_check_arguments,
         _check,

@@ -19,8 +19,10 @@ so any launcher can stop, crash or be preempted and a rerun continues.
 from __future__ import annotations
 
 import ctypes
+import importlib.util
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -162,13 +164,25 @@ class SlurmOptions:
     extra: dict[str, str] = field(default_factory=dict)
 
 
-def _executor(folder: Path, cluster: str, options: SlurmOptions):
-    try:
-        import submitit
-    except ImportError:
+def check_launcher(launcher: str) -> None:
+    """Refuse, before anything is written, a launcher this machine cannot use: submitit missing, or
+    ``slurm`` where SLURM's commands are not (off the cluster)."""
+    if launcher == "local":
+        return
+    if importlib.util.find_spec("submitit") is None:
         raise ConfigError(
-            "--launcher slurm needs submitit: pip install 'robust-gkp[slurm]' (or pip install submitit)"
-        ) from None
+            f"--launcher {launcher} needs submitit: pip install 'robust-gkp[slurm]' (or pip install submitit)"
+        )
+    if launcher == "slurm" and shutil.which("sbatch") is None:
+        raise ConfigError(
+            "--launcher slurm: SLURM is not here (no sbatch on PATH); run the sweep on the cluster's login node, "
+            "or use --launcher local"
+        )
+
+
+def _executor(folder: Path, cluster: str, options: SlurmOptions):
+    import submitit
+
     executor = submitit.AutoExecutor(folder=str(folder / "%j"), cluster=cluster)
     gpus = options.gpus_per_run
     executor.update_parameters(

@@ -43,6 +43,7 @@ from gkp.application.config import apply_override, build_experiment, read_config
 from gkp.application.launchers import (
     Job,
     SlurmOptions,
+    check_launcher,
     run_locally,
     run_with_submitit_locally,
     submit_to_slurm,
@@ -340,6 +341,7 @@ def run_sweep(sweep: Sweep, launcher: str = "local", slurm: SlurmOptions | None 
     """Train the shared dense models, then run every cell that can run, with ``launcher`` (``local``,
     ``slurm`` or ``submitit-local``, see ``gkp.application.launchers``); returns the names of the failed runs (none
     known yet when the jobs went to SLURM)."""
+    check_launcher(launcher)
     dense, cells = _not_done(sweep)
     if launcher == "local":
         return run_locally(dense, cells, _dense_done, visible_gpus())

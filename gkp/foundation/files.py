@@ -10,6 +10,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -31,6 +32,31 @@ def replaced_atomically(path: Path, suffix: str = ".tmp") -> Iterator[Path]:
             os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
+
+
+TEMPORARY = re.compile(r"^\..+\.(\d+)\.tmp(\.npz)?$")  # the names ``replaced_atomically`` gives
+
+
+def remove_stale_temporaries(folder: Path) -> int:
+    """Delete the temporary files that writes interrupted by a kill left under ``folder`` (those whose
+    process is gone); returns how many."""
+    removed = 0
+    for path in folder.rglob(".*.tmp*"):
+        match = TEMPORARY.match(path.name)
+        if match and path.is_file() and not _alive(int(match.group(1))):
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def writes_files() -> bool:

@@ -15,6 +15,7 @@ import math
 import pickle
 import re
 import zipfile
+import zlib
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -149,6 +150,19 @@ class RestrictedUnpickler(pickle.Unpickler):
         return self.storages[key]
 
 
+def _unpickle(path: Path) -> Any:
+    """The object a zip-format torch pickle holds, through the restricted unpickler."""
+    with zipfile.ZipFile(path) as archive:
+        pickles = [n for n in archive.namelist() if n.endswith("data.pkl")]
+        if len(pickles) != 1:
+            raise CheckpointError(f"{path} holds {len(pickles)} data.pkl entries, expected one")
+        prefix = pickles[0][: -len("data.pkl")]
+        if f"{prefix}byteorder" in archive.namelist() and archive.read(f"{prefix}byteorder") != b"little":
+            raise CheckpointError(f"{path} was saved on a big-endian machine, which is not supported")
+        with archive.open(pickles[0]) as handle:
+            return RestrictedUnpickler(handle, archive, prefix, str(path)).load()
+
+
 def unpickle_records(path: str | Path) -> ModuleRecord:
     """The root module record of a zip-format torch pickle, built without running any of its code."""
     path = Path(path)
@@ -159,20 +173,20 @@ def unpickle_records(path: str | Path) -> ModuleRecord:
             f"{path} is not a complete zip-format torch file: it is truncated or corrupt (download it again and "
             "check its sha256), or saved in torch's legacy format, which the authors' releases are not"
         )
-    with zipfile.ZipFile(path) as archive:
-        pickles = [n for n in archive.namelist() if n.endswith("data.pkl")]
-        if len(pickles) != 1:
-            raise CheckpointError(f"{path} holds {len(pickles)} data.pkl entries, expected one")
-        prefix = pickles[0][: -len("data.pkl")]
-        if f"{prefix}byteorder" in archive.namelist() and archive.read(f"{prefix}byteorder") != b"little":
-            raise CheckpointError(f"{path} was saved on a big-endian machine, which is not supported")
-        with archive.open(pickles[0]) as handle:
-            try:
-                root = RestrictedUnpickler(handle, archive, prefix, str(path)).load()
-            except (pickle.UnpicklingError, EOFError, AttributeError, TypeError, ValueError, RuntimeError) as error:
-                raise CheckpointError(f"{path} is corrupt or not a module pickle ({error})") from error
-            except (zipfile.BadZipFile, OSError) as error:
-                raise CheckpointError(f"{path} is a corrupt zip archive ({error})") from error
+    try:
+        root = _unpickle(path)
+    except (
+        pickle.UnpicklingError,
+        EOFError,
+        AttributeError,
+        TypeError,
+        ValueError,
+        RuntimeError,
+        MemoryError,
+    ) as error:
+        raise CheckpointError(f"{path} is corrupt or not a module pickle ({error})") from error
+    except (zipfile.BadZipFile, zlib.error, OSError, KeyError) as error:
+        raise CheckpointError(f"{path} is a corrupt zip archive ({error})") from error
     if not isinstance(root, ModuleRecord):
         raise CheckpointError(f"{path} does not hold a pickled module (found {type(root).__name__})")
     return root

@@ -17,6 +17,8 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from gkp.application.catalog import DATASETS, load_data
 from gkp.application.checkpoints.io import read_checkpoint
 from gkp.application.checkpoints.zoo import local_checkpoint
@@ -81,9 +83,7 @@ def _run_in(exp: Experiment, out: str | Path | None, names: tuple[str, ...], res
             if restart and run.path.exists():  # moves aside a run folder no other process holds, never a user's
                 held.enter_context(run.held())
                 run.move_aside()
-            data = load_data(exp.data, device, exp.model.num_classes)
-            ctx = Context(exp, run, device, data, DATASETS.get(exp.data.name).content(exp.data))
-            preflight(ctx, names)
+            ctx = checked_context(exp, run, names, device)
             held.enter_context(run.held())  # before anything is written in it
             fingerprints = {stage.name: ctx.fingerprint(stage.name) for stage in STAGES}
             repeatable = frozenset(stage.name for stage in STAGES if stage.repeatable)
@@ -96,6 +96,20 @@ def _run_in(exp: Experiment, out: str | Path | None, names: tuple[str, ...], res
 
 
 # ------------------------------------------------------------------------------------------- before any compute
+
+
+def checked_context(exp: Experiment, run: RunDir, names: tuple[str, ...], device) -> Context:
+    """The run's context, its data loaded, once everything that can be checked before any compute is."""
+    data = load_data(exp.data, device, exp.model.num_classes)
+    ctx = Context(exp, run, device, data, DATASETS.get(exp.data.name).content(exp.data))
+    preflight(ctx, names)
+    return ctx
+
+
+def check_experiment(exp: Experiment, out: str | Path | None = None) -> None:
+    """What ``run_experiment`` checks before any compute, without running or writing anything: the data
+    loads, each stage has its inputs, the pruning method fits the model at its rate."""
+    checked_context(exp, RunDir(out or Path("runs") / exp.name), tuple(exp.stages), torch.device("cpu"))
 
 
 def preflight(ctx: Context, names: tuple[str, ...]) -> None:

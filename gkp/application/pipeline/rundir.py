@@ -49,6 +49,7 @@ from gkp.foundation.errors import RunFolderError
 from gkp.foundation.files import (
     read_json_cache,
     read_json_mapping,
+    remove_stale_temporaries,
     replaced_atomically,
     write_json_atomic,
     write_text_atomic,
@@ -287,6 +288,8 @@ class RunDir:
             handle.truncate()
             handle.write(f"process {os.getpid()} on {socket.gethostname()} ({' '.join(sys.argv)[:200]})\n")
             handle.flush()
+            if removed := remove_stale_temporaries(self.path):
+                log.info("removed %d temporary file(s) that interrupted writes left in %s", removed, self.path)
             yield
 
     def holder(self) -> str | None:

@@ -206,7 +206,8 @@ def keep_count(total: int, rate: float, layer: str) -> int:
     if kept < 1:
         largest = 1.0 - 1.0 / total
         raise PruningError(
-            f"rate {rate} would remove all {total} channels of '{layer}'; rates up to {largest:.4f} keep at least one"
+            f"prune.rate: rate {rate} would remove all {total} channels of '{layer}'; rates up to {largest:.4f} "
+            "keep at least one"
         )
     return kept
 
