@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from gkp.application.cli import main
@@ -164,3 +165,38 @@ def test_sweeping_on_slurm_off_a_cluster_is_one_line_and_writes_nothing(tmp_path
     error = capsys.readouterr().err.strip()
     assert "SLURM is not here (no sbatch on PATH)" in error and len(error.splitlines()) == 1
     assert not (tmp_path / "sweep").exists()
+
+
+def test_a_changed_rate_is_told_how_to_reuse_the_trained_model_and_a_sweep_reuses_it(tmp_path, monkeypatch, capsys):
+    """After a finished run, a new rate is refused with the way to start from its dense model; a sweep of the
+    same training finds that run under runs/ and trains nothing again."""
+    monkeypatch.chdir(tmp_path)
+    config = tiny_config(train={"epochs": 1}, finetune={"epochs": 1}, attacks=[])
+    write_config(tmp_path / "q.yaml", config)
+    assert main(["run", "q.yaml", "--out", "runs/q"]) == 0
+    capsys.readouterr()
+    assert main(["run", "q.yaml", "--out", "runs/q", "--set", "prune.rate=0.25"]) == 2
+    error = capsys.readouterr().err
+    hint = "--set model.checkpoint=runs/q/dense.ckpt --set 'stages=[prune,finetune,eval]'"
+    assert f"to reuse its trained model: --out NEW {hint}" in error
+    reuse = ["--set", "model.checkpoint=runs/q/dense.ckpt", "--set", "stages=[prune,finetune,eval]"]
+    assert main(["run", "q.yaml", "--out", "runs/q25", "--set", "prune.rate=0.25", *reuse]) == 0
+    assert not (tmp_path / "runs" / "q25" / "train.json").exists()
+    spec = {"base": "q.yaml", "out": "runs/sweep", "grid": {"prune.rate": [0.25, 0.5]}}
+    write_config(tmp_path / "sweep.yaml", spec)
+    capsys.readouterr()
+    assert main(["sweep", "sweep.yaml", "--dry-run"]) == 0
+    table = capsys.readouterr().out
+    assert table.count("from runs/q (finished)") == 2 and "dense-" not in table
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without a GPU")
+def test_a_paper_table_on_a_machine_without_a_gpu_names_the_cpu_and_asks_for_allow_cpu(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    spec = str(ROOT / "configs" / "sweeps" / "table10.yaml")
+    assert main(["sweep", spec, "--dry-run"]) == 0
+    assert capsys.readouterr().out.startswith("runs on this machine: the CPU (no GPU is visible)")
+    assert main(["sweep", spec]) == 2
+    error = capsys.readouterr().err
+    assert "no GPU is visible" in error and "GPU-hours of training left" in error and "--allow-cpu" in error
+    assert not (tmp_path / "runs").exists()  # refused before anything was written

@@ -115,6 +115,11 @@ def _add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("spec", help="sweep spec YAML: base config, grid of overrides (see docs/running.md)")
     parser.add_argument("--dry-run", action="store_true", help="list the runs and their status; run nothing")
     parser.add_argument(
+        "--allow-cpu",
+        action="store_true",
+        help="run more than an hour of estimated training on a machine without a GPU",
+    )
+    parser.add_argument(
         "--launcher",
         choices=("local", "slurm", "submitit-local"),
         default="local",
@@ -316,12 +321,14 @@ def _fetch(args: argparse.Namespace) -> None:
 
 
 def _sweep(args: argparse.Namespace) -> None:
-    from gkp.application.sweep import load_sweep, results_of, run_sweep, status_table
+    from gkp.application.sweep import load_sweep, local_devices, results_of, run_sweep, status_table
     from gkp.foundation.errors import ConfigError, RunFolderError
 
     sweep = load_sweep(args.spec)
+    if args.launcher == "local":
+        print(f"runs on this machine: {local_devices()}")
     if not args.dry_run:
-        failed = run_sweep(sweep, args.launcher, _slurm_options(args))
+        failed = run_sweep(sweep, args.launcher, _slurm_options(args), args.allow_cpu)
         if failed:
             print(status_table(sweep))
             raise RunFolderError(

@@ -50,9 +50,10 @@ from gkp.application.launchers import (
     visible_gpus,
 )
 from gkp.application.pipeline.rundir import RunDir
-from gkp.application.pipeline.stages import RESULTS_FILE, STAGE_NAMES, stage_named
+from gkp.application.pipeline.stages import FINGERPRINT_VERSION, RESULTS_FILE, STAGE_NAMES, stage_named
 from gkp.foundation.contracts import PruningContext, Recipe
 from gkp.foundation.errors import ConfigError, DataError, RunFolderError
+from gkp.foundation.files import read_json_cache
 from gkp.foundation.schema import load_yaml, read_text, to_yaml
 from gkp.mechanisms.counting import measure
 
@@ -66,6 +67,7 @@ class Cell:
     folder: Path
     dense: Path | None = None
     problem: str | None = None  # why it cannot run (a method that does not exist yet, say)
+    trains: bool = False  # it trains its model itself (a train stage, or pruning from scratch)
 
 
 @dataclass
@@ -140,14 +142,32 @@ def _attach_dense(sweep: Sweep, cell: Cell) -> None:
     except (ConfigError, DataError) as error:
         cell.problem = str(error)
         return
+    cell.trains = "train" in exp.stages or (exp.prune is not None and exp.prune.during == "train")
     if not _shares_dense(exp):
         return
     fingerprint = stage_named("train").fingerprint(exp, content)  # the data's content names it too
-    dense = sweep.dense_out / f"dense-{fingerprint[:12]}"
-    sweep.dense_runs.setdefault(dense, {**cell.raw, "name": dense.name, "stages": ["train"]})
+    dense = _finished_dense(sweep, fingerprint)
+    if dense is None:
+        dense = sweep.dense_out / f"dense-{fingerprint[:12]}"
+        sweep.dense_runs.setdefault(dense, {**cell.raw, "name": dense.name, "stages": ["train"]})
     cell.dense = dense
     cell.raw = {**cell.raw, "stages": [s for s in exp.stages if s != "train"]}
     cell.raw["model"] = {**(cell.raw.get("model") or {}), "checkpoint": str(dense / "dense.ckpt")}
+
+
+def _finished_dense(sweep: Sweep, fingerprint: str) -> Path | None:
+    """A run folder under ``runs/`` (or the sweep's dense folder) whose train stage finished with this
+    fingerprint, so with this very training: its dense model is reused rather than trained again (folders
+    moved aside by --restart are not)."""
+    for root in dict.fromkeys([sweep.dense_out, Path("runs")]):
+        for marker in sorted(root.glob("**/state/train.done")):
+            folder = marker.parent.parent
+            if ".old-" in str(folder) or not (folder / "dense.ckpt").is_file():
+                continue
+            record = read_json_cache(marker)  # a damaged marker is simply not a match
+            if record.get("fingerprint") == fingerprint and record.get("version") == FINGERPRINT_VERSION:
+                return folder
+    return None
 
 
 # ------------------------------------------------------------------------------------------- status
@@ -250,11 +270,15 @@ def _left(folder: Path, raw: dict[str, Any]) -> tuple[str, float | None]:
         return "-", 0.0
     if seconds is not None:
         hours = epochs * seconds / 3600
-        return f"{epochs} epochs, ~{hours:.1f} h", hours
+        return f"{_epochs(epochs)}, ~{hours:.1f} h", hours
     estimate = _estimated_hours(raw, folder)
     if estimate is None:
-        return f"{epochs} epochs, time unknown until an epoch ran", None
-    return f"{epochs} epochs, ~{estimate:.1f} GPU-h (estimated)", estimate
+        return f"{_epochs(epochs)}, time unknown until an epoch ran", None
+    return f"{_epochs(epochs)}, ~{estimate:.1f} GPU-h (estimated)", estimate
+
+
+def _epochs(count: int) -> str:
+    return f"{count} epoch{'s' if count != 1 else ''}"
 
 
 def _estimated_hours(raw: dict[str, Any], folder: Path) -> float | None:
@@ -272,23 +296,33 @@ def _estimated_hours(raw: dict[str, Any], folder: Path) -> float | None:
     return total / 3600
 
 
-def _start(cell: Cell) -> str:
-    """Where a cell's model comes from: a shared dense run, its own training, or a given checkpoint."""
+def _start(cell: Cell, sweep: Sweep) -> str:
+    """Where a cell's model comes from: a shared dense run (one of the sweep's, or a finished run it
+    reuses), its own training, or a given checkpoint."""
     if cell.dense is not None:
-        return f"from {cell.dense.name}"
-    if "train" in cell.raw.get("stages", STAGE_NAMES):
+        return f"from {cell.dense.name}" if cell.dense in sweep.dense_runs else f"from {cell.dense} (finished)"
+    if cell.trains:
         return "trains its own model"
     return f"from {(cell.raw.get('model') or {}).get('checkpoint')}"
+
+
+def _runs(sweep: Sweep) -> list[tuple[Path, dict[str, Any] | None, str]]:
+    """(folder, raw config or None where it cannot run, where it starts from) of every run of the sweep."""
+    runs = [(folder, raw, "shared dense model") for folder, raw in sweep.dense_runs.items()]
+    for cell in sweep.cells:
+        runs.append((cell.folder, None if cell.problem else cell.raw, cell.problem or _start(cell, sweep)))
+    return runs
+
+
+def hours_left(sweep: Sweep) -> float:
+    """The training the sweep's runs have left, in hours (measured epoch times, else estimated GPU-hours)."""
+    return sum(_left(folder, raw)[1] or 0.0 for folder, raw, _ in _runs(sweep) if raw is not None)
 
 
 def status_table(sweep: Sweep) -> str:
     """Every run with its status, the training left and, where an epoch has been measured, its time."""
     rows, total, unknown = [("run", "status", "left", "detail")], 0.0, 0
-    runs = [(folder, raw, "shared dense model") for folder, raw in sweep.dense_runs.items()]
-    for cell in sweep.cells:
-        detail = cell.problem or _start(cell)
-        runs.append((cell.folder, None if cell.problem else cell.raw, detail))
-    for folder, raw, detail in runs:
+    for folder, raw, detail in _runs(sweep):
         if raw is None:
             rows.append((folder.name, "cannot run", "-", detail))
             continue
@@ -337,11 +371,33 @@ def _dense_done(folder: Path) -> bool:
     return run_status(folder, ["train"]) == "done"
 
 
-def run_sweep(sweep: Sweep, launcher: str = "local", slurm: SlurmOptions | None = None) -> list[str]:
+CPU_HOURS_UNASKED = 1.0  # more estimated training than this on a machine without a GPU needs --allow-cpu
+
+
+def local_devices() -> str:
+    """What a local sweep's runs would use, in words (the dry run says it)."""
+    gpus = [gpu for gpu in visible_gpus() if gpu is not None]
+    return (
+        f"{len(gpus)} GPU(s), one run on each at a time" if gpus else "the CPU (no GPU is visible), one run at a time"
+    )
+
+
+def run_sweep(
+    sweep: Sweep, launcher: str = "local", slurm: SlurmOptions | None = None, allow_cpu: bool = False
+) -> list[str]:
     """Train the shared dense models, then run every cell that can run, with ``launcher`` (``local``,
-    ``slurm`` or ``submitit-local``, see ``gkp.application.launchers``); returns the names of the failed runs (none
-    known yet when the jobs went to SLURM)."""
+    ``slurm`` or ``submitit-local``, see ``gkp.application.launchers``); returns the names of the failed
+    runs (none known yet when the jobs went to SLURM). A local sweep of more than an hour of estimated
+    training on a machine without a GPU asks for ``allow_cpu`` first."""
     check_launcher(launcher)
+    if launcher == "local" and visible_gpus() == [None] and not allow_cpu:
+        hours = hours_left(sweep)
+        if hours > CPU_HOURS_UNASKED:
+            raise ConfigError(
+                f"sweep {sweep.name}: no GPU is visible, and its runs have about {hours:.0f} GPU-hours of training "
+                "left, which would take far longer on the CPU; pass --allow-cpu to run them here anyway, or "
+                "--launcher slurm on a cluster"
+            )
     dense, cells = _not_done(sweep)
     if launcher == "local":
         return run_locally(dense, cells, _dense_done, visible_gpus())

@@ -178,6 +178,19 @@ class RunDir:
         recorded = {record.get("data") for record in self._markers().values()} - {data_content}
         return [f"the data files' content: {old} -> {data_content}" for old in sorted(map(str, recorded))]
 
+    def _reuse_hint(self, conflicts: list[str], plain: dict[str, Any]) -> str:
+        """Where only stages after training changed: how a new run starts from this folder's dense model
+        instead of training it again."""
+        dense = self.path / "dense.ckpt"
+        later = [stage for stage in plain.get("stages", ()) if stage != "train"]
+        if "train" in conflicts or not dense.is_file() or not later:
+            return ""
+        stages = ",".join(later)
+        return (
+            f"; to reuse its trained model: --out NEW --set model.checkpoint={dense} --set 'stages=[{stages}]' "
+            "(a sweep reuses it by itself)"
+        )
+
     def move_aside(self) -> None:
         """--restart: keep the previous run, renamed to <folder>.old-<time>, and start an empty one."""
         if self.path.exists() and writes_files():
@@ -221,7 +234,7 @@ class RunDir:
                 f"{self.path} already holds stage(s) {', '.join(conflicts)} computed from "
                 f"{source or 'a different config'} ({'; '.join([*keys[:6], *data]) or 'see config.yaml'}). Its "
                 "results are kept: pass --out DIR for a new run, or --restart to move the old run aside to "
-                f"{self.path.name}.old-<time> and start over"
+                f"{self.path.name}.old-<time> and start over{self._reuse_hint(conflicts, plain)}"
             )
         self.check_usable()
         try:

@@ -3,6 +3,7 @@ the attacks of one run in detail."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 
@@ -62,7 +63,7 @@ def results_table(*runs: dict[str, Any], names: list[str] | None = None) -> str:
     median adversarial norm, after the accuracies."""
     names = names or [results["name"] for results in runs]
     labels, unbounded = _labels(runs, unbounded=False), _labels(runs, unbounded=True)
-    entries = [(i, r, e) for i, r in enumerate(runs) for e in [r, *r.get("other_models", [])]]
+    entries = _once([(i, r, e) for i, r in enumerate(runs) for e in [r, *r.get("other_models", [])]])
     several, authors = len(runs) > 1, any(_has_zeroed_weights(entry) for _, _, entry in entries)
     data = len({_data(results) for results in runs}) > 1
     header = ["model", *(["method", "rate"] if several else []), *(["data"] if data else [])]
@@ -85,6 +86,18 @@ def results_table(*runs: dict[str, Any], names: list[str] | None = None) -> str:
     title = ", ".join(dict.fromkeys(names))
     images = "" if data else f" on {runs[0]['benign']['total']} test images"
     return "\n".join([f"{title}: accuracy (%){images}", *(_aligned(r, widths) for r in [header, *rows])])
+
+
+def _once(entries: list[tuple[int, dict, dict]]) -> list[tuple[int, dict, dict]]:
+    """The entries without repeats: one model (the same checkpoint) evaluated alike in several runs, as the
+    dense model every cell of a sweep starts from, is shown once."""
+    seen, kept = set(), []
+    for index, results, entry in entries:
+        key = json.dumps([entry.get("checkpoint"), entry.get("benign"), entry.get("attacks")], sort_keys=True)
+        if entry.get("checkpoint") is None or key not in seen:
+            seen.add(key)
+            kept.append((index, results, entry))
+    return kept
 
 
 def _norm(value: float | None) -> str:
