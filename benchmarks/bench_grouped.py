@@ -11,11 +11,16 @@ every GKP method shares at a rate, so the kernels are chosen by ``gkp_random`` (
 
 Target: latency ratio within 1.3x of the MACs ratio (e.g. at most 0.74 for SR-GKP's 0.57 on ResNet-56)
 where the layers are wide enough for grouped kernels to pay (VGG-16 at batch 64 on a CPU: at most 0.73).
+
+``--timing-cost`` also prints what a first choice of forms costs (nothing recorded yet; forward and
+backward, as an attacked evaluation chooses), in dense passes of the model and against the same choice
+with every form timed in every round (no form dropped for being far slower than dense).
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import time
 from collections import Counter
@@ -26,6 +31,7 @@ from gkp.application.catalog import MODELS, PRUNING_METHODS, build_model
 from gkp.foundation.schema import build
 from gkp.mechanisms.counting import count_macs
 from gkp.mechanisms.engine.device import benchmark_device
+from gkp.mechanisms.layers import forms as forms_module
 from gkp.mechanisms.layers.forms import choose_forms
 from gkp.mechanisms.layers.grouped_conv import FORMS, GroupedKernelConv2d
 from gkp.mechanisms.pruning.plan import Plan
@@ -57,6 +63,27 @@ def latencies(
                 if round_index >= 2:
                     times[name].append(seconds)
     return {name: statistics.median(values) for name, values in times.items()}
+
+
+def first_choice_seconds(grouped: torch.nn.Module, size: int, batch: int, every_round: bool) -> float:
+    """Seconds of choosing forms for forward + backward passes with nothing recorded; with ``every_round``,
+    timing every form in every round (the choice before forms far slower than dense were dropped)."""
+    plausible = forms_module.PLAUSIBLE
+    forms_module.PLAUSIBLE = math.inf if every_round else plausible
+    try:
+        start = time.perf_counter()
+        choose_forms(grouped, size, batch, train=True, timings={})
+        return time.perf_counter() - start
+    finally:
+        forms_module.PLAUSIBLE = plausible
+
+
+def print_timing_cost(grouped: torch.nn.Module, size: int, batch: int, dense_pass: float) -> None:
+    now, every_round = (first_choice_seconds(grouped, size, batch, every) for every in (False, True))
+    print(
+        f"    first choice of forms (forward+backward): {now:.1f} s, {now / dense_pass:.0f} dense forward passes; "
+        f"every form in every round: {every_round:.1f} s (ratio {now / every_round:.2f})"
+    )
 
 
 def set_forms(model: torch.nn.Module, forms: dict[str, str]) -> None:
@@ -92,6 +119,8 @@ def measure_arch(arch: str, args: argparse.Namespace, device: torch.device, batc
             f"latency ratio {ratio:.3f} ({verdict}); chosen forms: {forms}"
         )
         print("    every layer as " + ", ".join(f"{form}: {seconds[form] / seconds['dense']:.3f}" for form in FORMS))
+        if args.timing_cost:
+            print_timing_cost(grouped, size, batch, seconds["dense"])
 
 
 def main() -> None:
@@ -106,6 +135,7 @@ def main() -> None:
     parser.add_argument(
         "--repeats", type=int, default=20, help="rounds of alternating measurements (a quarter at 224x224 on CPU)"
     )
+    parser.add_argument("--timing-cost", action="store_true", help="also print what a first choice of forms costs")
     args = parser.parse_args()
     device = benchmark_device(args.device)
     batches = [int(b) for b in (args.batches or ("256" if device.type == "cuda" else "1,64")).split(",")]

@@ -43,7 +43,7 @@ for variant in "--amp off --channels-last off" ${full:+"--amp off" "--channels-l
     # shellcheck disable=SC2086  # the variant's flags are words
     run benchmarks/bench_train.py --arch "$arch" --device "$device" --images "$images" --epochs "$epochs" --workers "$workers" $variant --no-pruned
 done
-run benchmarks/bench_grouped.py --archs "$latency_archs" --device "$device" --batches "$batches" --repeats "$rounds"
+run benchmarks/bench_grouped.py --archs "$latency_archs" --device "$device" --batches "$batches" --repeats "$rounds" --timing-cost
 run benchmarks/bench_eval.py --arch "$arch" --device "$device" --images "$eval_images"
 run benchmarks/bench_srgkp.py --archs "$search_archs" --device "$device" --reference-channels "$search_reference" --compare-cpu
 ${full:+run benchmarks/bench_srgkp.py --archs vgg16 --device "$device" --reference-channels 0 --repeats 1}

@@ -304,3 +304,80 @@ def test_the_same_grouped_command_gives_the_same_numbers(tmp_path):
     assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
     assert [a["correct"] for a in results[0]["attacks"]] == [a["correct"] for a in results[1]["attacks"]]
     assert sum(results[0]["forms"].values()) == 6  # ResNet-8: each block's two convs, grouped
+
+
+def test_a_form_far_slower_than_dense_in_its_first_round_is_not_timed_again(monkeypatch):
+    """On a CPU the grouped forms often run several times slower than the dense conv: timing them over
+    every round was most of a first evaluation's cost. A form over 1.5x the dense time in the first timed
+    round (after the warm-up round) is dropped; the others go on."""
+    model = build_model("resnet20")
+    grouped = apply(model, plan_for(model, "gkp_random"))
+    calls = []
+
+    def timed(layer, x, form, train):
+        calls.append(form)
+        return {"grouped": 1.6, "per_group": 0.5, "dense": 1.0}[form]
+
+    monkeypatch.setattr(forms, "_time_form", timed)
+    chosen_forms_win_the_whole_model(monkeypatch)
+    timings: dict[str, str] = {}
+    chosen = choose_forms(grouped, 32, batch_size=2, rounds=5, timings=timings)
+    shapes = sum("| model " not in key for key in timings)
+    assert set(chosen.values()) == {"per_group"}
+    assert calls.count("grouped") == 2 * shapes  # the warm-up round and the first timed one
+    assert calls.count("per_group") == calls.count("dense") == 6 * shapes
+
+
+class FakeClock:
+    """time.perf_counter for forms, advanced by the timed passes' own (fake) seconds."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> float:
+        self.now += seconds
+        return seconds
+
+
+def test_the_timing_stops_at_its_budget_and_leaves_the_rest_dense_and_unrecorded(monkeypatch, caplog):
+    """Given the passes it chooses for, the timing costs at most 5% of their dense time (one shape's timing
+    more at worst): shapes it cannot afford run dense and stay unrecorded, for a larger evaluation to time;
+    the log says what the timing cost."""
+    model = build_model("resnet20")
+    grouped = apply(model, plan_for(model, "gkp_random"))
+    clock = FakeClock()
+    layer_seconds = {"grouped": 0.05, "per_group": 0.3, "dense": 0.1}  # 1.5 s a shape, per_group dropped
+    monkeypatch.setattr(forms, "time", clock)
+    monkeypatch.setattr(forms, "_time_form", lambda layer, x, form, train: clock.advance(layer_seconds[form]))
+
+    def model_pass(net, x, train):  # 1 s dense, 0.5 s in the chosen forms
+        return clock.advance(0.5 if chosen_somewhere(net) else 1.0)
+
+    monkeypatch.setattr(forms, "_time_pass", model_pass)
+    timings: dict[str, str] = {}
+    with caplog.at_level("INFO", logger=forms.__name__):
+        chosen = choose_forms(grouped, 32, batch_size=2, rounds=5, timings=timings, passes=100)
+    assert clock.now <= 0.05 * 100 * 1.0 + 1.5  # the budget, and one shape's timing over it at worst
+    assert len(timings) == 3 and set(timings.values()) == {"grouped"}  # 2 s for the model pass, then 3 shapes
+    assert set(chosen.values()) == {"dense"}  # the whole-model check did not fit: dense, like the untimed
+    assert "of 5.0 s (5% of 100 passes)" in caplog.text and "left untimed for the budget: dense" in caplog.text
+    unbounded = choose_forms(grouped, 32, batch_size=2, rounds=5, timings=timings)
+    assert set(unbounded.values()) == {"grouped"} and len(timings) > 4
+
+
+def test_an_evaluation_bounds_the_form_timing_by_its_own_passes(tmp_path, monkeypatch):
+    from gkp.application.config import build_experiment
+    from gkp.application.pipeline import evaluation
+    from gkp.application.pipeline.run import run_experiment
+
+    from conftest import tiny_config
+
+    asked = []
+    monkeypatch.setattr(evaluation, "choose_forms", lambda *args, **kwargs: asked.append(kwargs["passes"]) or {})
+    config = tiny_config(prune={"method": "srgkp", "rate": 0.5}, train={"epochs": 1}, finetune={"epochs": 1})
+    config["data"]["eval_batch_size"] = 32  # 4 batches of the 128 test images
+    run_experiment(build_experiment({**config, "stages": ["train", "prune", "eval"]}), out=tmp_path / "run")
+    assert asked == [4 * (1 + 4 + 10)]  # clean, FGSM (one gradient step: 3 passes, then the prediction), PGD-3

@@ -236,16 +236,6 @@ def _macs(arch: str, args: str, image_size: int | None) -> float:
     return measure(model, image_size or MODELS.get(arch).input_size).macs
 
 
-def _passes(spec) -> int:
-    """Forward-pass equivalents per image of one attack: 3 per gradient step (restarts and targets
-    included), one per query of a query attack, plus the final prediction."""
-    params = spec.params
-    if spec.attack.kind == "query":
-        return getattr(params, "queries", 1) + 1
-    runs = getattr(params, "restarts", 1) * getattr(params, "targets", 1)
-    return 3 * getattr(params, "steps", 1) * runs + 1
-
-
 def estimated_epoch_seconds(exp, stage: str, section: str) -> float | None:
     """A V100's seconds for one epoch of a training stage (training plus its per-epoch evaluation), from its
     passes (see V100_MACS_PER_SECOND); None where the image counts are unknown before loading."""
@@ -260,7 +250,7 @@ def estimated_epoch_seconds(exp, stage: str, section: str) -> float | None:
     passes = images[0] * 3 * (1 + adversarial_steps)
     if cfg.eval_every:
         attacks = [exp.attack(label) for label in cfg.eval_attacks]
-        passes += images[1] * (1 + sum(_passes(spec) for spec in attacks)) / cfg.eval_every
+        passes += images[1] * (1 + sum(spec.passes for spec in attacks)) / cfg.eval_every
     return passes * (macs / V100_MACS_PER_SECOND + PASS_OVERHEAD_SECONDS)
 
 

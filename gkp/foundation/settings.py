@@ -220,6 +220,16 @@ class AttackSpec:
     def name(self) -> str:
         return self.attack.name
 
+    @property
+    def passes(self) -> int:
+        """Forward-pass equivalents per image, for planning (sweep estimates, the form timing's budget): 3
+        per gradient step (restarts and targets included), one per query of a query attack, plus the final
+        prediction."""
+        if self.attack.kind == "query":
+            return getattr(self.params, "queries", 1) + 1
+        runs = getattr(self.params, "restarts", 1) * getattr(self.params, "targets", 1)
+        return 3 * getattr(self.params, "steps", 1) * runs + 1
+
     def settings(self) -> dict[str, Any]:
         """The attack's resolved parameters with its mode, as results.json reports them."""
         return {**to_plain(self.params), "space": self.space, "labels": self.labels, "clip": self.clip}

@@ -6,6 +6,7 @@ again beside the earlier results (``evaluations/<fingerprint>/``)."""
 from __future__ import annotations
 
 import logging
+import math
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -31,15 +32,24 @@ def forms_cache() -> Path:
 def fastest_forms(ctx: Context, model: nn.Module, batch_size: int, train: bool, channels_last: bool) -> dict[str, int]:
     """Run each layer that has several equivalent forms in its fastest one on this device and batch,
     timed in the memory format it will run in, once per machine (``forms_cache``), so that the same
-    command gives the same numbers; deterministic runs keep the default forms. Returns how many layers
-    run in each form."""
+    command gives the same numbers, and at a cost bounded by the evaluation's own (its passes: every test
+    batch, clean and under each attack); deterministic runs keep the default forms. Returns how many
+    layers run in each form."""
     if ctx.exp.deterministic:
         return {}
     path = forms_cache()
     timings = read_json_cache(path)
     known = dict(timings)
+    batches = math.ceil(ctx.data.test.num_samples / batch_size)
+    passes = batches * (1 + sum(spec.passes for spec in ctx.exp.attacks))
     chosen = choose_forms(
-        model, ctx.data.image_size, batch_size, train=train, channels_last=channels_last, timings=timings
+        model,
+        ctx.data.image_size,
+        batch_size,
+        train=train,
+        channels_last=channels_last,
+        timings=timings,
+        passes=passes,
     )
     if timings != known:  # the new timings; a choice another run recorded meanwhile wins, so that all keep one
         add_to_json_cache(path, {k: v for k, v in timings.items() if k not in known}, keep_recorded=True)

@@ -12,6 +12,13 @@ of every result. ``choose_forms`` therefore takes a ``timings`` mapping (the sta
 a layer shape timed once on a machine keeps its form there, and the same command gives the same numbers.
 ``use_form`` puts every layer in one form (fine-tuning runs in the ``dense`` form: see
 ``gkp.application.pipeline.training.finetune``).
+
+The choice must cost far less than what it can save. A form is timed further only while it can plausibly
+win (one that takes over PLAUSIBLE times the dense time in its first timed round is dropped: on a CPU the
+grouped forms often run several times slower, and timing them over every round was most of the cost), and
+given the number of passes it chooses for, the timing stops at TIMING_SHARE of their dense cost: the
+shapes left untimed run dense, unrecorded, so that an evaluation large enough to pay for their timing times
+them. The log reports what the timing cost.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import statistics
 import time
 from collections import Counter
 from collections.abc import MutableMapping
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -35,6 +43,8 @@ log = logging.getLogger(__name__)
 DENSE_MARGIN = 0.9  # another form replaces the dense one where it takes at most 90% of its time
 MODEL_MARGIN = 0.98  # and the chosen forms stay where the whole model takes at most 98% of its dense time
 KEEP_FORMS, ALL_DENSE = "chosen forms", "dense everywhere"  # the whole model's verdicts, as recorded
+PLAUSIBLE = 1.5  # a form over 1.5x the dense time in its first timed round is not timed further
+TIMING_SHARE = 0.05  # given the passes it chooses for, the timing costs at most 5% of their dense time
 
 
 def _input_shapes(model: nn.Module, example: torch.Tensor) -> dict[str, torch.Size]:
@@ -85,13 +95,19 @@ def _time_form(layer: GroupedKernelConv2d, x: torch.Tensor, form: str, train: bo
 
 def _time_forms(layer: GroupedKernelConv2d, x: torch.Tensor, train: bool, rounds: int) -> dict[str, float]:
     """The median seconds of each form over ``rounds`` rounds, every form once per round after a warm-up
-    round, so that a machine whose speed drifts (a loaded one) slows them all alike."""
+    round, so that a machine whose speed drifts (a loaded one) slows them all alike; a form over PLAUSIBLE
+    times the dense time in the first timed round keeps that round's time and is not timed again."""
     times: dict[str, list[float]] = {form: [] for form in FORMS}
+    timed = list(FORMS)
     for round_index in range(rounds + 1):
-        for form in FORMS:
+        for form in timed:
             seconds = _time_form(layer, x, form, train)
             if round_index:
                 times[form].append(seconds)
+        if round_index == 1:
+            timed = [form for form in timed if times[form][0] <= PLAUSIBLE * times["dense"][0]]
+            if timed == ["dense"]:
+                break
     return {form: statistics.median(values) for form, values in times.items()}
 
 
@@ -145,9 +161,93 @@ def _model_keeps_forms(
     return statistics.median(times[True]) <= MODEL_MARGIN * statistics.median(times[False])
 
 
-def _model_key(device: torch.device, dtype, shape, layer_keys: list[str], train: bool, channels_last: bool) -> str:
-    model_key = hashlib.sha256("\n".join(layer_keys).encode()).hexdigest()[:16]
-    return _timing_key(device, dtype, shape, f"model {model_key}, under {MODEL_MARGIN:g}x", train, channels_last)
+def _model_key(layer_keys: list[str]) -> str:
+    """The whole model's part of its timing key: its layers with their forms."""
+    digest = hashlib.sha256("\n".join(layer_keys).encode()).hexdigest()[:16]
+    return f"model {digest}, under {MODEL_MARGIN:g}x"
+
+
+@dataclass
+class _Timing:
+    """One choice of forms for a model: the timings recorded so far (added to), what this choice timed and
+    left untimed, and its budget: TIMING_SHARE of the dense cost of the ``passes`` model passes it chooses
+    forms for (unbounded without ``passes``), priced by a dense pass of the model timed on first need."""
+
+    model: nn.Module
+    example: torch.Tensor
+    train: bool
+    channels_last: bool
+    rounds: int
+    timings: MutableMapping[str, str]
+    passes: int | None
+    timed: set[str] = field(default_factory=set)
+    untimed: set[str] = field(default_factory=set)
+    _pass_seconds: float | None = None
+
+    def __post_init__(self):
+        self.started = time.perf_counter()
+
+    def key(self, shape, layer_key: str) -> str:
+        return _timing_key(self.example.device, self.example.dtype, shape, layer_key, self.train, self.channels_last)
+
+    def layer_form(self, layer: GroupedKernelConv2d, shape, key: str) -> str:
+        """The layer's form: as recorded, else timed now where the budget allows (and recorded), else dense."""
+        if self.timings.get(key) in FORMS:
+            return self.timings[key]
+        if key in self.untimed or not self.allows():
+            self.untimed.add(key)
+            return "dense"
+        x = torch.randn(shape, device=self.example.device, dtype=self.example.dtype)
+        memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
+        x = x.contiguous(memory_format=memory_format).requires_grad_(self.train)
+        self.timings[key] = _fastest(_time_forms(layer, x, self.train, self.rounds))
+        layer.zero_grad(set_to_none=True)
+        self.timed.add(key)
+        return self.timings[key]
+
+    def keeps_forms(self, chosen: dict[str, str], key: str) -> bool:
+        """The whole model's verdict on the ``chosen`` forms: as recorded, else timed now where the budget
+        allows (and recorded), else not kept."""
+        if self.timings.get(key) not in (KEEP_FORMS, ALL_DENSE):
+            if not self.allows(2 * (self.rounds + 1)):
+                self.untimed.add(key)
+                return False
+            keeps = _model_keeps_forms(self.model, chosen, self.example, self.train, self.rounds)
+            self.timings[key] = KEEP_FORMS if keeps else ALL_DENSE
+            self.timed.add(key)
+        return self.timings[key] == KEEP_FORMS
+
+    def spent(self) -> float:
+        return time.perf_counter() - self.started
+
+    def pass_seconds(self) -> float:
+        """Seconds of one dense pass of the model (after a warm-up pass), its layers' forms left as they were."""
+        if self._pass_seconds is None:
+            layers = [m for m in self.model.modules() if isinstance(m, GroupedKernelConv2d)]
+            forms = [layer.form for layer in layers]
+            use_form(self.model, "dense")
+            x = self.example.detach().requires_grad_(self.train)
+            self._pass_seconds = [_time_pass(self.model, x, self.train) for _ in range(2)][-1]
+            self.model.zero_grad(set_to_none=True)
+            for layer, form in zip(layers, forms, strict=True):
+                layer.form = form
+        return self._pass_seconds
+
+    def budget(self) -> float:
+        return TIMING_SHARE * self.passes * self.pass_seconds()
+
+    def allows(self, model_passes: int = 0) -> bool:
+        """Whether ``model_passes`` dense passes more (with none: any more timing) fit the budget."""
+        return self.passes is None or self.spent() + model_passes * self.pass_seconds() <= self.budget()
+
+    def cost(self) -> str:
+        """What the timing cost, for the log ('' where earlier runs had recorded every choice)."""
+        if not self.timed and not self.untimed:
+            return ""
+        passes = self.passes
+        bound = "" if passes is None else f" of {self.budget():.1f} s ({TIMING_SHARE:.0%} of {passes:,} passes)"
+        left = f"; {len(self.untimed)} choice(s) left untimed for the budget: dense" if self.untimed else ""
+        return f" (form timing took {self.spent():.1f} s{bound}{left})"
 
 
 def choose_forms(
@@ -159,6 +259,7 @@ def choose_forms(
     channels_last: bool = False,
     rounds: int = 5,
     timings: MutableMapping[str, str] | None = None,
+    passes: int | None = None,
 ) -> dict[str, str]:
     """Set every ``GroupedKernelConv2d`` of ``model`` to its fastest form for batches of ``batch_size``
     images of side ``input_size`` on the model's device (forward only, or forward + backward with
@@ -167,18 +268,20 @@ def choose_forms(
     model in those forms is timed against the dense form everywhere, which it must beat, or every layer
     runs dense. Returns {layer name: form}. A layer (or model) whose key (device, torch version, pass,
     memory format, input shape, layer) is in ``timings`` takes the form recorded there; the others are
-    timed and recorded."""
+    timed and recorded, within TIMING_SHARE of the ``passes`` model passes the choice is for (where given):
+    what the budget leaves untimed runs dense and is not recorded."""
     if not any(isinstance(m, GroupedKernelConv2d) for m in model.modules()):
         return {}
     reference = next(model.parameters())
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     example = torch.rand(batch_size, 3, input_size, input_size, device=reference.device, dtype=reference.dtype)
     example = example.contiguous(memory_format=memory_format)
+    timings = {} if timings is None else timings
+    timing = _Timing(model, example, train, channels_last, rounds, timings, passes)
     was_training = model.training
     model.eval()
     chosen: dict[str, str] = {}
     layer_keys: list[str] = []
-    timings = {} if timings is None else timings
     try:
         shapes = _input_shapes(model, example)
         for name, shape in tqdm(
@@ -186,28 +289,14 @@ def choose_forms(
         ):
             layer = model.get_submodule(name)
             layer_key = f"{layer.extra_repr().rsplit(', form=', 1)[0]}, restore={layer.restore is not None}"
-            key = _timing_key(reference.device, reference.dtype, shape, layer_key, train, channels_last)
-            if timings.get(key) not in FORMS:  # layers of one shape are timed once, here or in an earlier run
-                x = torch.randn(shape, device=reference.device, dtype=reference.dtype)
-                x = x.contiguous(memory_format=memory_format).requires_grad_(train)
-                timings[key] = _fastest(_time_forms(layer, x, train, rounds))
-                layer.zero_grad(set_to_none=True)
-            layer.form = chosen[name] = timings[key]
+            layer.form = chosen[name] = timing.layer_form(layer, shape, timing.key(shape, layer_key))
             layer_keys.append(f"{name} {tuple(shape)} {layer_key} {chosen[name]}")
-        if set(chosen.values()) != {"dense"}:
-            key = _model_key(reference.device, reference.dtype, example.shape, layer_keys, train, channels_last)
-            if timings.get(key) not in (KEEP_FORMS, ALL_DENSE):  # timed once, like a layer shape
-                timings[key] = KEEP_FORMS if _model_keeps_forms(model, chosen, example, train, rounds) else ALL_DENSE
-            if timings[key] == ALL_DENSE:
-                chosen = dict.fromkeys(chosen, "dense")
-                use_form(model, "dense")
+        model_key = timing.key(example.shape, _model_key(layer_keys))
+        if set(chosen.values()) != {"dense"} and not timing.keeps_forms(chosen, model_key):
+            chosen = dict.fromkeys(chosen, "dense")
+            use_form(model, "dense")
     finally:
         model.train(was_training)
-    if chosen:
-        log.info(
-            "grouped-kernel conv forms on %s, batch %d: %s",
-            reference.device,
-            batch_size,
-            ", ".join(f"{form} x{count}" for form, count in Counter(chosen.values()).most_common()),
-        )
+    forms = ", ".join(f"{form} x{count}" for form, count in Counter(chosen.values()).most_common())
+    log.info("grouped-kernel conv forms on %s, batch %d: %s%s", reference.device, batch_size, forms, timing.cost())
     return chosen
