@@ -4,11 +4,11 @@
 # only when pyproject.toml or requirements.lock changes, so the multi-GB torch download happens once per
 # machine. It installs the exact versions of requirements.lock (made by scripts/lock.sh), so a fresh
 # clone tests what was tested; GKP_UNLOCKED=1 installs from pyproject.toml's ranges instead. The
-# project itself is re-linked (pip install -e . --no-deps, a few seconds) every time, so the
-# environment always runs the clone it was called from.
+# project itself is re-linked (pip install -e . --no-deps, a few seconds) whenever the environment runs
+# another clone, so it always runs the clone it was called from.
 set -euo pipefail
 
-GKP_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+GKP_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)"
 GKP_VENV="${GKP_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/robust-gkp/venv}"
 PYTHON="${PYTHON:-python3}"
 
@@ -21,6 +21,7 @@ PYTHON="$("$PYTHON" -c 'import sys; print(getattr(sys, "_base_executable", sys.e
 constraints=(-c "$GKP_ROOT/requirements.lock")
 [ "${GKP_UNLOCKED:-0}" = 1 ] && constraints=()
 stamp="$(cat "$GKP_ROOT/pyproject.toml" "$GKP_ROOT/requirements.lock" | sha256sum | cut -d' ' -f1) ${#constraints[@]}"
+linked_clone='import gkp, pathlib; print(pathlib.Path(gkp.__file__).resolve().parents[1])'
 if [ ! -x "$GKP_VENV/bin/python" ] || [ "$(cat "$GKP_VENV/.gkp-install-stamp" 2>/dev/null)" != "$stamp" ]; then
     echo "setting up $GKP_VENV (torch and friends: a few GB, about a minute) ..." >&2
     rm -rf "$GKP_VENV"
@@ -30,7 +31,7 @@ if [ ! -x "$GKP_VENV/bin/python" ] || [ "$(cat "$GKP_VENV/.gkp-install-stamp" 2>
     # the lock pins that build's exact version.
     "$GKP_VENV/bin/python" -m pip install --quiet ${constraints[@]+"${constraints[@]}"} -e "$GKP_ROOT[dev]"
     echo "$stamp" > "$GKP_VENV/.gkp-install-stamp"
-else
+elif [ "$("$GKP_VENV/bin/python" -I -c "$linked_clone" 2>/dev/null)" != "$GKP_ROOT" ]; then
     "$GKP_VENV/bin/python" -m pip install --quiet --no-deps -e "$GKP_ROOT"
 fi
 export PATH="$GKP_VENV/bin:$PATH"

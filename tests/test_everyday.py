@@ -374,3 +374,17 @@ def test_gkp_plot_draws_the_best_per_metric_and_accuracy_against_the_rate(tmp_pa
     runs = [str(tmp_path / name) for name in "abc"]
     assert main(["plot", *runs, "--out", str(tmp_path / "fig")]) == 0
     assert (tmp_path / "fig_best.png").stat().st_size > 5000 and (tmp_path / "fig_sparsity.png").stat().st_size > 5000
+
+
+def test_the_attacks_table_says_what_the_worst_case_is_over():
+    """fmn 0 / 100 beside worst case 99 / 100 needs a word: a minimum-norm attack without eps bounds no
+    threat model, so it is left out of the worst case, and the row says so."""
+    from gkp.application.reports.results import attacks_table
+
+    score = {"correct": 0, "total": 100, "seconds": 1.0}
+    pgd = {"label": "pgd", **score, "correct": 99, "params": {"eps": 0.03, "norm": "linf"}}
+    fmn = {"label": "fmn", **score, "params": {"eps": None, "norm": "l2"}, "median_norm": 0.4321}
+    results = {"model": "final", "benign": score, "attacks": [pgd, fmn], "worst_case": {**score, "correct": 99}}
+    worst = attacks_table(results).splitlines()[-1]
+    assert worst.split()[:5] == ["worst", "case", "99", "/", "100"]
+    assert worst.endswith("clean and under all of pgd; not fmn (minimum-norm, no eps)")

@@ -200,3 +200,12 @@ def test_a_paper_table_on_a_machine_without_a_gpu_names_the_cpu_and_asks_for_all
     error = capsys.readouterr().err
     assert "no GPU is visible" in error and "GPU-hours of training left" in error and "--allow-cpu" in error
     assert not (tmp_path / "runs").exists()  # refused before anything was written
+
+
+def test_output_piped_into_a_reader_that_leaves_ends_without_a_traceback():
+    """gkp zoo | head -1: the reader closes the pipe; the command stops quietly, as cat would (128 + SIGPIPE)."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader has gone before gkp writes its first line
+    done = subprocess.run([sys.executable, "-m", "gkp", "zoo"], stdout=write_end, stderr=subprocess.PIPE, text=True)
+    os.close(write_end)
+    assert done.returncode == 128 + signal.SIGPIPE and done.stderr == ""

@@ -32,17 +32,27 @@ def spec(tmp_path: Path, grid: dict, cells: list | None = None, base: dict | Non
 
 
 def test_cells_share_one_dense_model_and_the_dry_run_says_where_each_stands(tmp_path, capsys):
-    path = spec(
-        tmp_path, {"prune.method": ["l1", "srgkp"]}, cells=[{"prune.method": "tmigkp"}, {"prune.method": "gal"}]
-    )
+    cells = [{"prune.method": "tmigkp"}, {"prune.method": "gal"}, {"prune.method": "sfp", "stages": ["prune", "eval"]}]
+    path = spec(tmp_path, {"prune.method": ["l1", "srgkp"]}, cells=cells)
     sweep = load_sweep(path)
-    assert [c.name for c in sweep.cells] == ["method-l1", "method-srgkp", "method-tmigkp", "method-gal"]
+    assert [c.name for c in sweep.cells] == [
+        "method-l1",
+        "method-srgkp",
+        "method-tmigkp",
+        "method-gal",
+        "method-sfp_stages-_prune_eval_",
+    ]
     assert len(sweep.dense_runs) == 1 and sweep.cells[0].dense == sweep.cells[1].dense
     assert sweep.cells[2].dense is None  # TMI-GKP reads training snapshots: it trains its own model
     assert sweep.cells[3].problem == "no such method yet: gal"
     assert main(["sweep", str(path), "--dry-run"]) == 0
-    rows = {line.split()[0]: line.split()[1:] for line in capsys.readouterr().out.splitlines()[1:]}
-    assert rows["method-gal"][:2] == ["cannot", "run"] and rows["method-l1"][0] == "missing"
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "runs on this machine: the CPU (no GPU is visible), one run at a time"
+    rows = {line.split()[0]: line for line in lines[2:]}
+    assert rows["method-gal"].split()[1:3] == ["cannot", "run"] and rows["method-l1"].split()[1] == "missing"
+    assert rows["method-sfp_stages-_prune_eval_"].endswith(
+        "trains its own model"
+    )  # from scratch, inside its prune stage
 
 
 @pytest.mark.slow

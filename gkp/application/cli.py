@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import errno
 import logging
+import os
 import signal
 import sys
 import threading
@@ -577,6 +578,9 @@ def main(argv: list[str] | None = None) -> int:
     except GkpError as error:
         print(f"gkp: error: {error}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader of our output left (gkp zoo | head): stop quietly, as cat would
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's flush must not fail again
+        return 128 + signal.SIGPIPE
     except OSError as error:
         if error.errno not in FULL:
             raise

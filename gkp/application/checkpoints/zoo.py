@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import textwrap
 import urllib.error
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -30,6 +31,7 @@ from gkp.foundation.files import file_digest, sha256_of, user_cache, write_text_
 
 MANIFEST = Path(__file__).resolve().parents[3] / "checkpoints" / "MANIFEST"
 PREFIX = "zoo:"
+TABLE_WIDTH = 100  # gkp zoo's lines, at most
 
 
 class ZooError(GkpError):
@@ -228,12 +230,21 @@ def check_zoo_name(checkpoint: str | None) -> None:
 
 
 def zoo_table(manifest: dict[str, ZooEntry] | None = None) -> str:
-    """One line per entry: name, arch, dataset, reported metrics, licence, source, and whether cached."""
+    """One line per entry (name, arch, dataset, reported metrics, licence, whether cached), then each
+    source with the entries from it and the licence's details, wrapped to TABLE_WIDTH."""
     manifest = load_manifest() if manifest is None else manifest
-    rows = [("name", "arch", "dataset", "reported", "licence", "cached", "source")]
+    rows = [("name", "arch", "dataset", "reported", "licence", "cached")]
+    sources: dict[str, list[str]] = {}
     for name, entry in manifest.items():
-        reported = ", ".join(f"{k} {v}" for k, v in entry.reported.items()) or "-"
+        metrics = ", ".join(f"{k.removeprefix(entry.dataset + '_')} {v}" for k, v in entry.reported.items())
+        licence, _, details = entry.licence.partition(" (")
         cached = "yes" if cached_path(entry).is_file() else "no"
-        rows.append((name, entry.arch, entry.dataset, reported, entry.licence, cached, entry.source))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
-    return "\n".join("  ".join([*(c.ljust(w) for c, w in zip(row, widths, strict=False)), row[-1]]) for row in rows)
+        rows.append((name, entry.arch, entry.dataset, metrics or "-", licence, cached))
+        sources.setdefault(entry.source + (f"; licence: {entry.licence}" if details else ""), []).append(name)
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    table = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+    notes = [
+        textwrap.fill(f"{', '.join(names)}: {source}", TABLE_WIDTH, subsequent_indent="    ")
+        for source, names in sources.items()
+    ]
+    return "\n".join([*table, "", "sources:", *notes])
