@@ -1,8 +1,14 @@
 """The config and checkpoint readers on random bytes and on random mutations of valid files: every case
 ends in a valid result or in one of our errors (``GkpError``, a one-line message at the command line),
-never in another exception. A few hundred seeded cases in the default run, many more behind ``slow``."""
+never in another exception, and never maps more memory than the file's size warrants (the process's
+address space is bounded while the cases run: a reader that believed a damaged size and allocated for it
+fails the test). A few hundred seeded cases in the default run, many more behind ``slow``."""
 
 from __future__ import annotations
+
+import resource
+from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -53,16 +59,44 @@ def ours_or_fine(read, path) -> None:
         pass
 
 
+MEMORY_PER_BYTE, MEMORY_FLOOR = 64, 256 << 20  # what reading a file may map beyond the process's own
+
+
+@contextmanager
+def address_space_bounded(extra: int):
+    """Allocations fail (MemoryError, or torch's RuntimeError) beyond ``extra`` bytes more than the process
+    maps now: the soft RLIMIT_AS, restored after."""
+    status = Path("/proc/self/status")
+    if not status.is_file():  # not Linux: the cases run unbounded
+        yield
+        return
+    mapped = next(int(line.split()[1]) * 1024 for line in status.read_text().splitlines() if line.startswith("VmSize"))
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    bound = mapped + extra if hard == resource.RLIM_INFINITY else min(mapped + extra, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (bound, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+
+
 def fuzz(tmp_path, name: str, original: bytes, read, cases: int) -> None:
     rng = np.random.default_rng(0)
     path = tmp_path / name
+    ours_or_fine(read, _written(path, original))  # the valid file, read once unbounded (lazy imports, caches)
     for case in range(cases):
-        path.write_bytes(mutated(original, rng))
+        data = mutated(original, rng)
         try:
-            ours_or_fine(read, path)
+            with address_space_bounded(max(MEMORY_FLOOR, MEMORY_PER_BYTE * len(data))):
+                ours_or_fine(read, _written(path, data))
         except Exception as error:  # noqa: BLE001 (the point: which exception, on which bytes)
-            (tmp_path / f"failing-{case}-{name}").write_bytes(path.read_bytes())
+            (tmp_path / f"failing-{case}-{name}").write_bytes(data)
             raise AssertionError(f"case {case} of {name} ended in {type(error).__name__}: {error}") from error
+
+
+def _written(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
 
 
 def valid_config() -> bytes:
@@ -101,3 +135,16 @@ def test_the_checkpoint_reader_on_damaged_checkpoints(tmp_path, checkpoints, nam
 def test_the_authors_importer_on_damaged_releases(tmp_path, shared, cases):
     release = (shared / "checkpoints" / "adv_robust_gkp_resnet20_cifar10.pt").read_bytes()
     fuzz(tmp_path, "release.pt", release, unpickle_records, cases)
+
+
+def test_the_memory_bound_stops_a_reader_that_believes_a_damaged_size(tmp_path):
+    """The bound the cases run under bites: a reader allocating 4 GB for a 1 KB file fails the fuzz test."""
+
+    def credulous(path):
+        torch.empty(1 << 30, dtype=torch.float32).fill_(0)  # 4 GB, as a size read from damaged bytes would ask
+
+    def reader(path):  # the valid file reads fine; a damaged one is believed
+        return path.read_bytes() == bytes(1024) or credulous(path)
+
+    with pytest.raises(AssertionError, match=r"case \d+ of damaged.bin ended in (RuntimeError|MemoryError)"):
+        fuzz(tmp_path, "damaged.bin", bytes(1024), reader, 50)
