@@ -209,3 +209,38 @@ def test_output_piped_into_a_reader_that_leaves_ends_without_a_traceback():
     done = subprocess.run([sys.executable, "-m", "gkp", "zoo"], stdout=write_end, stderr=subprocess.PIPE, text=True)
     os.close(write_end)
     assert done.returncode == 128 + signal.SIGPIPE and done.stderr == ""
+
+
+def test_sigterm_ends_a_run_like_ctrl_c_and_the_same_command_resumes_it(tmp_path):
+    config = write_config(tmp_path / "tiny.yaml", tiny_config(stages=["train"], **SLOW))
+    folder = tmp_path / "run"
+    run = gkp("run", str(config), "--out", str(folder))
+    wait_for(lambda: (folder / "state" / "train_last.ckpt").is_file())  # an epoch finished
+    run.send_signal(signal.SIGTERM)
+    assert run.wait(timeout=60) == 128 + signal.SIGTERM
+    assert run.stderr.read().splitlines()[-1] == "gkp: terminated; run the same command again to resume"
+    assert run_status(folder, ["train"]) == "partial"
+    assert main(["run", str(config), "--out", str(folder), "--set", "train.epochs=30"]) == 0
+
+
+def test_a_full_disk_ends_in_one_line_naming_the_file_and_the_rerun_resumes(tmp_path, monkeypatch, capsys):
+    import errno
+
+    config = write_config(tmp_path / "tiny.yaml", tiny_config(stages=["train"], train={"epochs": 2}))
+    folder = tmp_path / "run"
+    real_save, calls = torch.save, []
+
+    def full_on_the_second_epoch(obj, target, *args, **kwargs):
+        calls.append(target)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")  # as a write raises it: no file named
+        return real_save(obj, target, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", full_on_the_second_epoch)
+    assert main(["run", str(config), "--out", str(folder)]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and error.startswith("gkp: error: No space left on device writing ")
+    assert f"writing {folder / 'state' / 'train_last.ckpt'};" in error
+    assert "free some space and run the same command again" in error
+    monkeypatch.setattr(torch, "save", real_save)
+    assert main(["run", str(config), "--out", str(folder)]) == 0 and run_status(folder, ["train"]) == "done"

@@ -19,7 +19,6 @@ gkp curves RUN_DIR [RUN_DIR ...] --attack LABEL [--out PREFIX]  security curves 
 from __future__ import annotations
 
 import argparse
-import errno
 import logging
 import os
 import signal
@@ -30,6 +29,7 @@ from dataclasses import dataclass
 
 from gkp.application.pipeline.stages import STAGES
 from gkp.foundation.errors import GkpError
+from gkp.foundation.files import FULL
 
 
 def positive_int(text: str) -> int:
@@ -547,9 +547,6 @@ COMMANDS = (
         _curves,
     ),
 )
-
-
-FULL = (errno.ENOSPC, errno.EDQUOT)  # a full disk or quota: the work is safe, the command can be rerun
 
 
 class Terminated(Exception):

@@ -6,6 +6,7 @@ computes the same thing and only the first (rank 0) writes: elsewhere these help
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -20,6 +21,8 @@ from gkp.foundation.errors import RunFolderError
 
 log = logging.getLogger(__name__)
 
+FULL = (errno.ENOSPC, errno.EDQUOT)  # a full disk or quota: the work written before is safe
+
 
 @contextmanager
 def replaced_atomically(path: Path, suffix: str = ".tmp") -> Iterator[Path]:
@@ -30,6 +33,10 @@ def replaced_atomically(path: Path, suffix: str = ".tmp") -> Iterator[Path]:
         yield temporary
         if writes_files():
             os.replace(temporary, path)
+    except OSError as error:
+        if error.errno in FULL:  # a write names no file: say which one could not be written
+            raise OSError(error.errno, error.strerror, str(path)) from error
+        raise
     finally:
         temporary.unlink(missing_ok=True)
 
