@@ -89,7 +89,7 @@ def test_a_data_file_that_changed_after_a_run_is_refused_like_a_changed_key(tmp_
     assert run_experiment(exp, out=tmp_path / "run")["benign"]["total"] == 60
     assert run_experiment(exp, out=tmp_path / "run")["benign"]["total"] == 60  # unchanged: skipped
     write_npz(tmp_path / "train.npz", 48)
-    content = r"the data files' content: train_path: [0-9a-f]{64}, test_path: [0-9a-f]{64} -> train_path"
+    content = r"the content of data: train_path: [0-9a-f]{64}, test_path: [0-9a-f]{64} -> train_path"
     with pytest.raises(RunFolderError, match=rf"computed from other data \({content}"):
         run_experiment(exp, out=tmp_path / "run")
     evaluation = {"name": "npz", "path": write_npz(tmp_path / "eval.npz", 60), "test_size": None}
@@ -98,6 +98,19 @@ def test_a_data_file_that_changed_after_a_run_is_refused_like_a_changed_key(tmp_
     assert run_experiment(exp, out=tmp_path / "eval")["benign"]["total"] == 60
     write_npz(tmp_path / "eval.npz", 40)
     assert run_experiment(exp, out=tmp_path / "eval")["benign"]["total"] == 40
+
+
+def test_a_run_started_from_a_checkpoint_that_changed_since_is_refused(tmp_path):
+    """A sweep's cells start from a dense run's checkpoint: restarting that run afterwards must not change
+    the model behind the cells' finished stages without a word."""
+    dense = tiny_config(stages=["train"], train={"epochs": 1})
+    run_experiment(build_experiment(dense), out=tmp_path / "dense")
+    cell = tiny_config(stages=["prune", "eval"], model={"checkpoint": str(tmp_path / "dense" / "dense.ckpt")})
+    run_experiment(build_experiment(cell), out=tmp_path / "cell")
+    run_experiment(build_experiment({**dense, "seed": 1}), out=tmp_path / "dense", restart=True)
+    change = r"the content of model.checkpoint: [0-9a-f]{64} -> [0-9a-f]{64}"
+    with pytest.raises(RunFolderError, match=rf"computed from another model.checkpoint \({change}\)"):
+        run_experiment(build_experiment(cell), out=tmp_path / "cell")
 
 
 def test_an_interrupted_or_killed_sweep_leaves_no_run_behind(tmp_path):

@@ -49,6 +49,7 @@ from gkp.application.launchers import (
     submit_to_slurm,
     visible_gpus,
 )
+from gkp.application.pipeline.context import input_contents
 from gkp.application.pipeline.rundir import RunDir
 from gkp.application.pipeline.stages import FINGERPRINT_VERSION, RESULTS_FILE, STAGE_NAMES, stage_named
 from gkp.foundation.contracts import PruningContext, Recipe
@@ -77,6 +78,7 @@ class Sweep:
     cells: list[Cell]
     dense_out: Path
     dense_runs: dict[Path, dict[str, Any]] = field(default_factory=dict)
+    finished_dense: dict[str, Path] | None = None  # finished dense runs by train fingerprint (``_finished_dense``)
 
 
 def _cell_name(overrides: dict[str, Any]) -> str:
@@ -138,14 +140,14 @@ def _attach_dense(sweep: Sweep, cell: Cell) -> None:
         return
     try:
         exp = build_experiment(cell.raw)
-        content = DATASETS.get(exp.data.name).content(exp.data) if _shares_dense(exp) else None
+        inputs = input_contents(exp) if _shares_dense(exp) else {}
     except (ConfigError, DataError) as error:
         cell.problem = str(error)
         return
     cell.trains = "train" in exp.stages or (exp.prune is not None and exp.prune.during == "train")
     if not _shares_dense(exp):
         return
-    fingerprint = stage_named("train").fingerprint(exp, content)  # the data's content names it too
+    fingerprint = stage_named("train").fingerprint(exp, inputs)  # the data's content names it too
     dense = _finished_dense(sweep, fingerprint)
     if dense is None:
         dense = sweep.dense_out / f"dense-{fingerprint[:12]}"
@@ -156,18 +158,26 @@ def _attach_dense(sweep: Sweep, cell: Cell) -> None:
 
 
 def _finished_dense(sweep: Sweep, fingerprint: str) -> Path | None:
-    """A run folder under ``runs/`` (or the sweep's dense folder) whose train stage finished with this
-    fingerprint, so with this very training: its dense model is reused rather than trained again (folders
-    moved aside by --restart are not)."""
-    for root in dict.fromkeys([sweep.dense_out, Path("runs")]):
+    """A run folder under the sweep's dense folder or ``runs/`` whose train stage finished with this
+    fingerprint, so with this very training: its dense model is reused rather than trained again."""
+    if sweep.finished_dense is None:  # looked for once per sweep
+        sweep.finished_dense = _finished_dense_runs([sweep.dense_out, Path("runs")])
+    return sweep.finished_dense.get(fingerprint)
+
+
+def _finished_dense_runs(roots: list[Path]) -> dict[str, Path]:
+    """The run folders under ``roots`` with a dense model whose train stage finished in this version of
+    the fingerprints, by that fingerprint (the first found wins; folders moved aside by --restart are not
+    reused)."""
+    found: dict[str, Path] = {}
+    for root in dict.fromkeys(roots):
         for marker in sorted(root.glob("**/state/train.done")):
             folder = marker.parent.parent
-            if ".old-" in str(folder) or not (folder / "dense.ckpt").is_file():
-                continue
+            moved_aside = any(".old-" in part for part in folder.relative_to(root).parts)
             record = read_json_cache(marker)  # a damaged marker is simply not a match
-            if record.get("fingerprint") == fingerprint and record.get("version") == FINGERPRINT_VERSION:
-                return folder
-    return None
+            if not moved_aside and (folder / "dense.ckpt").is_file() and record.get("version") == FINGERPRINT_VERSION:
+                found.setdefault(record.get("fingerprint"), folder)
+    return found
 
 
 # ------------------------------------------------------------------------------------------- status

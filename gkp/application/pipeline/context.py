@@ -10,12 +10,13 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from gkp.application.catalog import model_for_data
+from gkp.application.catalog import DATASETS, model_for_data
 from gkp.application.checkpoints.io import load_model
-from gkp.application.checkpoints.zoo import local_checkpoint
+from gkp.application.checkpoints.zoo import PREFIX, local_checkpoint
 from gkp.application.pipeline.rundir import RunDir
 from gkp.application.pipeline.stages import model_file, produced_by, stage_named
 from gkp.foundation.errors import RunFolderError
+from gkp.foundation.files import file_digest
 from gkp.mechanisms.data.bundle import DataBundle
 
 if TYPE_CHECKING:
@@ -24,19 +25,31 @@ if TYPE_CHECKING:
 NEWEST_FIRST = ("final", "pruned", "dense")  # the models "final" may stand for, newest along the pipeline first
 
 
+def input_contents(exp: Experiment) -> dict[str, str | None]:
+    """The content of the files a run reads, by the key naming them: the data files (``Dataset.content``)
+    and ``model.checkpoint`` (its digest; None for a zoo name, whose content the zoo verifies, or no file).
+    Part of every stage's fingerprint, so that a file rewritten after a run is refused like a changed key."""
+    checkpoint = exp.model.checkpoint
+    named = checkpoint is not None and not checkpoint.startswith(PREFIX) and Path(checkpoint).is_file()
+    return {
+        "data": DATASETS.get(exp.data.name).content(exp.data),
+        "model.checkpoint": file_digest(Path(checkpoint)) if named else None,
+    }
+
+
 @dataclass
 class Context:
     """What every stage works with: the experiment, its run folder, the device, the loaded data and the
-    digest of its files."""
+    content of the files the run reads (``input_contents``)."""
 
     exp: Experiment
     run: RunDir
     device: torch.device
     data: DataBundle
-    data_content: str | None = None  # the digest of the data files (``Dataset.content``)
+    inputs: dict[str, str | None]
 
     def fingerprint(self, stage: str) -> str:
-        return stage_named(stage).fingerprint(self.exp, self.data_content)
+        return stage_named(stage).fingerprint(self.exp, self.inputs)
 
 
 def _own_model(ctx: Context, name: str) -> Path | None:

@@ -19,11 +19,11 @@ from typing import Any
 
 import torch
 
-from gkp.application.catalog import DATASETS, load_data
+from gkp.application.catalog import load_data
 from gkp.application.checkpoints.io import read_checkpoint
 from gkp.application.checkpoints.zoo import local_checkpoint
 from gkp.application.config import Experiment
-from gkp.application.pipeline.context import Context, require_model
+from gkp.application.pipeline.context import Context, input_contents, require_model
 from gkp.application.pipeline.evaluation import evaluate_models
 from gkp.application.pipeline.prune import check_pruning, prune
 from gkp.application.pipeline.rundir import RunDir
@@ -87,7 +87,7 @@ def _run_in(exp: Experiment, out: str | Path | None, names: tuple[str, ...], res
             held.enter_context(run.held())  # before anything is written in it
             fingerprints = {stage.name: ctx.fingerprint(stage.name) for stage in STAGES}
             repeatable = frozenset(stage.name for stage in STAGES if stage.repeatable)
-            run.prepare(exp.to_dict(), fingerprints, device, repeatable, ctx.data_content)
+            run.prepare(exp.to_dict(), fingerprints, device, repeatable, ctx.inputs)
         log.info("run folder %s on %s", run.path, device)
         run_stages(ctx, names)
     results_file = run.path / RESULTS_FILE
@@ -101,7 +101,7 @@ def _run_in(exp: Experiment, out: str | Path | None, names: tuple[str, ...], res
 def checked_context(exp: Experiment, run: RunDir, names: tuple[str, ...], device) -> Context:
     """The run's context, its data loaded, once everything that can be checked before any compute is."""
     data = load_data(exp.data, device, exp.model.num_classes)
-    ctx = Context(exp, run, device, data, DATASETS.get(exp.data.name).content(exp.data))
+    ctx = Context(exp, run, device, data, input_contents(exp))
     preflight(ctx, names)
     return ctx
 

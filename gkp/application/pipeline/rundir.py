@@ -137,7 +137,7 @@ class RunDir:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.state = self.path / "state"
-        self.data_content: str | None = None  # what the stages read, recorded in their markers (``prepare``)
+        self.inputs: dict[str, str | None] = {}  # the content of what the stages read, in their markers
 
     # ------------------------------------------------------------ identity and conflicts
 
@@ -173,10 +173,16 @@ class RunDir:
         recovery = "delete it to run that stage again, or pass --restart to start the run over"
         return {marker.stem: read_json_mapping(marker, recovery) for marker in markers}
 
-    def _changed_data(self, data_content: str | None) -> list[str]:
-        """How the data the recorded stages read differs from ``data_content``, as 'data files: old -> new'."""
-        recorded = {record.get("data") for record in self._markers().values()} - {data_content}
-        return [f"the data files' content: {old} -> {data_content}" for old in sorted(map(str, recorded))]
+    def _changed_inputs(self, inputs: dict[str, str | None]) -> dict[str, list[str]]:
+        """How the files the recorded stages read differ from ``inputs``, by the key naming them, as
+        'old -> new'."""
+        changed: dict[str, list[str]] = {}
+        for record in self._markers().values():
+            for key, old in (record.get("inputs") or {}).items():
+                change = f"{old} -> {inputs.get(key)}"
+                if old != inputs.get(key) and change not in changed.get(key, []):
+                    changed.setdefault(key, []).append(change)
+        return changed
 
     def _reuse_hint(self, conflicts: list[str], plain: dict[str, Any]) -> str:
         """Where only stages after training changed: how a new run starts from this folder's dense model
@@ -204,14 +210,14 @@ class RunDir:
         fingerprints: dict[str, str],
         device: torch.device,
         repeatable: frozenset[str] = frozenset(),
-        data_content: str | None = None,
+        inputs: dict[str, str | None] | None = None,
     ) -> None:
         """Create or re-open the folder for the plain config ``plain`` whose stages have ``fingerprints``
-        (and read data of ``data_content``); refuse it if its stages were computed from another config or
-        other data. A ``repeatable`` stage whose own settings alone changed (the evaluation, with other
+        (and read files of the content ``inputs``); refuse it if its stages were computed from another
+        config or other files. A ``repeatable`` stage whose own settings alone changed (the evaluation, with other
         attacks or models) is not a conflict: it runs again, and what it wrote before stays beside
         (``evaluations/``)."""
-        self.data_content = data_content
+        self.inputs = inputs or {}
         recorded = self.recorded_fingerprints()
         changed = [stage for stage, value in fingerprints.items() if recorded.get(stage, value) != value]
         repeated = changed if all(stage in repeatable for stage in changed) else []
@@ -228,11 +234,13 @@ class RunDir:
             old = yaml.safe_load(old_config.read_text()) if old_config.is_file() else {}
             ignored = ("device:", "name:", *(f"{section}.{key}:" for section, key in EXECUTION_ONLY))
             keys = [d for d in differences(old, plain) if not d.startswith(ignored)]
-            data = self._changed_data(data_content)
-            source = " and ".join(s for s, found in (("a different config", keys), ("other data", data)) if found)
+            files = self._changed_inputs(self.inputs)
+            sources = [*(["a different config"] if keys else [])]
+            sources += ["other data" if key == "data" else f"another {key}" for key in files]
+            details = [*keys[:6], *(f"the content of {key}: {', '.join(c)}" for key, c in files.items())]
             raise RunFolderError(
                 f"{self.path} already holds stage(s) {', '.join(conflicts)} computed from "
-                f"{source or 'a different config'} ({'; '.join([*keys[:6], *data]) or 'see config.yaml'}). Its "
+                f"{' and '.join(sources) or 'a different config'} ({'; '.join(details) or 'see config.yaml'}). Its "
                 "results are kept: pass --out DIR for a new run, or --restart to move the old run aside to "
                 f"{self.path.name}.old-<time> and start over{self._reuse_hint(conflicts, plain)}"
             )
@@ -321,26 +329,15 @@ class RunDir:
         return self._done_marker(stage).is_file()
 
     def mark_started(self, stage: str, fingerprint_value: str) -> None:
-        write_json_atomic(
-            self._started_marker(stage),
-            {
-                "fingerprint": fingerprint_value,
-                "version": FINGERPRINT_VERSION,
-                "data": self.data_content,
-                "started": now(),
-            },
-        )
+        self._mark(self._started_marker(stage), fingerprint_value, "started")
 
     def mark_done(self, stage: str, fingerprint_value: str) -> None:
-        write_json_atomic(
-            self._done_marker(stage),
-            {
-                "fingerprint": fingerprint_value,
-                "version": FINGERPRINT_VERSION,
-                "data": self.data_content,
-                "finished": now(),
-            },
-        )
+        self._mark(self._done_marker(stage), fingerprint_value, "finished")
+
+    def _mark(self, marker: Path, fingerprint_value: str, when: str) -> None:
+        """A stage's marker: its fingerprint, their version, the content of what it read, and when."""
+        record = {"fingerprint": fingerprint_value, "version": FINGERPRINT_VERSION, "inputs": self.inputs}
+        write_json_atomic(marker, {**record, when: now()})
 
     def per_sample_path(self, model: str) -> Path:
         return self.path / f"per_sample_{model}.npz"

@@ -21,7 +21,7 @@ TRAINING_SECTIONS = ("train", "finetune")  # the config sections that hold a tra
 EXECUTION_ONLY = (("data", "num_workers"),)  # keys that change how a run executes, not what it computes
 # Bumped whenever what a fingerprint covers changes: a run folder of another version is refused with
 # a message, never silently reused (``gkp.application.pipeline.rundir``).
-FINGERPRINT_VERSION = 2
+FINGERPRINT_VERSION = 3
 # The run-folder file of each model a stage saves; best-epoch models are ``<name>.ckpt``.
 MODEL_FILES = {"dense": "dense.ckpt", "masked": "masked.ckpt", "pruned": "pruned.ckpt", "final": "finetuned.ckpt"}
 
@@ -59,16 +59,16 @@ class Stage:
         sections = [s for stage in upto for s in (*stage.sections, *filter(None, [stage.trains(exp)]))]
         return tuple(dict.fromkeys(sections))
 
-    def fingerprint(self, exp: Any, data_content: str | None) -> str:
+    def fingerprint(self, exp: Any, inputs: dict[str, str | None]) -> str:
         """A hash of the fingerprint version, of this stage's config sections (execution-only keys left
-        out) and of the content of the data they read (``Dataset.content``): equal fingerprints, equal
-        results."""
+        out) and of the content of the files the run reads (``context.input_contents``): equal
+        fingerprints, equal results."""
         plain = exp.to_dict()
         chosen = {section: plain.get(section) for section in self.fingerprint_sections(exp)}
         for section, key in EXECUTION_ONLY:
             if isinstance(chosen.get(section), dict):
                 chosen[section] = {k: v for k, v in chosen[section].items() if k != key}
-        chosen["data_content"] = data_content  # every stage reads the data, or a model trained on it
+        chosen["inputs"] = inputs  # every stage reads the data, or a model trained on it
         text = json.dumps({"version": FINGERPRINT_VERSION, **chosen}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
