@@ -149,6 +149,14 @@ CASES = {
         ["check", config_file(t, "model: {arch: resnet8, arch: vgg16}\n")],
         "the key 'arch' is given twice",
     ),
+    "an unhashable key": lambda t, f: (
+        ["check", config_file(t, "model: {arch: resnet8}\n? [a, b]\n: 1\n")],
+        "found unhashable key",
+    ),
+    "a fraction of a fraction": lambda t, f: (
+        ["check", tiny(t), "--set", "attacks.0.eps=1/3/4"],
+        "must be a number such as 0.03 or 8/255, got '1/3/4'",
+    ),
     "name: '..'": lambda t, f: (["run", tiny(t, name=".."), "--out", str(t / "out")], "not dots alone"),
     "gkp check with a missing CIFAR-10 folder": lambda t, f: (
         ["check", tiny(t, data={"name": "cifar10", "root": str(t / "nowhere")})],
@@ -272,3 +280,12 @@ def test_a_fraction_of_a_decimal_is_a_number():
 
     exp = build_experiment(tiny_config(attacks=[{"name": "fgsm", "eps": "0.5/255"}]))
     assert exp.attacks[0].params.eps == pytest.approx(0.5 / 255)
+
+
+def test_a_merge_key_brings_defaults_that_the_mapping_may_override():
+    """YAML anchors and merges (``<<: *recipe``) are how a long config shares a recipe; keys given again
+    after a merge override it, as YAML means them to, and are not keys given twice."""
+    from gkp.foundation.schema import load_yaml
+
+    text = "recipe: &recipe {lr: 0.1, weight_decay: 0.0005}\nfinetune:\n  <<: *recipe\n  lr: 0.01\n"
+    assert load_yaml(text, "x.yaml")["finetune"] == {"lr": 0.01, "weight_decay": 0.0005}

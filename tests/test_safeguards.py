@@ -159,6 +159,7 @@ def test_temporary_files_of_killed_writes_are_removed_by_the_next_run_in_the_fol
     stale = [
         tmp_path / "run" / f".dense.ckpt.{dead.stdout.strip()}.tmp",
         tmp_path / "run" / "state" / f".x.{dead.stdout.strip()}.tmp.npz",
+        tmp_path / "run" / f".curve.png.{dead.stdout.strip()}.tmp.png",
     ]
     for path in stale:
         path.write_bytes(b"half a file")

@@ -549,8 +549,10 @@ COMMANDS = (
 )
 
 
-class Terminated(Exception):
-    """SIGTERM, raised where the command is, so that it ends as an interruption does."""
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the command is, so that it ends as an interruption does: a KeyboardInterrupt,
+    which code catching Exception lets through (DataLoader workers, which inherit the handler, stop quietly
+    on it too)."""
 
 
 def _terminated(signum, frame) -> None:
@@ -562,14 +564,24 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as exit_:  # --help, --version (0) or a wrong argument (2, its line already printed)
         return int(exit_.code or 0)
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _terminated)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(message)s",
         datefmt="%H:%M:%S",
     )
     command = next(command for command in COMMANDS if command.name == args.command)
+    in_main_thread = threading.current_thread() is threading.main_thread()  # where signals can be handled
+    previous = signal.signal(signal.SIGTERM, _terminated) if in_main_thread else None
+    try:
+        return _handled(command, args)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _handled(command: Command, args: argparse.Namespace) -> int:
+    """Run the command; its errors, interruptions, a full disk and a closed pipe end in one line (or none)
+    and an exit code."""
     try:
         command.handler(args)
     except GkpError as error:
@@ -583,14 +595,14 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(
             f"gkp: error: {error.strerror} writing {error.filename or 'a file'}; free some space and run the same "
-            "command again: it resumes from the last finished epoch",
+            "command again (a run resumes from its last finished epoch)",
             file=sys.stderr,
         )
         return 2
-    except KeyboardInterrupt:
-        print("gkp: interrupted; run the same command again to resume", file=sys.stderr)
-        return 130
     except Terminated:
         print("gkp: terminated; run the same command again to resume", file=sys.stderr)
         return 143
+    except KeyboardInterrupt:
+        print("gkp: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
     return 0

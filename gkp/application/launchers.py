@@ -27,7 +27,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,11 +64,21 @@ def run_locally(dense: Sequence[Job], cells: Sequence[Job], dense_done, devices:
 PR_SET_PDEATHSIG = 1  # prctl(2): the signal a process gets when the one that started it dies
 
 
-def _dies_with_the_sweep() -> None:
-    """Run in each child before it starts: on Linux the kernel sends it SIGTERM when the sweep's process
-    ends, however it ends (kill -9 included), so no run outlives the sweep that started it."""
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+def _dies_with_the_sweep() -> Callable[[], None] | None:
+    """What each child runs before it starts: on Linux the kernel then sends it SIGTERM when the sweep's
+    process ends, however it ends (kill -9 included), so no run outlives the sweep that started it. prctl is
+    looked up here, in the sweep: after the fork only async-signal-safe work is safe (a library lookup
+    could wait forever on a lock another of the sweep's threads held)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    prctl, sweep = ctypes.CDLL(None, use_errno=True).prctl, os.getpid()
+
+    def child() -> None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != sweep:  # the sweep ended before the request was made
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return child
 
 
 def _run_processes(jobs: Sequence[Job], devices: list[str | None]) -> list[str]:
@@ -76,6 +86,7 @@ def _run_processes(jobs: Sequence[Job], devices: list[str | None]) -> list[str]:
     If the sweep is interrupted (SIGINT, SIGTERM) its runs are stopped the same way and waited for; each
     resumes from its last epoch when the sweep runs again."""
     failed, running, queue = [], {}, list(jobs)
+    before_start = _dies_with_the_sweep()
     try:
         while queue or running:
             while queue and len(running) < len(devices):
@@ -84,7 +95,7 @@ def _run_processes(jobs: Sequence[Job], devices: list[str | None]) -> list[str]:
                 device = next(d for d in devices if d not in busy)
                 env = {**os.environ, **({"CUDA_VISIBLE_DEVICES": device} if device is not None else {})}
                 command = [sys.executable, "-m", "gkp", "run", str(job.config), "--out", str(job.folder)]
-                running[subprocess.Popen(command, env=env, preexec_fn=_dies_with_the_sweep)] = (device, job.name)
+                running[subprocess.Popen(command, env=env, preexec_fn=before_start)] = (device, job.name)
                 print(f"sweep: {job.name} started" + (f" on GPU {device}" if device is not None else ""), flush=True)
             for process in [p for p in running if p.poll() is not None]:
                 _, name = running.pop(process)

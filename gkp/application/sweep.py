@@ -347,10 +347,11 @@ def _write_config(sweep: Sweep, name: str, raw: dict[str, Any]) -> Path:
 
 def _to_start(job: Job, stages: list[str]) -> bool:
     """Whether the sweep starts ``job``: not when it is done, nor while another process runs it."""
-    status = run_status(job.folder, stages)
-    if status == "running":
-        print(f"sweep: {job.name} is running in {RunDir(job.folder).holder()}; not started again", flush=True)
-    return status not in ("done", "running")
+    holder = RunDir(job.folder).holder()
+    if holder is not None:  # (a process taking it after this look is refused by the run itself)
+        print(f"sweep: {job.name} is running in {holder}; not started again", flush=True)
+        return False
+    return run_status(job.folder, stages) not in ("done", "running")
 
 
 def _not_done(sweep: Sweep) -> tuple[list[Job], list[Job]]:

@@ -41,3 +41,9 @@ def relative_path_note(path: str | Path) -> str:
     if Path(path).is_absolute():
         return ""
     return f" (relative paths are read from the current folder, {os.getcwd()}, not from the config file's)"
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message, or its type's name where the message is empty."""
+    lines = [line for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__

@@ -25,10 +25,11 @@ FULL = (errno.ENOSPC, errno.EDQUOT)  # a full disk or quota: the work written be
 
 
 @contextmanager
-def replaced_atomically(path: Path, suffix: str = ".tmp") -> Iterator[Path]:
-    """A temporary path beside ``path`` (a hidden name ending in ``suffix``) to write to; it is renamed
-    over ``path`` when the block ends normally and removed when it does not."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}{suffix}")
+def replaced_atomically(path: Path, extension: str = "") -> Iterator[Path]:
+    """A temporary path beside ``path`` to write to (a hidden name ending in ``.tmp`` and ``extension``, for
+    writers that judge a file by its extension); it is renamed over ``path`` when the block ends normally
+    and removed when it does not."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp{extension}")
     try:
         yield temporary
         if writes_files():
@@ -41,7 +42,7 @@ def replaced_atomically(path: Path, suffix: str = ".tmp") -> Iterator[Path]:
         temporary.unlink(missing_ok=True)
 
 
-TEMPORARY = re.compile(r"^\..+\.(\d+)\.tmp(\.npz)?$")  # the names ``replaced_atomically`` gives
+TEMPORARY = re.compile(r"^\..+\.(\d+)\.tmp(\.\w+)?$")  # the names ``replaced_atomically`` gives
 
 
 def remove_stale_temporaries(folder: Path) -> int:

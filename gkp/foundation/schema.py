@@ -12,14 +12,14 @@ import dataclasses
 import math
 import types
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from fractions import Fraction
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 
-from gkp.foundation.errors import ConfigError
+from gkp.foundation.errors import ConfigError, first_line
 from gkp.foundation.registry import did_you_mean
 
 Check = Callable[[Any], "str | None"]
@@ -65,7 +65,7 @@ def parse_number(value: Any, path: str) -> float:
     try:
         if isinstance(value, (int, float)):
             number = float(value)
-        elif isinstance(value, str):
+        elif isinstance(value, str) and value.count("/") <= 1:
             numerator, _, denominator = value.replace(" ", "").partition("/")
             number = float(Fraction(numerator)) / (float(Fraction(denominator)) if denominator else 1.0)
     except OverflowError:  # beyond a float: as infinite
@@ -80,12 +80,17 @@ def parse_number(value: Any, path: str) -> float:
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
-    """YAML's safe loader, refusing a key given twice in one mapping (which would silently keep the last)."""
+    """YAML's safe loader, refusing a key given twice in one mapping (which would silently keep the last);
+    keys a merge (``<<: *defaults``) brings in may be given again, as YAML means them to be."""
 
     def construct_mapping(self, node, deep=False):
         seen = set()
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
             key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, Hashable):  # the safe loader's own error says so
+                continue
             if key in seen:
                 raise yaml.constructor.ConstructorError(
                     None, None, f"the key {key!r} is given twice", key_node.start_mark
@@ -102,7 +107,7 @@ def load_yaml(text: str, source: str) -> Any:
     except yaml.YAMLError as error:
         place = getattr(error, "problem_mark", None)
         where = f" (line {place.line + 1}, column {place.column + 1})" if place is not None else ""
-        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        problem = getattr(error, "problem", None) or first_line(error)
         raise ConfigError(f"{source} is not valid YAML: {problem}{where}") from None
 
 

@@ -71,7 +71,9 @@ def _rebuild_tensor(
     storage: torch.Tensor, offset: int, size, stride, requires_grad=False, backward_hooks=None, metadata=None
 ) -> torch.Tensor:
     """The view of ``storage`` the pickle describes, once checked to lie inside it and to hold no more
-    values than it (a crafted view could ask for more memory than the file could ever fill)."""
+    values than it. The view itself allocates nothing, but loading it into a model copies all its values:
+    a crafted size with stride 0 could ask for far more memory than the file holds. Weights are never such
+    expanded views, so a view larger than its storage is refused."""
     size, stride = _whole_numbers(size, "size"), _whole_numbers(stride, "stride")
     (offset,) = _whole_numbers((offset,), "offset")
     if len(size) != len(stride):

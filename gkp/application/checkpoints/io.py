@@ -22,7 +22,7 @@ from torch import nn
 from gkp.application.catalog import build_model
 from gkp.application.checkpoints.export import read_safetensors
 from gkp.foundation.contracts import model_spec
-from gkp.foundation.errors import CheckpointError, GkpError, relative_path_note
+from gkp.foundation.errors import CheckpointError, GkpError, first_line, relative_path_note
 from gkp.foundation.files import replaced_atomically
 from gkp.mechanisms.pruning.plan import Plan
 from gkp.mechanisms.pruning.surgery import apply as apply_plan
@@ -99,12 +99,12 @@ def model_from_payload(payload: dict[str, Any], source: str = "checkpoint") -> n
         if payload["plan"] is not None:
             model = apply_plan(model, Plan.from_dict(payload["plan"], f"{source}: plan"))
     except (GkpError, TypeError, ValueError, RuntimeError) as error:
-        raise CheckpointError(f"{source}: cannot rebuild its model ({str(error).splitlines()[0]})") from error
+        raise CheckpointError(f"{source}: cannot rebuild its model ({first_line(error)})") from error
     try:
         model.load_state_dict(payload["state_dict"], strict=True)
     except RuntimeError as error:
         raise CheckpointError(
-            f"{source}: its weights do not fit {payload['arch']} ({str(error).splitlines()[0]} ...)"
+            f"{source}: its weights do not fit {payload['arch']} ({first_line(error)} ...)"
         ) from error
     return model
 

@@ -81,8 +81,8 @@ def _run_in(exp: Experiment, out: str | Path | None, names: tuple[str, ...], res
     with ExitStack() as held:  # the folder is this process's until the run ends (``RunDir.held``)
         with distributed.rank_zero_first():  # downloads, fetched checkpoints, the folder: the others then read
             if restart and run.path.exists():  # moves aside a run folder no other process holds, never a user's
-                held.enter_context(run.held())
-                run.move_aside()
+                with run.held():
+                    run.move_aside()
             ctx = checked_context(exp, run, names, device)
             held.enter_context(run.held())  # before anything is written in it
             fingerprints = {stage.name: ctx.fingerprint(stage.name) for stage in STAGES}
@@ -107,8 +107,9 @@ def checked_context(exp: Experiment, run: RunDir, names: tuple[str, ...], device
 
 
 def check_experiment(exp: Experiment, out: str | Path | None = None) -> None:
-    """What ``run_experiment`` checks before any compute, without running or writing anything: the data
-    loads, each stage has its inputs, the pruning method fits the model at its rate."""
+    """What ``run_experiment`` checks before any compute, without training, evaluating or writing in the run
+    folder: the data loads, each stage has its inputs, the pruning method fits the model at its rate. Like
+    a run, it may download the dataset, fetch a zoo checkpoint and record digests in this machine's caches."""
     checked_context(exp, RunDir(out or Path("runs") / exp.name), tuple(exp.stages), torch.device("cpu"))
 
 

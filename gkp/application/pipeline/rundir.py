@@ -63,6 +63,7 @@ log = logging.getLogger(__name__)
 
 MARKER = ".gkp-run"  # makes a folder a run folder: a folder without it is never written into
 LOCK = ".gkp-lock"  # locked by the process running in the folder (``RunDir.held``)
+LOCK_TRIES = 10  # a lock found taken is tried again for half a second before the holder is named
 
 
 def now() -> str:
@@ -71,7 +72,7 @@ def now() -> str:
 
 def _save_npz_atomic(path: Path, arrays: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    with replaced_atomically(path, ".tmp.npz") as temporary:  # np.savez would add .npz to another name
+    with replaced_atomically(path, ".npz") as temporary:  # np.savez would add .npz to another name
         np.savez(temporary, **arrays)
 
 
@@ -284,7 +285,9 @@ class RunDir:
         """Hold the folder for this process while the block runs: an OS lock on ``.gkp-lock`` that dies with
         the process however it ends (kill -9 included), so a second command on the folder stops at once,
         naming the holder, instead of mixing its results with the first's. Only the process that writes
-        the run's files takes it (rank 0 of a run of several processes)."""
+        the run's files takes it (rank 0 of a run of several processes). Processes it forks (DataLoader
+        workers) share the lock, so a killed run's folder is free once its workers have ended too (they
+        end on their own when they find their parent gone)."""
         if not writes_files():
             yield
             return
@@ -297,21 +300,38 @@ class RunDir:
                 f"{self.path} cannot be a run folder ({error.strerror or error}); pass --out a folder you can write"
             ) from error
         with handle:
+            if self._locked(handle):
+                handle.seek(0)
+                handle.truncate()
+                handle.write(f"process {os.getpid()} on {socket.gethostname()} ({' '.join(sys.argv)[:200]})\n")
+                handle.flush()
+                if removed := remove_stale_temporaries(self.path):  # no other process writes here now
+                    log.info("removed %d temporary file(s) that interrupted writes left in %s", removed, self.path)
+            yield
+
+    def _locked(self, handle) -> bool:
+        """Take the folder's lock: True once held. Held by another process (after a few tries: ``holder``
+        takes it for a moment to look), a RunFolderError naming the holder. On a file system without
+        locks (NFS mounted with nolock, Lustre without flock) False, with a warning: the folder is then not
+        guarded against a second command."""
+        for _ in range(LOCK_TRIES):
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return True
             except BlockingIOError:
-                handle.seek(0)
-                holder = handle.read().strip() or "another process"
-                raise RunFolderError(
-                    f"{self.path} is in use by {holder}; wait for it to end, or pass --out DIR for a run of your own"
-                ) from None
-            handle.seek(0)
-            handle.truncate()
-            handle.write(f"process {os.getpid()} on {socket.gethostname()} ({' '.join(sys.argv)[:200]})\n")
-            handle.flush()
-            if removed := remove_stale_temporaries(self.path):
-                log.info("removed %d temporary file(s) that interrupted writes left in %s", removed, self.path)
-            yield
+                time.sleep(0.05)
+            except OSError as error:
+                log.warning(
+                    "%s cannot be locked (%s): nothing stops a second command on it; run one at a time",
+                    self.path,
+                    error.strerror or error,
+                )
+                return False
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        raise RunFolderError(
+            f"{self.path} is in use by {holder}; wait for it to end, or pass --out DIR for a run of your own"
+        )
 
     def holder(self) -> str | None:
         """Who holds the folder (see ``held``), or None when no process does."""

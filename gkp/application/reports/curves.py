@@ -135,7 +135,7 @@ def write_training_curves(metrics_csv: str | Path, png_path: str | Path) -> None
         axis.grid(alpha=0.3)
         axis.legend(fontsize=7)
     figure.tight_layout()
-    with replaced_atomically(Path(png_path), ".tmp.png") as temporary:  # rank 0 alone writes it
+    with replaced_atomically(Path(png_path), ".png") as temporary:  # rank 0 alone writes it
         figure.savefig(temporary, dpi=110)
     plt.close(figure)
 

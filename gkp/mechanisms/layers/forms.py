@@ -16,21 +16,23 @@ a layer shape timed once on a machine keeps its form there, and the same command
 The choice must cost far less than what it can save. A form is timed further only while it can plausibly
 win (one that takes over PLAUSIBLE times the dense time in its first timed round is dropped: on a CPU the
 grouped forms often run several times slower, and timing them over every round was most of the cost), and
-given the number of passes it chooses for, the timing stops at TIMING_SHARE of their dense cost: the
-shapes left untimed run dense, unrecorded, so that an evaluation large enough to pay for their timing times
-them. The log reports what the timing cost.
+given the number of passes it chooses for, the layer shapes not yet recorded are timed only if that costs
+at most TIMING_SHARE of those passes (estimated from the counts of shapes, layers and rounds, so that the
+decision, unlike a clock, is the same every time): otherwise they run dense, unrecorded, for an evaluation
+large enough to pay for their timing. The log reports what the timing cost, or why it was left out.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import platform
 import statistics
 import time
 from collections import Counter
-from collections.abc import MutableMapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, MutableMapping
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -44,7 +46,7 @@ DENSE_MARGIN = 0.9  # another form replaces the dense one where it takes at most
 MODEL_MARGIN = 0.98  # and the chosen forms stay where the whole model takes at most 98% of its dense time
 KEEP_FORMS, ALL_DENSE = "chosen forms", "dense everywhere"  # the whole model's verdicts, as recorded
 PLAUSIBLE = 1.5  # a form over 1.5x the dense time in its first timed round is not timed further
-TIMING_SHARE = 0.05  # given the passes it chooses for, the timing costs at most 5% of their dense time
+TIMING_SHARE = 0.05  # given the passes it chooses for, the timing may cost about 5% of them
 
 
 def _input_shapes(model: nn.Module, example: torch.Tensor) -> dict[str, torch.Size]:
@@ -161,93 +163,27 @@ def _model_keeps_forms(
     return statistics.median(times[True]) <= MODEL_MARGIN * statistics.median(times[False])
 
 
-def _model_key(layer_keys: list[str]) -> str:
+@dataclass
+class _Layer:
+    name: str
+    module: GroupedKernelConv2d
+    shape: torch.Size
+    layer_key: str  # the layer's part of its timing key: its shape of kernels and groups
+    key: str  # its whole timing key
+
+
+def _model_key(layers: list[_Layer]) -> str:
     """The whole model's part of its timing key: its layers with their forms."""
-    digest = hashlib.sha256("\n".join(layer_keys).encode()).hexdigest()[:16]
+    described = [f"{layer.name} {tuple(layer.shape)} {layer.layer_key} {layer.module.form}" for layer in layers]
+    digest = hashlib.sha256("\n".join(described).encode()).hexdigest()[:16]
     return f"model {digest}, under {MODEL_MARGIN:g}x"
 
 
-@dataclass
-class _Timing:
-    """One choice of forms for a model: the timings recorded so far (added to), what this choice timed and
-    left untimed, and its budget: TIMING_SHARE of the dense cost of the ``passes`` model passes it chooses
-    forms for (unbounded without ``passes``), priced by a dense pass of the model timed on first need."""
-
-    model: nn.Module
-    example: torch.Tensor
-    train: bool
-    channels_last: bool
-    rounds: int
-    timings: MutableMapping[str, str]
-    passes: int | None
-    timed: set[str] = field(default_factory=set)
-    untimed: set[str] = field(default_factory=set)
-    _pass_seconds: float | None = None
-
-    def __post_init__(self):
-        self.started = time.perf_counter()
-
-    def key(self, shape, layer_key: str) -> str:
-        return _timing_key(self.example.device, self.example.dtype, shape, layer_key, self.train, self.channels_last)
-
-    def layer_form(self, layer: GroupedKernelConv2d, shape, key: str) -> str:
-        """The layer's form: as recorded, else timed now where the budget allows (and recorded), else dense."""
-        if self.timings.get(key) in FORMS:
-            return self.timings[key]
-        if key in self.untimed or not self.allows():
-            self.untimed.add(key)
-            return "dense"
-        x = torch.randn(shape, device=self.example.device, dtype=self.example.dtype)
-        memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
-        x = x.contiguous(memory_format=memory_format).requires_grad_(self.train)
-        self.timings[key] = _fastest(_time_forms(layer, x, self.train, self.rounds))
-        layer.zero_grad(set_to_none=True)
-        self.timed.add(key)
-        return self.timings[key]
-
-    def keeps_forms(self, chosen: dict[str, str], key: str) -> bool:
-        """The whole model's verdict on the ``chosen`` forms: as recorded, else timed now where the budget
-        allows (and recorded), else not kept."""
-        if self.timings.get(key) not in (KEEP_FORMS, ALL_DENSE):
-            if not self.allows(2 * (self.rounds + 1)):
-                self.untimed.add(key)
-                return False
-            keeps = _model_keeps_forms(self.model, chosen, self.example, self.train, self.rounds)
-            self.timings[key] = KEEP_FORMS if keeps else ALL_DENSE
-            self.timed.add(key)
-        return self.timings[key] == KEEP_FORMS
-
-    def spent(self) -> float:
-        return time.perf_counter() - self.started
-
-    def pass_seconds(self) -> float:
-        """Seconds of one dense pass of the model (after a warm-up pass), its layers' forms left as they were."""
-        if self._pass_seconds is None:
-            layers = [m for m in self.model.modules() if isinstance(m, GroupedKernelConv2d)]
-            forms = [layer.form for layer in layers]
-            use_form(self.model, "dense")
-            x = self.example.detach().requires_grad_(self.train)
-            self._pass_seconds = [_time_pass(self.model, x, self.train) for _ in range(2)][-1]
-            self.model.zero_grad(set_to_none=True)
-            for layer, form in zip(layers, forms, strict=True):
-                layer.form = form
-        return self._pass_seconds
-
-    def budget(self) -> float:
-        return TIMING_SHARE * self.passes * self.pass_seconds()
-
-    def allows(self, model_passes: int = 0) -> bool:
-        """Whether ``model_passes`` dense passes more (with none: any more timing) fit the budget."""
-        return self.passes is None or self.spent() + model_passes * self.pass_seconds() <= self.budget()
-
-    def cost(self) -> str:
-        """What the timing cost, for the log ('' where earlier runs had recorded every choice)."""
-        if not self.timed and not self.untimed:
-            return ""
-        passes = self.passes
-        bound = "" if passes is None else f" of {self.budget():.1f} s ({TIMING_SHARE:.0%} of {passes:,} passes)"
-        left = f"; {len(self.untimed)} choice(s) left untimed for the budget: dense" if self.untimed else ""
-        return f" (form timing took {self.spent():.1f} s{bound}{left})"
+def _timing_passes(shapes: int, layers: int, rounds: int) -> float:
+    """About what timing costs, in passes of the whole model: each layer shape at most ``rounds`` + 1
+    passes of the layer in each form (a layer taken as 1 / ``layers`` of the model), and the whole model's
+    check 2 (``rounds`` + 1) passes."""
+    return shapes * (rounds + 1) * len(FORMS) / layers + 2 * (rounds + 1)
 
 
 def choose_forms(
@@ -268,8 +204,8 @@ def choose_forms(
     model in those forms is timed against the dense form everywhere, which it must beat, or every layer
     runs dense. Returns {layer name: form}. A layer (or model) whose key (device, torch version, pass,
     memory format, input shape, layer) is in ``timings`` takes the form recorded there; the others are
-    timed and recorded, within TIMING_SHARE of the ``passes`` model passes the choice is for (where given):
-    what the budget leaves untimed runs dense and is not recorded."""
+    timed and recorded where their timing costs at most TIMING_SHARE of the ``passes`` model passes the
+    choice is for (all of them, if given no ``passes``), and otherwise run dense, unrecorded."""
     if not any(isinstance(m, GroupedKernelConv2d) for m in model.modules()):
         return {}
     reference = next(model.parameters())
@@ -277,26 +213,56 @@ def choose_forms(
     example = torch.rand(batch_size, 3, input_size, input_size, device=reference.device, dtype=reference.dtype)
     example = example.contiguous(memory_format=memory_format)
     timings = {} if timings is None else timings
-    timing = _Timing(model, example, train, channels_last, rounds, timings, passes)
+    key = functools.partial(_timing_key, reference.device, reference.dtype, train=train, channels_last=channels_last)
     was_training = model.training
     model.eval()
-    chosen: dict[str, str] = {}
-    layer_keys: list[str] = []
+    started = time.perf_counter()
     try:
-        shapes = _input_shapes(model, example)
-        for name, shape in tqdm(
-            shapes.items(), desc="timing grouped conv forms", unit="layer", leave=False, disable=None
-        ):
-            layer = model.get_submodule(name)
-            layer_key = f"{layer.extra_repr().rsplit(', form=', 1)[0]}, restore={layer.restore is not None}"
-            layer.form = chosen[name] = timing.layer_form(layer, shape, timing.key(shape, layer_key))
-            layer_keys.append(f"{name} {tuple(shape)} {layer_key} {chosen[name]}")
-        model_key = timing.key(example.shape, _model_key(layer_keys))
-        if set(chosen.values()) != {"dense"} and not timing.keeps_forms(chosen, model_key):
+        layers = _layers(model, example, key)
+        untimed = {layer.key for layer in layers if timings.get(layer.key) not in FORMS}
+        affordable = passes is None or _timing_passes(len(untimed), len(layers), rounds) <= TIMING_SHARE * passes
+        for layer in tqdm(layers, desc="timing grouped conv forms", unit="layer", leave=False, disable=None):
+            if affordable and timings.get(layer.key) not in FORMS:  # a layer shape is timed once per machine
+                x = torch.randn(layer.shape, device=reference.device, dtype=reference.dtype)
+                x = x.contiguous(memory_format=memory_format).requires_grad_(train)
+                timings[layer.key] = _fastest(_time_forms(layer.module, x, train, rounds))
+                layer.module.zero_grad(set_to_none=True)
+            layer.module.form = timings.get(layer.key, "dense")
+        chosen = {layer.name: layer.module.form for layer in layers}
+        verdict = key(example.shape, _model_key(layers))
+        if set(chosen.values()) != {"dense"} and timings.get(verdict) not in (KEEP_FORMS, ALL_DENSE) and affordable:
+            keeps = _model_keeps_forms(model, chosen, example, train, rounds)
+            timings[verdict] = KEEP_FORMS if keeps else ALL_DENSE  # timed once, like a layer shape
+        if set(chosen.values()) != {"dense"} and timings.get(verdict) != KEEP_FORMS:
             chosen = dict.fromkeys(chosen, "dense")
             use_form(model, "dense")
     finally:
         model.train(was_training)
     forms = ", ".join(f"{form} x{count}" for form, count in Counter(chosen.values()).most_common())
-    log.info("grouped-kernel conv forms on %s, batch %d: %s%s", reference.device, batch_size, forms, timing.cost())
+    cost = _timing_cost(len(untimed), affordable, time.perf_counter() - started, passes, len(layers), rounds)
+    log.info("grouped-kernel conv forms on %s, batch %d: %s%s", reference.device, batch_size, forms, cost)
     return chosen
+
+
+def _layers(model: nn.Module, example: torch.Tensor, key: Callable[..., str]) -> list[_Layer]:
+    """The model's grouped-kernel convs, each with its input shape on ``example`` and its timing key."""
+    layers = []
+    for name, shape in _input_shapes(model, example).items():
+        module = model.get_submodule(name)
+        layer_key = f"{module.extra_repr().rsplit(', form=', 1)[0]}, restore={module.restore is not None}"
+        layers.append(_Layer(name, module, shape, layer_key, key(shape, layer_key)))
+    return layers
+
+
+def _timing_cost(shapes: int, affordable: bool, seconds: float, passes: int | None, layers: int, rounds: int) -> str:
+    """What the timing cost, or why it was left out, for the log ('' where earlier runs had recorded every
+    choice)."""
+    if not shapes:
+        return ""
+    if affordable:
+        return f" (timing {shapes} layer shape(s) took {seconds:.1f} s)"
+    estimate = _timing_passes(shapes, layers, rounds)
+    return (
+        f" ({shapes} layer shape(s) left untimed, dense: timing them would cost about {estimate:.0f} passes, over "
+        f"{TIMING_SHARE:.0%} of the {passes:,} it chooses for)"
+    )
