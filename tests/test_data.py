@@ -127,6 +127,26 @@ def test_image_folders_load_in_the_imagenet_layout(tmp_path):
     assert x.shape == (4, 3, 16, 16) and 0 <= float(x.min()) and float(x.max()) <= 1 and y.tolist() == [0, 0, 0, 1]
 
 
+def test_an_image_folders_digest_changes_with_its_images_and_is_kept_while_no_folder_changes(tmp_path):
+    """The manifest (every image's name and size) is read again only when a folder's time moved: adding,
+    removing or renaming an image changes the digest; an image rewritten in place does not until its
+    folder is touched (the documented limit, docs/running.md)."""
+    import os
+
+    from gkp.entries.datasets.folders import manifest_digest
+
+    _png_tree(tmp_path)
+    first = manifest_digest(str(tmp_path))
+    (tmp_path / "val" / "a" / "0.png").rename(tmp_path / "val" / "a" / "9.png")
+    renamed = manifest_digest(str(tmp_path))
+    assert renamed != first
+    (tmp_path / "train" / "b" / "1.png").write_bytes(b"another image, another size")
+    assert manifest_digest(str(tmp_path)) == renamed  # in place: its folder's time did not move
+    later = (tmp_path / "train" / "b").stat().st_mtime_ns + 10**9
+    os.utime(tmp_path / "train" / "b", ns=(later, later))
+    assert manifest_digest(str(tmp_path)) not in (first, renamed)
+
+
 def test_tiny_imagenet_validation_annotations_are_read(tmp_path):
     _png_tree(tmp_path)
     import shutil

@@ -129,6 +129,18 @@ def test_an_interrupted_or_killed_sweep_leaves_no_run_behind(tmp_path):
             assert "stopped" in sweep.stdout.read() and "run the same command again to resume" in sweep.stderr.read()
 
 
+def test_a_sweep_does_not_start_a_cell_another_process_holds(tmp_path, capsys):
+    base = tiny_config(stages=["train"], prune=None, train={"epochs": 1})
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
+    spec = {"base": "base.yaml", "out": str(tmp_path / "sweep"), "cells": [{"name": "held"}, {"name": "free"}]}
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+    with RunDir(tmp_path / "sweep" / "held").held():
+        main(["sweep", str(tmp_path / "spec.yaml")])
+    assert f"held is running in process {os.getpid()}" in capsys.readouterr().out
+    assert run_status(tmp_path / "sweep" / "held", ["train"]) == "missing"
+    assert run_status(tmp_path / "sweep" / "free", ["train"]) == "done"
+
+
 def test_a_folder_of_other_things_is_never_written_into(tmp_path, capsys):
     foreign = tmp_path / "foreign"
     foreign.mkdir()

@@ -12,7 +12,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -140,15 +140,19 @@ def digest_cache() -> Path:
     return user_cache("digests.json", "GKP_DIGEST_CACHE")
 
 
+def cached_digest(key: str, stamp: Any, compute: Callable[[], str]) -> str:
+    """A digest kept in the digest cache under ``key`` while ``stamp`` (what changes when the content does:
+    sizes, modification times) is the one recorded with it; computed (and recorded) otherwise."""
+    known = read_json_cache(digest_cache()).get(key)
+    if isinstance(known, list) and len(known) == 2 and known[0] == stamp:
+        return known[1]
+    digest = compute()
+    add_to_json_cache(digest_cache(), {key: [stamp, digest]})
+    return digest
+
+
 def file_digest(path: Path) -> str:
-    """The sha256 of a file's content: read from the digest cache while the file's size and modification
-    time are those recorded with it, computed (and recorded) otherwise."""
+    """The sha256 of a file's content, computed again only when its size or modification time changed."""
     path = Path(path).resolve()
     status = path.stat()
-    stamp = [status.st_size, status.st_mtime_ns]
-    known = read_json_cache(digest_cache()).get(str(path))
-    if isinstance(known, list) and known[:2] == stamp and len(known) == 3:
-        return known[2]
-    digest = sha256_of(path)
-    add_to_json_cache(digest_cache(), {str(path): [*stamp, digest]})
-    return digest
+    return cached_digest(str(path), [status.st_size, status.st_mtime_ns], lambda: sha256_of(path))

@@ -18,7 +18,7 @@ from torch.utils.data import Dataset, Subset
 
 from gkp.entries.datasets.arrays import sized
 from gkp.foundation.errors import DataError, relative_path_note
-from gkp.foundation.files import add_to_json_cache, digest_cache, read_json_cache
+from gkp.foundation.files import cached_digest
 from gkp.mechanisms.data.bundle import DataBundle, subset, training_indices
 from gkp.mechanisms.data.splits import FolderSplit
 from gkp.mechanisms.data.statistics import IMAGENET_MEAN, IMAGENET_STD
@@ -150,16 +150,14 @@ def manifest_digest(root: str) -> str:
     parts = [base / "train", base / "val"]
     folders = [folder for part in parts if part.is_dir() for folder in _walk(part)[0]]
     stamp = hashlib.sha256("".join(f"{f}:{f.stat().st_mtime_ns}\n" for f in sorted(folders)).encode()).hexdigest()
-    key = f"manifest of {base}"
-    known = read_json_cache(digest_cache()).get(key)
-    if isinstance(known, list) and known[:1] == [stamp] and len(known) == 2:
-        return known[1]
-    lines = sorted(
-        f"{Path(entry.path).relative_to(base)} {entry.stat().st_size}"
-        for part in parts
-        if part.is_dir()
-        for entry in _walk(part)[1]
-    )
-    digest = hashlib.sha256("\n".join(lines).encode()).hexdigest()
-    add_to_json_cache(digest_cache(), {key: [stamp, digest]})
-    return digest
+
+    def manifest() -> str:
+        lines = sorted(
+            f"{Path(entry.path).relative_to(base)} {entry.stat().st_size}"
+            for part in parts
+            if part.is_dir()
+            for entry in _walk(part)[1]
+        )
+        return hashlib.sha256("\n".join(lines).encode()).hexdigest()
+
+    return cached_digest(f"manifest of {base}", stamp, manifest)
