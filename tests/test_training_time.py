@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -16,7 +17,7 @@ from baselines import hrank_iterative
 from baselines.fpgm_soft import FPGMHooks, geometric_median_keep
 from baselines.hrank_iterative import HRankHooks, HRankIterativeParams
 from baselines.rap_admm import ADMMHooks, RAPADMMParams, kept_filters, project
-from baselines.sfp import SFPHooks
+from baselines.sfp import SFPHooks, mixed_scores
 from baselines.training_time import phase_recipe
 from gkp.application.catalog import build_model
 from gkp.application.checkpoints.io import read_checkpoint
@@ -79,7 +80,7 @@ def zeroed(model: nn.Module, name: str = "conv") -> set[int]:
 def test_sfp_zeroes_the_lowest_l2_filters_lets_them_regrow_and_rechooses_after_each_epoch():
     torch.manual_seed(0)
     model = TwoConvs(filters_with_norms([3.0, 0.5, 2.0, 0.1]))
-    hooks = SFPHooks({"conv": 2})
+    hooks = SFPHooks({"conv": 2}, csb=1.0)
     hooks.start_phase(model, 0)
     assert zeroed(model) == {1, 3}  # the paper: the floor(N x rate) filters of smallest L2 norm
     sgd_step(model, hooks)
@@ -89,6 +90,39 @@ def test_sfp_zeroes_the_lowest_l2_filters_lets_them_regrow_and_rechooses_after_e
     hooks.end_epoch(model, 0, 0)
     norms = model.conv.weight.detach().flatten(1).norm(dim=1).tolist()
     assert zeroed(model) == {0, 2} and norms[1] == 1.0 and norms[3] == 4.0
+
+
+def smooth_and_spiky_filters() -> torch.Tensor:
+    """3x3 filters: f0 flat at 1 (norm 3, smoothness 0), f1 a spike of 2 (norm 2, smoothness 16 x 4 = 64:
+    the centre differs from its 8 neighbours, counted from both sides), f2 flat at 0.5 (norm 1.5,
+    smoothness 0), f3 a spike of 1 (norm 1, smoothness 16)."""
+    flat, spike = torch.ones(3, 3), torch.zeros(3, 3)
+    spike[1, 1] = 1.0
+    return torch.stack([flat, 2 * spike, 0.5 * flat, spike]).unsqueeze(1)
+
+
+@pytest.mark.parametrize("csb, zeroed_filters", [(1.0, {2, 3}), (0.75, {2, 3}), (0.5, {1, 3}), (0.0, {1, 3})])
+def test_sfp_with_a_csb_zeroes_the_filters_of_lowest_mixed_norm_and_smoothness_rank(csb, zeroed_filters):
+    """Norm ranks f3 0, f2 1, f1 2, f0 3; smoothness ranks (least smooth first) f1 0, f3 1, f2 2, f0 3. At
+    0.75 the scores are 3, 1.5, 1.25, 0.25 (SFP's choice); at 0.5 they are 3, 1, 1.5, 0.5."""
+    model = TwoConvs(smooth_and_spiky_filters())
+    SFPHooks({"conv": 2}, csb).start_phase(model, 0)
+    assert zeroed(model) == zeroed_filters
+
+
+def readable_mixed_scores(norms: list[float], smoothness: list[float], csb: float) -> list[float]:
+    """SR-GKP's Eq. (2) on filters, as its re-ranking reads: Python's sorts are stable."""
+    by_norm = sorted(range(len(norms)), key=lambda i: norms[i])
+    by_smoothness = sorted(by_norm, key=lambda i: -smoothness[i])
+    return [csb * by_norm.index(i) + (1 - csb) * by_smoothness.index(i) for i in range(len(norms))]
+
+
+def test_the_mixed_scores_equal_a_readable_version_ties_included():
+    rng = np.random.default_rng(0)
+    for csb in (0.0, 0.5, 0.75, 0.9, 1.0):
+        norms, smoothness = rng.integers(0, 4, 16).astype(float), rng.integers(0, 4, 16).astype(float)
+        expected = readable_mixed_scores(norms.tolist(), smoothness.tolist(), csb)
+        assert mixed_scores(norms, smoothness, csb).tolist() == expected
 
 
 # ------------------------------------------------------------------------------------------- FPGM
@@ -313,8 +347,10 @@ def test_hrank_iterative_runs_end_to_end_and_its_physical_model_equals_the_maske
     assert masked_row[0] == "masked" and float(masked_row[3]) == round(masked["authors_macs"] / 1e6, 3)
 
 
-def test_sfp_from_scratch_runs_in_the_prune_stage_without_a_train_stage(tmp_path):
-    config = tiny_config(stages=["prune", "eval"], prune={"method": "sfp", "rate": 0.5}, train={"epochs": 2})
+@pytest.mark.parametrize("csb", [1.0, 0.5])
+def test_sfp_from_scratch_runs_in_the_prune_stage_without_a_train_stage(tmp_path, csb):
+    prune = {"method": "sfp", "rate": 0.5, "params": {"csb": csb}}
+    config = tiny_config(stages=["prune", "eval"], prune=prune, train={"epochs": 2})
     results = run_experiment(build_experiment(config), out=tmp_path)
     assert not (tmp_path / "dense.ckpt").exists() and (tmp_path / "masked.ckpt").is_file()
     assert json.loads((tmp_path / "plan.json").read_text())["metadata"]["trained"] == "train"
