@@ -310,21 +310,36 @@ FINALIZING = [name for name in TRAINING_TIME if name not in ZEROING]
 @pytest.mark.parametrize("rate", [0.5, 0.999])
 @pytest.mark.parametrize("name", ZEROING)
 def test_every_training_time_method_zeroes_its_rate_and_leaves_a_valid_plan(name, rate, resnet20):
-    """Through the loop, each masked conv ends with floor(N x rate) filters zeroed (never all); the
-    phases fit the recipe and end with the final structure; the hooks' state survives a weights-only
-    checkpoint; ``select`` reads the zeroed filters into a plan whose physical model runs."""
+    """Through the loop, a layer-wise method's masked convs each end with floor(N x rate) filters zeroed
+    (never all). A method with one rate for the whole model (OTOv2's group sparsity) zeroes at most
+    ceil(N x rate) of its N groups, never a whole layer, and refuses a rate that would leave a layer
+    nothing before any work. For all: the phases fit the recipe and end with the final structure; the
+    hooks' state survives a weights-only checkpoint; ``select`` reads the zeroed filters into a plan whose
+    physical model runs."""
+    method = PRUNING_METHODS.get(name)
+    if ranks_globally(method) and rate == 0.999:
+        with pytest.raises(PruningError):
+            method.check(resnet20, rate, defaults(method), full_context(resnet20))
+        return
     model, hooks, context = trained(name, rate, resnet20)
     zeroed = zeroed_filters(model)
-    for conv in mask_targets(model, "all"):
-        total = model.get_submodule(conv).out_channels
-        assert len(zeroed.get(conv, [])) == math.floor(total * rate + 1e-9) < total, conv
+    if ranks_globally(method):
+        widths = {g.conv: model.get_submodule(g.conv).out_channels for g in model.filter_pruning_groups()}
+        assert sum(len(zeroed.get(conv, [])) for conv in widths) <= math.ceil(sum(widths.values()) * rate)
+        assert all(len(zeroed.get(conv, [])) < width for conv, width in widths.items())
+    else:
+        for conv in mask_targets(model, "all"):
+            total = model.get_submodule(conv).out_channels
+            assert len(zeroed.get(conv, [])) == math.floor(total * rate + 1e-9) < total, conv
     buffer = io.BytesIO()
     torch.save(hooks.state_dict(), buffer)
     buffer.seek(0)
     hooks.load_state_dict(torch.load(buffer, weights_only=True), model)
     method = PRUNING_METHODS.get(name)
     selection = method.select(model, rate, defaults(method), context)
-    assert set(selection.layers) == {group.conv for group in model.filter_pruning_groups()}
+    removable = {group.conv for group in model.filter_pruning_groups()}
+    cut = {conv for conv in removable if conv in zeroed} if ranks_globally(method) else removable
+    assert set(selection.layers) == cut
     pruned = apply(model, Plan(name, rate, selection.layers)).eval()
     assert torch.isfinite(pruned(torch.rand(2, 3, 32, 32))).all()
 

@@ -102,6 +102,20 @@ def test_npz_sets_and_their_errors(tmp_path):
         load_data(DataConfig(name="npz", path=short), CPU)
 
 
+def test_a_failed_cifar_download_is_one_error_naming_the_folder_and_the_fix(tmp_path, monkeypatch):
+    """The real download code, pointed at a port of 127.0.0.1 where nothing listens."""
+    import socket
+
+    from torchvision import datasets
+
+    with socket.socket() as probe:  # a free port, closed again: the connection is refused
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setattr(datasets.CIFAR10, "url", f"http://127.0.0.1:{port}/cifar-10-python.tar.gz")
+    with pytest.raises(DataError, match=r"cifar10: the download into .*cifar-10-batches-py failed \(.*refused"):
+        load_data(DataConfig(name="cifar10", root=str(tmp_path), download=True), CPU)
+
+
 def test_missing_cifar_names_the_folder_and_the_fix(tmp_path):
     with pytest.raises(DataError, match=r"cifar10 was not found .* in .*cifar-10-batches-py.*data.download: true"):
         load_data(DataConfig(name="cifar10", root=str(tmp_path)), CPU)

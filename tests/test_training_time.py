@@ -461,11 +461,12 @@ def timing_columns(header: str) -> set[int]:
         ("hrank_iterative", {"layer_epochs": 1}, [25, 20]),  # as layer 3 starts; mid layer 4
         ("sfp", {}, [13]),  # mid-epoch, adversarial training
         ("fpgm_soft", {}, [17, 12]),  # mid-epoch twice, with network slimming's hook beside FPGM's
+        ("otov2", {"start_epoch": 1, "lmbda": 10.0}, [13, 6]),  # after the partition (step 9), then mid-epoch
     ],
 )
 def test_an_interrupted_training_time_run_resumes_bit_identically(tmp_path, monkeypatch, method, params, steps):
     sections = {
-        "stages": ["train", "prune"] if method != "sfp" else ["prune"],
+        "stages": ["train", "prune"] if method not in ("sfp", "otov2") else ["prune"],
         "deterministic": True,
         "train": {"epochs": 1},
         "prune": {"method": method, "rate": 0.5, "params": params},
@@ -475,6 +476,8 @@ def test_an_interrupted_training_time_run_resumes_bit_identically(tmp_path, monk
         sections["train"] = {"epochs": 3, "adversarial": {"method": "pgd", "steps": 2}, "eval_every": 0}
     if method == "fpgm_soft":
         sections["finetune"]["bn_sparsity"] = 1e-3
+    if method == "otov2":  # from scratch, with momentum: DHSPG's buffers and partition resume too
+        sections["train"] = {"epochs": 3, "eval_every": 0}
     config = build_experiment(tiny_config(**sections))
     run_experiment(config, out=tmp_path / "straight")
     for step in steps:
@@ -494,9 +497,12 @@ def test_an_interrupted_training_time_run_resumes_bit_identically(tmp_path, monk
 PAPER_CONFIGS = sorted((ROOT / "configs" / "paper").glob("*.yaml"))
 
 
-def test_the_paper_configs_cover_the_four_methods():
-    methods = {load_experiment(path).prune.method for path in PAPER_CONFIGS}
-    assert {"sfp", "fpgm_soft", "rap_admm", "hrank_iterative"} <= methods
+def test_the_paper_configs_cover_the_training_time_methods_and_each_budget_is_checked():
+    """Every paper config's budget is checked below, but OTOv2's: it sets a group sparsity, and the MACs
+    fall where the zeroed channels put them."""
+    methods = {path.stem: load_experiment(path).prune.method for path in PAPER_CONFIGS}
+    assert {"sfp", "fpgm_soft", "rap_admm", "hrank_iterative", "otov2"} <= set(methods.values())
+    assert {stem for stem, method in methods.items() if method != "otov2"} == set(PAPER_BUDGETS)
 
 
 # MACs in the authors' convention of each paper config's budget with its filters zeroed. The paper's
@@ -518,7 +524,7 @@ PAPER_BUDGETS = {
 }
 
 
-@pytest.mark.parametrize("path", PAPER_CONFIGS, ids=lambda path: path.stem)
+@pytest.mark.parametrize("path", [p for p in PAPER_CONFIGS if p.stem in PAPER_BUDGETS], ids=lambda path: path.stem)
 def test_each_paper_config_zeroes_the_budget_its_comment_states(path):
     from baselines.training_time import pruned_counts
     from gkp.application.pipeline.stages import eval_model_choices

@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from gkp.foundation.errors import ConfigError, DataError, relative_path_note
+from gkp.foundation.errors import ConfigError, DataError, first_line, relative_path_note
+from gkp.foundation.files import FULL
 from gkp.mechanisms.data.bundle import DataBundle, subset, training_indices
 from gkp.mechanisms.data.splits import TensorSplit
 from gkp.mechanisms.data.statistics import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD
@@ -58,6 +59,14 @@ def read_cifar(name: str, root: str, download: bool) -> Arrays:
             "Set data.download: true "
             f"to fetch it (about 170 MB), or set data.root to the folder that holds "
             f"{dataset_class.base_folder}"
+        ) from error
+    except OSError as error:  # the download failed (no network, a refused or dropped connection)
+        if error.errno in FULL:
+            raise
+        raise DataError(
+            f"{name}: the download into {folder}{relative_path_note(root)} failed ({first_line(error)}); check "
+            f"this machine's connection (and HTTPS_PROXY behind a proxy), or fetch {dataset_class.base_folder} "
+            "on another machine and copy it into data.root"
         ) from error
     mean, std = (CIFAR10_MEAN, CIFAR10_STD) if name == "cifar10" else (CIFAR100_MEAN, CIFAR100_STD)
     return Arrays(
