@@ -198,6 +198,14 @@ CASES = {
         "does not fit its storage",
     ),
     "import into a folder": lambda t, f: (["import-checkpoint", crafted_archive(t, (4,), (1,)), str(t)], "is a folder"),
+    "import over an existing file": lambda t, f: (
+        ["import-checkpoint", crafted_archive(t, (4,), (1,)), config_file(t, "a file of mine")],
+        "bad.yaml exists (a run's checkpoint, maybe); write to another file, or pass --force",
+    ),
+    "import over its own source, even forced": lambda t, f: (
+        ["import-checkpoint", crafted_archive(t, (4,), (1,)), str(t / "crafted.pt"), "--force"],
+        "crafted.pt is the file being read",
+    ),
     "safetensors metadata {}": lambda t, f: (
         ["info", safetensors_with_metadata(t, "{}")],
         "is not a gkp checkpoint: expected keys",
@@ -240,7 +248,76 @@ CASES = {
         "holds a list, not what gkp writes there",
     ),
     "a sweep whose every cell is invalid": lambda t, f: (["sweep", sweep_of_invalid_cells(t)], "2 cell(s) cannot run"),
+    # found by a second battery (396 cases)
+    "seed: 2**70": lambda t, f: (["check", tiny(t, seed=2**70)], "seed: must be a whole number from 0 to 2**63 - 1"),
+    "data.std of zeros": lambda t, f: (
+        ["check", tiny(t, data={"mean": [0.5] * 3, "std": [0, 0, 0]})],
+        "model: resnet8 cannot be built for data 'synthetic' or run on its (3, 16, 16) images",
+    ),
+    "data.mean of 2 values for colour images": lambda t, f: (
+        ["check", tiny(t, data={"mean": [0.5] * 2, "std": [0.2] * 2})],
+        "check model.args, data.mean, data.std and the image size",
+    ),
+    "model.args.num_classes under the labels": lambda t, f: (
+        ["check", tiny(t, model={"arch": "resnet8", "args": {"num_classes": 2}})],
+        "model.args.num_classes: resnet8 predicts 2 classes, but data 'synthetic' has labels up to 9",
+    ),
+    "vgg16 on 8-pixel images": lambda t, f: (
+        ["check", tiny(t, model={"arch": "vgg16"}, data={"image_size": 8})],
+        "model: vgg16 cannot be built for data 'synthetic' or run on its (3, 8, 8) images",
+    ),
+    "a .npy file as data": lambda t, f: (["check", tiny(t, data=npy_data(t))], "holds one array (a .npy file)"),
+    "image folders without class folders": lambda t, f: (
+        ["check", tiny(t, data=image_folders(t, corrupt=False, classes=False))],
+        "must hold one subfolder of images per class",
+    ),
+    "a corrupt image, read by a worker process": lambda t, f: (
+        ["check", tiny(t, data=image_folders(t, corrupt=True, classes=True))],
+        "bad.png cannot be read as an image",
+    ),
+    "a truncated results.json after a finished run": lambda t, f: (
+        ["run", str(f / "tiny.yaml"), "--out", str(damaged_copy(f, t, "results.json", '{"name": '))],
+        "results.json is damaged or unreadable",
+    ),
+    "a date in a sweep's base": lambda t, f: (["sweep", sweep_spec(t, {}, seed="2024-01-01")], "1 cell(s) cannot run"),
+    "a misspelt grid in a sweep spec": lambda t, f: (
+        ["sweep", sweep_spec(t, {"gird": {"train.lr": [0.1]}}), "--dry-run"],
+        "unknown key 'gird' (did you mean 'grid'?)",
+    ),
+    "a sweep's out a number": lambda t, f: (
+        ["sweep", sweep_spec(t, {"out": 5}), "--dry-run"],
+        "'out' must be a file or folder name",
+    ),
 }
+
+
+def npy_data(tmp: Path) -> dict:
+    path = tmp / "one.npz"
+    with path.open("wb") as handle:
+        np.save(handle, np.zeros((4, 8, 8, 3), dtype=np.uint8))
+    return {"name": "npz", "train_path": str(path), "test_path": str(path), "train_size": None, "test_size": None}
+
+
+def image_folders(tmp: Path, corrupt: bool, classes: bool) -> dict:
+    """train/ and val/ under tmp/imgs: empty, or one class of PNGs whose validation one is not an image."""
+    from PIL import Image
+
+    for split in ("train", "val"):
+        (tmp / "imgs" / split).mkdir(parents=True)
+        if classes:
+            (tmp / "imgs" / split / "c0").mkdir()
+            Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(tmp / "imgs" / split / "c0" / "ok.png")
+    if corrupt:
+        (tmp / "imgs" / "val" / "c0" / "ok.png").unlink()
+        (tmp / "imgs" / "val" / "c0" / "bad.png").write_bytes(b"not an image")
+    return {"name": "imagefolder", "root": str(tmp / "imgs"), "image_size": 16, "num_workers": 1}
+
+
+def sweep_spec(tmp: Path, spec: dict, **base) -> str:
+    (tmp / "base.yaml").write_text(
+        yaml.safe_dump(tiny_config(stages=["train"], **base)).replace("'2024-01-01'", "2024-01-01")
+    )
+    return config_file(tmp, yaml.safe_dump({"base": "base.yaml", "out": str(tmp / "sweep"), **spec}))
 
 
 def truncated(tmp: Path) -> str:
@@ -289,3 +366,8 @@ def test_a_merge_key_brings_defaults_that_the_mapping_may_override():
 
     text = "recipe: &recipe {lr: 0.1, weight_decay: 0.0005}\nfinetune:\n  <<: *recipe\n  lr: 0.01\n"
     assert load_yaml(text, "x.yaml")["finetune"] == {"lr": 0.01, "weight_decay": 0.0005}
+
+
+def test_plots_go_into_a_folder_made_for_them(finished, tmp_path, capsys):
+    assert main(["plot", str(finished / "run"), "--out", str(tmp_path / "no" / "such" / "fig")]) == 0
+    assert list((tmp_path / "no" / "such").glob("fig*.png"))

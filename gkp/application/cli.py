@@ -26,10 +26,23 @@ import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from gkp.application.pipeline.stages import STAGES
-from gkp.foundation.errors import GkpError
+from gkp.foundation.errors import CheckpointError, GkpError, own_message
 from gkp.foundation.files import FULL
+
+
+def check_output(out: Path, source: Path, force: bool) -> None:
+    """The file a command writes is never the one it reads, and replaces an existing file only when told."""
+    if out.is_dir():
+        raise CheckpointError(
+            f"{out} is a folder; give the file to write, e.g. {out / source.with_suffix('.ckpt').name}"
+        )
+    if out.exists() and out.resolve() == source.resolve():
+        raise CheckpointError(f"{out} is the file being read; write the output to another file")
+    if out.exists() and not force:
+        raise CheckpointError(f"{out} exists (a run's checkpoint, maybe); write to another file, or pass --force")
 
 
 def positive_int(text: str) -> int:
@@ -75,6 +88,7 @@ def _add_check_arguments(parser: argparse.ArgumentParser) -> None:
 def _add_import_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("source", help="the authors' .pt file (a whole-module pickle; nothing in it is run)")
     parser.add_argument("destination", help="the checkpoint to write (.ckpt)")
+    parser.add_argument("--force", action="store_true", help="replace the destination if it exists")
 
 
 def _add_list_arguments(parser: argparse.ArgumentParser) -> None:
@@ -247,19 +261,15 @@ def _info(args: argparse.Namespace) -> None:
 
 
 def _export(args: argparse.Namespace) -> None:
-    from pathlib import Path
-
     from gkp.application.catalog import MODELS
     from gkp.application.checkpoints.export import export_onnx, write_safetensors
     from gkp.application.checkpoints.io import model_from_payload, read_checkpoint
     from gkp.application.checkpoints.zoo import local_checkpoint
-    from gkp.foundation.errors import CheckpointError
 
     source = local_checkpoint(args.checkpoint)
     payload = read_checkpoint(source)
     out = Path(args.out or source.with_suffix(f".{args.format}").name)
-    if out.exists() and not args.force:
-        raise CheckpointError(f"{out} exists (a run's checkpoint, maybe); pass another --out, or --force to replace it")
+    check_output(out, source, args.force)
     if args.format == "safetensors":
         write_safetensors(payload, out)
     else:
@@ -284,7 +294,6 @@ def _described(results: dict, folder) -> dict:
 
 def _read_results(folders: list[str]) -> list[dict]:
     """Each run folder's results.json, with its method, rate and data (see ``_described``)."""
-    from pathlib import Path
 
     from gkp.foundation.errors import RunFolderError
     from gkp.foundation.files import read_json_mapping
@@ -300,8 +309,6 @@ def _read_results(folders: list[str]) -> list[dict]:
 
 
 def _compare(args: argparse.Namespace) -> None:
-    from pathlib import Path
-
     from gkp.application.reports.results import results_table
 
     runs = _read_results(args.runs)
@@ -367,17 +374,14 @@ def _slurm_options(args: argparse.Namespace):
 
 
 def _plot(args: argparse.Namespace) -> None:
-    from pathlib import Path
-
     from gkp.application.reports.curves import write_comparison_plots
 
     names = [Path(folder).resolve().name for folder in args.runs]
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     print("wrote " + " and ".join(write_comparison_plots(_read_results(args.runs), names, args.out)))
 
 
 def _table(args: argparse.Namespace) -> None:
-    from pathlib import Path
-
     from gkp.application.reports.paper_tables import Run, table_csv, table_markdown
 
     runs = [Run(Path(folder), results) for folder, results in zip(args.runs, _read_results(args.runs), strict=True)]
@@ -396,6 +400,7 @@ def _check(args: argparse.Namespace) -> None:
 def _import(args: argparse.Namespace) -> None:
     from gkp.application.checkpoints.authors import import_authors_resnet
 
+    check_output(Path(args.destination), Path(args.source), args.force)
     import_authors_resnet(args.source, args.destination)
     print(f"wrote {args.destination}")
 
@@ -404,6 +409,7 @@ def _curves(args: argparse.Namespace) -> None:
     from gkp.application.reports.curves import load_curves, write_curves
 
     runs = load_curves(args.runs, args.attack, args.model)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     write_curves(runs, f"{args.out}.csv", f"{args.out}.png", args.attack)
     print(f"wrote {args.out}.csv and {args.out}.png")
 
@@ -585,7 +591,7 @@ def _handled(command: Command, args: argparse.Namespace) -> int:
     try:
         command.handler(args)
     except GkpError as error:
-        print(f"gkp: error: {error}", file=sys.stderr)
+        print(f"gkp: error: {own_message(error)}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # the reader of our output left (gkp zoo | head): stop quietly, as cat would
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's flush must not fail again

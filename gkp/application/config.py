@@ -47,7 +47,11 @@ StageName = Literal[STAGE_NAMES]
 @dataclass(frozen=True)
 class Experiment:
     name: str = option(doc="run name; the run folder defaults to runs/<name>", default_text="the config file's name")
-    seed: int = option(0, doc="the one seed: model init, epoch shuffling and augmentation, attack randomness")
+    seed: int = option(
+        0,
+        check=lambda v: None if 0 <= v < 2**63 else f"must be a whole number from 0 to 2**63 - 1, got {v}",
+        doc="the one seed: model init, epoch shuffling and augmentation, attack randomness",
+    )
     device: str = option(
         "auto", check=device_name_check, doc="auto (the first CUDA GPU, else the CPU), cpu, cuda, cuda:N or mps"
     )

@@ -26,6 +26,7 @@ finished. ``--launcher local`` runs one cell per visible GPU at a time (one at a
 
 from __future__ import annotations
 
+import copy
 import csv
 import itertools
 import json
@@ -55,6 +56,7 @@ from gkp.application.pipeline.stages import FINGERPRINT_VERSION, RESULTS_FILE, S
 from gkp.foundation.contracts import PruningContext, Recipe
 from gkp.foundation.errors import ConfigError, DataError, RunFolderError
 from gkp.foundation.files import read_json_cache
+from gkp.foundation.registry import did_you_mean
 from gkp.foundation.schema import load_yaml, read_text, to_yaml
 from gkp.mechanisms.counting import measure
 
@@ -86,6 +88,24 @@ def _cell_name(overrides: dict[str, Any]) -> str:
     return re.sub(r"[^A-Za-z0-9_.\-]+", "_", "_".join(parts)) or "base"
 
 
+SPEC_PATHS = ("base", "name", "out", "dense_out")  # the spec's keys that take a file or folder name
+SPEC_KEYS = (*SPEC_PATHS, "grid", "cells")
+
+
+def _check_spec(spec: dict[str, Any], path: Path) -> None:
+    """A sweep spec's keys are known ones (a misspelt 'grid' would sweep the base alone) and its names are
+    strings."""
+    for key in spec:
+        if key not in SPEC_KEYS:
+            raise ConfigError(
+                f"{path}: unknown key '{key}'{did_you_mean(key, list(SPEC_KEYS))}; a sweep spec has "
+                f"{', '.join(SPEC_KEYS)}"
+            )
+    for key in SPEC_PATHS:
+        if key in spec and not isinstance(spec[key], str):
+            raise ConfigError(f"{path}: '{key}' must be a file or folder name, got {spec[key]!r:.60}")
+
+
 def _overrides(spec: dict[str, Any]) -> list[dict[str, Any]]:
     grid = spec.get("grid") or {}
     if not isinstance(grid, dict) or any(not isinstance(v, list) or not v for v in grid.values()):
@@ -98,7 +118,7 @@ def _overrides(spec: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _resolved(base: dict[str, Any], overrides: dict[str, Any], name: str) -> dict[str, Any]:
-    raw = json.loads(json.dumps(base))
+    raw = copy.deepcopy(base)
     for key, value in overrides.items():
         apply_override(raw, f"{key}={yaml.safe_dump(value, default_flow_style=True).strip()}")
     raw["name"] = name
@@ -118,6 +138,7 @@ def load_sweep(path: str | Path) -> Sweep:
     spec = load_yaml(read_text(path, "sweep spec"), str(path)) if path.is_file() else None
     if not isinstance(spec, dict) or "base" not in spec:
         raise ConfigError(f"{path}: a sweep spec needs 'base' (a config file) and 'grid' (see docs/running.md)")
+    _check_spec(spec, path)
     name = spec.get("name") or path.stem
     out = Path(spec.get("out") or Path("runs") / name)
     base = read_config(path.parent / spec["base"])

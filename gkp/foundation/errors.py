@@ -47,3 +47,12 @@ def first_line(error: BaseException) -> str:
     """The first line of an error's message, or its type's name where the message is empty."""
     lines = [line for line in str(error).splitlines() if line.strip()]
     return lines[0] if lines else type(error).__name__
+
+
+def own_message(error: BaseException) -> str:
+    """An error's message, also when a DataLoader worker raised it: torch raises it again in the main
+    process with the worker's traceback as its text, the original message on the last line."""
+    text = str(error)
+    if "Original Traceback" not in text:
+        return text
+    return text.strip().splitlines()[-1].split(": ", 1)[-1]

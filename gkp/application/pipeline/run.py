@@ -9,7 +9,6 @@ started by ``torchrun``, the processes join one group (``gkp.mechanisms.engine.d
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -23,13 +22,14 @@ from gkp.application.catalog import load_data
 from gkp.application.checkpoints.io import read_checkpoint
 from gkp.application.checkpoints.zoo import local_checkpoint
 from gkp.application.config import Experiment
-from gkp.application.pipeline.context import Context, input_contents, require_model
+from gkp.application.pipeline.context import Context, input_contents, new_model, require_model
 from gkp.application.pipeline.evaluation import evaluate_models
 from gkp.application.pipeline.prune import check_pruning, prune
 from gkp.application.pipeline.rundir import RunDir
 from gkp.application.pipeline.stages import EVAL, FINETUNE, PRUNE, RESULTS_FILE, STAGES, TRAIN, Stage, models_made_by
 from gkp.application.pipeline.training import finetune, train
-from gkp.foundation.errors import ConfigError
+from gkp.foundation.errors import ConfigError, first_line
+from gkp.foundation.files import read_json_mapping
 from gkp.mechanisms.engine import distributed
 from gkp.mechanisms.engine.device import resolve_device, set_determinism
 
@@ -92,7 +92,8 @@ def _run_in(exp: Experiment, out: str | Path | None, names: tuple[str, ...], res
         run_stages(ctx, names)
     results_file = run.path / RESULTS_FILE
     reports = EVAL.name in names and results_file.is_file() and distributed.shard().rank == 0  # rank 0 reports
-    return json.loads(results_file.read_text()) if reports else None
+    recovery = "delete it and evaluate again (gkp eval with the same config; the trained models are kept)"
+    return read_json_mapping(results_file, recovery) if reports else None
 
 
 # ------------------------------------------------------------------------------------------- before any compute
@@ -116,6 +117,7 @@ def check_experiment(exp: Experiment, out: str | Path | None = None) -> None:
 def preflight(ctx: Context, names: tuple[str, ...]) -> None:
     """Fail before any compute when a stage would lack its input or its settings cannot work."""
     _check_model_fits_data(ctx)
+    _check_new_model_runs(ctx)
     will_make = models_made_by(names, ctx.exp)
     for stage in STAGES:
         if stage.name not in names:
@@ -129,6 +131,28 @@ def preflight(ctx: Context, names: tuple[str, ...]) -> None:
                 require_model(ctx, model)
     if PRUNE.name in names:
         check_pruning(ctx, will_make)
+
+
+def _check_new_model_runs(ctx: Context) -> None:
+    """The model a run builds (all but one read from model.checkpoint) must build, take one of the data's
+    images and give a logit per class: model.args, data.mean and data.std and the image size meet here."""
+    if ctx.exp.model.checkpoint:
+        return
+    arch, data = ctx.exp.model.arch, ctx.exp.data.name
+    image = next(iter(ctx.data.test.batches(1)))[0].cpu()
+    try:
+        with torch.no_grad():
+            logits = new_model(ctx).eval()(image)
+    except (ValueError, RuntimeError, TypeError, IndexError) as error:
+        raise ConfigError(
+            f"model: {arch} cannot be built for data '{data}' or run on its {tuple(image.shape[1:])} images "
+            f"({first_line(error)}); check model.args, data.mean, data.std and the image size"
+        ) from error
+    if logits.shape[-1] < ctx.data.num_classes:
+        raise ConfigError(
+            f"model.args.num_classes: {arch} predicts {logits.shape[-1]} classes, but data '{data}' has labels "
+            f"up to {ctx.data.num_classes - 1}; leave the class count to the data"
+        )
 
 
 def _check_model_fits_data(ctx: Context) -> None:

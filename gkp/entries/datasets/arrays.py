@@ -90,7 +90,13 @@ def read_npz_file(path: str, key: str) -> ArraySet:
             "(uint8, N x H x W x 3) and 'labels' (N integers)"
         )
     try:
-        with np.load(file, allow_pickle=False) as archive:
+        loaded = np.load(file, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            raise DataError(
+                f"{key}: {file} holds one array (a .npy file), not an npz archive; write one with "
+                "np.savez(path, images=..., labels=...)"
+            )
+        with loaded as archive:
             if "images" not in archive or "labels" not in archive:
                 raise DataError(
                     f"{key}: {file} must hold arrays 'images' and 'labels', it holds "

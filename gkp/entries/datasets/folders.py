@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import Dataset, Subset
 
 from gkp.entries.datasets.arrays import sized
-from gkp.foundation.errors import DataError, relative_path_note
+from gkp.foundation.errors import DataError, first_line, relative_path_note
 from gkp.foundation.files import cached_digest
 from gkp.mechanisms.data.bundle import DataBundle, subset, training_indices
 from gkp.mechanisms.data.splits import FolderSplit
@@ -26,13 +26,37 @@ from gkp.mechanisms.data.statistics import IMAGENET_MEAN, IMAGENET_STD
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
 
 
+def read_image(path: str):
+    """An image file as torchvision reads it, or a DataError naming the file (a truncated or foreign file
+    among a million would otherwise end a run mid-epoch with PIL's error alone)."""
+    from torchvision.datasets.folder import default_loader
+
+    try:
+        return default_loader(path)
+    except OSError as error:  # PIL's UnidentifiedImageError included
+        raise DataError(
+            f"imagefolder: {path} cannot be read as an image ({first_line(error)}); replace or remove it"
+        ) from None
+
+
+def image_folder(folder: Path, transform):
+    """torchvision's ImageFolder over ``folder`` (one subfolder per class), reading with ``read_image``."""
+    from torchvision.datasets import ImageFolder
+
+    try:
+        return ImageFolder(str(folder), transform=transform, loader=read_image)
+    except FileNotFoundError as error:  # no class folder, or a class folder without images
+        raise DataError(
+            f"imagefolder: {folder} must hold one subfolder of images per class ({first_line(error)}); see "
+            "docs/models-and-data.md, 'Data layout'"
+        ) from None
+
+
 class AnnotatedFolder(Dataset):
     """Tiny-ImageNet's validation folder: images listed with their class in an annotation file."""
 
     def __init__(self, folder: Path, class_to_idx: dict[str, int], transform):
-        from torchvision.datasets.folder import default_loader
-
-        self.loader = default_loader
+        self.loader = read_image
         self.transform = transform
         self.samples = []
         for line in (folder / "val_annotations.txt").read_text().splitlines():
@@ -66,8 +90,6 @@ def transforms_for(image_size: int, train: bool, crop_padding: int | None = None
 
 
 def read_image_folders(root: str, image_size: int, crop_padding: int | None = None) -> tuple[Dataset, Dataset, int]:
-    from torchvision.datasets import ImageFolder
-
     train_dir, val_dir = Path(root) / "train", Path(root) / "val"
     for folder in (train_dir, val_dir):
         if not folder.is_dir():
@@ -77,11 +99,11 @@ def read_image_folders(root: str, image_size: int, crop_padding: int | None = No
                 "val/, one subfolder per class (Tiny-ImageNet's val/images + val_annotations.txt "
                 "also works); see docs/models-and-data.md, 'Data layout'"
             )
-    train = ImageFolder(str(train_dir), transform=transforms_for(image_size, train=True, crop_padding=crop_padding))
+    train = image_folder(train_dir, transforms_for(image_size, train=True, crop_padding=crop_padding))
     if (val_dir / "val_annotations.txt").is_file():
         test: Dataset = AnnotatedFolder(val_dir, train.class_to_idx, transforms_for(image_size, train=False))
     else:
-        test = ImageFolder(str(val_dir), transform=transforms_for(image_size, train=False))
+        test = image_folder(val_dir, transforms_for(image_size, train=False))
         if test.classes != train.classes:
             raise DataError(f"imagefolder: {val_dir} and {train_dir} hold different class folders")
     if len(test) == 0:
