@@ -279,6 +279,29 @@ CASES = {
         ["run", str(f / "tiny.yaml"), "--out", str(damaged_copy(f, t, "results.json", '{"name": '))],
         "results.json is damaged or unreadable",
     ),
+    "eval of 'final' when the model a done stage saved was deleted": lambda t, f: (
+        ["eval", str(f / "tiny.yaml"), "--out", str(deleted_copy(f, t, "dense.ckpt")), "--set", "eval.models=[final]"],
+        "dense.ckpt is missing, though the train stage is done",
+    ),
+    "gkp check on a foreign folder": lambda t, f: (
+        ["check", tiny(t), "--out", str(Path(config_file(t, "mine")).parent)],
+        "holds other files and is not a run folder",
+    ),
+    "gkp check of another rate on a finished run": lambda t, f: (
+        ["check", str(f / "tiny.yaml"), "--out", str(f / "run"), "--set", "train.lr=0.5"],
+        "already holds stage(s) train, eval computed from a different config (train.lr: 0.05 -> 0.5)",
+    ),
+    "a conflict where config.yaml is damaged": lambda t, f: (
+        [
+            "run",
+            str(f / "tiny.yaml"),
+            "--out",
+            str(damaged_copy(f, t, "config.yaml", "\x00: [")),
+            "--set",
+            "train.lr=0.5",
+        ],
+        "computed from a different config (its config.yaml is damaged, so the keys cannot be named)",
+    ),
     "a date in a sweep's base": lambda t, f: (["sweep", sweep_spec(t, {}, seed="2024-01-01")], "1 cell(s) cannot run"),
     "a misspelt grid in a sweep spec": lambda t, f: (
         ["sweep", sweep_spec(t, {"gird": {"train.lr": [0.1]}}), "--dry-run"],
@@ -289,6 +312,12 @@ CASES = {
         "'out' must be a file or folder name",
     ),
 }
+
+
+def deleted_copy(finished: Path, tmp: Path, file: str) -> Path:
+    copy = damaged_copy(finished, tmp, file, "")
+    (copy / file).unlink()
+    return copy
 
 
 def npy_data(tmp: Path) -> dict:

@@ -157,8 +157,11 @@ def test_export_does_not_replace_an_existing_file_unless_asked(tmp_path, capsys)
     dense = tmp_path / "run" / "dense.ckpt"
     before = dense.read_bytes()
     capsys.readouterr()
-    assert main(["export", str(dense), "--out", str(dense)]) == 2
-    assert "exists" in capsys.readouterr().err and dense.read_bytes() == before
+    assert main(["export", str(dense), "--out", str(dense), "--force"]) == 2  # never over its own input
+    assert "is the file being read" in capsys.readouterr().err and dense.read_bytes() == before
+    assert main(["export", str(dense), "--out", str(tmp_path / "run" / "masked.ckpt")]) == 0
+    assert main(["export", str(dense), "--out", str(tmp_path / "run" / "masked.ckpt")]) == 2
+    assert "exists (a run's checkpoint, maybe)" in capsys.readouterr().err
     assert main(["export", str(dense), "--out", str(tmp_path / "copy.safetensors")]) == 0
     assert main(["export", str(dense), "--out", str(tmp_path / "copy.safetensors")]) == 2
     assert main(["export", str(dense), "--out", str(tmp_path / "copy.safetensors"), "--force"]) == 0

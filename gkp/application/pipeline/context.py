@@ -65,7 +65,16 @@ def model_path(ctx: Context, name: str) -> Path | None:
     pipeline (fine-tuned, else pruned, else dense); best-epoch models are their files."""
     if name != "final":
         return _own_model(ctx, name)
-    return next((p for p in (_own_model(ctx, m) for m in NEWEST_FIRST) if p is not None), None)
+    for model in NEWEST_FIRST:
+        path, stage = _own_model(ctx, model), produced_by(model, ctx.exp)
+        if path is None and stage is not None and ctx.run.is_done(stage):
+            raise RunFolderError(
+                f"{ctx.run.path / model_file(model)} is missing, though the {stage} stage is done: 'final' would "
+                f"fall back to an older model. Run the {stage} stage again (gkp run CONFIG --restart, or --out DIR)"
+            )
+        if path is not None:
+            return path
+    return None
 
 
 def require_model(ctx: Context, name: str) -> Path:

@@ -85,8 +85,7 @@ def _run_in(exp: Experiment, out: str | Path | None, names: tuple[str, ...], res
                     run.move_aside()
             ctx = checked_context(exp, run, names, device)
             held.enter_context(run.held())  # before anything is written in it
-            fingerprints = {stage.name: ctx.fingerprint(stage.name) for stage in STAGES}
-            repeatable = frozenset(stage.name for stage in STAGES if stage.repeatable)
+            fingerprints, repeatable = _fingerprints(ctx)
             run.prepare(exp.to_dict(), fingerprints, device, repeatable, ctx.inputs)
         log.info("run folder %s on %s", run.path, device)
         run_stages(ctx, names)
@@ -109,9 +108,18 @@ def checked_context(exp: Experiment, run: RunDir, names: tuple[str, ...], device
 
 def check_experiment(exp: Experiment, out: str | Path | None = None) -> None:
     """What ``run_experiment`` checks before any compute, without training, evaluating or writing in the run
-    folder: the data loads, each stage has its inputs, the pruning method fits the model at its rate. Like
-    a run, it may download the dataset, fetch a zoo checkpoint and record digests in this machine's caches."""
-    checked_context(exp, RunDir(out or Path("runs") / exp.name), tuple(exp.stages), torch.device("cpu"))
+    folder: the data loads, each stage has its inputs, the pruning method fits the model at its rate, the
+    run folder can hold this run. Like a run, it may download the dataset, fetch a zoo checkpoint and record
+    digests in this machine's caches."""
+    run = RunDir(out or Path("runs") / exp.name)
+    ctx = checked_context(exp, run, tuple(exp.stages), torch.device("cpu"))
+    run.check_fits(exp.to_dict(), *_fingerprints(ctx), ctx.inputs)
+
+
+def _fingerprints(ctx: Context) -> tuple[dict[str, str], frozenset[str]]:
+    """Each stage's fingerprint, and the stages that may run again when their own settings alone change."""
+    fingerprints = {stage.name: ctx.fingerprint(stage.name) for stage in STAGES}
+    return fingerprints, frozenset(stage.name for stage in STAGES if stage.repeatable)
 
 
 def preflight(ctx: Context, names: tuple[str, ...]) -> None:

@@ -63,6 +63,7 @@ log = logging.getLogger(__name__)
 
 MARKER = ".gkp-run"  # makes a folder a run folder: a folder without it is never written into
 LOCK = ".gkp-lock"  # locked by the process running in the folder (``RunDir.held``)
+EXECUTION_KEYS = ("device:", "name:", *(f"{section}.{key}:" for section, key in EXECUTION_ONLY))  # no conflict
 LOCK_TRIES = 10  # a lock found taken is tried again for half a second before the holder is named
 
 
@@ -205,6 +206,47 @@ class RunDir:
             self.path.rename(aside)
             log.warning("--restart: moved the previous run to %s", aside)
 
+    def check_fits(
+        self,
+        plain: dict[str, Any],
+        fingerprints: dict[str, str],
+        repeatable: frozenset[str] = frozenset(),
+        inputs: dict[str, str | None] | None = None,
+    ) -> list[str]:
+        """Refuse the folder, writing nothing, if it cannot be a run folder or its stages were computed from
+        another config or other files; returns the ``repeatable`` stages whose own settings alone changed."""
+        self.inputs = inputs or {}
+        recorded = self.recorded_fingerprints()
+        changed = [stage for stage, value in fingerprints.items() if recorded.get(stage, value) != value]
+        repeated = changed if all(stage in repeatable for stage in changed) else []
+        conflicts = [stage for stage in changed if stage not in repeated]
+        if conflicts:
+            old = self._recorded_config()
+            keys = [d for d in differences(old or {}, plain) if not d.startswith(EXECUTION_KEYS)] if old else []
+            files = self._changed_inputs(self.inputs)
+            sources = [*(["a different config"] if keys else [])]
+            sources += ["other data" if key == "data" else f"another {key}" for key in files]
+            details = [*keys[:6], *(f"the content of {key}: {', '.join(c)}" for key, c in files.items())]
+            details += [] if old is not None else ["its config.yaml is damaged, so the keys cannot be named"]
+            raise RunFolderError(
+                f"{self.path} already holds stage(s) {', '.join(conflicts)} computed from "
+                f"{' and '.join(sources) or 'a different config'} ({'; '.join(details) or 'see config.yaml'}). Its "
+                "results are kept: pass --out DIR for a new run, or --restart to move the old run aside to "
+                f"{self.path.name}.old-<time> and start over{self._reuse_hint(conflicts, plain)}"
+            )
+        self.check_usable()
+        return repeated
+
+    def _recorded_config(self) -> dict[str, Any] | None:
+        """The folder's config.yaml ({} where there is none), or None where it is damaged: it only explains a
+        conflict, which the fingerprints decide."""
+        path = self.path / "config.yaml"
+        try:
+            found = yaml.safe_load(path.read_text()) if path.is_file() else {}
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            return None
+        return found if isinstance(found, dict) else None
+
     def prepare(
         self,
         plain: dict[str, Any],
@@ -214,38 +256,17 @@ class RunDir:
         inputs: dict[str, str | None] | None = None,
     ) -> None:
         """Create or re-open the folder for the plain config ``plain`` whose stages have ``fingerprints``
-        (and read files of the content ``inputs``); refuse it if its stages were computed from another
-        config or other files. A ``repeatable`` stage whose own settings alone changed (the evaluation, with other
-        attacks or models) is not a conflict: it runs again, and what it wrote before stays beside
-        (``evaluations/``)."""
-        self.inputs = inputs or {}
+        (and read files of the content ``inputs``), once ``check_fits`` accepts it. A ``repeatable`` stage
+        whose own settings alone changed (the evaluation, with other attacks or models) runs again, and
+        what it wrote before stays beside (``evaluations/``)."""
         recorded = self.recorded_fingerprints()
-        changed = [stage for stage, value in fingerprints.items() if recorded.get(stage, value) != value]
-        repeated = changed if all(stage in repeatable for stage in changed) else []
-        conflicts = [stage for stage in changed if stage not in repeated]
-        for stage in repeated if writes_files() else []:
+        for stage in self.check_fits(plain, fingerprints, repeatable, inputs) if writes_files() else []:
             self._keep_results_aside(recorded[stage])
             self._started_marker(stage).unlink(missing_ok=True)
             self._done_marker(stage).unlink(missing_ok=True)
             log.info(
                 "%s: its settings changed; it runs again, earlier results stay in %s", stage, self.path / "evaluations"
             )
-        if conflicts:
-            old_config = self.path / "config.yaml"
-            old = yaml.safe_load(old_config.read_text()) if old_config.is_file() else {}
-            ignored = ("device:", "name:", *(f"{section}.{key}:" for section, key in EXECUTION_ONLY))
-            keys = [d for d in differences(old, plain) if not d.startswith(ignored)]
-            files = self._changed_inputs(self.inputs)
-            sources = [*(["a different config"] if keys else [])]
-            sources += ["other data" if key == "data" else f"another {key}" for key in files]
-            details = [*keys[:6], *(f"the content of {key}: {', '.join(c)}" for key, c in files.items())]
-            raise RunFolderError(
-                f"{self.path} already holds stage(s) {', '.join(conflicts)} computed from "
-                f"{' and '.join(sources) or 'a different config'} ({'; '.join(details) or 'see config.yaml'}). Its "
-                "results are kept: pass --out DIR for a new run, or --restart to move the old run aside to "
-                f"{self.path.name}.old-<time> and start over{self._reuse_hint(conflicts, plain)}"
-            )
-        self.check_usable()
         try:
             self.state.mkdir(parents=True, exist_ok=True)
             if not (self.path / MARKER).is_file():
