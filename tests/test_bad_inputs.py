@@ -220,7 +220,7 @@ CASES = {
     ),
     "arch_args a list": lambda t, f: (
         ["info", checkpoint_with(t, arch_args=[1, 2])],
-        "its arch_args and state_dict must be mappings",
+        "its arch_args, state_dict and metadata must be mappings",
     ),
     "num_classes: -5": lambda t, f: (
         ["info", checkpoint_with(t, arch_args={"num_classes": -5})],
@@ -302,6 +302,22 @@ CASES = {
         ],
         "computed from a different config (its config.yaml is damaged, so the keys cannot be named)",
     ),
+    "compare on a results.json of {}": lambda t, f: (
+        ["compare", str(damaged_copy(f, t, "results.json", "{}"))],
+        "results.json is not what gkp eval writes (no model name, params or MACs)",
+    ),
+    "compare on a results.json whose attacks are a string": lambda t, f: (
+        ["compare", str(damaged_copy(f, t, "results.json", results_with(f, attacks="fgsm")))],
+        "(no list of attacks with labels and accuracies)",
+    ),
+    "checkpoint metadata that is a list": lambda t, f: (
+        ["info", checkpoint_with(t, metadata=[1, 2])],
+        "arch_args, state_dict and metadata must be mappings",
+    ),
+    "a negative input_size in checkpoint metadata": lambda t, f: (
+        ["info", checkpoint_with(t, metadata={"input_size": -4})],
+        "its metadata's input_size must be a whole number >= 1, got -4",
+    ),
     "a date in a sweep's base": lambda t, f: (["sweep", sweep_spec(t, {}, seed="2024-01-01")], "1 cell(s) cannot run"),
     "a misspelt grid in a sweep spec": lambda t, f: (
         ["sweep", sweep_spec(t, {"gird": {"train.lr": [0.1]}}), "--dry-run"],
@@ -312,6 +328,10 @@ CASES = {
         "'out' must be a file or folder name",
     ),
 }
+
+
+def results_with(finished: Path, **changes) -> str:
+    return json.dumps({**json.loads((finished / "run" / "results.json").read_text()), **changes})
 
 
 def deleted_copy(finished: Path, tmp: Path, file: str) -> Path:

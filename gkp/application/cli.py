@@ -238,14 +238,13 @@ def _run(args: argparse.Namespace) -> None:
 
 
 def _info(args: argparse.Namespace) -> None:
-    from gkp.application.catalog import MODELS
-    from gkp.application.checkpoints.io import model_from_payload, read_checkpoint
+    from gkp.application.checkpoints.io import input_size_of, model_from_payload, read_checkpoint
     from gkp.application.checkpoints.zoo import local_checkpoint
     from gkp.mechanisms.counting import measure
 
     payload = read_checkpoint(local_checkpoint(args.checkpoint))
     model = model_from_payload(payload, args.checkpoint)
-    size = args.input_size or payload["metadata"].get("input_size") or MODELS.get(payload["arch"]).input_size
+    size = input_size_of(payload, args.input_size)
     cost = measure(model, size, convention=args.convention)
     plan = payload["plan"]
     plan_text = "none (dense)"
@@ -261,9 +260,8 @@ def _info(args: argparse.Namespace) -> None:
 
 
 def _export(args: argparse.Namespace) -> None:
-    from gkp.application.catalog import MODELS
     from gkp.application.checkpoints.export import export_onnx, write_safetensors
-    from gkp.application.checkpoints.io import model_from_payload, read_checkpoint
+    from gkp.application.checkpoints.io import input_size_of, model_from_payload, read_checkpoint
     from gkp.application.checkpoints.zoo import local_checkpoint
 
     source = local_checkpoint(args.checkpoint)
@@ -273,8 +271,7 @@ def _export(args: argparse.Namespace) -> None:
     if args.format == "safetensors":
         write_safetensors(payload, out)
     else:
-        size = args.input_size or payload["metadata"].get("input_size") or MODELS.get(payload["arch"]).input_size
-        export_onnx(model_from_payload(payload, str(source)), out, size)
+        export_onnx(model_from_payload(payload, str(source)), out, input_size_of(payload, args.input_size))
     print(f"wrote {out}")
 
 
@@ -286,15 +283,22 @@ def _described(results: dict, folder) -> dict:
     config_file = folder / "config.yaml"
     if "method" in results or not config_file.is_file():
         return results
-    config = yaml.safe_load(config_file.read_text()) or {}
-    prune = config.get("prune") or {}
+    try:
+        config = yaml.safe_load(config_file.read_text()) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return results  # the table then leaves these columns empty
+    prune = config.get("prune") if isinstance(config, dict) else None
+    if not isinstance(prune, dict):
+        return results
     rate = prune.get("rate") if prune.get("target_macs") is None else None
-    return {**results, "method": prune.get("method"), "rate": rate, "data": (config.get("data") or {}).get("name")}
+    data = config.get("data") if isinstance(config.get("data"), dict) else {}
+    return {**results, "method": prune.get("method"), "rate": rate, "data": data.get("name")}
 
 
 def _read_results(folders: list[str]) -> list[dict]:
     """Each run folder's results.json, with its method, rate and data (see ``_described``)."""
 
+    from gkp.application.reports.results import check_results
     from gkp.foundation.errors import RunFolderError
     from gkp.foundation.files import read_json_mapping
 
@@ -304,6 +308,7 @@ def _read_results(folders: list[str]) -> list[dict]:
         if not path.is_file():
             raise RunFolderError(f"{path} does not exist: run the eval stage of that run first (gkp eval CONFIG)")
         results = read_json_mapping(path, "evaluate the run again: gkp eval CONFIG --out FOLDER")
+        check_results(results, str(path))
         runs.append(_described(results, Path(folder)))
     return runs
 

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from gkp.application.catalog import build_model
+from gkp.application.catalog import MODELS, build_model
 from gkp.application.checkpoints.export import read_safetensors
 from gkp.foundation.contracts import model_spec
 from gkp.foundation.errors import CheckpointError, GkpError, first_line, relative_path_note
@@ -68,9 +68,20 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
             f"{path} is not a gkp checkpoint: expected keys {', '.join(REQUIRED_KEYS)}, "
             f"found {found}. A plain state_dict can be wrapped with gkp.application.checkpoints.io.save_checkpoint"
         )
-    if not isinstance(payload["arch_args"], dict) or not isinstance(payload["state_dict"], dict):
-        raise CheckpointError(f"{path} is not a gkp checkpoint: its arch_args and state_dict must be mappings")
+    if not all(isinstance(payload[key], dict) for key in ("arch_args", "state_dict", "metadata")):
+        raise CheckpointError(
+            f"{path} is not a gkp checkpoint: its arch_args, state_dict and metadata must be mappings"
+        )
+    size = payload["metadata"].get("input_size")
+    if size is not None and (type(size) is not int or size < 1):
+        raise CheckpointError(f"{path}: its metadata's input_size must be a whole number >= 1, got {size!r:.40}")
     return payload
+
+
+def input_size_of(payload: dict[str, Any], asked: int | None = None) -> int:
+    """The image side a checkpoint's model is measured or exported at: ``asked``, else the one its
+    metadata records, else its architecture's usual one."""
+    return asked or payload["metadata"].get("input_size") or MODELS.get(payload["arch"]).input_size
 
 
 def _read_torch_file(path: Path) -> Any:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from gkp.foundation.errors import RunFolderError
+
 
 def _percent(value: float) -> str:
     return f"{100 * value:.2f}"
@@ -51,6 +53,34 @@ def _run_columns(results: dict[str, Any], entry: dict[str, Any]) -> list[str]:
     pruned = not entry["model"].startswith("dense")
     method, rate = results.get("method"), results.get("rate")
     return [str(method) if pruned and method else "-", f"{rate:g}" if pruned and rate is not None else "-"]
+
+
+def check_results(results: dict[str, Any], source: str) -> None:
+    """A RunFolderError naming ``source`` unless ``results`` holds what an evaluation writes for each of its
+    models: a name, params and MACs, the benign accuracy and a list of attacks with labels and accuracies."""
+    for entry in [results, *(results.get("other_models") or [])]:
+        problem = _entry_problem(entry) if isinstance(entry, dict) else "a model's entry is not a mapping"
+        if problem:
+            raise RunFolderError(
+                f"{source} is not what gkp eval writes ({problem}); evaluate again: gkp eval CONFIG --out FOLDER"
+            )
+
+
+def _entry_problem(entry: dict[str, Any]) -> str | None:
+    number = (int, float)
+    if not isinstance(entry.get("model"), str) or not all(isinstance(entry.get(k), number) for k in ("params", "macs")):
+        return "no model name, params or MACs"
+    if not isinstance(entry.get("benign"), dict) or not isinstance(entry["benign"].get("accuracy"), number):
+        return "no benign accuracy"
+    attacks = entry.get("attacks")
+    if not isinstance(attacks, list) or not all(
+        isinstance(a, dict) and isinstance(a.get("label"), str) and isinstance(a.get("accuracy"), number)
+        for a in attacks
+    ):
+        return "no list of attacks with labels and accuracies"
+    if attacks and not isinstance(entry.get("worst_case"), dict):
+        return "no worst case"
+    return None
 
 
 def results_table(*runs: dict[str, Any], names: list[str] | None = None) -> str:
