@@ -318,6 +318,22 @@ CASES = {
         ["info", checkpoint_with(t, metadata={"input_size": -4})],
         "its metadata's input_size must be a whole number >= 1, got -4",
     ),
+    "lists nested 3000 deep": lambda t, f: (
+        ["check", config_file(t, "model: {arch: resnet8}\ntrain: {epochs: " + "[" * 3000 + "]" * 3000 + "}\n")],
+        "nests its lists or mappings too deeply to be read",
+    ),
+    "an alias bomb (9 aliases of 9, nine levels)": lambda t, f: (
+        ["check", config_file(t, alias_bomb())],
+        "train.epochs",
+    ),
+    "a model checkpoint where a resume checkpoint belongs": lambda t, f: (
+        ["run", str(f / "tiny.yaml"), "--out", str(model_as_resume(f, t))],
+        "state/train_last.ckpt is not the resume checkpoint of the train stage",
+    ),
+    "a sweep into a folder of other things": lambda t, f: (
+        ["sweep", sweep_spec(t, {"out": str(Path(config_file(t, "mine")).parent)}), "--dry-run"],
+        "holds other things than runs (bad.yaml, base.yaml)",
+    ),
     "a date in a sweep's base": lambda t, f: (["sweep", sweep_spec(t, {}, seed="2024-01-01")], "1 cell(s) cannot run"),
     "a misspelt grid in a sweep spec": lambda t, f: (
         ["sweep", sweep_spec(t, {"gird": {"train.lr": [0.1]}}), "--dry-run"],
@@ -328,6 +344,22 @@ CASES = {
         "'out' must be a file or folder name",
     ),
 }
+
+
+def alias_bomb() -> str:
+    """A YAML text of a few hundred bytes whose value, written out, would hold 9^9 items."""
+    levels = ["&a0 [x, x, x, x, x, x, x, x, x]"]
+    levels += [f"&a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 9)]
+    return f"model: {{arch: resnet8}}\ntrain: {{epochs: [{', '.join(levels)}]}}\n"
+
+
+def model_as_resume(finished: Path, tmp: Path) -> Path:
+    """A copy of the finished run whose train stage is unfinished and whose resume file is a model."""
+    import shutil
+
+    copy = deleted_copy(finished, tmp, "state/train.done")
+    shutil.copy(copy / "dense.ckpt", copy / "state" / "train_last.ckpt")
+    return copy
 
 
 def results_with(finished: Path, **changes) -> str:

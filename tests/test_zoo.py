@@ -229,6 +229,10 @@ def test_a_brought_in_file_with_the_wrong_hash_is_refused_and_left_alone(shared,
     assert mine.is_file() and list(cache.iterdir()) == []
     with pytest.raises(ZooError, match="--from .*nowhere.th: no such file"):
         fetch("resnet20-akamaster", tmp_path / "nowhere.th")
+    cache.rmdir()
+    cache.write_text("a file where the cache folder belongs")
+    with pytest.raises(ZooError, match="zoo's cache .* is a file, not a folder; set GKP_ZOO_CACHE to a folder"):
+        fetch("resnet20-akamaster", mine)
 
 
 def test_the_cache_is_named_by_the_published_hash_so_a_changed_entry_is_fetched_anew(shared, cache):

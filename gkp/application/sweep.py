@@ -143,6 +143,8 @@ def load_sweep(path: str | Path) -> Sweep:
     out = Path(spec.get("out") or Path("runs") / name)
     base = read_config(path.parent / spec["base"])
     sweep = Sweep(name, out, [], Path(spec.get("dense_out") or out))
+    for folder in {out, sweep.dense_out}:
+        _check_sweep_folder(folder)
     for entry in _overrides(spec):
         overrides = {k: v for k, v in entry.items() if k not in ("name", "base")}
         cell_name = str(entry.get("name") or _cell_name(overrides))
@@ -151,6 +153,31 @@ def load_sweep(path: str | Path) -> Sweep:
         _attach_dense(sweep, cell)
         sweep.cells.append(cell)
     return sweep
+
+
+SWEEP_FILES = ("configs", "jobs")  # what a sweep writes in its folder beside its runs
+
+
+def _check_sweep_folder(folder: Path) -> None:
+    """A sweep writes only into a new folder or one of runs and sweeps' files: never among other things
+    (another tool's files, say), as a run never writes into a folder that is not a run folder."""
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"the sweep's folder {folder} is a file; set 'out' (or 'dense_out') to a folder")
+    others = [
+        entry.name
+        for entry in (folder.iterdir() if folder.is_dir() else [])
+        if not entry.name.startswith(".") and entry.name not in SWEEP_FILES and not _a_run_or_empty(entry)
+    ]
+    if others:
+        raise ConfigError(
+            f"the sweep's folder {folder} holds other things than runs ({', '.join(sorted(others)[:3])}); set "
+            "'out' (or 'dense_out') to a new folder, so that nothing in it is mixed with the sweep's runs"
+        )
+
+
+def _a_run_or_empty(path: Path) -> bool:
+    """A run folder, or a folder with nothing but hidden files in it (a run's, just begun)."""
+    return path.is_dir() and (RunDir(path).is_run_folder() or all(p.name.startswith(".") for p in path.iterdir()))
 
 
 def _attach_dense(sweep: Sweep, cell: Cell) -> None:

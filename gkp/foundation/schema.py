@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import reprlib
 import types
 import typing
 from collections.abc import Callable, Hashable
@@ -53,6 +54,16 @@ def in_open_unit_interval(v: float) -> str | None:
     return None if 0 < v < 1 else f"must be in (0, 1) (exclusive), got {v}"
 
 
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxlist, _SHORT.maxdict, _SHORT.maxstring, _SHORT.maxother = 2, 4, 4, 40, 40
+
+
+def shown(value: Any) -> str:
+    """A value as an error message shows it, cut short: the repr of a YAML alias bomb, which the loader
+    builds as shared references, would be exponential."""
+    return _SHORT.repr(value)
+
+
 def in_unit_interval(v: float) -> str | None:
     return None if 0 <= v <= 1 else f"must be in [0, 1], got {v}"
 
@@ -73,9 +84,9 @@ def parse_number(value: Any, path: str) -> float:
     except (ValueError, ZeroDivisionError):
         pass
     if number is None:
-        raise ConfigError(f"{path}: must be a number such as 0.03 or 8/255, got {value!r}")
+        raise ConfigError(f"{path}: must be a number such as 0.03 or 8/255, got {shown(value)}")
     if not math.isfinite(number):
-        raise ConfigError(f"{path}: must be a finite number, got {value!r}")
+        raise ConfigError(f"{path}: must be a finite number, got {shown(value)}")
     return number
 
 
@@ -104,6 +115,8 @@ def load_yaml(text: str, source: str) -> Any:
     ConfigError naming ``source`` and the place of the problem."""
     try:
         return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
+    except RecursionError:
+        raise ConfigError(f"{source} nests its lists or mappings too deeply to be read") from None
     except yaml.YAMLError as error:
         place = getattr(error, "problem_mark", None)
         where = f" (line {place.line + 1}, column {place.column + 1})" if place is not None else ""
@@ -137,34 +150,34 @@ def convert(tp: Any, value: Any, path: str) -> Any:
     if origin is Literal:
         if value not in args:
             raise ConfigError(
-                f"{path}: must be one of {', '.join(map(repr, args))}, got {value!r}"
+                f"{path}: must be one of {', '.join(map(repr, args))}, got {shown(value)}"
                 f"{did_you_mean(str(value), [str(a) for a in args])}"
             )
         return value
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{path}: must be a list, got {value!r}")
+            raise ConfigError(f"{path}: must be a list, got {shown(value)}")
         item_type = args[0]
         return tuple(convert(item_type, item, f"{path}[{i}]") for i, item in enumerate(value))
     if origin is dict or tp is dict:
         if not isinstance(value, dict):
-            raise ConfigError(f"{path}: must be a mapping, got {value!r}")
+            raise ConfigError(f"{path}: must be a mapping, got {shown(value)}")
         return dict(value)
     if dataclasses.is_dataclass(tp):
         return build(tp, value, path)
     if tp is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{path}: must be true or false, got {value!r}")
+            raise ConfigError(f"{path}: must be true or false, got {shown(value)}")
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{path}: must be a whole number, got {value!r}")
+            raise ConfigError(f"{path}: must be a whole number, got {shown(value)}")
         return value
     if tp is float:
         return parse_number(value, path)
     if tp is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{path}: must be a string, got {value!r}")
+            raise ConfigError(f"{path}: must be a string, got {shown(value)}")
         return value
     if tp is Any:
         return value
@@ -176,7 +189,7 @@ def build(cls: type, data: Any, path: str) -> Any:
     data = {} if data is None else data
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     if not isinstance(data, dict):
-        raise ConfigError(f"{path or 'the config'}: must be a mapping with keys {', '.join(fields)}, got {data!r}")
+        raise ConfigError(f"{path or 'the config'}: must be a mapping with keys {', '.join(fields)}, got {shown(data)}")
     prefix = f"{path}." if path else ""
     for key in data:
         if key not in fields:

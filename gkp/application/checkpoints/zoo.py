@@ -170,6 +170,8 @@ def fetch(name: str, source_file: str | Path | None = None, manifest: dict[str, 
     """The converted checkpoint of zoo entry ``name``: cached (and checked to be what was converted),
     else downloaded (or copied from ``source_file``), verified, converted and cached."""
     entry = entry_named(name, manifest)
+    if cache_dir().exists() and not cache_dir().is_dir():
+        raise ZooError(f"the zoo's cache {cache_dir()} is a file, not a folder; set GKP_ZOO_CACHE to a folder")
     destination = cached_path(entry)
     if destination.is_file() and source_file is None:
         _check_cached(entry, destination)

@@ -480,7 +480,13 @@ class StageStore:
         if not path.is_file():
             return None
         payload = read_checkpoint(path)
-        return TrainingState(**payload["training"]), payload["state_dict"]
+        try:
+            return TrainingState(**payload["training"]), payload["state_dict"]
+        except (KeyError, TypeError):
+            raise RunFolderError(
+                f"{path} is not the resume checkpoint of the {self.stage} stage (no training state in it); "
+                f"delete it to start the stage afresh, or --restart the run"
+            ) from None
 
     def describe_last(self) -> str:
         path = self.run.resume_path(self.stage)
