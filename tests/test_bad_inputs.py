@@ -304,7 +304,7 @@ CASES = {
     ),
     "compare on a results.json of {}": lambda t, f: (
         ["compare", str(damaged_copy(f, t, "results.json", "{}"))],
-        "results.json is not what gkp eval writes (no model name, params or MACs)",
+        "results.json is not what gkp eval writes (no benign accuracy)",
     ),
     "compare on a results.json whose attacks are a string": lambda t, f: (
         ["compare", str(damaged_copy(f, t, "results.json", results_with(f, attacks="fgsm")))],

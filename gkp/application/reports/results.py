@@ -13,6 +13,10 @@ def _percent(value: float) -> str:
     return f"{100 * value:.2f}"
 
 
+def _percent_or_dash(value: float | None) -> str:
+    return "-" if value is None else _percent(value)
+
+
 def _aligned(row: list[str], widths: list[int]) -> str:
     """First column left-aligned (names), the others right-aligned (numbers)."""
     cells = [row[0].ljust(widths[0])] + [cell.rjust(width) for cell, width in zip(row[1:], widths[1:], strict=True)]
@@ -20,7 +24,7 @@ def _aligned(row: list[str], widths: list[int]) -> str:
 
 
 def _has_zeroed_weights(entry: dict[str, Any]) -> bool:
-    return entry.get("nonzero_params", entry["params"]) < entry["params"]
+    return "nonzero_params" in entry and entry["nonzero_params"] < entry.get("params", 0)
 
 
 def _millions(value: float | None) -> str:
@@ -29,7 +33,7 @@ def _millions(value: float | None) -> str:
 
 def _unbounded(attack: dict[str, Any]) -> bool:
     """A minimum-norm attack without eps: it bounds no threat model, so it has a median norm, not an accuracy."""
-    return "median_norm" in attack and attack["params"].get("eps") is None
+    return "median_norm" in attack and attack.get("params", {}).get("eps") is None
 
 
 def _labels(runs: tuple[dict[str, Any], ...], unbounded: bool) -> list[str]:
@@ -40,7 +44,7 @@ def _labels(runs: tuple[dict[str, Any], ...], unbounded: bool) -> list[str]:
 
 
 def _norm_header(runs: tuple[dict[str, Any], ...], label: str) -> str:
-    norm = next(a["params"].get("norm", "") for r in runs for a in r["attacks"] if a["label"] == label)
+    norm = next(a.get("params", {}).get("norm", "") for r in runs for a in r["attacks"] if a["label"] == label)
     return f"{label} median {norm}"
 
 
@@ -50,14 +54,15 @@ def _data(results: dict[str, Any]) -> str:
 
 def _run_columns(results: dict[str, Any], entry: dict[str, Any]) -> list[str]:
     """method and rate of a row; the dense model has neither."""
-    pruned = not entry["model"].startswith("dense")
+    pruned = not str(entry.get("model", "")).startswith("dense")
     method, rate = results.get("method"), results.get("rate")
     return [str(method) if pruned and method else "-", f"{rate:g}" if pruned and rate is not None else "-"]
 
 
 def check_results(results: dict[str, Any], source: str) -> None:
     """A RunFolderError naming ``source`` unless ``results`` holds what an evaluation writes for each of its
-    models: a name, params and MACs, the benign accuracy and a list of attacks with labels and accuracies."""
+    models: the benign accuracy and a list of attacks with labels and accuracies (what every report reads;
+    a table shows '-' for what else is missing)."""
     for entry in [results, *(results.get("other_models") or [])]:
         problem = _entry_problem(entry) if isinstance(entry, dict) else "a model's entry is not a mapping"
         if problem:
@@ -68,18 +73,17 @@ def check_results(results: dict[str, Any], source: str) -> None:
 
 def _entry_problem(entry: dict[str, Any]) -> str | None:
     number = (int, float)
-    if not isinstance(entry.get("model"), str) or not all(isinstance(entry.get(k), number) for k in ("params", "macs")):
-        return "no model name, params or MACs"
     if not isinstance(entry.get("benign"), dict) or not isinstance(entry["benign"].get("accuracy"), number):
         return "no benign accuracy"
     attacks = entry.get("attacks")
     if not isinstance(attacks, list) or not all(
-        isinstance(a, dict) and isinstance(a.get("label"), str) and isinstance(a.get("accuracy"), number)
+        isinstance(a, dict)
+        and isinstance(a.get("label"), str)
+        and isinstance(a.get("accuracy"), number)
+        and isinstance(a.get("params", {}), dict)
         for a in attacks
     ):
         return "no list of attacks with labels and accuracies"
-    if attacks and not isinstance(entry.get("worst_case"), dict):
-        return "no worst case"
     return None
 
 
@@ -102,14 +106,15 @@ def results_table(*runs: dict[str, Any], names: list[str] | None = None) -> str:
     rows = []
     for index, results, entry in entries:
         attacks = {a["label"]: a for a in entry["attacks"]}
-        row = [f"{names[index]}/{entry['model']}" if several else entry["model"]]
+        model = str(entry.get("model", "-"))
+        row = [f"{names[index]}/{model}" if several else model]
         row += _run_columns(results, entry) if several else []
         row += [_data(results)] if data else []
-        row += [_millions(entry["params"]), _millions(entry["macs"])]
+        row += [_millions(entry.get("params")), _millions(entry.get("macs"))]
         row += [_millions(entry.get("authors_macs"))] if authors else []
         row += [_percent(entry["benign"]["accuracy"])]
         row += [_percent(attacks[label]["accuracy"]) if label in attacks else "-" for label in labels]
-        row += [_percent(entry["worst_case"]["accuracy"])] if labels else []
+        row += [_percent_or_dash((entry.get("worst_case") or {}).get("accuracy"))] if labels else []
         row += [_norm(attacks.get(label, {}).get("median_norm")) for label in unbounded]
         rows.append(row)
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
