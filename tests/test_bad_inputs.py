@@ -32,9 +32,15 @@ def tiny(tmp: Path, **sections) -> str:
     return str(write_config(tmp / "tiny.yaml", config))
 
 
-def npz_with_labels(tmp: Path, labels: np.ndarray) -> str:
-    path = tmp / "labels.npz"
-    np.savez(path, images=np.zeros((len(labels), 8, 8, 3), dtype=np.uint8), labels=labels)
+def npz_with_labels(tmp: Path, labels: np.ndarray, side: int = 8) -> str:
+    path = tmp / f"labels{side}.npz"
+    np.savez(path, images=np.zeros((len(labels), side, side, 3), dtype=np.uint8), labels=labels)
+    return str(path)
+
+
+def zero_side_npz(tmp: Path) -> str:
+    path = tmp / "zero.npz"
+    np.savez(path, images=np.zeros((4, 0, 0, 3), dtype=np.uint8), labels=np.arange(4) % 2)
     return str(path)
 
 
@@ -333,6 +339,17 @@ CASES = {
     "a sweep into a folder of other things": lambda t, f: (
         ["sweep", sweep_spec(t, {"out": str(Path(config_file(t, "mine")).parent)}), "--dry-run"],
         "holds other things than runs (bad.yaml, base.yaml)",
+    ),
+    "training images of 0 x 0 pixels": lambda t, f: (
+        ["check", tiny(t, data={**npz_data(t, np.arange(4) % 2), "train_path": zero_side_npz(t)})],
+        "holds no images, or images of no pixels",
+    ),
+    "training and test images of two sizes": lambda t, f: (
+        [
+            "check",
+            tiny(t, data={**npz_data(t, np.arange(4) % 2), "train_path": npz_with_labels(t, np.arange(4) % 2, 16)}),
+        ],
+        "holds 16 x 16 images",
     ),
     "a date in a sweep's base": lambda t, f: (["sweep", sweep_spec(t, {}, seed="2024-01-01")], "1 cell(s) cannot run"),
     "a misspelt grid in a sweep spec": lambda t, f: (

@@ -142,8 +142,9 @@ def preflight(ctx: Context, names: tuple[str, ...]) -> None:
 
 
 def _check_new_model_runs(ctx: Context) -> None:
-    """The model a run builds (all but one read from model.checkpoint) must build, take one of the data's
-    images and give a logit per class: model.args, data.mean and data.std and the image size meet here."""
+    """The model a run builds anew (unless it reads model.checkpoint) must build, take one of the data's
+    images and give a logit per class: model.args, data.mean, data.std and the image size meet here. The
+    stages seed the generators afresh, so building it here changes nothing they compute."""
     if ctx.exp.model.checkpoint:
         return
     arch, data = ctx.exp.model.arch, ctx.exp.data.name

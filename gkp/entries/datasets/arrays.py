@@ -111,8 +111,8 @@ def read_npz_file(path: str, key: str) -> ArraySet:
         raise DataError(
             f"{key}: {file}: 'images' must be uint8 N x H x W x 3 (or N x H x W), got {images.dtype} {images.shape}"
         )
-    if images.shape[0] == 0:
-        raise DataError(f"{key}: {file} holds no images (its 'images' array is empty)")
+    if images.shape[0] == 0 or images.shape[1] == 0 or images.shape[2] == 0:
+        raise DataError(f"{key}: {file} holds no images, or images of no pixels (its 'images' are {images.shape})")
     if labels.shape != (images.shape[0],) or not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0:
         raise DataError(
             f"{key}: {file}: 'labels' must be {images.shape[0]} non-negative integers, "
@@ -138,7 +138,16 @@ def read_npz(path: str | None, train_path: str | None, test_path: str | None) ->
     labels = test.labels if train is None else np.concatenate([train.labels, test.labels])
     if train is not None:
         _check_classes_present(train.labels, int(labels.max()) + 1, train_path)
+        if train.images.shape[1:] != test.images.shape[1:]:
+            raise DataError(
+                f"data.train_path: {train_path} holds {_side(train.images)} images, {test_path} "
+                f"{_side(test.images)} ones; a model trains and is evaluated on images of one size"
+            )
     return Arrays(train, test, int(labels.max()) + 1, CIFAR10_MEAN, CIFAR10_STD, "crop_flip")
+
+
+def _side(images: np.ndarray) -> str:
+    return f"{images.shape[1]} x {images.shape[2]}"
 
 
 def _check_classes_present(labels: np.ndarray, num_classes: int, path: str) -> None:
