@@ -351,6 +351,8 @@ CASES = {
         ],
         "holds 16 x 16 images",
     ),
+    "a folder as the config": lambda t, f: (["check", str(t)], "is a folder, not a file"),
+    "a folder as the checkpoint": lambda t, f: (["info", str(t)], "is a folder, not a file"),
     "a date in a sweep's base": lambda t, f: (["sweep", sweep_spec(t, {}, seed="2024-01-01")], "1 cell(s) cannot run"),
     "a misspelt grid in a sweep spec": lambda t, f: (
         ["sweep", sweep_spec(t, {"gird": {"train.lr": [0.1]}}), "--dry-run"],
@@ -437,6 +439,12 @@ def sweep_of_invalid_cells(tmp: Path) -> str:
         "cells": [{"name": "a", "prune.rate": 2}, {"name": "b", "train.lr": -1}],
     }
     return config_file(tmp, yaml.safe_dump(spec))
+
+
+@pytest.mark.parametrize("flag", ["--time", "--gpus-per-run", "--cpus-per-gpu", "--mem-gb", "--max-parallel"])
+def test_slurm_sizes_below_one_are_refused_before_anything_else(flag, tmp_path, capsys):
+    assert main(["sweep", sweep_spec(tmp_path, {}), "--launcher", "slurm", flag, "0"]) == 2
+    assert f"argument {flag}: must be a whole number >= 1, got '0'" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("case", CASES)

@@ -176,3 +176,10 @@ def test_tiny_imagenet_validation_annotations_are_read(tmp_path):
 def test_missing_image_folder_explains_the_layout(tmp_path):
     with pytest.raises(DataError, match=r"imagefolder: .*train does not exist. data.root must hold train/ and val/"):
         load_data(DataConfig(name="imagefolder", root=str(tmp_path)), CPU)
+
+
+def test_a_size_above_the_images_there_are_takes_them_all_and_says_so(caplog):
+    with caplog.at_level("WARNING"):
+        bundle = load_data(DataConfig(name="digits", train_size=5000, test_size=None), CPU)
+    assert bundle.train.num_samples == 1437
+    assert "data.train_size: 5000 asked, but there are 1437; all 1437 are used" in caplog.text

@@ -144,11 +144,13 @@ def _add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
     slurm = parser.add_argument_group("slurm (each job is one run)")
     slurm.add_argument("--partition", help="the SLURM partition")
     slurm.add_argument("--account", help="the SLURM account to charge")
-    slurm.add_argument("--time", type=int, default=24 * 60, help="minutes per job (requeued and resumed past it)")
-    slurm.add_argument("--gpus-per-run", type=int, default=1, help="GPUs of one run (above 1: data-parallel)")
-    slurm.add_argument("--cpus-per-gpu", type=int, default=8, help="CPU cores per GPU (data loading)")
-    slurm.add_argument("--mem-gb", type=int, help="memory per job")
-    slurm.add_argument("--max-parallel", type=int, default=64, help="jobs of an array running at once")
+    slurm.add_argument(
+        "--time", type=positive_int, default=24 * 60, help="minutes per job (requeued and resumed past it)"
+    )
+    slurm.add_argument("--gpus-per-run", type=positive_int, default=1, help="GPUs of one run (above 1: data-parallel)")
+    slurm.add_argument("--cpus-per-gpu", type=positive_int, default=8, help="CPU cores per GPU (data loading)")
+    slurm.add_argument("--mem-gb", type=positive_int, help="memory per job")
+    slurm.add_argument("--max-parallel", type=positive_int, default=64, help="jobs of an array running at once")
     slurm.add_argument(
         "--slurm-option", action="append", default=[], metavar="KEY=VALUE", help="any other sbatch option, repeatable"
     )

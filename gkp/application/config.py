@@ -27,7 +27,7 @@ from gkp.application.catalog import (
 from gkp.application.checkpoints.zoo import check_zoo_name
 from gkp.application.pipeline.stages import STAGE_NAMES, TRAINING_SECTIONS, eval_model_choices, stage_named
 from gkp.foundation.contracts import Choice
-from gkp.foundation.errors import ConfigError
+from gkp.foundation.errors import ConfigError, not_a_file
 from gkp.foundation.registry import did_you_mean
 from gkp.foundation.schema import build, load_yaml, option, read_text, to_plain, to_yaml
 from gkp.foundation.settings import (
@@ -432,7 +432,7 @@ def read_config(path: str | Path, seen: tuple[Path, ...] = ()) -> dict:
     A base's ``name`` is not inherited: a config names its own run (by default, its file's name)."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
+        raise ConfigError(f"config file {path} {not_a_file(path)}")
     if path.resolve() in seen:
         raise ConfigError(f"{path}: 'base' files include each other in a loop")
     raw = load_yaml(read_text(path, "config"), str(path))

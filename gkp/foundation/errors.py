@@ -43,6 +43,14 @@ def relative_path_note(path: str | Path) -> str:
     return f" (relative paths are read from the current folder, {os.getcwd()}, not from the config file's)"
 
 
+def not_a_file(path: str | Path) -> str:
+    """Why ``path`` cannot be read as a file, for a message: "is a folder, not a file", or "does not
+    exist" with the note on relative paths."""
+    if Path(path).is_dir():
+        return "is a folder, not a file"
+    return f"does not exist{relative_path_note(path)}"
+
+
 def first_line(error: BaseException) -> str:
     """The first line of an error's message, or its type's name where the message is empty."""
     lines = [line for line in str(error).splitlines() if line.strip()]

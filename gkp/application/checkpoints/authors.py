@@ -25,7 +25,7 @@ from torch import nn
 
 from gkp.application.catalog import build_model
 from gkp.application.checkpoints.io import save_checkpoint
-from gkp.foundation.errors import CheckpointError
+from gkp.foundation.errors import CheckpointError, not_a_file
 
 AUTHORS_MEAN = (0.4914, 0.4822, 0.4465)
 AUTHORS_STD = (0.2023, 0.1994, 0.2010)
@@ -169,7 +169,7 @@ def unpickle_records(path: str | Path) -> ModuleRecord:
     """The root module record of a zip-format torch pickle, built without running any of its code."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"{path} does not exist")
+        raise CheckpointError(f"{path} {not_a_file(path)}")
     if not zipfile.is_zipfile(path):
         raise CheckpointError(
             f"{path} is not a complete zip-format torch file: it is truncated or corrupt (download it again and "

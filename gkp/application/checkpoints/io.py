@@ -22,7 +22,7 @@ from torch import nn
 from gkp.application.catalog import MODELS, build_model
 from gkp.application.checkpoints.export import read_safetensors
 from gkp.foundation.contracts import model_spec
-from gkp.foundation.errors import CheckpointError, GkpError, first_line, relative_path_note
+from gkp.foundation.errors import CheckpointError, GkpError, first_line, not_a_file
 from gkp.foundation.files import replaced_atomically
 from gkp.mechanisms.pruning.plan import Plan
 from gkp.mechanisms.pruning.surgery import apply as apply_plan
@@ -60,7 +60,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     ``gkp export`` as well)."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist{relative_path_note(path)}")
+        raise CheckpointError(f"checkpoint {path} {not_a_file(path)}")
     payload = read_safetensors(path) if path.suffix == ".safetensors" else _read_torch_file(path)
     if not isinstance(payload, dict) or any(key not in payload for key in REQUIRED_KEYS):
         found = sorted(payload) if isinstance(payload, dict) else type(payload).__name__

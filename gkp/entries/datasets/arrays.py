@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from gkp.foundation.errors import ConfigError, DataError, first_line, relative_path_note
+from gkp.foundation.errors import ConfigError, DataError, first_line, not_a_file, relative_path_note
 from gkp.foundation.files import FULL
 from gkp.mechanisms.data.bundle import DataBundle, subset, training_indices
 from gkp.mechanisms.data.splits import TensorSplit
@@ -86,7 +86,7 @@ def read_npz_file(path: str, key: str) -> ArraySet:
     file = Path(path)
     if not file.is_file():
         raise DataError(
-            f"{key}: the npz file {path} does not exist{relative_path_note(path)}; it must hold 'images' "
+            f"{key}: the npz file {path} {not_a_file(path)}; it must hold 'images' "
             "(uint8, N x H x W x 3) and 'labels' (N integers)"
         )
     try:
@@ -219,7 +219,7 @@ def bundle_from_arrays(arrays: Arrays, cfg, device: torch.device) -> DataBundle:
         train = _tensor_split(arrays.train, train_idx, device, augment, cfg)
         # augmented only where a phase trains on it; evaluations read every split unaugmented
         val = _tensor_split(arrays.train, val_idx, device, augment, cfg) if len(val_idx) else None
-    test_idx = subset(len(arrays.test.labels), cfg.test_size, cfg)
+    test_idx = subset(len(arrays.test.labels), cfg.test_size, cfg, "test_size")
     return DataBundle(
         train,
         val,

@@ -117,7 +117,7 @@ def bundle_from_folders(cfg, device: torch.device, num_classes: int | None = Non
     size = cfg.image_size or 224
     train_set, test_set, num_classes = read_image_folders(cfg.root, size, cfg.crop_padding)
     train_idx, val_idx = training_indices(len(train_set), cfg)
-    test_idx = subset(len(test_set), cfg.test_size, cfg)
+    test_idx = subset(len(test_set), cfg.test_size, cfg, "test_size")
     val = None
     if len(val_idx):
         plain = type(train_set)(train_set.root, transform=transforms_for(size, train=False))

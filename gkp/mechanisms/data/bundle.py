@@ -9,11 +9,14 @@ loads the one a config names. ``data.val_fraction`` holds out a seeded part of t
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
 
 from gkp.mechanisms.data.splits import FolderSplit, TensorSplit
+
+log = logging.getLogger(__name__)
 
 Split = TensorSplit | FolderSplit
 
@@ -36,9 +39,12 @@ def seeded_subset(count: int, size: int | None, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).permutation(count)[:size])
 
 
-def subset(count: int, size: int | None, cfg) -> np.ndarray:
-    """The indices ``train_size`` / ``test_size`` keep of ``count`` under a ``DataConfig``: a seeded
-    random subset, or the first ``size`` (``data.subset: first``)."""
+def subset(count: int, size: int | None, cfg, key: str) -> np.ndarray:
+    """The indices ``data.<key>`` (``train_size`` / ``test_size``) keeps of ``count`` under a ``DataConfig``:
+    a seeded random subset, or the first ``size`` (``data.subset: first``); all of them, with a warning,
+    where it asks for more than there are."""
+    if size is not None and size > count:
+        log.warning("data.%s: %d asked, but there are %d; all %d are used", key, size, count, count)
     if cfg.subset == "first":
         return np.arange(min(size, count) if size is not None else count)
     return seeded_subset(count, size, cfg.split_seed)
@@ -57,4 +63,4 @@ def training_indices(count: int, cfg) -> tuple[np.ndarray, np.ndarray]:
     """(train indices, validation indices) of a training set of ``count`` under a ``DataConfig``: the
     validation part held out first, then the ``train_size`` subset of the rest."""
     train_idx, val_idx = hold_out(count, cfg.val_fraction, cfg.split_seed)
-    return train_idx[subset(len(train_idx), cfg.train_size, cfg)], val_idx
+    return train_idx[subset(len(train_idx), cfg.train_size, cfg, "train_size")], val_idx
