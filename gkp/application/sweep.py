@@ -57,7 +57,7 @@ from gkp.foundation.contracts import PruningContext, Recipe
 from gkp.foundation.errors import ConfigError, DataError, RunFolderError
 from gkp.foundation.files import read_json_cache
 from gkp.foundation.registry import did_you_mean
-from gkp.foundation.schema import load_yaml, read_text, to_yaml
+from gkp.foundation.schema import load_yaml, read_text, shown, to_yaml
 from gkp.mechanisms.counting import measure
 
 
@@ -103,7 +103,7 @@ def _check_spec(spec: dict[str, Any], path: Path) -> None:
             )
     for key in SPEC_PATHS:
         if key in spec and not isinstance(spec[key], str):
-            raise ConfigError(f"{path}: '{key}' must be a file or folder name, got {spec[key]!r:.60}")
+            raise ConfigError(f"{path}: '{key}' must be a file or folder name, got {shown(spec[key])}")
 
 
 def _overrides(spec: dict[str, Any]) -> list[dict[str, Any]]:

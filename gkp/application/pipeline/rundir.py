@@ -222,7 +222,7 @@ class RunDir:
         conflicts = [stage for stage in changed if stage not in repeated]
         if conflicts:
             old = self._recorded_config()
-            keys = [d for d in differences(old or {}, plain) if not d.startswith(EXECUTION_KEYS)] if old else []
+            keys = [d for d in differences(old, plain) if not d.startswith(EXECUTION_KEYS)] if old else []
             files = self._changed_inputs(self.inputs)
             sources = [*(["a different config"] if keys else [])]
             sources += ["other data" if key == "data" else f"another {key}" for key in files]
@@ -260,7 +260,8 @@ class RunDir:
         whose own settings alone changed (the evaluation, with other attacks or models) runs again, and
         what it wrote before stays beside (``evaluations/``)."""
         recorded = self.recorded_fingerprints()
-        for stage in self.check_fits(plain, fingerprints, repeatable, inputs) if writes_files() else []:
+        repeated = self.check_fits(plain, fingerprints, repeatable, inputs)  # in every process of a run
+        for stage in repeated if writes_files() else []:
             self._keep_results_aside(recorded[stage])
             self._started_marker(stage).unlink(missing_ok=True)
             self._done_marker(stage).unlink(missing_ok=True)
