@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from gkp.application.cli import main
+from gkp.application.pipeline.rundir import RunDir
 from gkp.application.sweep import load_sweep, run_status
 
 from conftest import tiny_config, write_config
@@ -91,6 +92,9 @@ def test_the_digits_quick_start_as_a_sweep_resumes_a_killed_cell(tmp_path, launc
         time.sleep(0.2)
     os.killpg(process.pid, signal.SIGKILL)  # the sweep and the runs it started
     process.wait()
+    deadline = time.time() + 30  # the killed run's lock is released as the kernel ends it, a moment later
+    while RunDir(sweep.cells[1].folder).holder() is not None and time.time() < deadline:
+        time.sleep(0.1)
     statuses = [run_status(c.folder, c.raw["stages"]) for c in sweep.cells]
     assert statuses[1] == "partial"
     if launcher == "local":  # one run at a time, in order
