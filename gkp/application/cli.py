@@ -289,9 +289,9 @@ def _described(results: dict, folder) -> dict:
         config = yaml.safe_load(config_file.read_text()) or {}
     except (OSError, UnicodeDecodeError, yaml.YAMLError):
         return results  # the table then leaves these columns empty
-    prune = config.get("prune") if isinstance(config, dict) else None
-    if not isinstance(prune, dict):
+    if not isinstance(config, dict):
         return results
+    prune = config.get("prune") if isinstance(config.get("prune"), dict) else {}
     rate = prune.get("rate") if prune.get("target_macs") is None else None
     data = config.get("data") if isinstance(config.get("data"), dict) else {}
     return {**results, "method": prune.get("method"), "rate": rate, "data": data.get("name")}

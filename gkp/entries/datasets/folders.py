@@ -120,7 +120,7 @@ def bundle_from_folders(cfg, device: torch.device, num_classes: int | None = Non
     test_idx = subset(len(test_set), cfg.test_size, cfg, "test_size")
     val = None
     if len(val_idx):
-        plain = type(train_set)(train_set.root, transform=transforms_for(size, train=False))
+        plain = image_folder(Path(train_set.root), transforms_for(size, train=False))
         val = FolderSplit(Subset(plain, val_idx.tolist()), device, cfg.num_workers)
     return DataBundle(
         FolderSplit(Subset(train_set, train_idx.tolist()), device, cfg.num_workers),
