@@ -152,6 +152,7 @@ class DHSPG(torch.optim.Optimizer):
         defaults = {"lr": recipe.lr, "momentum": recipe.momentum, "weight_decay": recipe.weight_decay}
         super().__init__(model.parameters(), defaults)
         self.layers = zero_invariant_groups(model)
+        self.in_groups = {t for layer in self.layers for t in layer}
         self.total = sum(len(layer[0]) for layer in self.layers)
         self.target = math.ceil(self.total * rate - 1e-9)  # zero groups at the target
         self.settings = params
@@ -162,9 +163,8 @@ class DHSPG(torch.optim.Optimizer):
     def step(self, closure=None):
         (group,) = self.param_groups
         directions = {p: self._direction(p, group) for p in group["params"] if p.grad is not None}
-        in_groups = {t for layer in self.layers for t in layer}
         for p, d in directions.items():
-            if p not in in_groups:
+            if p not in self.in_groups:
                 p.add_(d, alpha=-group["lr"])
         xs = [rows(layer) for layer in self.layers]
         ds = [rows([directions[t] for t in layer]) for layer in self.layers]
@@ -172,11 +172,12 @@ class DHSPG(torch.optim.Optimizer):
             for layer, mask in zip(self.layers, partition(xs, ds, self.rate, self.settings.tolerance), strict=True):
                 self.state[layer[0]]["penalised"] = mask
         updated = [x - group["lr"] * d for x, d in zip(xs, ds, strict=True)]
-        zeros = sum(int((x.norm(dim=1) == 0).sum()) for x in xs)
+        norms = [x.norm(dim=1) for x in xs]
+        zeros = sum(int((n == 0).sum()) for n in norms)
         if self.partitioned and zeros < self.target:
-            self._penalise(xs, ds, updated, group["lr"], self.target - zeros)
-        for layer, x, new in zip(self.layers, xs, updated, strict=True):
-            new[x.norm(dim=1) == 0] = 0  # zero groups stay zero
+            self._penalise(xs, ds, norms, updated, group["lr"], self.target - zeros)
+        for layer, n, new in zip(self.layers, norms, updated, strict=True):
+            new[n == 0] = 0  # zero groups stay zero
             self._write(layer, new)
 
     @property
@@ -197,12 +198,11 @@ class DHSPG(torch.optim.Optimizer):
             state["momentum_buffer"].mul_(group["momentum"]).add_(d)
         return state["momentum_buffer"]
 
-    def _penalise(self, xs, ds, updated, lr: float, room: int) -> None:
+    def _penalise(self, xs, ds, norms_of, updated, lr: float, room: int) -> None:
         """The penalty on the penalised groups, then the half-space projection of at most ``room`` of them."""
         depths, candidates = [], []
-        for index, (layer, x, d, new) in enumerate(zip(self.layers, xs, ds, updated, strict=True)):
+        for index, (layer, x, d, norms, new) in enumerate(zip(self.layers, xs, ds, norms_of, updated, strict=True)):
             penalised = self.state[layer[0]]["penalised"]
-            norms = x.norm(dim=1)
             unit = torch.where((norms > 0)[:, None], x / (norms + SAFE)[:, None], torch.zeros_like(x))
             lambdas = group_lambdas(x, d, penalised, self.settings.lmbda)
             new[penalised] -= lr * lambdas[penalised, None] * unit[penalised]

@@ -166,18 +166,15 @@ def _check_sweep_folder(folder: Path) -> None:
     others = [
         entry.name
         for entry in (folder.iterdir() if folder.is_dir() else [])
-        if not entry.name.startswith(".") and entry.name not in SWEEP_FILES and not _a_run_or_empty(entry)
+        if not entry.name.startswith(".")
+        and entry.name not in SWEEP_FILES
+        and (not entry.is_dir() or RunDir(entry).holds_other_things())
     ]
     if others:
         raise ConfigError(
             f"the sweep's folder {folder} holds other things than runs ({', '.join(sorted(others)[:3])}); set "
             "'out' (or 'dense_out') to a new folder, so that nothing in it is mixed with the sweep's runs"
         )
-
-
-def _a_run_or_empty(path: Path) -> bool:
-    """A run folder, or a folder with nothing but hidden files in it (a run's, just begun)."""
-    return path.is_dir() and (RunDir(path).is_run_folder() or all(p.name.startswith(".") for p in path.iterdir()))
 
 
 def _attach_dense(sweep: Sweep, cell: Cell) -> None:

@@ -282,6 +282,11 @@ class RunDir:
         earlier = [{k: v for k, v in previous.items() if k != "earlier"}, *previous.get("earlier", [])]
         write_json_atomic(env_file, {**environment(device), "earlier": earlier if previous else []})
 
+    def holds_other_things(self) -> bool:
+        """Whether the folder exists with files in it (hidden ones aside) and is not a run folder."""
+        visible = self.path.is_dir() and any(not p.name.startswith(".") for p in self.path.iterdir())
+        return visible and not self.is_run_folder()
+
     def is_run_folder(self) -> bool:
         """Whether our marker says this folder is a run folder (one made before the marker existed has
         ``state/``, and is then refused as an earlier version, see ``recorded_fingerprints``)."""
@@ -292,11 +297,7 @@ class RunDir:
         things (another tool's config.yaml, say) that a run would write beside or over."""
         if self.path.exists() and not self.path.is_dir():
             raise RunFolderError(f"{self.path} is a file, not a folder; pass --out a new or empty folder")
-        if (
-            self.path.is_dir()
-            and not self.is_run_folder()
-            and any(not p.name.startswith(".") for p in self.path.iterdir())
-        ):
+        if self.holds_other_things():
             raise RunFolderError(
                 f"{self.path} holds other files and is not a run folder (it has no {MARKER}); pass --out a "
                 "new or empty folder, so that nothing in it is mixed with a run's outputs or overwritten"

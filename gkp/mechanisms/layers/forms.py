@@ -230,10 +230,11 @@ def choose_forms(
             layer.module.form = timings.get(layer.key, "dense")
         chosen = {layer.name: layer.module.form for layer in layers}
         verdict = key(example.shape, _model_key(layers))
-        if set(chosen.values()) != {"dense"} and timings.get(verdict) not in (KEEP_FORMS, ALL_DENSE) and affordable:
+        some_grouped = set(chosen.values()) != {"dense"}
+        if some_grouped and timings.get(verdict) not in (KEEP_FORMS, ALL_DENSE) and affordable:
             keeps = _model_keeps_forms(model, chosen, example, train, rounds)
             timings[verdict] = KEEP_FORMS if keeps else ALL_DENSE  # timed once, like a layer shape
-        if set(chosen.values()) != {"dense"} and timings.get(verdict) != KEEP_FORMS:
+        if some_grouped and timings.get(verdict) != KEEP_FORMS:
             chosen = dict.fromkeys(chosen, "dense")
             use_form(model, "dense")
     finally:
