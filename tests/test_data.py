@@ -139,6 +139,10 @@ def test_image_folders_load_in_the_imagenet_layout(tmp_path):
     assert (bundle.num_classes, bundle.train.num_samples, bundle.test.num_samples) == (2, 6, 6)
     x, y = next(bundle.test.batches(4))
     assert x.shape == (4, 3, 16, 16) and 0 <= float(x.min()) and float(x.max()) <= 1 and y.tolist() == [0, 0, 0, 1]
+    # a training section's own crop padding rebuilds the training split's crops; the test split crops none
+    padded = bundle.train.with_crop_padding(8)
+    crop = next(t for t in padded.dataset.dataset.transform.transforms if type(t).__name__ == "RandomCrop")
+    assert crop.padding == 8 and padded.num_samples == 6 and bundle.test.with_crop_padding(8) is bundle.test
 
 
 def test_an_image_folders_digest_changes_with_its_images_and_is_kept_while_no_folder_changes(tmp_path):

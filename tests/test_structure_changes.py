@@ -87,6 +87,22 @@ def test_a_factorised_conv_is_the_truncated_svd_of_its_kept_inputs():
     assert torch.allclose(pruned(x), masked.eval()(x), atol=1e-5) and torch.equal(reloaded(pruned)(x), pruned(x))
 
 
+def test_without_a_rank_a_factorised_conv_is_the_input_pruned_conv():
+    model = resnet20()
+    layers = {"layer2.1.conv2": {"type": "factorised", "keep_in": [0, 5, 7], "rank": None}}
+    plan = plan_of(layers)
+    assert Plan.from_dict(json.loads(json.dumps(plan.to_dict()))).layers["layer2.1.conv2"] == FactorisedPlan(
+        (0, 5, 7), None
+    )
+    pruned = apply(model, plan).eval()
+    layer = pruned.layer2[1].conv2
+    assert torch.equal(layer.reduce.weight, model.layer2[1].conv2.weight[:, [0, 5, 7]])
+    assert measure(model, 32).macs - measure(pruned, 32).macs == 32 * 29 * 9 * 16 * 16
+    x = torch.rand(2, 3, 32, 32)
+    assert torch.allclose(pruned(x), apply_mask(model, plan).eval()(x), atol=1e-5)
+    assert torch.equal(reloaded(pruned)(x), pruned(x))
+
+
 def test_at_full_rank_a_factorised_conv_and_with_all_kept_adapters_equal_the_dense_model():
     model = resnet20()
     x = torch.rand(2, 3, 32, 32)

@@ -378,3 +378,20 @@ def test_the_crop_padding_is_a_setting_that_reaches_the_training_split():
         return int((images.flatten(1).amax(1) == 0).sum())
 
     assert blank_crops(4) > 0 and blank_crops(None) == blank_crops(1) == 0  # 4x4 images: a border of 1
+
+
+def test_a_training_sections_crop_padding_applies_to_its_training_alone():
+    """``finetune.crop_padding`` pads the fine-tune's crops (CC's 8) and leaves the dense model's training,
+    and so its fingerprint, as it was: a sweep still shares the dense model."""
+    from gkp.application.pipeline.stages import stage_named
+    from gkp.application.pipeline.training import _padded
+    from gkp.mechanisms.engine.train import Data
+
+    plain, padded = build_experiment(tiny_config()), build_experiment(tiny_config(finetune={"crop_padding": 8}))
+    inputs = {"data": None}
+    assert stage_named("train").fingerprint(plain, inputs) == stage_named("train").fingerprint(padded, inputs)
+    assert stage_named("finetune").fingerprint(plain, inputs) != stage_named("finetune").fingerprint(padded, inputs)
+    split = TensorSplit(torch.zeros(4, 1, 4, 4, dtype=torch.uint8), torch.zeros(4, dtype=torch.long), "crop")
+    data = _padded(Data(split, split), 8)
+    assert data.train.crop_padding == data.val.crop_padding == 8 and split.crop_padding is None
+    assert data.train.images is split.images and _padded(Data(split), None).train is split

@@ -191,11 +191,13 @@ class PruningMethod:
     ``gkp.mechanisms.pruning.plan`` ("filters", "grouped_kernels", or a structure-changing "removed_block",
     "factorised" or "adapters"). ``check(model, rate, params, context)`` raises ``PruningError`` for
     settings that cannot work on this architecture; the pipeline calls it before any training starts.
-    ``snapshot_epochs(params)`` lists the training snapshots the method reads. ``budgets`` names how its
-    size may be set (``rate``, and for filter methods ``rates`` and ``target_macs``); ``calibrated``
-    methods read calibration images. A "grouped_kernels" method's params are ``GroupedKernelParams``.
-    A training-time method (``training`` set) acts while the model trains; its ``select`` then reads the
-    trained model's zeroed filters, unless its ``finalize`` gives the plan (see ``TrainingTime``).
+    ``snapshot_epochs(params)`` lists the training snapshots the method reads. ``budgets`` names how its size
+    may be set (``rate``, and for filter methods ``rates`` and ``target_macs``); ``calibrated`` methods read
+    calibration images. A "grouped_kernels" method's params are ``GroupedKernelParams``. ``count(model,
+    input_size) -> MACs`` is the method's own counter, where its paper's figures came from it (``plan.json``
+    records it as ``method_macs``). A training-time method (``training`` set) acts while the model trains; its
+    ``select`` then reads the trained model's zeroed filters, unless its ``finalize`` gives the plan (see
+    ``TrainingTime``).
     """
 
     name: str
@@ -208,6 +210,7 @@ class PruningMethod:
     budgets: frozenset[str] = frozenset({"rate"})
     calibrated: bool = False
     training: TrainingTime | None = None
+    count: Callable[[nn.Module, int], int] | None = None
 
     def __post_init__(self) -> None:
         if self.kind == "grouped_kernels":

@@ -77,7 +77,8 @@ class DataConfig:
     crop_padding: int | None = option(
         None,
         check=at_least(0),
-        doc="zero border of the random crops; default a side/8 border: 4 at 32x32 (CC's configs: 8)",
+        doc="zero border of the random crops; default a side/8 border: 4 at 32x32 (a training section's "
+        "crop_padding overrides it)",
         default_text="side / 8",
     )
     num_workers: int = option(4, check=at_least(0), doc="loader processes for imagefolder data")
@@ -105,6 +106,12 @@ class TrainConfig:
     )
     clip_grad_norm: float | None = option(
         None, check=positive, doc="clip the gradients' global L2 norm to this before each step (CC: 1)"
+    )
+    crop_padding: int | None = option(
+        None,
+        check=at_least(0),
+        doc="zero border of the random crops while this section trains; default data.crop_padding (CC's fine-tune: 8)",
+        default_text="data's",
     )
     schedule: Literal["constant", "step", "multistep", "cosine"] = option(
         "step", doc="learning-rate schedule, stepped once per epoch"
@@ -183,7 +190,8 @@ class PruneConfig:
     target_macs: float | None = option(
         None,
         check=in_open_unit_interval,
-        doc="filter methods: keep this fraction of the dense MACs instead of a rate (solved within 0.5%)",
+        doc="filter methods and cc: keep this fraction of the dense MACs instead of a rate (solved within 0.5%; "
+        "cc: in its own count)",
     )
     calibration: CalibrationConfig = option(default_factory=CalibrationConfig, doc="data-dependent methods' images")
     during: Literal["train", "finetune"] | None = option(

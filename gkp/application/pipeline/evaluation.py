@@ -13,6 +13,7 @@ from typing import Any
 
 from torch import nn
 
+from gkp.application.catalog import PRUNING_METHODS
 from gkp.application.checkpoints.io import load_model
 from gkp.application.pipeline.context import Context, require_model
 from gkp.application.pipeline.stages import STAGE_NAMES
@@ -79,6 +80,9 @@ def _evaluate_model(ctx: Context, name: str) -> dict[str, Any]:
     ctx.run.write_per_sample(name, report.per_sample, evaluation)
     counts = {"params": cost.params, "nonzero_params": count_nonzero_params(model), "macs": cost.macs}
     counts["authors_macs"] = authors.macs
+    method = PRUNING_METHODS.get(ctx.exp.prune.method) if ctx.exp.prune else None
+    if method is not None and method.count is not None:
+        counts["method_macs"] = method.count(model, ctx.data.image_size)
     return {"model": name, "checkpoint": str(path), **counts, **({"forms": forms} if forms else {}), **report.to_dict()}
 
 

@@ -31,7 +31,7 @@ from gkp.foundation.errors import CheckpointError, ConfigError, PruningError
 from gkp.foundation.files import write_json_atomic
 from gkp.foundation.schema import to_plain
 from gkp.foundation.seeding import derive_seed, seed_everything
-from gkp.mechanisms.counting import measure
+from gkp.mechanisms.counting import Cost, measure
 from gkp.mechanisms.data.splits import calibration_batches
 from gkp.mechanisms.engine.evaluate import evaluate
 from gkp.mechanisms.pruning.plan import Plan
@@ -94,13 +94,20 @@ def _save_pruned(
     )
     metadata = {
         **notes,
-        source_name: asdict(source_cost),
-        "pruned": asdict(pruned_cost),
+        source_name: _costs(ctx, source, source_cost),
+        "pruned": _costs(ctx, pruned, pruned_cost),
         "test_accuracy_before_finetune": accuracy,
         **({"selection": selection.notes} if selection.notes else {}),
     }
     write_json_atomic(ctx.run.path / "plan.json", {**model_spec(pruned).plan, "metadata": metadata})
     save_checkpoint(ctx.run.path / model_file("pruned"), pruned, {"stage": "prune", "input_size": ctx.data.image_size})
+
+
+def _costs(ctx: Context, model: nn.Module, cost: Cost) -> dict[str, int]:
+    """A model's params and MACs, in the authors' count too, and in the method's own where it has one."""
+    costs = {**asdict(cost), "authors_macs": measure(model, ctx.data.image_size, "authors").macs}
+    count = PRUNING_METHODS.get(ctx.exp.prune.method).count
+    return {**costs, "method_macs": count(model, ctx.data.image_size)} if count else costs
 
 
 def _benign_accuracy(ctx: Context, model: nn.Module, description: str) -> float:

@@ -113,6 +113,14 @@ def _summary(outcome: FitOutcome, cfg, best_prefix: str | None) -> dict[str, Any
     return {"select_on": cfg.select_on, "epochs": len(outcome.history), "best": best, "final": outcome.final}
 
 
+def _padded(data: Data, crop_padding: int | None) -> Data:
+    """The splits with the training section's crop padding, where it sets one."""
+    if crop_padding is None:
+        return data
+    val = data.val.with_crop_padding(crop_padding) if data.val is not None else None
+    return Data(data.train.with_crop_padding(crop_padding), val)
+
+
 def train_stage(
     ctx: Context,
     stage: str,
@@ -145,7 +153,7 @@ def train_stage(
         outcome = fit(
             model,
             phases or [Phase("", Recipe.of(cfg))],
-            data=Data(ctx.data.train, ctx.data.val),
+            data=_padded(Data(ctx.data.train, ctx.data.val), cfg.crop_padding),
             settings=settings,
             store=store,
             objective=objective_of(cfg),

@@ -124,7 +124,7 @@ def _values(entry: dict[str, Any] | None, run: Run | None, columns: list[str]) -
     values = []
     for column in columns:
         if column == "macs":
-            values.append(entry.get("authors_macs", entry["macs"]) / 1e6)
+            values.append(entry.get("method_macs", entry.get("authors_macs", entry["macs"])) / 1e6)
         elif column == "params":
             values.append(entry.get("nonzero_params", entry["params"]) / 1e6)
         elif column == "total_seconds":

@@ -122,8 +122,12 @@ def bundle_from_folders(cfg, device: torch.device, num_classes: int | None = Non
     if len(val_idx):
         plain = image_folder(Path(train_set.root), transforms_for(size, train=False))
         val = FolderSplit(Subset(plain, val_idx.tolist()), device, cfg.num_workers)
+
+    def repadded(crop_padding: int) -> Dataset:
+        return Subset(image_folder(Path(train_set.root), transforms_for(size, True, crop_padding)), train_idx.tolist())
+
     return DataBundle(
-        FolderSplit(Subset(train_set, train_idx.tolist()), device, cfg.num_workers),
+        FolderSplit(Subset(train_set, train_idx.tolist()), device, cfg.num_workers, repadded),
         val,
         FolderSplit(Subset(test_set, test_idx.tolist()), device, cfg.num_workers),
         num_classes,

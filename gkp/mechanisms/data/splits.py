@@ -11,7 +11,8 @@ every training batch (the batches themselves are those of one process), and ever
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import copy
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -103,6 +104,12 @@ class TensorSplit:
                 part = torch.arange(start, min(start + batch_size, self.num_samples), device=self.images.device)
                 yield index, (self.images.index_select(0, part).float().div_(255), self.labels.index_select(0, part))
 
+    def with_crop_padding(self, crop_padding: int) -> TensorSplit:
+        """The same split (its tensors shared) whose training crops are padded by ``crop_padding``."""
+        padded = copy.copy(self)
+        padded.crop_padding = crop_padding
+        return padded
+
     def take(self, index: torch.Tensor, batch_size: int) -> list[Batch]:
         """The samples at ``index``, in that order, unaugmented, in batches."""
         index = index.to(self.images.device)
@@ -113,12 +120,26 @@ class TensorSplit:
 
 
 class FolderSplit:
-    """A torchvision-style dataset of (float image tensor in [0, 1], label) read by a DataLoader."""
+    """A torchvision-style dataset of (float image tensor in [0, 1], label) read by a DataLoader;
+    ``repadded(crop_padding)``, for a split read with random crops, is the same split with that padding."""
 
-    def __init__(self, dataset: Dataset, device: torch.device, num_workers: int):
+    def __init__(
+        self,
+        dataset: Dataset,
+        device: torch.device,
+        num_workers: int,
+        repadded: Callable[[int], Dataset] | None = None,
+    ):
         self.dataset = dataset
         self.device = device
         self.num_workers = num_workers
+        self.repadded = repadded
+
+    def with_crop_padding(self, crop_padding: int) -> FolderSplit:
+        """The same split with its random crops padded by ``crop_padding`` (itself if it crops none)."""
+        if self.repadded is None:
+            return self
+        return FolderSplit(self.repadded(crop_padding), self.device, self.num_workers, self.repadded)
 
     @property
     def num_samples(self) -> int:

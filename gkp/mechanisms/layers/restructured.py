@@ -5,7 +5,8 @@ layer it replaces (``gkp.mechanisms.pruning.surgery``) so that a plan alone rebu
   computes once its branch outputs zero (GAL's removed blocks). A removed stage-entry block keeps its
   shortcut (the option-A zero-pad subsampling, or a projection).
 - ``FactorisedConv2d``: a conv that reads only ``keep_in`` of its input channels, as a ``rank``-channel k x k
-  conv then a 1x1 conv, the truncated SVD of the input-pruned weight (CC's compressed convs).
+  conv then a 1x1 conv, the truncated SVD of the input-pruned weight, or without a rank as the input-pruned
+  conv alone (CC's compressed convs).
 - ``AdaptedConv2d``: a conv between two 1x1 convs, ``pre`` (input channels -> the core's) and ``post`` (the
   core's -> output channels); from a dense conv they select ``keep_in`` and place ``keep_out`` (LRF's
   adapters, which its training then moves away from selections).
@@ -39,29 +40,44 @@ def _conv_like(conv: nn.Conv2d, in_channels: int, out_channels: int, *, pointwis
 
 
 class FactorisedConv2d(nn.Module):
-    """``expand(reduce(x[:, keep_in]))``: ``reduce`` a k x k conv to ``rank`` channels, ``expand`` a 1x1 conv."""
+    """``expand(reduce(x[:, keep_in]))``: ``reduce`` a k x k conv to ``rank`` channels, ``expand`` a 1x1 conv;
+    without a rank, ``reduce`` is the input-pruned conv itself and ``expand`` the identity."""
 
-    def __init__(self, keep_in: torch.Tensor, reduce: nn.Conv2d, expand: nn.Conv2d):
+    def __init__(self, keep_in: torch.Tensor, reduce: nn.Conv2d, expand: nn.Module):
         super().__init__()
         self.register_buffer("keep_in", keep_in.long())
         self.reduce, self.expand = reduce, expand
 
     @classmethod
-    def from_dense(cls, conv: nn.Conv2d, keep_in: list[int], rank: int) -> FactorisedConv2d:
-        """The truncated SVD (float64) of ``conv``'s weight restricted to ``keep_in``: ``reduce`` holds the top
-        ``rank`` right singular vectors, ``expand`` the left ones scaled by their singular values and the
-        conv's bias."""
+    def from_dense(cls, conv: nn.Conv2d, keep_in: list[int], rank: int | None) -> FactorisedConv2d:
+        """The truncated SVD (float64) U S V^T of ``conv``'s weight restricted to ``keep_in``, split as CC's
+        code splits it: ``reduce`` holds sqrt(S) V^T of the top ``rank`` singular values, ``expand`` U sqrt(S)
+        and the conv's bias. Without a rank, ``reduce`` holds the restricted weight and the bias."""
         index = torch.tensor(keep_in, dtype=torch.long, device=conv.weight.device)
-        weight = conv.weight.detach().index_select(1, index).double()
-        u, s, vh = torch.linalg.svd(weight.flatten(1), full_matrices=False)
+        weight = conv.weight.detach().index_select(1, index)
+        if rank is None:
+            reduce = _conv_like(conv, len(keep_in), conv.out_channels, pointwise=False, bias=conv.bias is not None)
+            with torch.no_grad():
+                reduce.weight.copy_(weight)
+                if conv.bias is not None:
+                    reduce.bias.copy_(conv.bias.detach())
+            return cls(index, reduce, nn.Identity())
+        u, s, vh = torch.linalg.svd(weight.double().flatten(1), full_matrices=False)
+        root = s[:rank].sqrt()
         reduce = _conv_like(conv, len(keep_in), rank, pointwise=False, bias=False)
         expand = _conv_like(conv, rank, conv.out_channels, pointwise=True, bias=conv.bias is not None)
         with torch.no_grad():
-            reduce.weight.copy_(vh[:rank].view(rank, *weight.shape[1:]))
-            expand.weight.copy_((u[:, :rank] * s[:rank]).view(conv.out_channels, rank, 1, 1))
+            reduce.weight.copy_((root[:, None] * vh[:rank]).view(rank, *weight.shape[1:]))
+            expand.weight.copy_((u[:, :rank] * root).view(conv.out_channels, rank, 1, 1))
             if conv.bias is not None:
                 expand.bias.copy_(conv.bias.detach())
         return cls(index, reduce, expand)
+
+    def dense_weight(self) -> torch.Tensor:
+        """The weight of the one conv this computes, over ``keep_in``: expand x reduce."""
+        if isinstance(self.expand, nn.Identity):
+            return self.reduce.weight
+        return torch.einsum("or,rikl->oikl", self.expand.weight[:, :, 0, 0], self.reduce.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.expand(self.reduce(x.index_select(1, self.keep_in)))

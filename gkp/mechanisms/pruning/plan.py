@@ -14,12 +14,12 @@ the consumers keep their weights.
 ``grouped_kernels`` layers (GKP) list the conv's filters grouped (``filter_order``) and, per group, the
 input channels whose kernels it keeps (``kept``); the conv becomes a grouped convolution.
 
-Plans that change the structure further (``gkp.mechanisms.layers.restructured``): a ``removed_block``
-entry names a residual block whose branch is removed (it computes its shortcut alone); a ``factorised``
-conv reads ``keep_in`` of its input channels through a ``rank``-channel conv and a 1x1 conv (the truncated
-SVD of the dense weights); an ``adapters`` conv sits between 1x1 convs and keeps ``keep_in`` x ``keep_out``
-of its weights. Each is rebuilt from the dense model and the plan alone; a method that trains the new
-layers saves their weights in its checkpoint.
+Plans that change the structure further (``gkp.mechanisms.layers.restructured``): a ``removed_block`` entry
+names a residual block whose branch is removed (it computes its shortcut alone); a ``factorised`` conv reads
+``keep_in`` of its input channels through a ``rank``-channel conv and a 1x1 conv (the truncated SVD of the
+dense weights), or, with ``"rank": null``, through the input-pruned conv alone; an ``adapters`` conv sits
+between 1x1 convs and keeps ``keep_in`` x ``keep_out`` of its weights. Each is rebuilt from the dense model
+and the plan alone; a method that trains the new layers saves their weights in its checkpoint.
 """
 
 from __future__ import annotations
@@ -110,10 +110,11 @@ class RemovedBlockPlan:
 
 @dataclass(frozen=True)
 class FactorisedPlan:
-    """Factorise one conv: read its input channels ``keep_in`` (sorted), through ``rank`` channels."""
+    """Factorise one conv: read its input channels ``keep_in`` (sorted), through ``rank`` channels (None:
+    the input-pruned conv alone, unfactorised)."""
 
     keep_in: tuple[int, ...]
-    rank: int
+    rank: int | None
     type: ClassVar[str] = "factorised"
 
     def to_dict(self) -> dict[str, Any]:
@@ -122,8 +123,8 @@ class FactorisedPlan:
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str) -> FactorisedPlan:
         rank = data.get("rank")
-        if not isinstance(rank, int) or isinstance(rank, bool) or rank < 1:
-            raise PruningError(f"{where}.rank must be a whole number >= 1, got {rank!r}")
+        if rank is not None and (not isinstance(rank, int) or isinstance(rank, bool) or rank < 1):
+            raise PruningError(f"{where}.rank must be a whole number >= 1 (or null: no factorisation), got {rank!r}")
         return cls(_index_list(data.get("keep_in"), f"{where}.keep_in"), rank)
 
 

@@ -243,10 +243,10 @@ def _plain_conv(model: nn.Module, name: str) -> nn.Conv2d:
     return conv
 
 
-def _factorised_rank(conv: nn.Conv2d, layer: FactorisedPlan, name: str) -> int:
+def _factorised_rank(conv: nn.Conv2d, layer: FactorisedPlan, name: str) -> int | None:
     _checked_indices(layer.keep_in, conv.in_channels, name)
     largest = min(conv.out_channels, len(layer.keep_in) * conv.kernel_size[0] * conv.kernel_size[1])
-    if not 1 <= layer.rank <= largest:
+    if layer.rank is not None and not 1 <= layer.rank <= largest:
         raise PruningError(f"the plan's rank of '{name}' must be in [1, {largest}], got {layer.rank}")
     return layer.rank
 
@@ -261,9 +261,8 @@ def _mask_factorised(model: nn.Module, name: str, layer: FactorisedPlan, groups)
     """The dense conv whose weight is the factorised one's product, zero outside ``keep_in``."""
     conv = _plain_conv(model, name)
     factorised = FactorisedConv2d.from_dense(conv, list(layer.keep_in), _factorised_rank(conv, layer, name))
-    product = torch.einsum("or,rikl->oikl", factorised.expand.weight[:, :, 0, 0], factorised.reduce.weight)
     with torch.no_grad():
-        conv.weight.zero_()[:, factorised.keep_in] = product.to(conv.weight.dtype)
+        conv.weight.zero_()[:, factorised.keep_in] = factorised.dense_weight().to(conv.weight.dtype)
 
 
 def _apply_adapters(model: nn.Module, name: str, layer: AdaptersPlan, groups) -> None:
