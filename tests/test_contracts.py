@@ -288,14 +288,15 @@ def train_through_the_loop(model, phases, hooks, batch) -> None:
     )
 
 
-def trained(name: str, rate: float, resnet20) -> tuple:
-    """A training-time method's phases and hooks (checked to fit their recipe) after training a copy of
-    ResNet-20 through the loop, its ``prepare`` first: (model, hooks, context)."""
+def trained(name: str, rate: float, resnet20, epochs_per_conv: int = 2) -> tuple:
+    """A training-time method's phases and hooks (checked to fit their recipe of ``epochs_per_conv`` x the
+    convs epochs) after training a copy of ResNet-20 through the loop, its ``prepare`` first: (model,
+    hooks, context)."""
     method = PRUNING_METHODS.get(name)
     model = copy.deepcopy(resnet20).train()
     context = full_context(model)
     method.check(model, rate, defaults(method), context)
-    recipe = Recipe(epochs=2 * len(mask_targets(model, "all")), lr=0.01)
+    recipe = Recipe(epochs=epochs_per_conv * len(mask_targets(model, "all")), lr=0.01)
     phases, hooks = method.training.build(model, rate, defaults(method), context, recipe)
     assert sum(p.recipe.epochs for p in phases) <= recipe.epochs and phases[-1].final
     model = method.training.prepare(model, hooks)
@@ -348,7 +349,7 @@ def test_every_training_time_method_zeroes_its_rate_and_leaves_a_valid_plan(name
 def test_every_finalizing_method_builds_a_physical_model_its_plan_rebuilds(name, resnet20):
     """After the loop, ``finalize`` returns a model and a plan of the method's kind; the architecture
     with that plan and the model's weights computes what the model does."""
-    model, hooks, _ = trained(name, 0.5, resnet20)
+    model, hooks, _ = trained(name, 0.5, resnet20, epochs_per_conv=4)  # room for searches (LRF: 20 + 2 a conv)
     method = PRUNING_METHODS.get(name)
     pruned, selection = method.training.finalize(model, hooks)
     assert selection.layers and all(type(layer) is LAYER_TYPES[method.kind] for layer in selection.layers.values())
