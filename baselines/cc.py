@@ -309,21 +309,29 @@ class Removal:
         return proxy(backward, cross, plain, spreads, remaining, self.gamma).tolist()
 
     def _singular_scores(self, remaining: int) -> list[float]:
-        """The proxy of zeroing each of the singular values left: W' = W - s_k u_k v_k^T, and its
-        U^2 S^2 V^2^T is the current one less s_k^2 u_k^2 v_k^2^T (one SVD for all)."""
+        """The proxy of zeroing each of the singular values left, in closed form: with the current weight
+        R = U S V^T (rebuilt from its SVD, as the code) and E_k = s_k u_k v_k^T, W' = R - E_k, so each sum is
+        the current one corrected by s_k u_k^T (g^2 X) v_k terms; and U^2 S^2 V^2^T of W' is the current
+        one less s_k^2 u_k^2 v_k^2^T."""
         count = self.conv.rank - self.zeroed
         if count == 0:
             return []
-        g, dense = self.conv.gradient, self.conv.weight
+        squared = self.conv.gradient**2
         u, s, vh = torch.linalg.svd(self.weight, full_matrices=False)
-        full = (g**2 * ((u**2 * s**2) @ vh**2)).sum()
-        own = torch.diagonal((u**2).T @ g**2 @ (vh**2).T)[:count] * s[:count] ** 2
-        candidates = (u * s) @ vh - (s[:count, None, None] * u.T[:count, :, None] * vh[:count, None, :])
-        change = candidates - dense
-        backward = ((g * change) ** 2).sum((1, 2))
-        cross = (g**2 * change * candidates).sum((1, 2))
-        plain = ((g * candidates) ** 2).sum((1, 2))
-        return proxy(backward, -cross, plain, full - own, remaining, self.gamma).tolist()
+        rebuilt = (u * s) @ vh
+        change = rebuilt - self.conv.weight
+        spreads = (squared * ((u**2 * s**2) @ vh**2)).sum()
+        u, s, vh = u[:, :count], s[:count], vh[:count]
+
+        def along(matrix: torch.Tensor) -> torch.Tensor:  # s_k u_k^T (g^2 matrix) v_k, for every k
+            return s * (u * ((squared * matrix) @ vh.T)).sum(0)
+
+        with_change, with_rebuilt = along(change), along(rebuilt)
+        own = s**2 * torch.diagonal((u**2).T @ squared @ (vh**2).T)
+        backward = (squared * change**2).sum() - 2 * with_change + own
+        cross = -((squared * change * rebuilt).sum() - with_change - with_rebuilt + own)
+        plain = (squared * rebuilt**2).sum() - 2 * with_rebuilt + own
+        return proxy(backward, cross, plain, spreads - own, remaining, self.gamma).tolist()
 
 
 def channel_spreads(weight: torch.Tensor, gradient: torch.Tensor, conv: Conv, channels: list[int]) -> torch.Tensor:
@@ -529,17 +537,31 @@ class Compression:
 
 
 def _ratio_for(compression: Compression, target: float) -> float:
-    """The com_ratio whose result keeps ``target`` of the dense MACs in CC's count, within 0.5%: bisection
-    between nothing and the most the caps allow."""
+    """The com_ratio whose result keeps ``target`` of the dense MACs in CC's count, within 0.5%: bracketed
+    in steps of 0.05 from 1 - target (so that no conv's removal runs much further than needed), then
+    bisected."""
     dense = compression.network * UNIT
-    low, high = 0.0, PREDICTED_CAP * sum(conv.macs for conv in compression.convs) / compression.network
-    for _ in range(40):
-        ratio = 0.5 * (low + high)
-        kept = compression.macs(compression.at(ratio)) / dense
-        if abs(kept - target) <= TOLERANCE * target:
+    largest = PREDICTED_CAP * sum(conv.macs for conv in compression.convs) / compression.network
+
+    def kept(ratio: float) -> float:
+        return compression.macs(compression.at(ratio)) / dense
+
+    low, high = 0.0, largest
+    ratio = min(max(1 - target, 0.05), 0.5 * largest)
+    while high - low >= 1e-6:
+        fraction = kept(ratio)
+        if abs(fraction - target) <= TOLERANCE * target:
             return ratio
-        low, high = (ratio, high) if kept > target else (low, ratio)
-    raise PruningError(f"cc: no com_ratio keeps {target} of the dense MACs within 0.5% (closest: {kept:.4f})")
+        if fraction > target:  # too many MACs kept: a larger com_ratio
+            low = ratio
+            ratio = ratio + 0.05 if high == largest and ratio + 0.05 < high else 0.5 * (ratio + high)
+        else:
+            high = ratio
+            ratio = ratio - 0.05 if low == 0.0 and ratio - 0.05 > 0.0 else 0.5 * (low + ratio)
+    raise PruningError(
+        f"cc: no com_ratio keeps {target} of the dense MACs within 0.5% in CC's count (between com_ratio "
+        f"{low:.4f} and {high:.4f}); choose another prune.target_macs"
+    )
 
 
 def select(model: nn.Module, rate: float, params: CCParams, context: PruningContext = NO_CONTEXT) -> Selection:

@@ -76,13 +76,33 @@ def removed_count(channels: int, rate: float) -> int:
     return min(channels - 1, int(round(channels * rate)))
 
 
+WELL_CONDITIONED = 1e8  # below this condition number of A A^T, its inverse gives every least squares at once
+
+
 def replacements(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """For each row i of ``rows`` (K x n), the least-squares coefficients (float64) writing it as a
-    combination of the other rows, in their order, and the residual's norm: ((K,), (K, K - 1))."""
+    combination of the other rows, in their order, and the residual's norm: ((K,), (K, K - 1)).
+
+    With P the inverse of the Gram matrix G = rows rows^T, row i's coefficients are -P[j, i] / P[i, i] and
+    its residual 1 / sqrt(P[i, i]): all K regressions from one inverse. Where G is ill-conditioned (rows
+    nearly or exactly dependent) each is solved by least squares on its own."""
     rows = rows.detach().double()
     count = len(rows)
+    gram = rows @ rows.T
+    if torch.linalg.cond(gram) < WELL_CONDITIONED:
+        inverse = torch.linalg.inv(gram)
+        diagonal = inverse.diagonal()
+        coefficients = -inverse / diagonal  # column i: row i's coefficients on every row (itself: -1)
+        others = ~torch.eye(count, dtype=torch.bool)
+        return diagonal.rsqrt(), coefficients.T[others].view(count, count - 1)
+    return least_squares(rows)
+
+
+def least_squares(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``replacements`` by one least-squares solve per row (any rank)."""
+    count = len(rows)
     others = torch.stack([torch.cat([rows[:i], rows[i + 1 :]]) for i in range(count)])  # (K, K-1, n)
-    lambdas = torch.linalg.lstsq(others.transpose(1, 2), rows.unsqueeze(2)).solution.squeeze(2)
+    lambdas = torch.linalg.lstsq(others.transpose(1, 2), rows.unsqueeze(2), driver="gelsd").solution.squeeze(2)
     residuals = rows - (lambdas.unsqueeze(1) @ others).squeeze(1)
     return residuals.norm(dim=1), lambdas
 

@@ -349,7 +349,7 @@ def test_every_training_time_method_zeroes_its_rate_and_leaves_a_valid_plan(name
 def test_every_finalizing_method_builds_a_physical_model_its_plan_rebuilds(name, resnet20):
     """After the loop, ``finalize`` returns a model and a plan of the method's kind; the architecture
     with that plan and the model's weights computes what the model does."""
-    model, hooks, _ = trained(name, 0.5, resnet20, epochs_per_conv=4)  # room for searches (LRF: 20 + 2 a conv)
+    model, hooks, _ = trained(name, 0.5, resnet20, epochs_per_conv=3)  # room for searches (LRF: 20 + 2 a conv)
     method = PRUNING_METHODS.get(name)
     pruned, selection = method.training.finalize(model, hooks)
     assert selection.layers and all(type(layer) is LAYER_TYPES[method.kind] for layer in selection.layers.values())

@@ -54,6 +54,13 @@ def test_lambda_is_the_least_squares_combination_of_the_other_rows_and_the_error
     assert (rows[3] - lambdas[3] @ others).norm().item() == pytest.approx(errors[3].item(), rel=1e-9)
 
 
+def test_all_regressions_from_one_inverse_equal_one_least_squares_each():
+    rows = torch.randn(12, 40, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    errors, lambdas = lrf.replacements(rows)
+    expected_errors, expected_lambdas = lrf.least_squares(rows)
+    assert torch.allclose(errors, expected_errors, rtol=1e-9) and torch.allclose(lambdas, expected_lambdas, atol=1e-9)
+
+
 def test_an_exactly_dependent_filter_goes_first_and_the_compensation_leaves_the_output_unchanged():
     module = adapted()
     with torch.no_grad():  # filter 3 = filter 0 - 0.5 filter 4
@@ -175,7 +182,8 @@ def lrf_config(stages=("train", "prune", "eval")) -> dict:
     removals, one final epoch, distilling from the dense model."""
     prune = {"method": "lrf", "rate": 0.5, "params": {"init_epochs": 1}}
     finetune = {"epochs": 14, "lr": 0.01, "eval_every": 0, "distill": {"temperature": 2}}
-    return tiny_config(stages=list(stages), train={"epochs": 1}, prune=prune, finetune=finetune, attacks=[])
+    data = {"train_size": 128}  # 4 batches an epoch
+    return tiny_config(stages=list(stages), data=data, train={"epochs": 1}, prune=prune, finetune=finetune, attacks=[])
 
 
 def test_lrf_runs_end_to_end_and_an_interrupted_search_resumes_bit_identically(tmp_path, monkeypatch):
@@ -203,7 +211,7 @@ def test_lrf_runs_end_to_end_and_an_interrupted_search_resumes_bit_identically(t
 
         def step(context):
             count["steps"] += 1
-            if count["steps"] == 8 + 8 * 5 + 3:  # the train epoch, five removal epochs, into the sixth
+            if count["steps"] == 4 + 4 * 5 + 3:  # the train epoch, five removal epochs, into the sixth
                 raise Interrupted
             return objective(context)
 
