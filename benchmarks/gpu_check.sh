@@ -51,5 +51,5 @@ run benchmarks/bench_training_time.py --arch "$arch" --device "$device" --images
 ${full:+run -m pytest -q -p no:cacheprovider -m gpu tests}
 echo
 echo "== summary"
-grep -E "ratio|step time|paper-cifar evaluation|hooks|PGD-|peak GPU memory|^torch|select \+ surgery|same selection| passed| failed|FAILED" "$log"
+grep -E "ratio|step time|paper-cifar evaluation|hooks|of a plain|PGD-|peak GPU memory|^torch|select \+ surgery|same selection| passed| failed|FAILED" "$log"
 exit "$failed"
