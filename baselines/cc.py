@@ -496,15 +496,22 @@ def _layer_macs(model: nn.Module, input_size: int) -> dict[str, float]:
 
 
 def check(model: nn.Module, rate: float, params: CCParams, context: PruningContext = NO_CONTEXT) -> None:
-    """The convs' caps bound what can be saved: refuse a com_ratio beyond them before any work."""
-    if context.target_macs is not None:
-        return
-    macs = _layer_macs(model, context.input_size)
+    """The convs' caps bound what can be saved: refuse a com_ratio or a MACs target beyond them before any
+    work."""
+    macs = sum(_layer_macs(model, context.input_size).values())
     network = cc_macs(model, context.input_size) / UNIT
-    if rate * network >= PREDICTED_CAP * sum(macs.values()):
+    if context.target_macs is not None:
+        floor = (network - LAYER_CAP * macs) / network
+        if context.target_macs < floor:
+            raise PruningError(
+                f"prune.target_macs {context.target_macs}: cc keeps at least {floor:.3f} of the MACs in its count "
+                f"(each compressed conv keeps {1 - LAYER_CAP:.0%} of its own or more)"
+            )
+        return
+    if rate * network >= PREDICTED_CAP * macs:
         raise PruningError(
             f"prune.rate {rate} asks cc to save that fraction of all MACs, but each compressed conv saves at "
-            f"most {LAYER_CAP:.0%} of its own: rates below {PREDICTED_CAP * sum(macs.values()) / network:.3f} work"
+            f"most {LAYER_CAP:.0%} of its own: rates below {PREDICTED_CAP * macs / network:.3f} work"
         )
 
 

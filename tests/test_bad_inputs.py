@@ -164,6 +164,19 @@ CASES = {
         "must be a number such as 0.03 or 8/255, got '1/3/4'",
     ),
     "name: '..'": lambda t, f: (["run", tiny(t, name=".."), "--out", str(t / "out")], "not dots alone"),
+    "lrf with fewer epochs than its search": lambda t, f: (
+        ["run", tiny(t, stages=["train", "prune"], prune={"method": "lrf", "rate": 0.5}), "--out", str(t / "out")],
+        "lrf: its search takes 32 epochs",
+    ),
+    "cc with a MACs target below what its caps allow": lambda t, f: (
+        [
+            "run",
+            tiny(t, stages=["train", "prune"], prune={"method": "cc", "target_macs": 0.01}),
+            "--out",
+            str(t / "out"),
+        ],
+        "cc keeps at least",
+    ),
     "gkp check with a missing CIFAR-10 folder": lambda t, f: (
         ["check", tiny(t, data={"name": "cifar10", "root": str(t / "nowhere")})],
         "cifar10 was not found",

@@ -212,15 +212,18 @@ def calibration(n: int = 32, seed: int = 0) -> list:
     return [(torch.rand(n, 3, 32, 32, generator=generator), torch.randint(0, 10, (n,), generator=generator))]
 
 
-def test_check_refuses_a_com_ratio_beyond_the_caps_before_any_gradient():
+def test_check_refuses_a_com_ratio_or_a_macs_target_beyond_the_caps_before_any_gradient():
     model = build_model("resnet20")
     with pytest.raises(PruningError, match="rates below 0.89"):
         cc.check(model, 0.95, cc.CCParams(), PruningContext())
+    with pytest.raises(PruningError, match="keeps at least 0.060 of the MACs"):
+        cc.check(model, 0.5, cc.CCParams(), PruningContext(target_macs=0.01))
+    cc.check(model, 0.5, cc.CCParams(), PruningContext(target_macs=0.5))
 
 
 def test_cc_runs_end_to_end_and_its_plan_records_its_own_count(tmp_path):
-    """ResNet-8 on synthetic images: the dense model, CC at com_ratio 0.3 on two calibration batches,
-    one fine-tuning epoch with CC's clipping and padding; the factorised model reloads from its plan."""
+    """ResNet-8 on digits: the dense model, CC at com_ratio 0.3 on two calibration batches, one
+    fine-tuning epoch with clipping and a crop padding of its own; the factorised model reloads from its plan."""
     from gkp.application.checkpoints.io import load_model
     from gkp.application.config import build_experiment
     from gkp.application.pipeline.run import run_experiment
@@ -228,8 +231,9 @@ def test_cc_runs_end_to_end_and_its_plan_records_its_own_count(tmp_path):
     from conftest import tiny_config
 
     prune = {"method": "cc", "rate": 0.3, "calibration": {"batches": 2, "batch_size": 32}}
-    finetune = {"epochs": 1, "clip_grad_norm": 1.0, "crop_padding": 8}
-    config = tiny_config(prune=prune, train={"epochs": 1}, finetune=finetune, attacks=[])
+    finetune = {"epochs": 1, "clip_grad_norm": 1.0, "crop_padding": 2}
+    digits = {"name": "digits", "batch_size": 64, "image_size": None, "train_size": 256, "test_size": 128}
+    config = tiny_config(prune=prune, data=digits, train={"epochs": 1}, finetune=finetune, attacks=[])
     results = run_experiment(build_experiment(config), out=tmp_path)
     plan = json.loads((tmp_path / "plan.json").read_text())
     assert plan["layers"] and all(layer["type"] == "factorised" for layer in plan["layers"].values())
