@@ -25,6 +25,7 @@ from torch import nn
 
 from gkp.foundation.contracts import FilterGroup
 from gkp.foundation.errors import PruningError
+from gkp.mechanisms.counting import forward_once
 from gkp.mechanisms.pruning.plan import keep_count
 
 TARGET_TOLERANCE = 0.005
@@ -51,15 +52,7 @@ class MacsModel:
         for name, module in model.named_modules():
             if isinstance(module, (nn.Conv2d, nn.Linear)):
                 hooks.append(module.register_forward_hook(self._recorder(name, consumers, groups)))
-        parameter = next(model.parameters())
-        training = model.training
-        try:
-            with torch.no_grad():
-                model.eval()(torch.zeros(1, 3, input_size, input_size, device=parameter.device, dtype=parameter.dtype))
-        finally:
-            model.train(training)
-            for hook in hooks:
-                hook.remove()
+        forward_once(model, input_size, hooks)
 
     def _recorder(self, name: str, consumers: Mapping[str, str], groups: Mapping[str, FilterGroup]):
         def record(module: nn.Module, inputs, output: torch.Tensor) -> None:

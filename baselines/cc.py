@@ -59,6 +59,7 @@ from torch import nn
 from gkp.foundation.contracts import NO_CONTEXT, PruningContext, PruningMethod, Selection
 from gkp.foundation.errors import PruningError
 from gkp.foundation.schema import at_least, option
+from gkp.mechanisms.counting import forward_once
 from gkp.mechanisms.layers.restructured import FactorisedConv2d
 from gkp.mechanisms.pruning.plan import FactorisedPlan
 from gkp.mechanisms.pruning.surgery import get_module, set_module
@@ -431,15 +432,7 @@ def cc_macs(model: nn.Module, input_size: int) -> int:
             handles.append(module.register_forward_hook(count(lambda m, size: _params(m) * size[0] * size[1], False)))
         elif isinstance(module, nn.Linear):
             handles.append(module.register_forward_hook(count(lambda m, size: _params(m), before=False)))
-    reference = next(model.parameters())
-    was_training = model.training
-    try:
-        with torch.no_grad():
-            model.eval()(torch.zeros(1, 3, input_size, input_size, device=reference.device, dtype=reference.dtype))
-    finally:
-        model.train(was_training)
-        for handle in handles:
-            handle.remove()
+    forward_once(model, input_size, handles)
     return total
 
 
@@ -470,13 +463,7 @@ def _convs(model: nn.Module, gradients: dict[str, torch.Tensor], input_size: int
         )
         for name in gradients
     ]
-    reference = next(model.parameters())
-    try:
-        with torch.no_grad():
-            model.eval()(torch.zeros(1, 3, input_size, input_size, device=reference.device, dtype=reference.dtype))
-    finally:
-        for handle in handles:
-            handle.remove()
+    forward_once(model, input_size, handles)
     return [
         Conv(name, get_module(model, name).weight.detach().cpu(), gradient.cpu(), sizes[name])
         for name, gradient in gradients.items()

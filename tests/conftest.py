@@ -129,3 +129,41 @@ def trained_tiny(tmp_path_factory):
     run_experiment(exp, out=out)
     model, _ = load_model(out / "dense.ckpt")
     return model, load_data(exp.data, torch.device("cpu"))
+
+
+class Interrupted(Exception):
+    """Raised by ``interrupt_at_step``: the run stops there, as a kill would."""
+
+
+def interrupt_at_step(monkeypatch, step: int) -> None:
+    """Stop the run at the ``step``-th training step that computes the configured loss (counted over the
+    whole run, from now), as a kill would: the last epoch checkpoint is all that remains of the epoch."""
+    from gkp.application.pipeline import training
+
+    original = training.objective_of
+    count = {"steps": 0}
+
+    def counting(cfg):
+        objective = original(cfg)
+
+        def wrapped(context):
+            count["steps"] += 1
+            if count["steps"] == step:
+                raise Interrupted
+            return objective(context)
+
+        return wrapped
+
+    monkeypatch.setattr(training, "objective_of", counting)
+
+
+def shared_cifar_npz(shared: Path, folder: Path, train: int = 4000) -> dict:
+    """A ``data`` section over the shared real CIFAR-10 images written as npz files into ``folder``: the
+    first ``train`` to train on, the last 660 held out as the test split."""
+    import numpy as np
+
+    with np.load(shared / "data" / "cifar10_train_prefix.npz") as arrays:
+        images, labels = arrays["images"], arrays["labels"]
+    np.savez(folder / "train.npz", images=images[:train], labels=labels[:train])
+    np.savez(folder / "test.npz", images=images[4000:], labels=labels[4000:])
+    return {"name": "npz", "train_path": str(folder / "train.npz"), "test_path": str(folder / "test.npz")}

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -23,7 +22,7 @@ from gkp.mechanisms.layers.restructured import AdaptedConv2d
 from gkp.mechanisms.pruning.plan import AdaptersPlan, Plan
 from gkp.mechanisms.pruning.surgery import apply
 
-from conftest import tiny_config
+from conftest import Interrupted, interrupt_at_step, shared_cifar_npz, tiny_config
 
 
 def adapted(out_channels=5, in_channels=4, seed=0) -> AdaptedConv2d:
@@ -173,10 +172,6 @@ def test_each_paper_config_searches_then_distils_300_epochs_with_the_codes_decay
 # ------------------------------------------------------------------------------------------- end to end
 
 
-class Interrupted(Exception):
-    pass
-
-
 DIGITS = {"name": "digits", "batch_size": 64, "image_size": None, "train_size": 128, "test_size": 64}
 
 
@@ -191,8 +186,6 @@ def lrf_config(stages=("train", "prune", "eval")) -> dict:
 
 
 def test_lrf_runs_end_to_end_and_an_interrupted_search_resumes_bit_identically(tmp_path, monkeypatch):
-    from gkp.application.pipeline import training
-
     config = build_experiment(lrf_config())
     results = run_experiment(config, out=tmp_path / "straight")
     plan = json.loads((tmp_path / "straight" / "plan.json").read_text())
@@ -208,20 +201,7 @@ def test_lrf_runs_end_to_end_and_an_interrupted_search_resumes_bit_identically(t
     )
     assert results["macs"] < 0.6 * plan["metadata"]["dense"]["macs"]
 
-    original, count = training.objective_of, {"steps": 0}
-
-    def interrupting(cfg):
-        objective = original(cfg)
-
-        def step(context):
-            count["steps"] += 1
-            if count["steps"] == 2 + 2 * 5 + 1:  # the train epoch, five removal epochs, into the sixth (2 batches)
-                raise Interrupted
-            return objective(context)
-
-        return step
-
-    monkeypatch.setattr(training, "objective_of", interrupting)
+    interrupt_at_step(monkeypatch, 2 + 2 * 5 + 1)  # the train epoch, five removal epochs, into the sixth (2 batches)
     with pytest.raises(Interrupted):
         run_experiment(config, out=tmp_path / "interrupted")
     monkeypatch.undo()
@@ -237,16 +217,12 @@ def test_lrf_prunes_a_trained_resnet20_on_real_cifar_images(tmp_path, shared, au
     """The authors' trained ResNet-20 and 2,660 real CIFAR-10 images (2,000 to train on, 660 held out):
     r 0.35, one init epoch, one epoch after each of the 36 removals and two final ones, distilling; the
     pruned model stays far above chance on the held-out images."""
-    with np.load(shared / "data" / "cifar10_train_prefix.npz") as arrays:
-        images, labels = arrays["images"], arrays["labels"]
-    np.savez(tmp_path / "train.npz", images=images[:2000], labels=labels[:2000])
-    np.savez(tmp_path / "test.npz", images=images[4000:], labels=labels[4000:])
     config = {
         "name": "lrf",
         "device": "cpu",
         "stages": ["prune", "eval"],
         "model": {"checkpoint": str(authors_checkpoint)},
-        "data": {"name": "npz", "train_path": str(tmp_path / "train.npz"), "test_path": str(tmp_path / "test.npz")},
+        "data": shared_cifar_npz(shared, tmp_path, train=2000),
         "prune": {"method": "lrf", "rate": 0.35, "params": {"init_epochs": 1}},
         "finetune": {"epochs": 39, "lr": 0.01, "eval_every": 0, "weight_decay": 1e-4, "distill": {"temperature": 2}},
         "eval": {"models": ["final", "dense"]},

@@ -204,21 +204,17 @@ def test_otov2_post_train_prunes_the_authors_resnet20_on_real_cifar_images(tmp_p
     four epochs of DHSPG from the first step (lambda 1, a thousand times the default, so that four epochs
     reach the target) cut exactly half of its 336 inner channels, stay far above chance (10%) on the
     held-out images (0.80 measured), and the physical model equals the trained one."""
-    import numpy as np
-
     from gkp.application.config import build_experiment
     from gkp.application.pipeline.run import run_experiment
 
-    with np.load(shared / "data" / "cifar10_train_prefix.npz") as arrays:
-        images, labels = arrays["images"], arrays["labels"]
-    np.savez(tmp_path / "train.npz", images=images[:4000], labels=labels[:4000])
-    np.savez(tmp_path / "test.npz", images=images[4000:], labels=labels[4000:])
+    from conftest import shared_cifar_npz
+
     config = {
         "name": "otov2",
         "device": "cpu",
         "stages": ["prune", "eval"],
         "model": {"checkpoint": str(authors_checkpoint)},
-        "data": {"name": "npz", "train_path": str(tmp_path / "train.npz"), "test_path": str(tmp_path / "test.npz")},
+        "data": shared_cifar_npz(shared, tmp_path),
         "prune": {"method": "otov2", "rate": 0.5, "during": "finetune", "params": {"start_epoch": 0, "lmbda": 1.0}},
         "finetune": {"epochs": 4, "lr": 0.01, "momentum": 0.0, "schedule": "cosine", "eval_every": 0},
         "eval": {"models": ["masked", "final"]},

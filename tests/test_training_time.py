@@ -29,7 +29,7 @@ from gkp.foundation.errors import ConfigError, PruningError
 from gkp.mechanisms.counting import measure
 from gkp.mechanisms.pruning.masks import conv_batchnorms, mask_targets, masked_selection, zero_filters, zeroed_filters
 
-from conftest import tiny_config
+from conftest import Interrupted, interrupt_at_step, tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -411,33 +411,6 @@ def test_the_prune_fingerprint_follows_the_section_a_training_time_method_trains
 
 
 # ------------------------------------------------------------------------------------------- resume
-
-
-class Interrupted(Exception):
-    pass
-
-
-def interrupt_at_step(monkeypatch, step: int) -> None:
-    """Stop the run at the ``step``-th training step (counted over the whole run), as a kill would: the
-    last epoch checkpoint is all that remains of the interrupted epoch."""
-    from gkp.application.pipeline import training
-
-    original = training.objective_of
-    count = {"steps": 0}
-
-    def counting(cfg):
-        objective = original(cfg)
-
-        def wrapped(step):
-            count["steps"] += 1
-            if count["steps"] == step_to_stop:
-                raise Interrupted
-            return objective(step)
-
-        return wrapped
-
-    step_to_stop = step
-    monkeypatch.setattr(training, "objective_of", counting)
 
 
 def final_state(out: Path) -> dict[str, torch.Tensor]:

@@ -25,6 +25,7 @@ from typing import Literal
 
 import torch
 from torch import nn
+from torch.utils.hooks import RemovableHandle
 
 from gkp.foundation.contracts import CountedAsPooling
 from gkp.mechanisms.layers.grouped_conv import GroupedKernelConv2d
@@ -93,7 +94,6 @@ def count_macs(
     model: nn.Module, input_size: int | tuple[int, int], channels: int = 3, convention: Convention = "macs"
 ) -> int:
     """MACs of one forward pass of a single ``channels x H x W`` image."""
-    height, width = (input_size, input_size) if isinstance(input_size, int) else input_size
     total = 0
 
     multiply = _nonzero_macs if convention == "authors" else _multiply_macs
@@ -117,16 +117,25 @@ def count_macs(
             for m in model.modules()
             if isinstance(m, (nn.BatchNorm2d, *POOLS, CountedAsPooling))
         ]
+    forward_once(model, input_size, handles, channels)
+    return total
+
+
+@torch.no_grad()
+def forward_once(
+    model: nn.Module, input_size: int | tuple[int, int], handles: list[RemovableHandle], channels: int = 3
+) -> None:
+    """One forward pass of a zero image in eval mode, for the hooks ``handles`` that measure it; the
+    model's mode is restored and the hooks removed afterwards."""
+    height, width = (input_size, input_size) if isinstance(input_size, int) else input_size
     reference = next(model.parameters())
     was_training = model.training
     try:
-        model.eval()
-        model(torch.zeros(1, channels, height, width, device=reference.device, dtype=reference.dtype))
+        model.eval()(torch.zeros(1, channels, height, width, device=reference.device, dtype=reference.dtype))
     finally:
         model.train(was_training)
         for handle in handles:
             handle.remove()
-    return total
 
 
 def measure(model: nn.Module, input_size: int | tuple[int, int], convention: Convention = "macs") -> Cost:
