@@ -40,7 +40,7 @@ ATTACKS: Registry[Attack] = Registry("attack", Attack, ("attacks",))
 SUITES: Registry[Suite] = Registry("suite", Suite, ("gkp.entries.suites",))
 LOSSES: Registry[Loss] = Registry("loss", Loss, ("gkp.entries.losses",))
 OPTIMIZERS: Registry[Optimizer] = Registry("optimizer", Optimizer, ("gkp.entries.optimizers",))
-# The checkpoint formats the zoo converts (the format of each entry of checkpoints/MANIFEST).
+# The checkpoint formats the zoo converts (the format of each entry of gkp/application/checkpoints/MANIFEST).
 IMPORTERS: Registry[Importer] = Registry("checkpoint format", Importer, ("gkp.application.checkpoints.importers",))
 
 

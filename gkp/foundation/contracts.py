@@ -524,7 +524,7 @@ class Loss:
 
 @dataclass(frozen=True)
 class Importer:
-    """A released checkpoint format the model zoo converts (``checkpoints/MANIFEST``; one file each in
+    """A released checkpoint format the model zoo converts (``gkp/application/checkpoints/MANIFEST``; one file each in
     ``gkp.application.checkpoints.importers``).
 
     ``convert(source, entry) -> model``: reads the file at ``source`` without executing anything from it

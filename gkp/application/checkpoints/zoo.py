@@ -1,9 +1,9 @@
 """Released checkpoints by name: ``model.checkpoint: zoo:NAME``, ``gkp fetch NAME`` and ``gkp zoo``.
 
-``checkpoints/MANIFEST`` lists each entry: its URL, its sha256 (or, where the source publishes only the
-first hex digits in the file name, that prefix, checked as torch.hub checks it), the importer that converts
-it (``gkp.application.checkpoints.importers``), its architecture, dataset and normalisation, source, licence
-and reported metrics.
+``MANIFEST`` (beside this file, shipped in the package) lists each entry: its URL, its sha256 (or, where
+the source publishes only the first hex digits in the file name, that prefix, checked as torch.hub checks
+it), the importer that converts it (``gkp.application.checkpoints.importers``), its architecture, dataset
+and normalisation, source, licence and reported metrics.
 ``fetch`` downloads a file once (torch.hub's downloader, with a progress bar), verifies it, converts it
 into our checkpoint format and caches the result in ``$GKP_ZOO_CACHE`` (default
 ``$XDG_CACHE_HOME/robust-gkp/zoo``, i.e. ``~/.cache/robust-gkp/zoo``) under a name that carries the
@@ -29,7 +29,7 @@ from gkp.application.checkpoints.io import read_checkpoint, save_checkpoint
 from gkp.foundation.errors import CheckpointError, ConfigError, GkpError
 from gkp.foundation.files import file_digest, sha256_of, user_cache, write_text_atomic
 
-MANIFEST = Path(__file__).resolve().parents[3] / "checkpoints" / "MANIFEST"
+MANIFEST = Path(__file__).resolve().parent / "MANIFEST"  # package data: installed with the package
 PREFIX = "zoo:"
 TABLE_WIDTH = 100  # gkp zoo's lines, at most
 
