@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from packaging.requirements import Requirement
+from packaging.version import Version
 
 from conftest import tiny_config
 
@@ -50,3 +52,52 @@ def test_a_wheel_installed_elsewhere_lists_fetches_and_runs_from_another_folder(
     (elsewhere / "tiny.yaml").write_text(yaml.safe_dump(config))
     run([python, "-m", "gkp", "run", "tiny.yaml", "--out", "run"], elsewhere, env)
     assert (elsewhere / "run" / "results.json").is_file()
+
+
+def accepted_pythons() -> list[str]:
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from lock import accepted_pythons as accepted
+
+    return accepted()
+
+
+def pins(lock: Path, python: str) -> dict[str, str]:
+    """{package: version} the lock pins for ``python``; each package at most once."""
+    pinned: dict[str, str] = {}
+    for line in lock.read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            requirement = Requirement(line)
+            if requirement.marker is None or requirement.marker.evaluate({"python_version": python}):
+                assert requirement.name not in pinned, f"{lock.name} pins {requirement.name} twice for {python}"
+                pinned[requirement.name] = str(requirement.specifier).removeprefix("==")
+    return pinned
+
+
+def test_the_locks_pin_every_python_that_pyproject_accepts_and_the_runtime_apart_from_the_dev_tools():
+    assert accepted_pythons() == ["3.10", "3.11", "3.12", "3.13", "3.14"]
+    for python in accepted_pythons():
+        runtime, dev = pins(ROOT / "requirements.lock", python), pins(ROOT / "requirements-dev.lock", python)
+        assert {"torch", "torchvision", "numpy", "scipy", "numba", "pyyaml"} <= set(runtime), python
+        assert {"pytest", "ruff", "onnxruntime"} <= set(dev) and not {"pytest", "ruff"} & set(runtime), python
+        assert not set(runtime) & set(dev), python
+    assert Version(pins(ROOT / "requirements.lock", "3.10")["numpy"]) < Version("2.3")  # 2.3 on need 3.11
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("python", accepted_pythons())
+def test_the_locks_resolve_for_each_accepted_python(python, tmp_path):
+    """pip resolves the project with its dev extra under both locks for that Python (binary wheels of this
+    platform), and installs exactly the pinned versions."""
+    import json
+
+    report = tmp_path / "report.json"
+    command = [sys.executable, "-m", "pip", "install", "--quiet", "--dry-run", "--ignore-installed"]
+    command += ["--only-binary=:all:", "--python-version", python, "--report", str(report)]
+    command += ["-c", str(ROOT / "requirements.lock"), "-c", str(ROOT / "requirements-dev.lock"), f"{ROOT}[dev]"]
+    run(command, tmp_path, dict(os.environ))
+    chosen = {
+        Requirement(i["metadata"]["name"]).name.lower(): i["metadata"]["version"]
+        for i in json.loads(report.read_text())["install"]
+    }
+    locked = {**pins(ROOT / "requirements.lock", python), **pins(ROOT / "requirements-dev.lock", python)}
+    assert all(chosen.get(name.lower().replace("_", "-")) == version for name, version in locked.items())
