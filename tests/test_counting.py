@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import functools
+
+import pytest
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from baselines import l1
-from gkp.application.catalog import build_model
+from gkp.application.catalog import PRUNING_METHODS, build_model
 from gkp.mechanisms.counting import count_macs, count_params, measure
-from gkp.mechanisms.pruning.plan import FilterPlan, Plan
+from gkp.mechanisms.pruning.plan import AdaptersPlan, FactorisedPlan, FilterPlan, Plan, RemovedBlockPlan
 from gkp.mechanisms.pruning.surgery import apply
 
 
@@ -54,3 +58,38 @@ def test_macs_scale_with_the_input_side_and_leave_the_model_as_it_was():
 def test_vgg16_matches_the_papers_parameter_count():
     assert count_params(build_model("vgg16")) == 14_728_266  # 14.728M in the SR-GKP paper's Table 12
     assert torch.is_tensor(next(build_model("vgg16").parameters()))
+
+
+STRUCTURES = ["resnet20", "vgg16", "resnet50", "grouped kernels", "filters", "removed, factorised, adapted"]
+
+
+@functools.cache
+def structures() -> dict[str, tuple]:
+    """A model of every kind a plan makes, with its input side."""
+    resnet = build_model("resnet20").eval()
+    grouped = PRUNING_METHODS.get("gkp_random")
+    filters = PRUNING_METHODS.get("l1")
+    changed = {
+        "layer1.1": RemovedBlockPlan(),
+        "layer2.1.conv1": FactorisedPlan(tuple(range(0, 32, 2)), 10),
+        "layer2.2.conv2": FactorisedPlan((1, 2, 3), None),
+        "layer3.1.conv2": AdaptersPlan(tuple(range(40)), tuple(range(0, 64, 3))),
+    }
+    return {
+        "resnet20": (resnet, 32),
+        "vgg16": (build_model("vgg16").eval(), 32),
+        "resnet50": (build_model("resnet50").eval(), 64),
+        "grouped kernels": (apply(resnet, Plan("g", 0.5, grouped.select(resnet, 0.5, grouped.params()).layers)), 32),
+        "filters": (apply(resnet, Plan("l1", 0.5, filters.select(resnet, 0.5, filters.params()).layers)), 32),
+        "removed, factorised, adapted": (apply(resnet, Plan("mix", None, changed)), 32),
+    }
+
+
+@pytest.mark.parametrize("name", STRUCTURES)
+def test_the_physical_macs_are_half_of_torchs_flop_count(name):
+    """torch's own FlopCounterMode counts 2 FLOPs per multiply-accumulate of every conv and matrix product:
+    our physical count agrees on dense, grouped, filter-pruned and restructured models."""
+    model, side = structures()[name]
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model.eval()(torch.zeros(1, 3, side, side))
+    assert count_macs(model, side) == counter.get_total_flops() // 2
