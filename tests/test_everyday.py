@@ -274,6 +274,32 @@ def test_compare_names_rows_by_folder_says_what_each_is_and_keeps_median_norms_a
     assert lines[3].split()[:4] == ["run_b/final", "srgkp", "0.5", "digits"] and lines[3].split()[-1] == "-"
 
 
+def test_compare_gives_its_rows_as_csv_and_json_records_with_raw_values(tmp_path, capsys):
+    import csv
+    import json
+
+    from gkp.application.cli import main
+
+    pgd = {"label": "pgd", "accuracy": 0.25, "params": {"eps": 0.03, "norm": "linf"}}
+    fmn = {"label": "fmn", "accuracy": 0.0, "params": {"eps": None, "norm": "l2"}, "median_norm": 0.4321}
+    runs = {"run_a": _results("a", "l1", "cifar10", 100, [pgd, fmn]), "run_b": _results("b", "cc", "cifar10", 100, [])}
+    for folder, results in runs.items():
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "results.json").write_text(json.dumps(results))
+    folders = [str(tmp_path / folder) for folder in runs]
+    assert main(["compare", *folders, "--json"]) == 0
+    records = json.loads(capsys.readouterr().out)
+    assert [(r["run"], r["model"], r["method"], r["rate"]) for r in records] == [
+        ("run_a", "final", "l1", 0.5),
+        ("run_b", "final", "cc", 0.5),
+    ]
+    assert records[0]["macs"] == 2 * 10**6 and records[0]["benign"] == 0.5 and records[0]["pgd"] == 0.25
+    assert records[0]["fmn median norm"] == 0.4321 and records[1]["pgd"] is None
+    assert main(["compare", *folders, "--csv"]) == 0
+    rows = list(csv.DictReader(capsys.readouterr().out.splitlines()))
+    assert [row["run"] for row in rows] == ["run_a", "run_b"] and rows[0]["pgd"] == "0.25" and rows[1]["pgd"] == ""
+
+
 def test_the_quick_start_tells_how_to_get_the_gkp_command():
     root = Path(__file__).resolve().parents[1]
     assert "bin/activate" in (root / "scripts" / "quickstart.sh").read_text()

@@ -12,13 +12,15 @@ gkp export CKPT|zoo:NAME --format safetensors|onnx [--out PATH]  for use outside
 gkp sweep SPEC [--dry-run]                                      a grid of runs sharing their dense models
 gkp table RUN_DIR ... --paper table10 [--csv]                   ours beside the paper's table
 gkp plot RUN_DIR ... [--out PREFIX]                             bars of the best per metric, accuracy vs rate
-gkp compare RUN_DIR [RUN_DIR ...]                               several runs' results in one table
+gkp compare RUN_DIR [RUN_DIR ...] [--csv|--json]                several runs' results in one table
 gkp curves RUN_DIR [RUN_DIR ...] --attack LABEL [--out PREFIX]  security curves (CSV and PNG)
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
+import json
 import logging
 import os
 import signal
@@ -174,6 +176,9 @@ def _add_plot_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _add_compare_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("runs", nargs="+", help="run folders (each with a results.json)")
+    output = parser.add_mutually_exclusive_group()
+    output.add_argument("--csv", action="store_true", help="print the rows as CSV (accuracies as fractions)")
+    output.add_argument("--json", action="store_true", help="print the rows as a JSON list of records")
 
 
 def _add_curves_arguments(parser: argparse.ArgumentParser) -> None:
@@ -316,11 +321,20 @@ def _read_results(folders: list[str]) -> list[dict]:
 
 
 def _compare(args: argparse.Namespace) -> None:
-    from gkp.application.reports.results import results_table
+    from gkp.application.reports.results import results_records, results_table
 
     runs = _read_results(args.runs)
     folders = [Path(folder).resolve().name for folder in args.runs]
-    print(results_table(*runs, names=folders if len(set(folders)) == len(folders) else list(args.runs)))
+    names = folders if len(set(folders)) == len(folders) else list(args.runs)
+    if args.json:
+        print(json.dumps(results_records(*runs, names=names), indent=2))
+    elif args.csv:
+        records = results_records(*runs, names=names)
+        writer = csv.DictWriter(sys.stdout, fieldnames=list(records[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(records)
+    else:
+        print(results_table(*runs, names=names))
 
 
 def _zoo(args: argparse.Namespace) -> None:
@@ -352,7 +366,7 @@ def _sweep(args: argparse.Namespace) -> None:
     print(status_table(sweep))
     finished = results_of(sweep)
     if finished and not args.dry_run:
-        _compare(argparse.Namespace(runs=[str(folder) for folder in finished]))
+        _compare(argparse.Namespace(runs=[str(folder) for folder in finished], csv=False, json=False))
     unrunnable = [cell.name for cell in sweep.cells if cell.problem]
     if unrunnable and not args.dry_run:
         raise ConfigError(

@@ -123,6 +123,35 @@ def results_table(*runs: dict[str, Any], names: list[str] | None = None) -> str:
     return "\n".join([f"{title}: accuracy (%){images}", *(_aligned(r, widths) for r in [header, *rows])])
 
 
+def results_records(*runs: dict[str, Any], names: list[str] | None = None) -> list[dict[str, Any]]:
+    """The rows of ``results_table`` as records for other programs (``gkp compare --csv`` / ``--json``):
+    the run's name, the model, its method, rate and data, its counts (params, MACs, the authors' and the
+    method's own MACs where measured) and its accuracies as fractions (None where an attack was not run),
+    the worst case and the median norms of minimum-norm attacks."""
+    names = names or [results["name"] for results in runs]
+    labels, unbounded = _labels(runs, unbounded=False), _labels(runs, unbounded=True)
+    entries = _once([(i, r, e) for i, r in enumerate(runs) for e in [r, *r.get("other_models", [])]])
+    records = []
+    for index, results, entry in entries:
+        attacks = {a["label"]: a for a in entry["attacks"]}
+        pruned = not str(entry.get("model", "")).startswith("dense")
+        record = {
+            "run": names[index],
+            "model": entry.get("model"),
+            "method": results.get("method") if pruned else None,
+            "rate": results.get("rate") if pruned else None,
+            "data": results.get("data"),
+            "test_images": entry["benign"]["total"],
+            **{key: entry.get(key) for key in ("params", "macs", "authors_macs", "method_macs")},
+            "benign": entry["benign"]["accuracy"],
+            **{label: attacks[label]["accuracy"] if label in attacks else None for label in labels},
+            "worst_case": (entry.get("worst_case") or {}).get("accuracy"),
+            **{f"{label} median norm": attacks.get(label, {}).get("median_norm") for label in unbounded},
+        }
+        records.append(record)
+    return records
+
+
 def _once(entries: list[tuple[int, dict, dict]]) -> list[tuple[int, dict, dict]]:
     """The entries without repeats: one model (the same checkpoint) evaluated alike in several runs, as the
     dense model every cell of a sweep starts from, is shown once."""
