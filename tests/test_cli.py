@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -59,6 +60,18 @@ def test_run_prints_the_results_table(tmp_path, capsys):
     fgsm = details[2].split()
     assert fgsm[0] == "fgsm" and fgsm[2] == "/" and fgsm[3] == "128" and "eps=0.0313725" in fgsm
     assert details[-1].startswith("worst case")
+    # the evaluation's settings and accuracies for TensorBoard's HParams view
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    events = EventAccumulator(str(tmp_path / "run" / "tb" / "eval"))
+    events.Reload()
+    session = events.SummaryMetadata("_hparams_/session_start_info").plugin_data.content
+    hparams = plugin_data_pb2.HParamsPluginData.FromString(session).session_start_info.hparams
+    assert hparams["method"].string_value == "l1" and hparams["rate"].number_value == 0.5
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert events.Scalars("final/benign")[0].value == pytest.approx(results["benign"]["accuracy"])
+    assert {"final/fgsm", "final/pgd", "final/worst_case", "final/macs"} <= set(events.Tags()["scalars"])
 
 
 def test_security_curves_from_minimum_norm_runs(tmp_path, capsys):

@@ -17,6 +17,7 @@ from gkp.application.catalog import PRUNING_METHODS
 from gkp.application.checkpoints.io import load_model
 from gkp.application.pipeline.context import Context, require_model
 from gkp.application.pipeline.stages import STAGE_NAMES
+from gkp.application.reports.results import hparams_of
 from gkp.foundation.files import add_to_json_cache, read_json_cache, read_json_mapping, user_cache
 from gkp.mechanisms.counting import count_nonzero_params, measure
 from gkp.mechanisms.engine.evaluate import evaluate
@@ -108,3 +109,4 @@ def evaluate_models(ctx: Context) -> None:
         "training": training,
     }
     ctx.run.write_results(ctx.fingerprint("eval"), {**results, "evaluation": ctx.fingerprint("eval")})
+    ctx.run.write_hparams(*hparams_of(results))

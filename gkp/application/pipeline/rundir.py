@@ -447,6 +447,18 @@ class RunDir:
                 stale.unlink()
         shutil.rmtree(self.evaluation_path(evaluation) / "partial", ignore_errors=True)
 
+    def write_hparams(self, hparams: dict[str, Any], metrics: dict[str, float]) -> None:
+        """The evaluation's settings and results for TensorBoard's HParams view, in ``tb/eval`` (rewritten
+        by each evaluation), so that the runs of a sweep compare there."""
+        if not writes_files():
+            return
+        from torch.utils.tensorboard import SummaryWriter
+
+        folder = self.path / "tb" / "eval"
+        shutil.rmtree(folder, ignore_errors=True)
+        with SummaryWriter(str(folder)) as writer:
+            writer.add_hparams(hparams, metrics, run_name=".")
+
     # ------------------------------------------------------------ metrics
 
     def write_metrics(self, stage: str, history: list[dict[str, Any]]) -> None:

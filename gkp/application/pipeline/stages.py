@@ -167,7 +167,7 @@ EVAL = Stage(
     sections=("attacks", "eval"),
     reads=lambda exp: tuple(exp.eval.models),
     saves=no_models,
-    files=(RESULTS_FILE, "per_sample_<model>.npz", "evaluations/<fingerprint>/"),
+    files=(RESULTS_FILE, "per_sample_<model>.npz", "evaluations/<fingerprint>/", "tb/eval/"),
     repeatable=True,
 )
 STAGES: tuple[Stage, ...] = (TRAIN, PRUNE, FINETUNE, EVAL)

@@ -152,6 +152,22 @@ def results_records(*runs: dict[str, Any], names: list[str] | None = None) -> li
     return records
 
 
+def hparams_of(results: dict[str, Any]) -> tuple[dict[str, Any], dict[str, float]]:
+    """What TensorBoard's HParams view compares a run by: its settings (name, method, rate, data) and, per
+    evaluated model, its benign, per-attack and worst-case accuracies and its params and MACs (millions)."""
+    records = results_records(results)
+    settings = {key: records[0][key] for key in ("run", "method", "rate", "data")}
+    hparams = {key: "none" if value is None else value for key, value in settings.items()}
+    skipped = {"run", "model", "method", "rate", "data", "test_images"}
+    metrics = {}
+    for record in records:
+        for key, value in record.items():
+            if key not in skipped and isinstance(value, (int, float)) and not isinstance(value, bool):
+                scale = 1e6 if key in ("params", "macs", "authors_macs", "method_macs") else 1
+                metrics[f"{record['model']}/{key}"] = value / scale
+    return hparams, metrics
+
+
 def _once(entries: list[tuple[int, dict, dict]]) -> list[tuple[int, dict, dict]]:
     """The entries without repeats: one model (the same checkpoint) evaluated alike in several runs, as the
     dense model every cell of a sweep starts from, is shown once."""
