@@ -1,10 +1,10 @@
 """Export a checkpoint for use outside this project: ``gkp export CKPT --format safetensors|onnx``.
 
-- **safetensors**: the weights in the safetensors layout (an 8-byte little-endian header length, a JSON
-  header of each tensor's dtype, shape and byte range, then the raw little-endian bytes), with the
-  model's arch, constructor arguments, plan and metadata as JSON under the header's ``__metadata__``
-  (``gkp``). Written and read here (a few dozen lines, no extra dependency); ``gkp.application.checkpoints.io``
-  loads such a file wherever a checkpoint is expected, pruned and grouped models included.
+- **safetensors**: the weights, written and read by the ``safetensors`` package (Hugging Face's, which
+  checks the format: byte ranges that cover the data exactly, no shared bytes), with the model's arch,
+  constructor arguments, plan and metadata as JSON under the header's ``__metadata__`` (``gkp``);
+  ``gkp.application.checkpoints.io`` loads such a file wherever a checkpoint is expected, pruned and
+  grouped models included.
 - **onnx**: the model in eval mode, input ``images`` (N, 3, H, W) in [0, 1] with a dynamic batch, output
   ``logits``; normalisation is inside. Needs the ``onnx`` package (``pip install onnx``); ONNX Runtime
   runs the result (the tests compare it with PyTorch to 1e-5 when it is installed).
@@ -13,62 +13,34 @@
 from __future__ import annotations
 
 import json
-import math
-import struct
-import sys
 import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save
 from torch import nn
 
 from gkp.foundation.errors import CheckpointError
 from gkp.foundation.files import replaced_atomically
 
-SAFETENSORS_DTYPES = {
-    torch.float64: "F64",
-    torch.float32: "F32",
-    torch.float16: "F16",
-    torch.bfloat16: "BF16",
-    torch.int64: "I64",
-    torch.int32: "I32",
-    torch.int16: "I16",
-    torch.int8: "I8",
-    torch.uint8: "U8",
-    torch.bool: "BOOL",
-}
-TORCH_DTYPES = {name: dtype for dtype, name in SAFETENSORS_DTYPES.items()}
 PAYLOAD_KEYS = ("arch", "arch_args", "plan", "metadata")
 
 
 def write_safetensors(payload: dict[str, Any], path: str | Path) -> None:
     """A checkpoint payload (``gkp.application.checkpoints.io``) as a safetensors file, written atomically."""
-    if sys.byteorder != "little":
-        raise CheckpointError("safetensors stores little-endian bytes; export on a little-endian machine")
-    header: dict[str, Any] = {}
-    blobs, offset = [], 0
-    for name, tensor in payload["state_dict"].items():
-        if tensor.dtype not in SAFETENSORS_DTYPES:
-            raise CheckpointError(f"{name}: safetensors has no type for {tensor.dtype}")
-        raw = tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
-        header[name] = {"dtype": SAFETENSORS_DTYPES[tensor.dtype], "shape": list(tensor.shape)}
-        header[name]["data_offsets"] = [offset, offset + len(raw)]
-        blobs.append(raw)
-        offset += len(raw)
     try:
         described = json.dumps({key: payload[key] for key in PAYLOAD_KEYS})
     except TypeError as error:
         raise CheckpointError(f"the checkpoint's description is not JSON ({error})") from error
-    header["__metadata__"] = {"format": "pt", "gkp": described}
-    text = json.dumps(header).encode()
-    text += b" " * (-len(text) % 8)
-    _write_atomic(Path(path), struct.pack("<Q", len(text)) + text + b"".join(blobs))
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
+    tensors = {name: tensor.detach().cpu().contiguous().clone() for name, tensor in payload["state_dict"].items()}
     try:
-        with replaced_atomically(path) as temporary:
+        data = save(tensors, metadata={"format": "pt", "gkp": described})
+    except (SafetensorError, ValueError, TypeError) as error:
+        raise CheckpointError(f"safetensors cannot store this checkpoint ({error})") from error
+    try:
+        with replaced_atomically(Path(path)) as temporary:
             temporary.write_bytes(data)
     except OSError as error:
         raise CheckpointError(f"cannot write {path} ({error.strerror or error})") from error
@@ -76,47 +48,16 @@ def _write_atomic(path: Path, data: bytes) -> None:
 
 def read_safetensors(path: str | Path) -> dict[str, Any]:
     """The checkpoint payload of a safetensors file written by ``write_safetensors``."""
-    data = Path(path).read_bytes()
     try:
-        (length,) = struct.unpack("<Q", data[:8])
-        header = _mapping(json.loads(data[8 : 8 + length]), "header")
-        described = _mapping(json.loads(_mapping(header.pop("__metadata__"), "metadata")["gkp"]), "gkp metadata")
-        body = memoryview(data)[8 + length :]
-        _check_byte_ranges(header, len(body))
-        state = {name: _tensor(spec, body) for name, spec in header.items()}
-    except (struct.error, ValueError, KeyError, TypeError, RuntimeError) as error:
+        with safe_open(str(path), framework="pt") as file:
+            metadata = file.metadata() or {}
+            state = {name: file.get_tensor(name) for name in file.keys()}  # noqa: SIM118 (not a dict)
+        described = json.loads(metadata["gkp"])
+        if not isinstance(described, dict):
+            raise ValueError(f"its gkp metadata is {type(described).__name__}, not a mapping")
+    except (SafetensorError, OSError, ValueError, KeyError, TypeError) as error:
         raise CheckpointError(f"{path} is not a safetensors file written by gkp export ({error})") from error
     return {**described, "state_dict": state}
-
-
-def _mapping(value: Any, what: str) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise ValueError(f"its {what} is {type(value).__name__}, not a mapping")
-    return value
-
-
-def _check_byte_ranges(header: dict[str, Any], size: int) -> None:
-    """As the safetensors format requires: the tensors' byte ranges cover the data exactly, in order,
-    without overlapping (two tensors reading the same bytes would be accepted otherwise)."""
-    ranges = sorted(tuple(_mapping(spec, "tensor entry")["data_offsets"]) for spec in header.values())
-    end = 0
-    for begin, stop in ranges:
-        if begin != end or stop < begin:
-            raise ValueError(f"its tensors' byte ranges overlap or leave a gap at byte {end}")
-        end = stop
-    if end != size:
-        raise ValueError(f"its tensors' byte ranges end at byte {end}, its data at {size}")
-
-
-def _tensor(spec: dict[str, Any], body: memoryview) -> torch.Tensor:
-    dtype = TORCH_DTYPES[spec["dtype"]]
-    begin, end = spec["data_offsets"]
-    expected = math.prod(spec["shape"]) * torch.empty(0, dtype=dtype).element_size()
-    if end - begin != expected or end > len(body):
-        raise ValueError(f"bytes {begin}..{end} do not hold a {spec['dtype']} tensor of shape {spec['shape']}")
-    raw = bytearray(body[begin:end])
-    flat = torch.frombuffer(raw, dtype=torch.uint8) if raw else torch.empty(0, dtype=torch.uint8)
-    return flat.view(dtype).reshape(spec["shape"])
 
 
 def export_onnx(model: nn.Module, path: str | Path, input_size: int) -> None:
