@@ -157,6 +157,19 @@ def interrupt_at_step(monkeypatch, step: int) -> None:
     monkeypatch.setattr(training, "objective_of", counting)
 
 
+def run_interrupted_then_resumed(config, out: Path, monkeypatch, steps: list[int]) -> None:
+    """Run ``config`` into ``out``, interrupted at each of ``steps`` in turn (counted from each restart),
+    then to its end."""
+    from gkp.application.pipeline.run import run_experiment
+
+    for step in steps:
+        interrupt_at_step(monkeypatch, step)
+        with pytest.raises(Interrupted):
+            run_experiment(config, out=out)
+        monkeypatch.undo()
+    run_experiment(config, out=out)
+
+
 def shared_cifar_npz(shared: Path, folder: Path, train: int = 4000) -> dict:
     """A ``data`` section over the shared real CIFAR-10 images written as npz files into ``folder``: the
     first ``train`` to train on, the last 660 held out as the test split."""

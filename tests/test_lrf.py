@@ -22,7 +22,7 @@ from gkp.mechanisms.layers.restructured import AdaptedConv2d
 from gkp.mechanisms.pruning.plan import AdaptersPlan, Plan
 from gkp.mechanisms.pruning.surgery import apply
 
-from conftest import Interrupted, interrupt_at_step, shared_cifar_npz, tiny_config
+from conftest import run_interrupted_then_resumed, shared_cifar_npz, tiny_config
 
 
 def adapted(out_channels=5, in_channels=4, seed=0) -> AdaptedConv2d:
@@ -201,11 +201,8 @@ def test_lrf_runs_end_to_end_and_an_interrupted_search_resumes_bit_identically(t
     )
     assert results["macs"] < 0.6 * plan["metadata"]["dense"]["macs"]
 
-    interrupt_at_step(monkeypatch, 2 + 2 * 5 + 1)  # the train epoch, five removal epochs, into the sixth (2 batches)
-    with pytest.raises(Interrupted):
-        run_experiment(config, out=tmp_path / "interrupted")
-    monkeypatch.undo()
-    run_experiment(config, out=tmp_path / "interrupted")
+    # interrupted after the train epoch and five removal epochs, into the sixth (2 batches an epoch)
+    run_interrupted_then_resumed(config, tmp_path / "interrupted", monkeypatch, [2 + 2 * 5 + 1])
     straight = read_checkpoint(tmp_path / "straight" / "pruned.ckpt")
     resumed = read_checkpoint(tmp_path / "interrupted" / "pruned.ckpt")
     assert straight["plan"] == resumed["plan"]

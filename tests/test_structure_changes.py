@@ -25,7 +25,7 @@ from gkp.mechanisms.layers.restructured import AdaptedConv2d, FactorisedConv2d, 
 from gkp.mechanisms.pruning.plan import AdaptersPlan, FactorisedPlan, Plan, RemovedBlockPlan
 from gkp.mechanisms.pruning.surgery import apply, apply_mask, set_module
 
-from conftest import Interrupted, interrupt_at_step, tiny_config
+from conftest import run_interrupted_then_resumed, tiny_config
 from test_pruning import randomise_batchnorm
 
 REGULAR_BLOCK, ENTRY_BLOCK = 4_718_592, 3_538_944  # ResNet-20's convs of a 16-channel block, of layer2.0
@@ -325,11 +325,8 @@ def test_a_method_whose_prepare_swaps_modules_in_trains_them_and_finalizes_a_pla
 def test_a_method_that_changes_shapes_phase_by_phase_resumes_bit_identically(tmp_path, toys, monkeypatch):
     config = build_experiment(toy_config("toy_adapters", stages=["train", "prune"], epochs=4))
     run_experiment(config, out=tmp_path / "straight")
-    interrupt_at_step(monkeypatch, 8 + 16 + 8 + 3)  # train's epoch, the first phase, mid second phase's second epoch
-    with pytest.raises(Interrupted):
-        run_experiment(config, out=tmp_path / "interrupted")
-    monkeypatch.undo()
-    run_experiment(config, out=tmp_path / "interrupted")
+    # interrupted after train's epoch, the first phase, mid second phase's second epoch
+    run_interrupted_then_resumed(config, tmp_path / "interrupted", monkeypatch, [8 + 16 + 8 + 3])
     straight = read_checkpoint(tmp_path / "straight" / "pruned.ckpt")
     resumed = read_checkpoint(tmp_path / "interrupted" / "pruned.ckpt")
     assert straight["plan"] == resumed["plan"] and [layer["type"] for layer in straight["plan"]["layers"].values()] == [

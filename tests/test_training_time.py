@@ -29,7 +29,7 @@ from gkp.foundation.errors import ConfigError, PruningError
 from gkp.mechanisms.counting import measure
 from gkp.mechanisms.pruning.masks import conv_batchnorms, mask_targets, masked_selection, zero_filters, zeroed_filters
 
-from conftest import Interrupted, interrupt_at_step, tiny_config
+from conftest import run_interrupted_then_resumed, tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -453,12 +453,7 @@ def test_an_interrupted_training_time_run_resumes_bit_identically(tmp_path, monk
         sections["train"] = {"epochs": 3, "eval_every": 0}
     config = build_experiment(tiny_config(**sections))
     run_experiment(config, out=tmp_path / "straight")
-    for step in steps:
-        interrupt_at_step(monkeypatch, step)
-        with pytest.raises(Interrupted):
-            run_experiment(config, out=tmp_path / "interrupted")
-        monkeypatch.undo()
-    run_experiment(config, out=tmp_path / "interrupted")
+    run_interrupted_then_resumed(config, tmp_path / "interrupted", monkeypatch, steps)
     straight, resumed = final_state(tmp_path / "straight"), final_state(tmp_path / "interrupted")
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)
     assert metrics(tmp_path / "straight") == metrics(tmp_path / "interrupted")
