@@ -102,3 +102,40 @@ def test_an_image_folder_split_shards_the_batches_a_shuffled_dataloader_draws():
     assert [torch.cat(pair).tolist() for pair in zip(*parts, strict=True)] == whole
     assert [[i for i, _ in split.test_batches(5, Shard(r, 2))] for r in range(2)] == [[0, 2], [1]]
     assert [y.tolist() for _, (_, y) in split.test_batches(5, Shard(1, 2))] == [[5, 6, 7, 8, 9]]
+
+
+def test_the_global_batchnorm_is_torchs_batchnorm_even_far_from_zero():
+    """In a one-process group the global batch is the local one: outputs, input gradients and running
+    statistics equal torch's BatchNorm2d, in float32 on activations whose mean (1e4) dwarfs their spread,
+    where E[x^2] - E[x]^2 would cancel to noise."""
+    import socket
+
+    import torch.distributed as dist
+
+    from gkp.mechanisms.engine.distributed import global_batchnorm
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    try:
+        torch.manual_seed(0)
+        x = 1e4 + torch.randn(8, 3, 5, 5)
+        reference, ours = torch.nn.BatchNorm2d(3), torch.nn.BatchNorm2d(3)
+        inputs = [x.clone().requires_grad_(), x.clone().requires_grad_()]
+        expected = reference(inputs[0])
+        with global_batchnorm(ours, enabled=True):
+            got = ours(inputs[1])
+        weights = torch.randn_like(expected)
+        (expected * weights).sum().backward()
+        (got * weights).sum().backward()
+        exact = x.double() - x.double().mean((0, 2, 3)).view(1, 3, 1, 1)
+        exact = exact / (exact.square().mean((0, 2, 3)) + 1e-5).sqrt().view(1, 3, 1, 1)
+        # float32 holds 1e4 + x to about 1e-3: torch's layer and ours are both that close to float64
+        assert (got.double() - exact).abs().max() < 2e-3 and (expected.double() - exact).abs().max() < 2e-3
+        assert torch.allclose(inputs[1].grad, inputs[0].grad, atol=5e-3, rtol=5e-3)
+        assert torch.allclose(ours.running_mean, reference.running_mean) and torch.allclose(
+            ours.running_var, reference.running_var, rtol=1e-3
+        )
+    finally:
+        dist.destroy_process_group()

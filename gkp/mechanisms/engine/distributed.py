@@ -135,28 +135,32 @@ class _GlobalBatchNorm(nn.BatchNorm2d):
     where torch's SyncBatchNorm needs a GPU."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Two all-reduces, as a numerically sound variance needs: the global mean, then the global sum of
+        squared deviations from it (not E[x^2] - E[x]^2, which cancels when the mean is large); the counts
+        stay tensors, so nothing waits on the device."""
         if not (self.training and dist.is_initialized()):
             return super().forward(x)
         from torch.distributed.nn.functional import all_reduce  # sums that pass gradients back
 
-        count = x.new_tensor([float(x.numel() // x.shape[1])])
-        totals = all_reduce(torch.cat([x.sum((0, 2, 3)), (x * x).sum((0, 2, 3)), count]))
-        channels, n = x.shape[1], totals[-1]
-        mean = totals[:channels] / n
-        var = totals[channels : 2 * channels] / n - mean * mean
-        self._update_running_statistics(mean.detach(), var.detach(), n.item())
-        shape = (1, channels, 1, 1)
-        normalised = (x - mean.view(shape)) * torch.rsqrt(var + self.eps).view(shape)
+        channels, shape = x.shape[1], (1, x.shape[1], 1, 1)
+        count = x.new_tensor([float(x.numel() // channels)])
+        sums = all_reduce(torch.cat([x.sum((0, 2, 3)), count]))
+        n = sums[-1]
+        mean = sums[:channels] / n
+        centred = x - mean.view(shape)
+        var = all_reduce((centred * centred).sum((0, 2, 3))) / n
+        self._update_running_statistics(mean.detach(), var.detach(), n.detach())
+        normalised = centred * torch.rsqrt(var + self.eps).view(shape)
         return normalised * self.weight.view(shape) + self.bias.view(shape) if self.affine else normalised
 
-    def _update_running_statistics(self, mean: torch.Tensor, var: torch.Tensor, n: float) -> None:
+    def _update_running_statistics(self, mean: torch.Tensor, var: torch.Tensor, n: torch.Tensor) -> None:
         if not self.track_running_stats:
             return
         self.num_batches_tracked += 1
         factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
         with torch.no_grad():
             self.running_mean.mul_(1 - factor).add_(mean, alpha=factor)
-            self.running_var.mul_(1 - factor).add_(var * n / max(n - 1, 1), alpha=factor)
+            self.running_var.mul_(1 - factor).add_(var * n / (n - 1).clamp(min=1), alpha=factor)
 
 
 @contextmanager
