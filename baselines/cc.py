@@ -455,17 +455,23 @@ def mean_gradients(model: nn.Module, names: list[str], batches) -> dict[str, tor
     return {name: total / len(batches) for name, total in zip(names, totals, strict=True)}
 
 
-def _convs(model: nn.Module, gradients: dict[str, torch.Tensor], input_size: int) -> list[Conv]:
+def _output_positions(model: nn.Module, names: list[str], input_size: int) -> dict[str, int]:
+    """Each named conv's output positions (H x W), from one forward pass."""
     sizes: dict[str, int] = {}
     handles = [
         get_module(model, name).register_forward_hook(
             lambda m, i, out, name=name: sizes.__setitem__(name, out.shape[-2] * out.shape[-1])
         )
-        for name in gradients
+        for name in names
     ]
     forward_once(model, input_size, handles)
+    return sizes
+
+
+def _convs(model: nn.Module, gradients: dict[str, torch.Tensor], input_size: int) -> list[Conv]:
+    positions = _output_positions(model, list(gradients), input_size)
     return [
-        Conv(name, get_module(model, name).weight.detach().cpu(), gradient.cpu(), sizes[name])
+        Conv(name, get_module(model, name).weight.detach().cpu(), gradient.cpu(), positions[name])
         for name, gradient in gradients.items()
     ]
 
@@ -477,9 +483,9 @@ def _targets(model: nn.Module) -> list[str]:
 
 
 def _layer_macs(model: nn.Module, input_size: int) -> dict[str, float]:
-    """Each compressed conv's dense MACs / 1e7, from one forward pass (no gradient needed)."""
-    zero = {name: torch.zeros_like(get_module(model, name).weight) for name in _targets(model)}
-    return {conv.name: conv.macs for conv in _convs(model, zero, input_size)}
+    """Each compressed conv's dense MACs / 1e7 (weights x output positions, as ``Conv.cost``)."""
+    positions = _output_positions(model, _targets(model), input_size)
+    return {name: get_module(model, name).weight.numel() * count / UNIT for name, count in positions.items()}
 
 
 def check(model: nn.Module, rate: float, params: CCParams, context: PruningContext = NO_CONTEXT) -> None:

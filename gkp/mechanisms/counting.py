@@ -89,7 +89,6 @@ def _authors_extra(module: nn.Module, inputs: torch.Tensor, output: torch.Tensor
     return output[0].numel() * _window_area(module, inputs, output)
 
 
-@torch.no_grad()
 def count_macs(
     model: nn.Module, input_size: int | tuple[int, int], channels: int = 3, convention: Convention = "macs"
 ) -> int:
