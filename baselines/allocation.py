@@ -4,7 +4,8 @@ ranking, or whatever of these hits a MACs target.
 ``MacsModel`` predicts a filter-pruned model's MACs from its per-layer keep counts without building it:
 a conv costs ``output positions x kernel area x inputs x outputs`` (``/ groups``) and a linear layer
 ``inputs x outputs``, where a filter group's conv has the group's count as outputs and its consumers have
-it as inputs. It agrees with ``gkp.mechanisms.counting.measure`` (convention ``macs``) on the physically pruned
+it as inputs (a depthwise conv among its ``channelwise`` modules costs ``positions x kernel area x
+count``). It agrees with ``gkp.mechanisms.counting.measure`` (convention ``macs``) on the physically pruned
 model, which the tests check for every method.
 
 Targets: ``target_macs`` is the kept fraction of the dense MACs. Layer-wise methods find the uniform rate
@@ -46,24 +47,28 @@ class MacsModel:
 
     def __init__(self, model: nn.Module, groups: Mapping[str, FilterGroup], input_size: int):
         consumers = {consumer: group.conv for group in groups.values() for consumer in group.consumers}
+        channelwise = {module: group.conv for group in groups.values() for module in group.channelwise}
         self.channels = {name: model.get_submodule(name).out_channels for name in groups}
         self._layers: list[_Layer] = []
         hooks = []
         for name, module in model.named_modules():
             if isinstance(module, (nn.Conv2d, nn.Linear)):
-                hooks.append(module.register_forward_hook(self._recorder(name, consumers, groups)))
+                hooks.append(module.register_forward_hook(self._recorder(name, consumers, channelwise.get(name, name))))
         forward_once(model, input_size, hooks)
 
-    def _recorder(self, name: str, consumers: Mapping[str, str], groups: Mapping[str, FilterGroup]):
+    def _recorder(self, name: str, consumers: Mapping[str, str], owner: str):
+        """Records the layer ``name``; ``owner``: the filter group whose count is its outputs (itself, or the
+        group a depthwise conv shrinks with), if there is one."""
+
         def record(module: nn.Module, inputs, output: torch.Tensor) -> None:
             if isinstance(module, nn.Conv2d):
                 area = module.kernel_size[0] * module.kernel_size[1]
-                cost = output[0, 0].numel() * area // module.groups
-                inputs_, outputs = module.in_channels, module.out_channels
+                cost = output[0, 0].numel() * area
+                inputs_, outputs = module.in_channels // module.groups, module.out_channels
             else:
                 cost, inputs_, outputs = 1, module.in_features, module.out_features
-            owner = name if name in groups else None
-            self._layers.append(_Layer(cost, inputs_, outputs, consumers.get(name), owner))
+            output_group = owner if owner in self.channels else None
+            self._layers.append(_Layer(cost, inputs_, outputs, consumers.get(name), output_group))
 
         return record
 

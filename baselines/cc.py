@@ -61,6 +61,7 @@ from gkp.foundation.errors import PruningError
 from gkp.foundation.schema import at_least, option
 from gkp.mechanisms.counting import forward_once
 from gkp.mechanisms.layers.restructured import FactorisedConv2d
+from gkp.mechanisms.pruning.dependencies import grouped_kernel_targets, residual_blocks
 from gkp.mechanisms.pruning.plan import FactorisedPlan
 from gkp.mechanisms.pruning.surgery import get_module, set_module
 
@@ -405,9 +406,9 @@ def cc_macs(model: nn.Module, input_size: int) -> int:
     is its compressed network: each conv CC compresses counts its index of kept inputs and one more
     parameter, and each basic residual block is counted as ``_basic_block_macs`` says. Dense ResNet-56:
     125.486M."""
-    targets = set(model.grouped_kernel_targets("all"))
+    targets = set(grouped_kernel_targets(model, "all"))
     compressed = any(isinstance(m, FactorisedConv2d) for m in model.modules())
-    blocks = {block.name for block in model.residual_blocks()} if hasattr(model, "residual_blocks") else set()
+    blocks = set(residual_blocks(model, required=False))
     units = {name for name in blocks if {f"{name}.conv1", f"{name}.conv2"} <= targets} if compressed else set()
     units |= {name for name in targets if compressed and not any(name.startswith(f"{b}.") for b in units)}
     total = 0
@@ -477,9 +478,7 @@ def _convs(model: nn.Module, gradients: dict[str, torch.Tensor], input_size: int
 
 
 def _targets(model: nn.Module) -> list[str]:
-    if not hasattr(model, "grouped_kernel_targets"):
-        raise PruningError("cc compresses the convs a model lists in grouped_kernel_targets(); this one lists none")
-    return model.grouped_kernel_targets("all")
+    return grouped_kernel_targets(model, "all")
 
 
 def _layer_macs(model: nn.Module, input_size: int) -> dict[str, float]:

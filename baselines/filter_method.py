@@ -29,8 +29,8 @@ from baselines.allocation import (
 )
 from gkp.foundation.contracts import NO_CONTEXT, FilterGroup, PruningContext, PruningMethod, Selection
 from gkp.foundation.errors import PruningError
+from gkp.mechanisms.pruning.dependencies import filter_groups
 from gkp.mechanisms.pruning.plan import FilterPlan, keep_count, keep_top_k
-from gkp.mechanisms.pruning.surgery import filter_groups
 
 Scores = dict[str, np.ndarray]
 Scorer = Callable[[nn.Module, Mapping[str, FilterGroup], Any, PruningContext], Scores]

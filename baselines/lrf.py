@@ -54,6 +54,7 @@ from gkp.foundation.errors import ConfigError, PruningError
 from gkp.foundation.schema import at_least, option, positive
 from gkp.mechanisms.engine.optimize import MODEL_OPTIMIZER
 from gkp.mechanisms.layers.restructured import AdaptedConv2d
+from gkp.mechanisms.pruning.dependencies import grouped_kernel_targets
 from gkp.mechanisms.pruning.plan import AdaptersPlan
 from gkp.mechanisms.pruning.surgery import set_module
 
@@ -202,9 +203,7 @@ def cross_entropy_step(context: StepContext, optimizers, objective) -> tuple[tor
 
 
 def _targets(model: nn.Module) -> list[str]:
-    if not hasattr(model, "grouped_kernel_targets"):
-        raise PruningError("lrf adapts the convs a model lists in grouped_kernel_targets(); this one lists none")
-    names = model.grouped_kernel_targets("3x3")
+    names = grouped_kernel_targets(model, "3x3")
     for name in names:
         conv = model.get_submodule(name)
         if not isinstance(conv, nn.Conv2d) or conv.groups != 1:

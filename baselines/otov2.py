@@ -55,6 +55,7 @@ from gkp.foundation.contracts import (
 )
 from gkp.foundation.errors import ConfigError, PruningError
 from gkp.foundation.schema import at_least, in_unit_interval, option, positive
+from gkp.mechanisms.pruning.dependencies import filter_pruning_groups
 from gkp.mechanisms.pruning.masks import masked_selection
 
 AMPLIFY = 2.0  # lambda_g starts at AMPLIFY x -<x, d> / ||x|| (the code's lmbda_amplify for sgd)
@@ -88,7 +89,7 @@ def zero_invariant_groups(model: nn.Module) -> list[list[nn.Parameter]]:
     """Per removable conv, the tensors whose row o together form its group o: the conv's weight (and
     bias), its BatchNorm's scale and shift."""
     layers = []
-    for group in model.filter_pruning_groups():
+    for group in filter_pruning_groups(model):
         conv, bn = model.get_submodule(group.conv), model.get_submodule(group.bn)
         if bn.weight is None:
             raise PruningError(f"otov2: '{group.bn}' has no scale and shift, so zeroing '{group.conv}' is not enough")

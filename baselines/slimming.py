@@ -24,7 +24,7 @@ from torch import nn
 from baselines.filter_method import filter_method
 from gkp.foundation.contracts import FilterGroup, PruningContext
 from gkp.foundation.errors import PruningError
-from gkp.mechanisms.pruning.surgery import filter_groups
+from gkp.mechanisms.pruning.dependencies import filter_groups
 
 
 @dataclass(frozen=True)

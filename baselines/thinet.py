@@ -44,8 +44,8 @@ from gkp.foundation.contracts import NO_CONTEXT, FilterGroup, PruningContext, Pr
 from gkp.foundation.errors import PruningError
 from gkp.foundation.schema import at_least, option
 from gkp.foundation.seeding import derive_seed
+from gkp.mechanisms.pruning.dependencies import filter_groups
 from gkp.mechanisms.pruning.plan import FilterPlan
-from gkp.mechanisms.pruning.surgery import filter_groups
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,8 @@
 # training throughput of ResNet-56 against a plain DataLoader loop (AMP and channels_last on and off),
 # fine-tuning the SR-GKP model against the dense and L1 ones, grouped against dense latency at batch 256
 # (ResNet-56, VGG-16, ResNet-50),
-# a 10,000-image paper-cifar evaluation of ResNet-56, SR-GKP's search on the GPU (ResNet-56, checked against
+# a 10,000-image paper-cifar evaluation of ResNet-56, PGD through the Python API on an SR-GKP ResNet-20
+# against the dense and L1 ones, SR-GKP's search on the GPU (ResNet-56, checked against
 # the CPU's selection, and VGG-16), what PGD-AT and the training-time methods add to an epoch, and the peak
 # GPU memory of training and evaluation; then the tests marked gpu. Put its output in your note.
 #
@@ -45,6 +46,7 @@ for variant in "--amp off --channels-last off" ${full:+"--amp off" "--channels-l
 done
 run benchmarks/bench_grouped.py --archs "$latency_archs" --device "$device" --batches "$batches" --repeats "$rounds" --timing-cost
 run benchmarks/bench_eval.py --arch "$arch" --device "$device" --images "$eval_images"
+run benchmarks/bench_api.py --device "$device" --images "$eval_images" --batch-size "$batches"
 run benchmarks/bench_srgkp.py --archs "$search_archs" --device "$device" --reference-channels "$search_reference" --compare-cpu
 ${full:+run benchmarks/bench_srgkp.py --archs vgg16 --device "$device" --reference-channels 0 --repeats 1}
 run benchmarks/bench_training_time.py --arch "$arch" --device "$device" --images "$((images / 4))" --rounds "$rounds" --steps 3

@@ -64,9 +64,9 @@ def session_caches(tmp_path_factory, monkeypatch):
 def pinned_forms(monkeypatch):
     """Grouped-kernel convs keep their default form instead of being timed: for runs whose test is not
     about forms (timing every form of every layer costs seconds and proves nothing there)."""
-    from gkp.application.pipeline import evaluation
+    from gkp.application import api
 
-    monkeypatch.setattr(evaluation, "choose_forms", lambda *args, **kwargs: {})
+    monkeypatch.setattr(api, "choose_forms", lambda *args, **kwargs: {})
 
 
 class MemoryStore:

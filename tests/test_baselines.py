@@ -19,8 +19,9 @@ from gkp.foundation.contracts import PruningContext
 from gkp.foundation.errors import ConfigError, PruningError
 from gkp.mechanisms.counting import measure
 from gkp.mechanisms.data.splits import TensorSplit, calibration_batches
+from gkp.mechanisms.pruning.dependencies import filter_groups
 from gkp.mechanisms.pruning.plan import Plan, keep_count
-from gkp.mechanisms.pruning.surgery import apply, apply_mask, filter_groups
+from gkp.mechanisms.pruning.surgery import apply, apply_mask
 
 from conftest import tiny_config
 from test_pruning import randomise_batchnorm

@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from baselines import chip, hrank, taylor
 from gkp.application.catalog import build_model
 from gkp.foundation.contracts import PruningContext
+from gkp.mechanisms.pruning.dependencies import filter_groups
 from gkp.mechanisms.pruning.plan import keep_top_k
-from gkp.mechanisms.pruning.surgery import filter_groups
 
 
 def seeded_resnet8() -> torch.nn.Module:

@@ -18,8 +18,9 @@ from gkp.entries.models.vgg16 import VGG
 from gkp.foundation.contracts import PruningContext
 from gkp.foundation.errors import ConfigError, PruningError
 from gkp.foundation.schema import build
+from gkp.mechanisms.pruning.dependencies import filter_groups
 from gkp.mechanisms.pruning.plan import Plan
-from gkp.mechanisms.pruning.surgery import apply, filter_groups
+from gkp.mechanisms.pruning.surgery import apply
 
 METHODS = [l2.ENTRY, fpgm.ENTRY, random.ENTRY, lamp.ENTRY, group_norm.ENTRY, slimming.ENTRY]
 LAYERS = ("layer1.0.conv1", "layer2.0.conv1", "layer3.0.conv1")  # resnet8's filter groups

@@ -28,6 +28,7 @@ def test_the_gpu_check_runs_on_the_cpu_and_prints_its_summary():
     for line in ("ratio gkp / plain (amp auto", "ratio gkp / plain (amp off", "step time", "latency ratio"):
         assert line in summary, line
     assert "paper-cifar evaluation" in summary and "PGD-3 training" in summary
+    assert "ratio srgkp / dense through gkp.evaluate" in summary
     assert "(select + surgery on cpu)" in summary and "the same selection as on cpu: True" in summary
 
 
@@ -35,6 +36,6 @@ def test_a_failing_step_of_the_gpu_check_is_reported_and_the_rest_still_run(tmp_
     completed = gpu_check("false", OUT=str(tmp_path))  # every step's interpreter fails at once
     assert completed.returncode == 1
     summary = completed.stdout.split("== summary", 1)[1]
-    for bench in ("bench_train", "bench_grouped", "bench_eval", "bench_srgkp", "bench_training_time"):
+    for bench in ("bench_train", "bench_grouped", "bench_eval", "bench_api", "bench_srgkp", "bench_training_time"):
         assert f"FAILED: benchmarks/{bench}.py" in summary, bench
-    assert (tmp_path / "gpu_check.log").read_text().count("FAILED") == 6  # the log is kept in $OUT
+    assert (tmp_path / "gpu_check.log").read_text().count("FAILED") == 7  # the log is kept in $OUT

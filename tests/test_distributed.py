@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from gkp.application.pipeline.run import run_experiment
+from gkp.foundation.threat import PIXELS
 from gkp.mechanisms.data.splits import FolderSplit, Shard, TensorSplit
 from gkp.mechanisms.engine import distributed
 
@@ -139,3 +140,65 @@ def test_the_global_batchnorm_is_torchs_batchnorm_even_far_from_zero():
         )
     finally:
         dist.destroy_process_group()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def adversarial_step_in_a_group(rank: int, port: int, folder) -> None:
+    """One process of two: PGD on its part of a 7-image batch (4 + 3) through the DDP-wrapped model, then
+    the training loss's backward pass, weighted as the loop weights it; saves its gradients and how many
+    all-reduces DDP made."""
+    import torch.distributed as dist
+    import torch.nn.functional as F
+    from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        model, x, y, attack, params = adversarial_setup()
+        part = slice(0, 4) if rank == 0 else slice(4, 7)
+        forward = distributed.data_parallel(model)
+        reduces = []
+        forward.register_comm_hook(None, lambda state, bucket: reduces.append(1) or allreduce_hook(None, bucket))
+        with distributed.global_batchnorm(model, enabled=True):
+            x_adv = attack.run(forward.eval(), x[part], y[part], params, None, PIXELS)
+            loss = F.cross_entropy(forward.train()(x_adv), y[part])
+            (loss * distributed.batch_weight(4 if rank == 0 else 3, loss)).backward()
+        grads = {name: p.grad for name, p in model.named_parameters()}
+        torch.save({"grads": grads, "reduces": len(reduces), "ddp": type(forward).__name__}, folder / f"{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def adversarial_setup():
+    from gkp.application.catalog import ATTACKS, build_model
+    from gkp.foundation.schema import build
+
+    torch.manual_seed(0)
+    model = build_model("resnet8", num_classes=10)
+    x, y = torch.rand(7, 3, 16, 16), torch.randint(0, 10, (7,))
+    attack = ATTACKS.get("pgd")
+    return model, x, y, attack, build(attack.params, {"eps": 8 / 255, "steps": 3, "random_start": False}, "pgd")
+
+
+def test_ddp_takes_one_all_reduce_per_step_with_an_attack_inside_and_gives_the_whole_batch_gradient(tmp_path):
+    """Two gloo processes: PGD's input gradients through the DDP-wrapped model fire none of DDP's hooks
+    (one all-reduce, the training loss's), both processes end with the same gradients, and they are one
+    process's gradients of the whole batch (parts of 4 and 3 images weighted as the loop weights them)."""
+    import torch.multiprocessing as mp
+    import torch.nn.functional as F
+
+    mp.spawn(adversarial_step_in_a_group, args=(free_port(), tmp_path), nprocs=2)
+    ranks = [torch.load(tmp_path / f"{rank}.pt") for rank in (0, 1)]
+    assert [r["ddp"] for r in ranks] == ["DistributedDataParallel"] * 2 and [r["reduces"] for r in ranks] == [1, 1]
+    model, x, y, attack, params = adversarial_setup()
+    x_adv = attack.run(model.eval(), x, y, params, None, PIXELS)
+    F.cross_entropy(model.train()(x_adv), y).backward()
+    for name, parameter in model.named_parameters():
+        assert torch.equal(ranks[0]["grads"][name], ranks[1]["grads"][name]), name
+        assert torch.allclose(ranks[0]["grads"][name], parameter.grad, atol=1e-6, rtol=1e-4), name

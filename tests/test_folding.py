@@ -12,9 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gkp.application import api
 from gkp.application.catalog import build_model
 from gkp.application.config import EvalConfig, build_experiment
-from gkp.application.pipeline import evaluation, prune, training
+from gkp.application.pipeline import prune, training
 from gkp.application.pipeline.run import run_experiment
 from gkp.mechanisms.engine.evaluate import evaluate, evaluated_model
 from gkp.mechanisms.engine.folding import batchnorm_folded, conv_batchnorm_pairs
@@ -169,8 +170,8 @@ def test_the_config_switch_reaches_every_evaluation(tmp_path, monkeypatch):
         seen.append(kwargs["options"])
         return evaluate(*args, **kwargs)
 
-    for stage in (training, prune, evaluation):
-        monkeypatch.setattr(stage, "evaluate", recording)
+    for module, name in ((training, "evaluate"), (prune, "evaluate"), (api, "evaluate_on")):
+        monkeypatch.setattr(module, name, recording)
     config = tiny_config(
         stages=["train", "prune", "eval"],
         train={"epochs": 1},

@@ -361,14 +361,14 @@ def _recorded(grouped) -> dict[str, str]:
 
 
 def test_an_evaluation_bounds_the_form_timing_by_its_own_passes(tmp_path, monkeypatch):
+    from gkp.application import api
     from gkp.application.config import build_experiment
-    from gkp.application.pipeline import evaluation
     from gkp.application.pipeline.run import run_experiment
 
     from conftest import tiny_config
 
     asked = []
-    monkeypatch.setattr(evaluation, "choose_forms", lambda *args, **kwargs: asked.append(kwargs["passes"]) or {})
+    monkeypatch.setattr(api, "choose_forms", lambda *args, **kwargs: asked.append(kwargs["passes"]) or {})
     config = tiny_config(prune={"method": "srgkp", "rate": 0.5}, train={"epochs": 1}, finetune={"epochs": 1})
     config["data"]["eval_batch_size"] = 32  # 4 batches of the 128 test images
     run_experiment(build_experiment({**config, "stages": ["train", "prune", "eval"]}), out=tmp_path / "run")

@@ -82,7 +82,7 @@ class Experiment:
 # ---------------------------------------------------------------- building and cross-checks
 
 
-def _build_prune(raw: Any) -> PruneConfig | None:
+def build_prune(raw: Any) -> PruneConfig | None:
     if raw is None:
         return None
     prune = build(PruneConfig, raw, "prune")
@@ -207,7 +207,7 @@ def _build_attack(path: str, entry: Any, default_label: str) -> AttackSpec:
     return AttackSpec(attack, label, build(attack.params, params, path), **_attack_mode(entry, path))
 
 
-def _build_attacks(raw: Any) -> tuple[AttackSpec, ...]:
+def build_attacks(raw: Any) -> tuple[AttackSpec, ...]:
     if raw is None:
         return ()
     if not isinstance(raw, list):
@@ -340,8 +340,8 @@ def build_experiment(raw: Any, default_name: str = "experiment") -> Experiment:
         raise ConfigError(f"the config must be a mapping of sections, got {type(raw).__name__}")
     raw = dict(raw)
     raw.setdefault("name", default_name)
-    prune = _build_prune(raw.pop("prune", None))
-    attacks = _build_attacks(raw.pop("attacks", None))
+    prune = build_prune(raw.pop("prune", None))
+    attacks = build_attacks(raw.pop("attacks", None))
     chosen = _pop_choices(raw)
     exp = replace(build(Experiment, raw, ""), prune=prune, attacks=attacks)
     for section, choices in chosen.items():

@@ -46,13 +46,16 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class FilterGroup:
     """Which modules shrink together when filters of ``conv`` are removed: the conv's output channels,
-    the BatchNorm ``bn`` that follows it, and the input channels of each consumer (a conv, or a linear
-    layer fed by a 1x1 feature map). Convs whose outputs feed a residual sum are not listed: with option-A
-    (zero-padding) shortcuts their width is tied across a whole stage."""
+    the BatchNorm ``bn`` that follows it, the ``channelwise`` modules on the way to the consumers (depthwise
+    convs, whose groups are their channels, and their BatchNorms: MobileNet's blocks), and the input
+    channels of each consumer (a conv, or a linear layer fed by a 1x1 feature map). Convs whose outputs
+    feed a residual sum are not listed: with option-A (zero-padding) shortcuts their width is tied across a
+    whole stage."""
 
     conv: str
     bn: str
     consumers: tuple[str, ...]
+    channelwise: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -69,7 +72,8 @@ class ResidualBlock:
 
 @runtime_checkable
 class PrunableModel(Protocol):
-    """What every registered architecture provides.
+    """What every registered architecture provides (any other model gets the same tables by tracing:
+    ``gkp.mechanisms.pruning.dependencies``, through which every mechanism and method reads them).
 
     - ``normalize``: a ``gkp.mechanisms.layers.normalize.Normalize`` applied to the input first, holding the mean and
       std as buffers: every model, and every attack, works on [0, 1] images.

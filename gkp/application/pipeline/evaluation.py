@@ -6,77 +6,39 @@ again beside the earlier results (``evaluations/<fingerprint>/``)."""
 from __future__ import annotations
 
 import logging
-import math
-from collections import Counter
-from pathlib import Path
 from typing import Any
 
-from torch import nn
-
+from gkp.application.api import evaluate_split
 from gkp.application.catalog import PRUNING_METHODS
 from gkp.application.checkpoints.io import load_model
 from gkp.application.pipeline.context import Context, require_model
 from gkp.application.pipeline.stages import STAGE_NAMES
 from gkp.application.reports.results import hparams_of
-from gkp.foundation.files import add_to_json_cache, read_json_cache, read_json_mapping, user_cache
+from gkp.foundation.files import read_json_mapping
 from gkp.mechanisms.counting import count_nonzero_params, measure
-from gkp.mechanisms.engine.evaluate import evaluate
-from gkp.mechanisms.layers.forms import choose_forms
 
 log = logging.getLogger(__name__)
-
-
-def forms_cache() -> Path:
-    """The file of grouped-conv form timings kept across stages and runs on this machine."""
-    return user_cache("forms.json", "GKP_FORMS_CACHE")
-
-
-def fastest_forms(ctx: Context, model: nn.Module, batch_size: int, train: bool, channels_last: bool) -> dict[str, int]:
-    """Run each layer that has several equivalent forms in its fastest one on this device and batch,
-    timed in the memory format it will run in, once per machine (``forms_cache``), so that the same
-    command gives the same numbers, and at a cost bounded by the evaluation's own (its passes: every test
-    batch, clean and under each attack); deterministic runs keep the default forms. Returns how many
-    layers run in each form."""
-    if ctx.exp.deterministic:
-        return {}
-    path = forms_cache()
-    timings = read_json_cache(path)
-    known = dict(timings)
-    batches = math.ceil(ctx.data.test.num_samples / batch_size)
-    passes = batches * (1 + sum(spec.passes for spec in ctx.exp.attacks))
-    chosen = choose_forms(
-        model,
-        ctx.data.image_size,
-        batch_size,
-        train=train,
-        channels_last=channels_last,
-        timings=timings,
-        passes=passes,
-    )
-    if timings != known:  # the new timings; a choice another run recorded meanwhile wins, so that all keep one
-        add_to_json_cache(path, {k: v for k, v in timings.items() if k not in known}, keep_recorded=True)
-    return dict(Counter(chosen.values()))
 
 
 def _evaluate_model(ctx: Context, name: str) -> dict[str, Any]:
     path = require_model(ctx, name)
     model, _ = load_model(path, ctx.device)
-    batch_size = ctx.exp.data.eval_batch_size
-    forms = fastest_forms(ctx, model, batch_size, train=bool(ctx.exp.attacks), channels_last=ctx.exp.eval.channels_last)
     evaluation = ctx.fingerprint("eval")
     status = path.stat()
     identity = f"{path.resolve()} {status.st_size} {status.st_mtime_ns}"
-    report = evaluate(
+    evaluated = evaluate_split(
         model,
         ctx.data.test,
         ctx.exp.attacks,
-        batch_size=batch_size,
+        batch_size=ctx.exp.data.eval_batch_size,
         seed=ctx.exp.seed,
-        description=f"eval {name}",
         options=ctx.exp.eval,
+        deterministic=ctx.exp.deterministic,
+        description=f"eval {name}",
         finished=ctx.run.finished_attacks(evaluation, name, identity),
         on_finished=lambda label, outcome: ctx.run.save_finished_attack(evaluation, name, identity, label, outcome),
     )
+    report, forms = evaluated.report, evaluated.forms
     cost, authors = measure(model, ctx.data.image_size), measure(model, ctx.data.image_size, "authors")
     ctx.run.write_per_sample(name, report.per_sample, evaluation)
     counts = {"params": cost.params, "nonzero_params": count_nonzero_params(model), "macs": cost.macs}

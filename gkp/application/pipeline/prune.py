@@ -6,12 +6,12 @@ runs before any compute."""
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import asdict, replace
 
 import torch
 from torch import nn
 
+from gkp.application.api import plan_for, prune_one_shot
 from gkp.application.catalog import PRUNING_METHODS, build_model
 from gkp.application.checkpoints.io import checkpoint_payload, model_from_payload, read_checkpoint, save_checkpoint
 from gkp.application.pipeline.context import Context, load_run_model, new_model
@@ -29,12 +29,10 @@ from gkp.foundation.contracts import (
 )
 from gkp.foundation.errors import CheckpointError, ConfigError, PruningError
 from gkp.foundation.files import write_json_atomic
-from gkp.foundation.schema import to_plain
 from gkp.foundation.seeding import derive_seed, seed_everything
 from gkp.mechanisms.counting import Cost, measure
 from gkp.mechanisms.data.splits import calibration_batches
 from gkp.mechanisms.engine.evaluate import evaluate
-from gkp.mechanisms.pruning.plan import Plan
 from gkp.mechanisms.pruning.surgery import apply as apply_plan
 
 log = logging.getLogger(__name__)
@@ -47,10 +45,9 @@ def prune(ctx: Context) -> None:
         _prune_while_training(ctx, method)
         return
     dense = load_run_model(ctx, "dense")
-    start = time.perf_counter()
-    selection = method.select(dense, ctx.exp.prune.rate, ctx.exp.prune.params, pruning_context(ctx))
-    seconds = time.perf_counter() - start
-    _save_pruned(ctx, dense, selection, _cut(ctx, dense, selection), {"select_seconds": round(seconds, 3)}, "dense")
+    pruned = prune_one_shot(dense, ctx.exp.prune, pruning_context(ctx))
+    notes = {"select_seconds": round(pruned.seconds, 3)}
+    _save_pruned(ctx, dense, pruned.selection, pruned.model, notes, "dense")
 
 
 def pruning_context(ctx: Context) -> PruningContext:
@@ -66,16 +63,6 @@ def pruning_context(ctx: Context) -> PruningContext:
         target_macs=prune.target_macs,
         input_size=ctx.data.image_size,
     )
-
-
-def _plan(ctx: Context, selection: Selection) -> Plan:
-    prune = ctx.exp.prune
-    rate = None if prune.target_macs is not None else prune.rate  # a MACs target replaces the rate
-    return Plan(prune.method, rate, selection.layers, to_plain(prune.params))
-
-
-def _cut(ctx: Context, source: nn.Module, selection: Selection) -> nn.Module:
-    return apply_plan(source, _plan(ctx, selection))
 
 
 def _save_pruned(
@@ -151,7 +138,7 @@ def _prune_while_training(ctx: Context, method: PruningMethod) -> None:
     metadata = {"stage": "prune", "input_size": ctx.data.image_size, "final": outcome.final}
     save_checkpoint(ctx.run.path / model_file("masked"), model, metadata)
     selection = method.select(model, exp.prune.rate, exp.prune.params, pruning_context(ctx))
-    pruned = _cut(ctx, model, selection)
+    pruned = apply_plan(model, plan_for(exp.prune, selection))
     notes = {"trained": exp.prune.during, **_masked_physical_gap(ctx, model, pruned)}
     _save_pruned(ctx, model, selection, pruned, notes, "masked")
 
@@ -162,7 +149,7 @@ def _finalized(
     """The method's physical model, carrying its plan over the ``dense`` architecture, checked to be what
     surgery rebuilds from that plan (else its checkpoint could not be read back)."""
     pruned, selection = method.training.finalize(model, hooks)
-    pruned.gkp_spec = replace(dense, plan=_plan(ctx, selection).to_dict())
+    pruned.gkp_spec = replace(dense, plan=plan_for(ctx.exp.prune, selection).to_dict())
     try:
         model_from_payload(checkpoint_payload(pruned), f"{method.name}'s finalized model")
     except CheckpointError as error:

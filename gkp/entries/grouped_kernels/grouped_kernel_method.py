@@ -23,6 +23,7 @@ from gkp.entries.grouped_kernels.search import SearchSettings, beam_search
 from gkp.entries.grouped_kernels.smoothness import grouped_kernel_smoothness
 from gkp.foundation.contracts import NO_CONTEXT, PruningContext, PruningMethod, Selection, no_snapshots
 from gkp.foundation.errors import PruningError
+from gkp.mechanisms.pruning.dependencies import grouped_kernel_targets
 from gkp.mechanisms.pruning.plan import GroupedKernelPlan
 from gkp.mechanisms.pruning.surgery import get_module
 
@@ -33,12 +34,8 @@ FilterOrder = Callable[[str, np.ndarray, Any, PruningContext], np.ndarray]
 
 
 def grouped_targets(model: nn.Module, scope: str) -> list[tuple[str, nn.Conv2d]]:
-    if not hasattr(model, "grouped_kernel_targets"):
-        raise PruningError(
-            f"{type(model).__name__} declares no grouped_kernel_targets(); see docs/extending.md, 'A model'"
-        )
     targets = []
-    for name in model.grouped_kernel_targets(scope):
+    for name in grouped_kernel_targets(model, scope):
         conv = get_module(model, name)
         if not isinstance(conv, nn.Conv2d) or conv.groups != 1:
             raise PruningError(f"'{name}' is not an ungrouped Conv2d, so grouped kernel pruning cannot prune it")

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, Subset
 
+from gkp.foundation.errors import DataError
 from gkp.mechanisms.data.augment import augment
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -203,3 +204,52 @@ def calibration_batches(split, batches: int, batch_size: int, seed: int) -> list
     generator = torch.Generator().manual_seed(seed)
     index = torch.randperm(split.num_samples, generator=generator)[: batches * batch_size]
     return split.take(index, batch_size)
+
+
+class GivenSplit:
+    """Evaluation batches of images in [0, 1] handed over from Python (``gkp.evaluate``): a pair of tensors
+    (images, labels), cut into batches of the size asked, or any sized, re-iterable source of (images,
+    labels) batches such as a ``DataLoader``, whose own batches are kept. Batches move to ``device``; an
+    image outside [0, 1] raises ``DataError`` (attacks bound pixels, so normalisation belongs in the
+    model)."""
+
+    def __init__(self, data, device: torch.device):
+        self.device = device
+        if isinstance(data, (tuple, list)) and len(data) == 2 and all(torch.is_tensor(t) for t in data):
+            images, labels = data
+            if images.dim() != 4 or labels.dim() != 1 or len(images) != len(labels):
+                raise DataError(
+                    f"expected images (N, C, H, W) and labels (N,), got {tuple(images.shape)} and {tuple(labels.shape)}"
+                )
+            self._batches: Callable[[int], Iterator[Batch]] = lambda size: zip(
+                images.split(size), labels.split(size), strict=True
+            )
+            self.num_samples = len(labels)
+            return
+        dataset = getattr(data, "dataset", None)
+        if dataset is None or not hasattr(dataset, "__len__"):
+            raise DataError(
+                f"the data must be a pair of tensors (images, labels) or a DataLoader over a sized dataset, "
+                f"got {type(data).__name__}"
+            )
+        self._batches = lambda size: iter(data)
+        self.num_samples = len(dataset)
+
+    def test_batches(self, batch_size: int, shard: Shard = WHOLE) -> Iterator[tuple[int, Batch]]:
+        """(index, batch) in order, those ``shard`` owns."""
+        for index, (images, labels) in enumerate(self._batches(batch_size)):
+            if shard.owns(index):
+                yield index, (self._pixels(images.to(self.device)), labels.to(self.device).long())
+
+    def all_batches(self, batch_size: int) -> list[Batch]:
+        return [batch for _, batch in self.test_batches(batch_size)]
+
+    @staticmethod
+    def _pixels(images: torch.Tensor) -> torch.Tensor:
+        images = images.float().div(255) if images.dtype == torch.uint8 else images.float()
+        if images.numel() and (images.min() < 0 or images.max() > 1):
+            raise DataError(
+                f"images must be pixels in [0, 1], got values from {images.min().item():.3g} to "
+                f"{images.max().item():.3g}: give them unnormalised and pass the normalisation as mean=/std="
+            )
+        return images

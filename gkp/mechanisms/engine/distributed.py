@@ -2,15 +2,18 @@
 multi-GPU SLURM job): data-parallel training and sharded evaluation that give one process's results.
 
 - **Training.** Each step draws the global batch a single process would draw (``train.batch_size``, the
-  same shuffling and augmentation); each process takes its contiguous part, and the gradients are summed
-  across processes, weighted by the parts' sizes, so the step is one process's step on the whole batch up to
-  the order of floating-point sums. We reduce the gradients ourselves, once after each backward pass,
-  instead of wrapping the model in ``DistributedDataParallel``: adversarial training runs attacks (extra
-  backward passes for input gradients) inside each step, which DDP would synchronise too.
+  same shuffling and augmentation); each process takes its contiguous part, and the model runs wrapped in
+  torch's ``DistributedDataParallel``, which averages the gradients across processes during the backward
+  pass. Each process's loss is weighted by its part's share of the batch (``batch_weight``), so that the
+  average is the whole batch's gradient even where the parts differ by an image: the step is one process's
+  step on the whole batch up to the order of floating-point sums. Attacks inside a step (adversarial
+  training) take input gradients with ``torch.autograd.grad``, which leaves DDP's parameter hooks alone.
 - **BatchNorm.** With ``sync_batchnorm`` the statistics of a training batch are those of the whole global
-  batch (summed across processes, in both passes): the results equal one process's. Without it each
-  process normalises with its own part, as most CIFAR code does, and the running statistics of rank 0 are
-  the model's (sent to the others after every epoch, as DDP's ``broadcast_buffers`` does).
+  batch: torch's ``SyncBatchNorm`` on GPUs; on the CPU, where it cannot run (gloo), our own layer
+  (``_GlobalBatchNorm``, checked against torch's ``BatchNorm2d`` on the whole batch). The results equal one
+  process's. Without it each process normalises with its own part, as most CIFAR code does, and the running
+  statistics of rank 0 are the model's (sent to the others after every epoch, as DDP's
+  ``broadcast_buffers`` would at every step).
 - **Evaluation.** The batches of the test split are dealt round-robin to the processes and the per-sample
   results gathered; each batch keeps the attack seeds it has in one process, so the numbers are the same.
 - **Files.** Rank 0 alone writes (``gkp.foundation.files.writes_files``); every process computes the same things.
@@ -21,7 +24,7 @@ On a CPU the processes talk through gloo, on GPUs through NCCL.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -102,19 +105,25 @@ def sum_across(values: torch.Tensor) -> torch.Tensor:
     return values
 
 
-def average_gradients(parameters: Iterable[nn.Parameter], batch_part: int) -> None:
-    """After a backward pass of ``batch_part`` times this process's mean loss: the gradient of the whole
-    batch's mean loss in every process (one all-reduce of all gradients and the parts' sizes)."""
-    if not dist.is_initialized():
-        return
-    grads = [p.grad for p in parameters if p.grad is not None]
-    flat = torch.cat([*(g.reshape(-1) for g in grads), grads[0].new_tensor([float(batch_part)])])
-    dist.all_reduce(flat)
-    flat = flat[:-1] / flat[-1]
-    offset = 0
-    for grad in grads:
-        grad.copy_(flat[offset : offset + grad.numel()].view_as(grad))
-        offset += grad.numel()
+def data_parallel(model: nn.Module) -> nn.Module:
+    """``model`` wrapped in ``DistributedDataParallel`` in a process group (over the parameters that need
+    gradients now: one wrapper per phase), else ``model``. Buffers are not sent at every step: rank 0's
+    BatchNorm statistics reach the others after each epoch (``broadcast_model``)."""
+    if not dist.is_initialized() or not any(p.requires_grad for p in model.parameters()):
+        return model
+    device = next(model.parameters()).device
+    return nn.parallel.DistributedDataParallel(
+        model, device_ids=[device] if device.type == "cuda" else None, broadcast_buffers=False
+    )
+
+
+def batch_weight(part: int, reference: torch.Tensor) -> torch.Tensor:
+    """What this process's mean loss is multiplied by, so that DDP's average of the processes' gradients
+    is the gradient of the whole batch's mean loss: its ``part`` of the batch's images x the number of
+    processes / the batch's images (one all-reduce of a number, left on the device)."""
+    parts = reference.new_tensor([float(part)])
+    dist.all_reduce(parts)
+    return float(part * dist.get_world_size()) / parts[0]
 
 
 def gather(local: list[tuple[int, Any]]) -> list[Any]:
@@ -166,12 +175,17 @@ class _GlobalBatchNorm(nn.BatchNorm2d):
 @contextmanager
 def global_batchnorm(model: nn.Module, enabled: bool) -> Iterator[None]:
     """Within the block (when ``enabled``), the model's BatchNorm2d layers normalise training batches with
-    the global batch's statistics; the layers are the same objects, with the same weights and buffers."""
+    the global batch's statistics: torch's ``SyncBatchNorm`` on a GPU, ``_GlobalBatchNorm`` on the CPU. The
+    layers stay the same objects, with the same weights and buffers (hooks and optimizers keep them), and
+    are plain ``BatchNorm2d`` again after the block."""
     layers = [m for m in model.modules() if type(m) is nn.BatchNorm2d] if enabled else []
+    on_gpu = any(p.is_cuda for p in model.parameters())
     for layer in layers:
-        layer.__class__ = _GlobalBatchNorm
+        layer.__class__ = nn.SyncBatchNorm if on_gpu else _GlobalBatchNorm
+        layer.process_group = None  # SyncBatchNorm's: the default group
     try:
         yield
     finally:
         for layer in layers:
             layer.__class__ = nn.BatchNorm2d
+            del layer.process_group

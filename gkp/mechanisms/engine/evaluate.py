@@ -237,11 +237,14 @@ def masking_warnings(results: list[AttackResult], specs: Sequence, zero_share: f
 def evaluated_model(model: nn.Module, options: EvalConfig) -> nn.Module:
     """The model the evaluation classifies and attacks: ``model`` in eval mode, or, as ``options`` ask, an
     eval-mode copy with its BatchNorm layers folded into the convs (``gkp.mechanisms.engine.folding``) and its
-    weights in channels_last memory format. Either is the same function up to float rounding."""
+    weights in channels_last memory format. Either is the same function up to float rounding. The copy's
+    weights need no gradient (attacks take the input's only), so backward passes skip theirs, and a grouped
+    conv in its dense form keeps its dense weight between passes."""
     model.eval()
     if not (options.fold_batchnorm or options.channels_last):
         return model
     evaluated = batchnorm_folded(model) if options.fold_batchnorm else copy.deepcopy(model)
+    evaluated.requires_grad_(False)
     return evaluated.to(memory_format=torch.channels_last) if options.channels_last else evaluated
 
 

@@ -124,8 +124,9 @@ def objective_generator(device: torch.device, seed: int) -> torch.Generator:
 @dataclass
 class Epoch:
     """What the steps of one epoch share: the model, the phase's optimization, the objective, the hooks,
-    the objective's generator, where it is (the phase, its index, the epoch in it), the teacher, and the
-    stage's step count."""
+    the objective's generator, where it is (the phase, its index, the epoch in it), the teacher, the
+    stage's step count, and the module the objective runs (``forward``: the model, or in a run of several
+    processes its ``DistributedDataParallel`` wrapper)."""
 
     model: nn.Module
     optimization: Optimization
@@ -138,15 +139,17 @@ class Epoch:
     teacher: nn.Module | None = None
     steps: int = 0
     part: int | None = None  # in a run of several processes: this process's images of the batch
+    forward: nn.Module | None = None
 
     def context(self, x: torch.Tensor, y: torch.Tensor) -> StepContext:
-        return StepContext(self.model, x, y, self.generator, self.teacher, self.index, self.epoch, self.steps)
+        model = self.forward or self.model
+        return StepContext(model, x, y, self.generator, self.teacher, self.index, self.epoch, self.steps)
 
 
 def default_step(epoch: Epoch, x: torch.Tensor, y: torch.Tensor, dtype) -> tuple[torch.Tensor, Any, torch.Tensor]:
     """The objective plus the hooks' regularizer, minimised by every optimizer of the phase. In a run of
-    several processes the loss is weighted by this process's part of the batch and the gradients
-    averaged, so the step is the whole batch's. Returns (loss, penalty or None, logits)."""
+    several processes the loss is weighted by this process's share of the batch, and DDP averages the
+    gradients, so the step is the whole batch's. Returns (loss, penalty or None, logits)."""
     model, hooks, optimization = epoch.model, epoch.hooks, epoch.optimization
     with torch.autocast(x.device.type, dtype=dtype) if dtype else nullcontext():
         loss, logits = epoch.objective(epoch.context(x, y))
@@ -154,10 +157,8 @@ def default_step(epoch: Epoch, x: torch.Tensor, y: torch.Tensor, dtype) -> tuple
     total = loss if penalty is None else loss + penalty
     optimization.zero_grad()
     if epoch.part is not None:
-        total = total * epoch.part
+        total = total * distributed.batch_weight(epoch.part, total)
     (optimization.scaler.scale(total) if optimization.scaler is not None else total).backward()
-    if epoch.part is not None:
-        distributed.average_gradients(optimization.parameters(), epoch.part)
     optimization.unscale()
     hooks.after_backward(model)
     optimization.clip()
@@ -321,9 +322,10 @@ def fit(
                 optimization.restore(state.optimization)
             if phase.frozen_backbone:
                 _freeze_all_but(model, optimization, trainable)
+            forward = distributed.data_parallel(model)
             first = start_epoch if resuming else 0
             for epoch in range(first, phase.recipe.epochs):
-                stopped = _one_epoch(run, index, epoch, optimization, objective, data, device, teacher)
+                stopped = _one_epoch(run, index, epoch, optimization, objective, data, forward, teacher)
                 if stopped:
                     break
     _unfreeze(trainable)
@@ -342,15 +344,19 @@ def _unfreeze(trainable: dict) -> None:
         parameter.requires_grad_(requires_grad)
 
 
-def _one_epoch(run: _Run, index: int, epoch: int, optimization, objective, data: Data, device, teacher) -> bool:
-    """Train, step the schedules, evaluate and checkpoint one epoch; whether the phase's stop rule ended it."""
+def _one_epoch(run: _Run, index: int, epoch: int, optimization, objective, data: Data, forward, teacher) -> bool:
+    """Train, step the schedules, evaluate and checkpoint one epoch (the objective running ``forward``);
+    whether the phase's stop rule ended it."""
     phase, model, hooks, settings = run.phases[index], run.model, run.hooks, run.settings
+    device = next(model.parameters()).device
     overall = len(run.history) + 1
     lr = optimization.lr
     hooks.start_epoch(model, index, epoch)
     seed = epoch_seed(settings, phase, epoch)
     generator = objective_generator(device, seed)
-    state = Epoch(model, optimization, objective, hooks, generator, phase, index, epoch, teacher, run.steps)
+    state = Epoch(
+        model, optimization, objective, hooks, generator, phase, index, epoch, teacher, run.steps, forward=forward
+    )
     try:
         row, stopped = train_one_epoch(state, data.of(phase), settings, seed, run.describe(overall))
     except NonFiniteLossError as error:

@@ -124,12 +124,15 @@ class GroupedKernelConv2d(nn.Module):
         )
 
     def _inference_dense_weight(self) -> torch.Tensor:
-        """``dense_weight()``, kept between calls while no gradient is recorded and the weight is unchanged."""
-        if torch.is_grad_enabled():
+        """``dense_weight()``, kept between calls while the weight needs no gradient (none is recorded, or it is
+        frozen, as in an attacked evaluation) and is unchanged."""
+        if torch.is_grad_enabled() and self.weight.requires_grad:
             return self.dense_weight()
         key = (self.weight.data_ptr(), self.weight._version, self.gather._version)
         if self._dense_cache is None or self._dense_cache[0] != key:
-            self._dense_cache = (key, self.dense_weight())
+            layout = torch.channels_last if self.weight.is_contiguous(memory_format=torch.channels_last) else None
+            dense = self.dense_weight()
+            self._dense_cache = (key, dense.contiguous(memory_format=layout) if layout else dense)
         return self._dense_cache[1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

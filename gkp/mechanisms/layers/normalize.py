@@ -25,3 +25,16 @@ class Normalize(nn.Module):
 
     def extra_repr(self) -> str:
         return f"mean={self.mean.flatten().tolist()}, std={self.std.flatten().tolist()}"
+
+
+class Normalized(nn.Module):
+    """A model that expects normalised inputs, taking [0, 1] images instead: ``normalize``, then ``model``
+    (what ``gkp.evaluate(..., mean=, std=)`` attacks, so that eps stays in pixel units)."""
+
+    def __init__(self, model: nn.Module, mean: Sequence[float], std: Sequence[float]):
+        super().__init__()
+        self.normalize = Normalize(mean, std)
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(self.normalize(x))

@@ -19,8 +19,9 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from gkp.foundation.contracts import FilterGroup, Selection
+from gkp.foundation.contracts import Selection
 from gkp.foundation.errors import PruningError
+from gkp.mechanisms.pruning.dependencies import filter_groups, filter_pruning_groups
 from gkp.mechanisms.pruning.plan import FilterPlan
 
 Masks = dict[str, torch.Tensor]  # conv name -> (out_channels,) bool, True = kept
@@ -45,7 +46,7 @@ def mask_targets(model: nn.Module, scope: str) -> list[str]:
     each block's convs and any projection shortcut, as SFP's and FPGM's CIFAR code mask them); ``inner``,
     only the convs whose filters can be removed physically."""
     if scope == "inner":
-        return [group.conv for group in model.filter_pruning_groups()]
+        return [group.conv for group in filter_pruning_groups(model)]
     return [name for name, m in model.named_modules() if isinstance(m, nn.Conv2d) and m.groups == 1]
 
 
@@ -112,7 +113,7 @@ def zeroed_filters(model: nn.Module) -> dict[str, list[int]]:
 def masked_selection(model: nn.Module) -> Selection:
     """The plan of a trained masked model: every removable conv keeps its non-zero filters; the zeroed
     filters that cannot be removed are listed in the notes as ``zero_masks``."""
-    groups: dict[str, FilterGroup] = {group.conv: group for group in model.filter_pruning_groups()}
+    groups = filter_groups(model)
     zeroed = zeroed_filters(model)
     layers = {}
     for name, indices in zeroed.items():

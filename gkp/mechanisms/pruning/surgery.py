@@ -20,6 +20,7 @@ from gkp.foundation.contracts import FilterGroup, ResidualBlock, model_spec
 from gkp.foundation.errors import PruningError
 from gkp.mechanisms.layers.grouped_conv import GroupedKernelConv2d
 from gkp.mechanisms.layers.restructured import AdaptedConv2d, FactorisedConv2d, RemovedBlock
+from gkp.mechanisms.pruning.dependencies import filter_groups, filter_pruning_groups, residual_blocks
 from gkp.mechanisms.pruning.plan import (
     AdaptersPlan,
     FactorisedPlan,
@@ -44,15 +45,6 @@ def set_module(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(parent, child, module.train(getattr(parent, child).training))
 
 
-def filter_groups(model: nn.Module) -> dict[str, FilterGroup]:
-    if not hasattr(model, "filter_pruning_groups"):
-        raise PruningError(
-            f"{type(model).__name__} has no filter-pruning dependency table "
-            "(a filter_pruning_groups() method); see docs/extending.md, 'A model'"
-        )
-    return {group.conv: group for group in model.filter_pruning_groups()}
-
-
 def _checked_indices(kept: tuple[int, ...], size: int, layer: str) -> torch.Tensor:
     if not kept:
         raise PruningError(f"the plan keeps no channel of '{layer}'")
@@ -64,19 +56,20 @@ def _checked_indices(kept: tuple[int, ...], size: int, layer: str) -> torch.Tens
 
 
 def _sliced_conv(conv: nn.Conv2d, out_index: torch.Tensor | None, in_index: torch.Tensor | None) -> nn.Conv2d:
-    if conv.groups != 1:
-        raise PruningError("filter pruning of a grouped convolution is not supported")
+    if conv.groups != 1 and not (_is_depthwise(conv) and in_index is None):
+        raise PruningError("filter pruning of a grouped convolution is not supported (but of a depthwise one)")
     weight = conv.weight.detach()
     weight = weight if out_index is None else weight.index_select(0, out_index.to(weight.device))
     weight = weight if in_index is None else weight.index_select(1, in_index.to(weight.device))
+    groups = weight.shape[0] if conv.groups != 1 else 1  # a depthwise conv keeps one group per channel
     new = nn.Conv2d(
-        weight.shape[1],
+        weight.shape[1] * groups,
         weight.shape[0],
         conv.kernel_size,
         conv.stride,
         conv.padding,
         conv.dilation,
-        1,
+        groups,
         conv.bias is not None,
         conv.padding_mode,
         device=weight.device,
@@ -120,6 +113,18 @@ def _sliced_linear_inputs(linear: nn.Linear, index: torch.Tensor) -> nn.Linear:
     return new
 
 
+def _slice_channelwise(module: nn.Module, index: torch.Tensor, name: str) -> nn.Module:
+    if isinstance(module, nn.BatchNorm2d):
+        return _sliced_batchnorm(module, index)
+    if _is_depthwise(module):
+        return _sliced_conv(module, index, None)
+    raise PruningError(f"'{name}' ({type(module).__name__}) is neither a depthwise conv nor a BatchNorm")
+
+
+def _is_depthwise(module: nn.Module) -> bool:
+    return isinstance(module, nn.Conv2d) and module.groups == module.in_channels == module.out_channels
+
+
 def _slice_consumer(module: nn.Module, index: torch.Tensor, name: str) -> nn.Module:
     if isinstance(module, nn.Conv2d):
         return _sliced_conv(module, None, index)
@@ -155,6 +160,8 @@ def _apply_filters(model: nn.Module, name: str, layer: FilterPlan, groups: dict[
     index = _checked_indices(layer.kept, conv.out_channels, name)
     set_module(model, group.conv, _sliced_conv(conv, index, None))
     set_module(model, group.bn, _sliced_batchnorm(get_module(model, group.bn), index))
+    for module in group.channelwise:
+        set_module(model, module, _slice_channelwise(get_module(model, module), index, module))
     for consumer in group.consumers:
         set_module(model, consumer, _slice_consumer(get_module(model, consumer), index, consumer))
         _scale_inputs(get_module(model, consumer), None, layer, name)
@@ -164,11 +171,12 @@ def _mask_filters(model: nn.Module, name: str, layer: FilterPlan, groups: dict[s
     group = groups.get(name)
     if group is None:
         raise PruningError(f"'{name}' is not filter-prunable in this architecture")
-    conv, bn = get_module(model, group.conv), get_module(model, group.bn)
+    conv = get_module(model, group.conv)
     dropped = torch.ones(conv.out_channels, dtype=torch.bool)
     dropped[_checked_indices(layer.kept, conv.out_channels, name)] = False
+    zeroed = [conv, get_module(model, group.bn), *(get_module(model, module) for module in group.channelwise)]
     with torch.no_grad():
-        for tensor in (conv.weight, conv.bias, bn.weight, bn.bias):
+        for tensor in (t for module in zeroed for t in (module.weight, module.bias)):
             if tensor is not None:
                 tensor[dropped.to(tensor.device)] = 0
     for consumer in group.consumers:
@@ -206,14 +214,6 @@ def _mask_grouped(model: nn.Module, name: str, layer: GroupedKernelPlan, groups:
         dropped[filters[:, None], torch.tensor(kept)[None, :]] = False
     with torch.no_grad():
         conv.weight[dropped.to(conv.weight.device)] = 0
-
-
-def residual_blocks(model: nn.Module) -> dict[str, ResidualBlock]:
-    if not hasattr(model, "residual_blocks"):
-        raise PruningError(
-            f"{type(model).__name__} lists no residual blocks (a residual_blocks() method), so none can be removed"
-        )
-    return {block.name: block for block in model.residual_blocks()}
 
 
 def _residual_block(model: nn.Module, name: str) -> ResidualBlock:
@@ -316,8 +316,8 @@ def fold_output_orders(model: nn.Module) -> None:
     architecture's filter groups), leave its outputs in grouped order: permute the BatchNorm's channels
     and the consumers' inputs instead, and drop the output permutation. The function is unchanged."""
     present = dict(model.named_modules())
-    for group in model.filter_pruning_groups():
-        if group.conv not in present:  # gone with a removed block
+    for group in filter_pruning_groups(model):
+        if group.conv not in present or group.channelwise:  # gone with a removed block; depthwise in between
             continue
         conv = present[group.conv]
         consumers = [get_module(model, name) for name in group.consumers]
@@ -357,11 +357,13 @@ def _transform(model: nn.Module, plan: Plan, handlers: dict) -> nn.Module:
 
 
 def apply(model: nn.Module, plan: Plan) -> nn.Module:
-    """The physically smaller model of ``plan``; ``model`` itself is left unchanged."""
+    """The physically smaller model of ``plan``; ``model`` itself is left unchanged. A model built from the
+    registry carries its ``ModelSpec`` (with the plan added), so that its checkpoint rebuilds it."""
     pruned = _transform(model, plan, APPLY)
     if any(layer.type == GroupedKernelPlan.type for layer in plan.layers.values()):
         fold_output_orders(pruned)
-    pruned.gkp_spec = replace(model_spec(model), plan=plan.to_dict())
+    if hasattr(model, "gkp_spec"):
+        pruned.gkp_spec = replace(model_spec(model), plan=plan.to_dict())
     return pruned
 
 

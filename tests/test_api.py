@@ -1,0 +1,206 @@
+"""The Python API (``gkp.load``, ``gkp.prune``, ``gkp.evaluate``, ``gkp.trace``): its documented examples
+run, any model prunes as asked (shapes, masked = physical, MACs), its checks are the config's, and it is
+what the runner runs."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import gkp
+from gkp.application.api import _with_tables
+from gkp.application.catalog import build_model
+from gkp.application.checkpoints.io import save_checkpoint
+from gkp.application.config import build_experiment
+from gkp.application.pipeline.run import run_experiment
+from gkp.foundation.errors import ConfigError, DataError, PruningError
+from gkp.mechanisms.counting import measure
+from gkp.mechanisms.pruning.plan import Plan
+from gkp.mechanisms.pruning.surgery import apply, apply_mask
+
+from conftest import tiny_config
+from test_pruning import randomise_batchnorm
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def python_blocks(text: str) -> list[str]:
+    return re.findall(r"```python\n(.*?)```", text, flags=re.S)
+
+
+def test_the_examples_of_docs_api_run(tmp_path):
+    checkpoint = tmp_path / "resnet20.ckpt"
+    save_checkpoint(checkpoint, randomise_batchnorm(build_model("resnet20", num_classes=10)))
+    namespace = {"checkpoint": checkpoint, "folder": tmp_path}
+    for block in python_blocks((ROOT / "docs" / "api.md").read_text()):
+        exec(compile(block, "docs/api.md", "exec"), namespace)
+    assert set(namespace["report"].accuracies()) == {"benign", "fgsm", "pgd"}
+    assert namespace["half_plan"].rate is None  # a MACs target replaces the rate, as in a run's plan.json
+
+
+@pytest.mark.slow
+def test_the_readme_example_runs_on_the_zoo_model_and_real_images(shared, tmp_path, monkeypatch):
+    """The README's lines on akamaster's ResNet-56 (fetched from ../shared) and 8 real CIFAR-10 images."""
+    import numpy as np
+
+    monkeypatch.setenv("GKP_ZOO_CACHE", str(tmp_path / "zoo"))
+    gkp.application.checkpoints.zoo.fetch("resnet56-akamaster", shared / "checkpoints" / "resnet56-4bfd9763.th")
+    arrays = np.load(shared / "data" / "cifar10_train_prefix.npz")
+    images = torch.from_numpy(arrays["images"][:8]).permute(0, 3, 1, 2).float() / 255
+    labels = torch.from_numpy(arrays["labels"][:8])
+    section = (ROOT / "README.md").read_text().split("## Python", 1)[1]
+    namespace = {"images": images, "labels": labels}
+    exec(compile(python_blocks(section)[0], "README.md", "exec"), namespace)
+    report = namespace["report"]
+    assert report.benign.accuracy == 1.0 and report.worst_case.accuracy < report.benign.accuracy
+    assert [a.label for a in report.attacks] == ["apgd_ce", "apgd_t", "fab_t", "square"]
+
+
+class CustomCNN(nn.Module):
+    """Convs without a registry entry, a residual sum, a depthwise conv and a pooled classifier."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.stem_bn = nn.Conv2d(3, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16)
+        self.a, self.a_bn = nn.Conv2d(16, 24, 3, padding=1), nn.BatchNorm2d(24)
+        self.dw, self.dw_bn = nn.Conv2d(24, 24, 3, padding=1, groups=24), nn.BatchNorm2d(24)
+        self.b, self.b_bn = nn.Conv2d(24, 16, 1), nn.BatchNorm2d(16)
+        self.c, self.c_bn = nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.BatchNorm2d(32)
+        self.fc = nn.Linear(32, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.stem_bn(self.stem(x)))
+        y = torch.relu(self.dw_bn(self.dw(torch.relu(self.a_bn(self.a(x))))))
+        x = torch.relu(x + self.b_bn(self.b(y)))
+        x = nn.functional.relu(self.c_bn(self.c(x)))
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+
+MODELS = {
+    "resnet18": lambda: torchvision.models.resnet18(num_classes=10),
+    "vgg16_bn": lambda: torchvision.models.vgg16_bn(num_classes=10),
+    "mobilenet_v2": lambda: torchvision.models.mobilenet_v2(num_classes=10),
+    "custom": CustomCNN,
+}
+
+
+def masked_equals_physical(model: nn.Module, plan: Plan, pruned: nn.Module, x: torch.Tensor) -> float:
+    masked = apply_mask(_with_tables(model, x[:1], ()), plan).eval()
+    with torch.no_grad():
+        return (masked(x) - pruned.eval()(x)).abs().max().item()
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_any_model_prunes_to_the_macs_asked_and_equals_its_masked_form(name):
+    torch.manual_seed(0)
+    model, x = randomise_batchnorm(MODELS[name]()).eval(), torch.rand(2, 3, 32, 32)
+    pruned, plan = gkp.prune(model, "l1", target_macs=0.6, example_input=x[:1])
+    kept = measure(pruned, 32).macs / measure(model, 32).macs
+    assert kept == pytest.approx(0.6, abs=0.03 if name == "custom" else 0.005)  # a channel of its 'a': 3%
+    assert pruned(x).shape == model(x).shape == (2, 10)
+    assert masked_equals_physical(model, plan, pruned, x) < 1e-5
+    assert not hasattr(model, "gkp_tables")  # the model given is left as it was
+
+
+@pytest.mark.parametrize("name", ["custom", pytest.param("resnet18", marks=pytest.mark.slow)])
+def test_srgkp_prunes_the_kernels_of_any_model(name):
+    torch.manual_seed(0)
+    model, x = randomise_batchnorm(MODELS[name]()).eval(), torch.rand(2, 3, 32, 32)
+    pruned, plan = gkp.prune(model, "srgkp", rate=0.5, groups=4, example_input=x[:1])
+    assert set(plan.layers) == set(gkp.trace(model, x[:1]).targets["3x3"])
+    assert measure(pruned, 32).macs < measure(model, 32).macs
+    assert masked_equals_physical(model, plan, pruned, x) < 1e-5
+
+
+def test_the_plan_is_the_one_a_run_writes(tmp_path, pinned_forms):
+    """``gkp.prune`` on a run's dense model gives the run's plan.json, layer for layer."""
+    config = tiny_config(stages=["train", "prune"], train={"epochs": 1}, prune={"method": "srgkp", "rate": 0.5})
+    run_experiment(build_experiment(config), out=tmp_path)
+    written = json.loads((tmp_path / "plan.json").read_text())
+    pruned, plan = gkp.prune(gkp.load(tmp_path / "dense.ckpt"), "srgkp", rate=0.5)
+    written.pop("metadata")
+    assert written == {k: v for k, v in json.loads(json.dumps(plan.to_dict())).items() if k != "metadata"}
+    rebuilt = apply(gkp.load(tmp_path / "dense.ckpt"), Plan.from_dict(written))
+    x = torch.rand(2, 3, 16, 16)
+    assert torch.equal(rebuilt(x), pruned.eval()(x))
+
+
+def test_settings_are_checked_as_a_config_checks_them():
+    model = build_model("resnet8")
+    with pytest.raises(ConfigError) as api_error:
+        gkp.prune(model, "srgkp", rate=0.5, groups=0)
+    with pytest.raises(ConfigError) as config_error:
+        build_experiment(tiny_config(prune={"method": "srgkp", "rate": 0.5, "params": {"groups": 0}}))
+    assert str(api_error.value) == str(config_error.value)
+    with pytest.raises(ConfigError, match="did you mean 'srgkp'"):
+        gkp.prune(model, "srgpk")
+    with pytest.raises(ConfigError, match="prune.rate"):
+        gkp.prune(model, "l1", rate=1.5)
+    with pytest.raises(ConfigError, match="gkp run"):
+        gkp.prune(model, "sfp", rate=0.3)
+    with pytest.raises(ConfigError, match="calibration="):
+        gkp.prune(model, "taylor", rate=0.3)
+
+
+def test_a_model_without_tables_needs_an_example_input():
+    with pytest.raises(PruningError, match="example_input="):
+        gkp.prune(CustomCNN(), "l1", rate=0.5)
+    with pytest.raises(PruningError, match="leave_unpruned applies to traced models"):
+        gkp.prune(build_model("resnet8"), "l1", rate=0.5, leave_unpruned=["fc"])
+
+
+def test_evaluate_takes_tensors_or_a_loader_and_the_normalisation_outside_the_model(tmp_path):
+    torch.manual_seed(0)
+    model = randomise_batchnorm(build_model("resnet8", num_classes=10, mean=(0.5, 0.4, 0.3), std=(0.2, 0.3, 0.25)))
+    images, labels = torch.rand(24, 3, 16, 16), torch.randint(0, 10, (24,))
+    attacks = [{"name": "pgd", "eps": 8 / 255, "steps": 2}]
+    report = gkp.evaluate(model, (images, labels), attacks=attacks, batch_size=8)
+    loader = DataLoader(TensorDataset(images, labels), batch_size=8)
+    from_loader = gkp.evaluate(model, loader, attacks=attacks)
+    assert all((from_loader.per_sample[k] == flags).all() for k, flags in report.per_sample.items())
+    outside = build_model("resnet8", num_classes=10)
+    outside.load_state_dict(model.state_dict())
+    outside.normalize = nn.Identity()  # the same network, its normalisation taken out
+    normalised = gkp.evaluate(outside, (images, labels), attacks=attacks, mean=(0.5, 0.4, 0.3), std=(0.2, 0.3, 0.25))
+    assert normalised.accuracies() == pytest.approx(report.accuracies(), abs=1 / 24)
+    with pytest.raises(DataError, match=r"pixels in \[0, 1\].*mean=/std="):
+        gkp.evaluate(model, ((images - 0.5) / 0.2, labels))
+    with pytest.raises(ConfigError, match="eps= goes with suite="):
+        gkp.evaluate(model, (images, labels), eps=0.1)
+    with pytest.raises(ConfigError, match=r"attacks\[0\].stpes: unknown key"):
+        gkp.evaluate(model, (images, labels), attacks=[{"name": "pgd", "eps": 0.1, "stpes": 3}])
+
+
+def test_a_grouped_model_from_the_api_runs_in_its_fastest_forms_as_in_a_run(monkeypatch):
+    """The forms are chosen as the eval stage chooses them (timing bounded by the evaluation's passes);
+    tests/test_grouped.py checks the choice itself."""
+    from gkp.application import api
+
+    asked = []
+    monkeypatch.setattr(api, "choose_forms", lambda *args, **kwargs: asked.append((args, kwargs)) or {})
+    pruned, _ = gkp.prune(build_model("resnet8", num_classes=10), "srgkp", rate=0.5, groups=2)
+    data = (torch.rand(64, 3, 32, 32), torch.randint(0, 10, (64,)))
+    gkp.evaluate(pruned, data, attacks=[{"name": "fgsm", "eps": 0.03}], batch_size=32)
+    (args, kwargs), *others = asked
+    assert not others and args[1:] == (32, 32) and kwargs["passes"] == 2 * (1 + 4) and kwargs["train"]
+
+
+def test_gkp_loads_nothing_above_foundation_until_the_api_is_used():
+    import subprocess
+    import sys
+
+    code = (
+        "import gkp, sys\n"
+        "print(any(m.startswith('gkp.application') for m in sys.modules))\n"
+        "gkp.load\n"
+        "print('gkp.application.api' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["False", "True"]
