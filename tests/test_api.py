@@ -16,11 +16,12 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import gkp
 from gkp.application.api import _with_tables
-from gkp.application.catalog import build_model
+from gkp.application.catalog import PRUNING_METHODS, build_model
 from gkp.application.checkpoints.io import save_checkpoint
 from gkp.application.config import build_experiment
 from gkp.application.pipeline.run import run_experiment
 from gkp.foundation.errors import ConfigError, DataError, PruningError
+from gkp.foundation.schema import build
 from gkp.mechanisms.counting import measure
 from gkp.mechanisms.pruning.plan import Plan
 from gkp.mechanisms.pruning.surgery import apply, apply_mask
@@ -59,8 +60,9 @@ def test_the_readme_example_runs_on_the_zoo_model_and_real_images(shared, tmp_pa
     namespace = {"images": images, "labels": labels}
     exec(compile(python_blocks(section)[0], "README.md", "exec"), namespace)
     report = namespace["report"]
-    assert report.benign.accuracy == 1.0 and report.worst_case.accuracy < report.benign.accuracy
+    assert gkp.evaluate(namespace["model"], (images, labels)).benign.accuracy == 1.0  # the zoo model, dense
     assert [a.label for a in report.attacks] == ["apgd_ce", "apgd_t", "fab_t", "square"]
+    assert report.worst_case.accuracy == 0.0  # a plainly trained network, at 8/255, before fine-tuning
 
 
 class CustomCNN(nn.Module):
@@ -143,10 +145,62 @@ def test_settings_are_checked_as_a_config_checks_them():
         gkp.prune(model, "srgpk")
     with pytest.raises(ConfigError, match="prune.rate"):
         gkp.prune(model, "l1", rate=1.5)
-    with pytest.raises(ConfigError, match="gkp run"):
+    with pytest.raises(ConfigError, match="prunes while the model trains: pass data="):
         gkp.prune(model, "sfp", rate=0.3)
+    with pytest.raises(ConfigError, match=r"finetune.lr: must be > 0"):
+        gkp.prune(model, "sfp", rate=0.3, data=(torch.rand(4, 3, 16, 16), torch.zeros(4)), training={"lr": 0})
+    with pytest.raises(ConfigError, match="prunes one-shot, without training"):
+        gkp.prune(model, "l1", rate=0.3, training={"epochs": 1})
+    with pytest.raises(ConfigError, match=r"snapshots=\{epoch: state_dict\}"):
+        gkp.prune(model, "tmigkp", rate=0.3)
     with pytest.raises(ConfigError, match="calibration="):
         gkp.prune(model, "taylor", rate=0.3)
+
+
+@pytest.mark.parametrize("name", ["resnet8", "custom"])
+def test_a_training_time_method_trains_a_copy_on_the_data_given_and_cuts_its_zeroed_filters(name):
+    torch.manual_seed(0)
+    model = build_model("resnet8", num_classes=10) if name == "resnet8" else CustomCNN()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    images, labels = torch.rand(40, 3, 16, 16), torch.randint(0, 10, (40,))
+    x = images[:2]
+    pruned, plan = gkp.prune(
+        model, "sfp", rate=0.5, data=(images, labels), training={"epochs": 2, "lr": 0.01}, example_input=x
+    )
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # trained a copy
+    widths = {n: m.out_channels for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
+    assert plan.layers and all(len(layer.kept) == widths[n] - widths[n] // 2 for n, layer in plan.layers.items())
+    assert pruned(x).shape == (2, 10) and measure(pruned, 16).macs < measure(model, 16).macs
+
+
+@pytest.mark.parametrize("name", PRUNING_METHODS.names())
+def test_every_registered_method_is_reachable_from_python(name):
+    """Each method prunes a ResNet-8 through ``gkp.prune`` (given what it reads: calibration images,
+    snapshots, training data and epochs), or refuses the architecture in its check, as in a run."""
+    torch.manual_seed(0)
+    model = build_model("resnet8", num_classes=10)
+    images, labels = torch.rand(8, 3, 16, 16), torch.randint(0, 10, (8,))
+    method = PRUNING_METHODS.get(name)
+    reads = {"example_input": images[:1], "calibration": (images, labels) if method.calibrated else None}
+    if method.training is not None:
+        reads |= {"data": (images, labels), "training": {"epochs": 40, "lr": 0.01}}
+    epochs = method.snapshot_epochs(build(method.params, {}, "prune.params"))
+    reads["snapshots"] = {epoch: model.state_dict() for epoch in epochs} or None
+    try:
+        pruned, plan = gkp.prune(model, name, rate=0.5, **reads)
+    except PruningError as error:
+        assert name in ("l1_a", "l1_b"), error  # Li et al.'s presets are for ResNet-56 and ResNet-110 only
+        return
+    assert plan.method == name and (plan.layers or name == "otov2")  # OTOv2: too few steps to zero a group
+    assert pruned(images[:2]).shape == (2, 10)
+
+
+def test_tmigkp_reads_the_snapshots_given():
+    torch.manual_seed(0)
+    model = build_model("resnet8", num_classes=10)
+    snapshots = {epoch: {k: v + 0.01 * epoch for k, v in model.state_dict().items()} for epoch in (1, 2)}
+    _, plan = gkp.prune(model, "tmigkp", rate=0.5, groups=2, first_snapshot=1, last_snapshot=2, snapshots=snapshots)
+    assert set(plan.layers) == set(model.grouped_kernel_targets())
 
 
 def test_a_model_without_tables_needs_an_example_input():

@@ -10,9 +10,10 @@ Keyword arguments are checked as a config's ``prune`` section and ``attacks`` li
 messages. A model that does not declare its dependency tables is traced once on ``example_input``
 (``gkp.mechanisms.pruning.tracing``); the plan is the ``Plan`` a run writes to ``plan.json``.
 
-The runner's prune and eval stages go through the same two functions, ``prune_one_shot`` and
-``evaluate_split``: one way to prune and evaluate. Training-time methods prune while a model trains, which
-takes a run's data and recipes: ``gkp run`` runs them (``gkp.prune`` says so).
+The runner's prune and eval stages go through the same functions, ``prune_one_shot``,
+``prune_while_training`` and ``evaluate_split``: one way to prune and evaluate. A training-time method
+trains the model given, on ``data`` with the ``training`` recipe (a config's ``finetune`` keys), in this
+process and without checkpoints: a run (``gkp run``) adds resume, best epochs and several GPUs.
 """
 
 from __future__ import annotations
@@ -29,18 +30,30 @@ from typing import Any
 import torch
 from torch import nn
 
-from gkp.application.catalog import MODELS, PRUNING_METHODS
+from gkp.application.catalog import ATTACKS, LOSSES, MODELS, PRUNING_METHODS
 from gkp.application.checkpoints.io import load_model
 from gkp.application.checkpoints.zoo import local_checkpoint
-from gkp.application.config import build_attacks, build_prune
-from gkp.foundation.contracts import PruningContext, PruningMethod, Selection
+from gkp.application.config import build_attacks, build_prune, build_section
+from gkp.foundation.contracts import (
+    Choice,
+    Objective,
+    Phase,
+    PruningContext,
+    PruningMethod,
+    Recipe,
+    Selection,
+    TrainingHooks,
+)
 from gkp.foundation.errors import ConfigError, PruningError
 from gkp.foundation.files import add_to_json_cache, read_json_cache, user_cache
 from gkp.foundation.schema import to_plain
-from gkp.foundation.settings import AttackSpec, EvalConfig, PruneConfig
+from gkp.foundation.seeding import seed_everything
+from gkp.foundation.settings import AttackSpec, EvalConfig, PruneConfig, TrainConfig
 from gkp.mechanisms.data.splits import GivenSplit
 from gkp.mechanisms.engine.evaluate import AttackOutcome, EvalReport
 from gkp.mechanisms.engine.evaluate import evaluate as evaluate_on
+from gkp.mechanisms.engine.hooks import BatchNormSparsity, HookChain
+from gkp.mechanisms.engine.train import Data, FitOutcome, LoopSettings, fit
 from gkp.mechanisms.layers.forms import choose_forms
 from gkp.mechanisms.layers.normalize import Normalized
 from gkp.mechanisms.pruning.dependencies import attach_tables, declares_tables
@@ -71,6 +84,23 @@ class Pruned:
     seconds: float
 
 
+@dataclass(frozen=True)
+class TrainedPruning:
+    """A training-time method's work: the model as ``trained`` (masked, or with the method's modules), the
+    physical ``pruned`` model, its ``plan`` and ``selection``, and the training's ``outcome``."""
+
+    trained: nn.Module
+    pruned: nn.Module
+    plan: Plan
+    selection: Selection
+    outcome: FitOutcome
+
+
+Train = Callable[[nn.Module, list[Phase], TrainingHooks], FitOutcome]
+"""``train(model, phases, method_hooks) -> outcome``: trains the prepared model in place (a run's prune
+stage: with its run folder, which keeps the model as trained before anything else happens)."""
+
+
 def plan_for(prune: PruneConfig, selection: Selection) -> Plan:
     """The plan of ``selection`` as ``prune`` asked for it (a MACs target replaces the rate)."""
     rate = None if prune.target_macs is not None else prune.rate
@@ -80,12 +110,96 @@ def plan_for(prune: PruneConfig, selection: Selection) -> Plan:
 def prune_one_shot(model: nn.Module, prune: PruneConfig, context: PruningContext) -> Pruned:
     """Select with a one-shot method on the trained ``model`` (left unchanged) and cut the plan out."""
     method = PRUNING_METHODS.get(prune.method)
-    method.check(model, prune.rate, prune.params, context)
     start = time.perf_counter()
     selection = method.select(model, prune.rate, prune.params, context)
     seconds = time.perf_counter() - start
     plan = plan_for(prune, selection)
     return Pruned(apply_plan(model, plan), plan, selection, seconds)
+
+
+def prune_while_training(
+    model: nn.Module, prune: PruneConfig, context: PruningContext, recipe: Recipe, train: Train
+) -> TrainedPruning:
+    """A training-time method on ``model``: its phases (given ``recipe``, the training section's) and hooks,
+    the modules it ``prepare``s, the training (``train``), then its physical model: the one its
+    ``finalize`` builds, or the trained model's zeroed filters cut out by surgery."""
+    method = PRUNING_METHODS.get(prune.method)
+    phases, hooks = method.training.build(model, prune.rate, prune.params, context, recipe)
+    model = method.training.prepare(model, hooks)
+    outcome = train(model, phases, hooks)
+    if method.training.finalize is not None:
+        pruned, selection = method.training.finalize(model, hooks)
+        return TrainedPruning(model, pruned, plan_for(prune, selection), selection, outcome)
+    selection = method.select(model, prune.rate, prune.params, context)
+    plan = plan_for(prune, selection)
+    return TrainedPruning(model, apply_plan(model, plan), plan, selection, outcome)
+
+
+def loss_of(cfg: TrainConfig) -> Choice:
+    """The loss a training section minimises: the one a key of the section chose, else cross-entropy."""
+    if cfg.loss is not None:
+        return cfg.loss
+    entry = LOSSES.get("cross_entropy")
+    return Choice(entry, entry.params())
+
+
+def objective_of(cfg: TrainConfig) -> Objective:
+    """The section's loss as the loop's objective, with the attack that crafts its examples, if any."""
+    loss = loss_of(cfg)
+    attack = ATTACKS.get(loss.entry.attack) if loss.entry.attack else None
+    return loss.entry.objective(loss.params, cfg.label_smoothing, attack)
+
+
+def hooks_of(cfg: TrainConfig, method_hooks: TrainingHooks | None) -> TrainingHooks:
+    """A training-time method's hooks and the section's options' (network slimming's sparsity term)."""
+    hooks = [method_hooks] if method_hooks is not None else []
+    if cfg.bn_sparsity:
+        hooks.append(BatchNormSparsity(cfg.bn_sparsity))
+    return HookChain(hooks)
+
+
+class _NoStore:
+    """Training from Python keeps no checkpoints: nothing to resume, no best-epoch models."""
+
+    def load_resume(self) -> None:
+        return None
+
+    def save_epoch(self, model: nn.Module, state: Any) -> None:
+        pass
+
+    def save_best(self, metric: str, model: nn.Module, row: Any) -> None:
+        pass
+
+    def save_snapshot(self, epoch: int, model: nn.Module) -> None:
+        pass
+
+    def describe_last(self) -> str:
+        return "none: training from Python keeps no checkpoint"
+
+
+def _trainer(cfg: TrainConfig, data: GivenSplit, dense: nn.Module, seed: int, batch_size: int) -> Train:
+    """``Train`` in this process on ``data``, with the loop's settings and loss from the section ``cfg`` and
+    ``dense`` as the teacher of a loss that reads one."""
+    if cfg.crop_padding is not None:
+        raise ConfigError("finetune.crop_padding: data from Python is not augmented here; augment in a DataLoader")
+    settings = LoopSettings(
+        stage="prune", seed=seed, batch_size=batch_size, amp=cfg.amp, channels_last=cfg.channels_last, eval_every=0
+    )
+    teacher = copy.deepcopy(dense).eval().requires_grad_(False) if loss_of(cfg).entry.teacher else None
+
+    def train(model: nn.Module, phases: list[Phase], method_hooks: TrainingHooks) -> FitOutcome:
+        return fit(
+            model,
+            phases,
+            data=Data(data, None),
+            settings=settings,
+            store=_NoStore(),
+            objective=objective_of(cfg),
+            hooks=hooks_of(cfg, method_hooks),
+            teacher=teacher,
+        )
+
+    return train
 
 
 def prune(
@@ -97,32 +211,58 @@ def prune(
     rates: Mapping[str, float] | None = None,
     example_input: torch.Tensor | None = None,
     calibration: Any = None,
+    snapshots: Mapping[int, Mapping[str, torch.Tensor]] | None = None,
+    data: Any = None,
+    training: Mapping[str, Any] | None = None,
+    batch_size: int = 64,
+    seed: int = 0,
     leave_unpruned: Iterable[str] = (),
     **params: Any,
 ) -> tuple[nn.Module, Plan]:
-    """Prune ``model`` (left unchanged) with the registered one-shot ``method``: returns the physically
-    smaller model and its ``Plan`` (``plan.to_dict()`` is what a run's ``plan.json`` holds).
+    """Prune ``model`` (left unchanged) with the registered ``method``: returns the physically smaller
+    model and its ``Plan`` (``plan.to_dict()`` is what a run's ``plan.json`` holds).
 
     ``rate``, ``target_macs`` (a fraction of the dense MACs) and ``rates`` (per-layer rates by module-name
     prefix) are the config's ``prune`` keys, ``params`` the method's own (``prune.params``). A data-dependent
-    method reads every batch of ``calibration`` (a pair of tensors (images in [0, 1], labels) or a
-    DataLoader). ``example_input``, a batch of the model's inputs, sizes the MACs count, and traces a model
-    that does not declare its dependency tables; ``leave_unpruned`` names modules of such a model that are
-    kept whole (one torch.fx cannot trace, say)."""
+    method reads every batch of ``calibration``, and a training-time method trains on every batch of
+    ``data`` (each a pair of tensors (images in [0, 1], labels), cut into batches of ``batch_size``, or a
+    DataLoader) with the ``training`` recipe, a config's ``finetune`` keys ({"epochs": 10, "lr": 0.01},
+    ``adversarial``, ``distill`` with the given model as teacher, ...), seeded by ``seed``. TMI-GKP reads
+    ``snapshots`` of the training ({epoch: state_dict}). ``example_input``, a batch of the model's inputs,
+    sizes the MACs count (a registered architecture's own input size without it), and traces a model that
+    does not declare its dependency tables; ``leave_unpruned`` names modules of such a model that are kept
+    whole (one torch.fx cannot trace, say)."""
     config = {"method": method, "params": params, **({"rate": rate} if rate is not None else {})}
     config |= {"target_macs": target_macs} if target_macs is not None else {}
     config |= {"rates": dict(rates)} if rates else {}
     settings = build_prune(config)
     entry = PRUNING_METHODS.get(settings.method)
-    if entry.training is not None:
-        raise ConfigError(
-            f"prune.method: '{entry.name}' prunes while the model trains, which needs a run's data and recipes; "
-            "run it with gkp run (docs/running.md). gkp.prune takes the one-shot methods: "
-            + ", ".join(name for name, m in PRUNING_METHODS.items() if m.training is None)
-        )
+    section = _training_section(entry, data, training)
     prunable = _with_tables(model, example_input, tuple(leave_unpruned))
-    pruned = prune_one_shot(prunable, settings, _context(settings, entry, prunable, example_input, calibration))
-    return pruned.model, pruned.plan
+    context = _context(settings, entry, prunable, example_input, calibration, snapshots, batch_size)
+    entry.check(prunable, settings.rate, settings.params, context)
+    if entry.training is None:
+        pruned = prune_one_shot(prunable, settings, context)
+        return pruned.model, pruned.plan
+    seed_everything(seed)
+    split = GivenSplit(data, next(prunable.parameters()).device)
+    train = _trainer(section, split, prunable, seed, batch_size)
+    trained = prune_while_training(copy.deepcopy(prunable), settings, context, Recipe.of(section), train)
+    return trained.pruned.eval(), trained.plan
+
+
+def _training_section(method: PruningMethod, data: Any, training: Mapping[str, Any] | None) -> TrainConfig | None:
+    """The recipe a training-time method trains with (checked before anything runs)."""
+    if method.training is None:
+        if data is not None or training is not None:
+            raise ConfigError(f"{method.name} prunes one-shot, without training: drop data= and training=")
+        return None
+    if data is None:
+        raise ConfigError(
+            f"prune.method: '{method.name}' prunes while the model trains: pass data= (training images and labels, "
+            "or a DataLoader) and training=, the recipe's finetune keys (e.g. {'epochs': 10, 'lr': 0.01})"
+        )
+    return build_section(dict(training or {}), "finetune")
 
 
 def trace(model: nn.Module, example_input: torch.Tensor, leave_unpruned: Iterable[str] = ()):
@@ -162,15 +302,20 @@ def _input_size(model: nn.Module, example_input: torch.Tensor | None) -> int | t
 
 
 def _context(
-    settings: PruneConfig, method: PruningMethod, model: nn.Module, example_input, calibration
+    settings: PruneConfig, method: PruningMethod, model: nn.Module, example_input, calibration, snapshots, batch_size
 ) -> PruningContext:
     if method.calibrated and calibration is None:
         raise ConfigError(f"{method.name} reads calibration images: pass calibration=(images, labels) or a DataLoader")
     device = next(model.parameters()).device
-    batches = GivenSplit(calibration, device).all_batches(128) if calibration is not None else None
-    if method.snapshot_epochs(settings.params):
-        raise ConfigError(f"{method.name} reads training snapshots, which only a run keeps: run it with gkp run")
+    batches = GivenSplit(calibration, device).all_batches(batch_size) if calibration is not None else None
+    missing = [e for e in method.snapshot_epochs(settings.params) if e not in (snapshots or {})]
+    if missing:
+        raise ConfigError(
+            f"{method.name} reads the training's weights after epochs {missing[0]}..{missing[-1]}: pass "
+            "snapshots={epoch: state_dict} (a run's train stage keeps them in snapshots/)"
+        )
     return PruningContext(
+        snapshots=(lambda epoch: snapshots[epoch]) if snapshots else None,
         calibration=(lambda: batches) if batches is not None else None,
         rates=settings.rates,
         target_macs=settings.target_macs,
@@ -230,10 +375,10 @@ def evaluate_split(
     ones)."""
     forms = {}
     if not deterministic:
-        _, (x, _) = next(iter(split.test_batches(batch_size)))
-        passes = math.ceil(split.num_samples / batch_size) * (1 + sum(spec.passes for spec in specs))
+        _, (x, _) = next(iter(split.test_batches(batch_size)))  # a DataLoader's batches are its own size
+        passes = math.ceil(split.num_samples / len(x)) * (1 + sum(spec.passes for spec in specs))
         forms = fastest_forms(
-            model, x.shape[-1], batch_size, passes, train=bool(specs), channels_last=options.channels_last
+            model, x.shape[-1], len(x), passes, train=bool(specs), channels_last=options.channels_last
         )
     report = evaluate_on(
         model,

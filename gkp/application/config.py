@@ -286,26 +286,41 @@ def _check_data(exp: Experiment) -> None:
         raise ConfigError("data.mean: give data.mean and data.std together")
 
 
+def build_section(raw: Any, section: str = "finetune") -> TrainConfig:
+    """A training section (``train`` or ``finetune``) alone, built and checked as in a config (the Python
+    API's training recipe)."""
+    if raw is not None and not isinstance(raw, dict):
+        raise ConfigError(f"{section}: a mapping of its keys, e.g. {{epochs: 10, lr: 0.01}}, got {raw!r}")
+    keys = dict(raw or {})
+    choices = {key: make(keys.pop(key, None), f"{section}.{key}") for key, make in CHOICES.items()}
+    cfg = replace(build(TrainConfig if section == "train" else FinetuneConfig, keys, section), **choices)
+    check_section(cfg, section, [])
+    return cfg
+
+
+def check_section(cfg: TrainConfig, stage: str, labels: list[str]) -> None:
+    """What a training section must hold on its own (``labels``: the config's attack labels)."""
+    for label in cfg.eval_attacks:
+        if label not in labels:
+            raise ConfigError(
+                f"{stage}.eval_attacks: '{label}' is not the label of an attack in "
+                f"'attacks'; labels: {', '.join(labels) or 'none (attacks is empty)'}"
+            )
+    if cfg.nesterov and (cfg.momentum == 0 or cfg.optimizer.entry.name != "sgd"):
+        raise ConfigError(f"{stage}.nesterov: Nesterov momentum is SGD's, and needs {stage}.momentum > 0")
+    if cfg.adversarial is not None and cfg.distill is not None:
+        raise ConfigError(f"{stage}.distill: a section minimises one loss; drop {stage}.adversarial or {stage}.distill")
+    if cfg.schedule == "multistep" and not cfg.milestones:
+        raise ConfigError(f"{stage}.milestones: schedule multistep needs milestones, e.g. [150, 225]")
+    if list(cfg.milestones) != sorted(set(cfg.milestones)):
+        raise ConfigError(f"{stage}.milestones: must be increasing epochs, got {list(cfg.milestones)}")
+
+
 def _check_training(exp: Experiment) -> None:
     labels = [a.label for a in exp.attacks]
     for stage in TRAINING_SECTIONS:
         cfg: TrainConfig = getattr(exp, stage)
-        for label in cfg.eval_attacks:
-            if label not in labels:
-                raise ConfigError(
-                    f"{stage}.eval_attacks: '{label}' is not the label of an attack in "
-                    f"'attacks'; labels: {', '.join(labels) or 'none (attacks is empty)'}"
-                )
-        if cfg.nesterov and (cfg.momentum == 0 or cfg.optimizer.entry.name != "sgd"):
-            raise ConfigError(f"{stage}.nesterov: Nesterov momentum is SGD's, and needs {stage}.momentum > 0")
-        if cfg.adversarial is not None and cfg.distill is not None:
-            raise ConfigError(
-                f"{stage}.distill: a section minimises one loss; drop {stage}.adversarial or {stage}.distill"
-            )
-        if cfg.schedule == "multistep" and not cfg.milestones:
-            raise ConfigError(f"{stage}.milestones: schedule multistep needs milestones, e.g. [150, 225]")
-        if list(cfg.milestones) != sorted(set(cfg.milestones)):
-            raise ConfigError(f"{stage}.milestones: must be increasing epochs, got {list(cfg.milestones)}")
+        check_section(cfg, stage, labels)
         used = any(stage_named(name).trains(exp) == stage for name in exp.stages)
         if used and cfg.select_on == "val" and exp.data.val_fraction <= 0:
             raise ConfigError(f"{stage}.select_on: 'val' needs a validation split: set data.val_fraction, e.g. 0.1")

@@ -11,7 +11,7 @@ from dataclasses import asdict, replace
 import torch
 from torch import nn
 
-from gkp.application.api import plan_for, prune_one_shot
+from gkp.application.api import TrainedPruning, prune_one_shot, prune_while_training
 from gkp.application.catalog import PRUNING_METHODS, build_model
 from gkp.application.checkpoints.io import checkpoint_payload, model_from_payload, read_checkpoint, save_checkpoint
 from gkp.application.pipeline.context import Context, load_run_model, new_model
@@ -33,7 +33,7 @@ from gkp.foundation.seeding import derive_seed, seed_everything
 from gkp.mechanisms.counting import Cost, measure
 from gkp.mechanisms.data.splits import calibration_batches
 from gkp.mechanisms.engine.evaluate import evaluate
-from gkp.mechanisms.pruning.surgery import apply as apply_plan
+from gkp.mechanisms.engine.train import FitOutcome
 
 log = logging.getLogger(__name__)
 
@@ -121,35 +121,36 @@ def _method_training(ctx: Context, method: PruningMethod, model: nn.Module) -> t
 def _prune_while_training(ctx: Context, method: PruningMethod) -> None:
     """Train with the method's phases and hooks (from scratch or from the dense model, as ``prune.during``
     says), then keep the physical model: the one the method's ``finalize`` builds, or the trained model's
-    zeroed filters cut out (the model as trained is then kept too, as ``masked``)."""
+    zeroed filters cut out (the model as trained is then kept too, as ``masked``, saved before the cut)."""
     exp = ctx.exp
     seed_everything(exp.seed)
     model = new_model(ctx).to(ctx.device) if exp.prune.during == "train" else load_run_model(ctx, "dense")
     dense = model_spec(model)
-    phases, hooks = _method_training(ctx, method, model)
-    model = method.training.prepare(model, hooks)
+    recipe = Recipe.of(getattr(exp, exp.prune.during))
     own_modules = method.training.changes_structure
-    outcome = train_stage(ctx, "prune", exp.prune.during, model, phases, hooks, keep_best=not own_modules)
+
+    def train(model: nn.Module, phases: list[Phase], hooks: TrainingHooks) -> FitOutcome:
+        outcome = train_stage(ctx, "prune", exp.prune.during, model, phases, hooks, keep_best=not own_modules)
+        if method.training.finalize is None:
+            metadata = {"stage": "prune", "input_size": ctx.data.image_size, "final": outcome.final}
+            save_checkpoint(ctx.run.path / model_file("masked"), model, metadata)
+        return outcome
+
+    result = prune_while_training(model, exp.prune, pruning_context(ctx), recipe, train)
     if method.training.finalize is not None:
-        pruned, selection = _finalized(ctx, method, model, hooks, dense)
+        pruned = _rebuildable(method, result, dense)
         architecture = build_model(dense.arch, **dense.args).to(ctx.device)
-        _save_pruned(ctx, architecture, selection, pruned, {"trained": exp.prune.during}, "dense")
+        _save_pruned(ctx, architecture, result.selection, pruned, {"trained": exp.prune.during}, "dense")
         return
-    metadata = {"stage": "prune", "input_size": ctx.data.image_size, "final": outcome.final}
-    save_checkpoint(ctx.run.path / model_file("masked"), model, metadata)
-    selection = method.select(model, exp.prune.rate, exp.prune.params, pruning_context(ctx))
-    pruned = apply_plan(model, plan_for(exp.prune, selection))
-    notes = {"trained": exp.prune.during, **_masked_physical_gap(ctx, model, pruned)}
-    _save_pruned(ctx, model, selection, pruned, notes, "masked")
+    notes = {"trained": exp.prune.during, **_masked_physical_gap(ctx, result.trained, result.pruned)}
+    _save_pruned(ctx, result.trained, result.selection, result.pruned, notes, "masked")
 
 
-def _finalized(
-    ctx: Context, method: PruningMethod, model: nn.Module, hooks: TrainingHooks, dense: ModelSpec
-) -> tuple[nn.Module, Selection]:
-    """The method's physical model, carrying its plan over the ``dense`` architecture, checked to be what
+def _rebuildable(method: PruningMethod, result: TrainedPruning, dense: ModelSpec) -> nn.Module:
+    """The method's finalized model, carrying its plan over the ``dense`` architecture, checked to be what
     surgery rebuilds from that plan (else its checkpoint could not be read back)."""
-    pruned, selection = method.training.finalize(model, hooks)
-    pruned.gkp_spec = replace(dense, plan=plan_for(ctx.exp.prune, selection).to_dict())
+    pruned = result.pruned
+    pruned.gkp_spec = replace(dense, plan=result.plan.to_dict())
     try:
         model_from_payload(checkpoint_payload(pruned), f"{method.name}'s finalized model")
     except CheckpointError as error:
@@ -157,7 +158,7 @@ def _finalized(
             f"{method.name}: its finalize returned a model that its plan does not rebuild ({error}); "
             "the pruned checkpoint would not load"
         ) from error
-    return pruned, selection
+    return pruned
 
 
 def _masked_physical_gap(ctx: Context, masked: nn.Module, pruned: nn.Module) -> dict[str, float]:

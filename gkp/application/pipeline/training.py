@@ -9,17 +9,17 @@ from typing import Any
 
 from torch import nn
 
-from gkp.application.catalog import ATTACKS, LOSSES, PRUNING_METHODS
+from gkp.application.api import hooks_of, objective_of
+from gkp.application.catalog import PRUNING_METHODS
 from gkp.application.checkpoints.io import save_checkpoint
 from gkp.application.pipeline.context import Context, load_run_model, new_model
 from gkp.application.pipeline.rundir import StageStore
 from gkp.application.pipeline.stages import model_file, stage_named, teacher_models
 from gkp.application.reports.curves import write_training_curves
-from gkp.foundation.contracts import Choice, Objective, Phase, Recipe, TrainingHooks
+from gkp.foundation.contracts import Phase, Recipe, TrainingHooks
 from gkp.foundation.files import write_json_atomic
 from gkp.foundation.seeding import seed_everything
 from gkp.mechanisms.engine.evaluate import evaluate
-from gkp.mechanisms.engine.hooks import BatchNormSparsity, HookChain
 from gkp.mechanisms.engine.train import Data, FitOutcome, LoopSettings, fit
 from gkp.mechanisms.layers.forms import use_form
 
@@ -57,35 +57,12 @@ def _save_trained(ctx: Context, stage: str, model: nn.Module, outcome: FitOutcom
 # ------------------------------------------------------------------------------------------- the loop
 
 
-def loss_of(cfg) -> Choice:
-    """The loss a training section minimises: the one a key of the section chose, else cross-entropy."""
-    if cfg.loss is not None:
-        return cfg.loss
-    entry = LOSSES.get("cross_entropy")
-    return Choice(entry, entry.params())
-
-
-def objective_of(cfg) -> Objective:
-    """The section's loss as the loop's objective, with the attack that crafts its examples, if any."""
-    loss = loss_of(cfg)
-    attack = ATTACKS.get(loss.entry.attack) if loss.entry.attack else None
-    return loss.entry.objective(loss.params, cfg.label_smoothing, attack)
-
-
 def teacher_of(ctx: Context, section: str) -> nn.Module | None:
     """The dense model in eval mode, without gradients, where the section's loss reads a teacher."""
     if not teacher_models(ctx.exp, section):
         return None
     teacher = load_run_model(ctx, "dense").eval()
     return teacher.requires_grad_(False)
-
-
-def hooks_of(cfg, method_hooks: TrainingHooks | None) -> TrainingHooks:
-    """A training-time method's hooks and the section's options' (network slimming's sparsity term)."""
-    hooks = [method_hooks] if method_hooks is not None else []
-    if cfg.bn_sparsity:
-        hooks.append(BatchNormSparsity(cfg.bn_sparsity))
-    return HookChain(hooks)
 
 
 def _epoch_evaluation(ctx: Context, cfg):

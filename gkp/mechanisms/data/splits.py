@@ -12,6 +12,7 @@ every training batch (the batches themselves are those of one process), and ever
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -207,39 +208,60 @@ def calibration_batches(split, batches: int, batch_size: int, seed: int) -> list
 
 
 class GivenSplit:
-    """Evaluation batches of images in [0, 1] handed over from Python (``gkp.evaluate``): a pair of tensors
-    (images, labels), cut into batches of the size asked, or any sized, re-iterable source of (images,
-    labels) batches such as a ``DataLoader``, whose own batches are kept. Batches move to ``device``; an
-    image outside [0, 1] raises ``DataError`` (attacks bound pixels, so normalisation belongs in the
-    model)."""
+    """Images in [0, 1] handed over from Python (the API): a pair of tensors (images, labels), cut into
+    batches of the size asked (shuffled from the epoch's seed for training, never augmented), or any
+    sized, re-iterable source of (images, labels) batches such as a ``DataLoader``, whose own batches,
+    shuffling and transforms are kept. Batches move to ``device``; uint8 images are scaled to [0, 1], and
+    an image outside [0, 1] raises ``DataError`` (attacks bound pixels, so normalisation belongs in the
+    model). One process reads it all."""
 
     def __init__(self, data, device: torch.device):
         self.device = device
+        self.tensors: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.loader = None
         if isinstance(data, (tuple, list)) and len(data) == 2 and all(torch.is_tensor(t) for t in data):
             images, labels = data
             if images.dim() != 4 or labels.dim() != 1 or len(images) != len(labels):
                 raise DataError(
                     f"expected images (N, C, H, W) and labels (N,), got {tuple(images.shape)} and {tuple(labels.shape)}"
                 )
-            self._batches: Callable[[int], Iterator[Batch]] = lambda size: zip(
-                images.split(size), labels.split(size), strict=True
-            )
-            self.num_samples = len(labels)
-            return
-        dataset = getattr(data, "dataset", None)
-        if dataset is None or not hasattr(dataset, "__len__"):
+            self.tensors, self.num_samples = (images, labels), len(labels)
+        elif hasattr(getattr(data, "dataset", None), "__len__"):
+            self.loader, self.num_samples = data, len(data.dataset)
+        else:
             raise DataError(
-                f"the data must be a pair of tensors (images, labels) or a DataLoader over a sized dataset, "
+                "the data must be a pair of tensors (images, labels) or a DataLoader over a sized dataset, "
                 f"got {type(data).__name__}"
             )
-        self._batches = lambda size: iter(data)
-        self.num_samples = len(dataset)
+
+    def _raw_batches(self, batch_size: int, order: torch.Tensor | None = None) -> Iterator[Batch]:
+        if self.tensors is None:
+            return iter(self.loader)
+        images, labels = self.tensors
+        if order is None:
+            return zip(images.split(batch_size), labels.split(batch_size), strict=True)
+        return ((images[part], labels[part]) for part in order.split(batch_size))
+
+    def _moved(self, images: torch.Tensor, labels: torch.Tensor) -> Batch:
+        return self._pixels(images.to(self.device)), labels.to(self.device).long()
 
     def test_batches(self, batch_size: int, shard: Shard = WHOLE) -> Iterator[tuple[int, Batch]]:
         """(index, batch) in order, those ``shard`` owns."""
-        for index, (images, labels) in enumerate(self._batches(batch_size)):
+        for index, (images, labels) in enumerate(self._raw_batches(batch_size)):
             if shard.owns(index):
-                yield index, (self._pixels(images.to(self.device)), labels.to(self.device).long())
+                yield index, self._moved(images, labels)
+
+    def batches(self, batch_size: int, *, train: bool = False, seed: int | None = None, shard: Shard = WHOLE):
+        """A training epoch's batches (tensors: shuffled from ``seed``)."""
+        if shard.size > 1:
+            raise DataError("data handed over from Python trains in one process (use gkp run for several)")
+        order = None
+        if train and self.tensors is not None:
+            order = torch.randperm(self.num_samples, generator=torch.Generator().manual_seed(seed or 0))
+        return (self._moved(images, labels) for images, labels in self._raw_batches(batch_size, order))
+
+    def num_batches(self, batch_size: int, train: bool = False, shard: Shard = WHOLE) -> int:
+        return len(self.loader) if self.tensors is None else math.ceil(self.num_samples / batch_size)
 
     def all_batches(self, batch_size: int) -> list[Batch]:
         return [batch for _, batch in self.test_batches(batch_size)]
