@@ -19,10 +19,10 @@ export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD" PYTHONUNBUFFERED=1
 PYTHON="${PYTHON:-python3}"
 if [ "${1:-}" = "--cpu-smoke" ]; then
     device=cpu; images=64; eval_images=32; batches=4; epochs=1; rounds=1; arch=resnet8; workers=0; full=
-    latency_archs=resnet8; search_archs=resnet8; search_reference=0
+    latency_archs=resnet8; search_archs=resnet8; search_reference=0; api_arch=resnet8; api_steps=2
 else  # AMP and channels_last also each off on its own
     device=cuda; images=20000; eval_images=10000; batches=256; epochs=2; rounds=3; arch=resnet56; workers=4; full=1
-    latency_archs=resnet56,vgg16,resnet50; search_archs=resnet56; search_reference=16
+    latency_archs=resnet56,vgg16,resnet50; search_archs=resnet56; search_reference=16; api_arch=resnet20; api_steps=10
 fi
 if [ -n "${OUT:-}" ]; then
     log="$OUT/gpu_check.log"
@@ -46,7 +46,7 @@ for variant in "--amp off --channels-last off" ${full:+"--amp off" "--channels-l
 done
 run benchmarks/bench_grouped.py --archs "$latency_archs" --device "$device" --batches "$batches" --repeats "$rounds" --timing-cost
 run benchmarks/bench_eval.py --arch "$arch" --device "$device" --images "$eval_images"
-run benchmarks/bench_api.py --device "$device" --images "$eval_images" --batch-size "$batches"
+run benchmarks/bench_api.py --arch "$api_arch" --device "$device" --images "$eval_images" --batch-size "$batches" --steps "$api_steps"
 run benchmarks/bench_srgkp.py --archs "$search_archs" --device "$device" --reference-channels "$search_reference" --compare-cpu
 ${full:+run benchmarks/bench_srgkp.py --archs vgg16 --device "$device" --reference-channels 0 --repeats 1}
 run benchmarks/bench_training_time.py --arch "$arch" --device "$device" --images "$((images / 4))" --rounds "$rounds" --steps 3

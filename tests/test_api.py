@@ -99,7 +99,9 @@ def masked_equals_physical(model: nn.Module, plan: Plan, pruned: nn.Module, x: t
         return (masked(x) - pruned.eval()(x)).abs().max().item()
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize(
+    "name", [pytest.param(name, marks=pytest.mark.slow) if name == "vgg16_bn" else name for name in MODELS]
+)
 def test_any_model_prunes_to_the_macs_asked_and_equals_its_masked_form(name):
     torch.manual_seed(0)
     model, x = randomise_batchnorm(MODELS[name]()).eval(), torch.rand(2, 3, 32, 32)
@@ -258,3 +260,23 @@ def test_gkp_loads_nothing_above_foundation_until_the_api_is_used():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["False", "True"]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_the_api_prunes_and_attacks_on_the_gpu_with_the_normalisation_outside_the_model():
+    torch.manual_seed(0)
+    model = randomise_batchnorm(torchvision.models.resnet18(num_classes=10)).eval().cuda()
+    x = torch.rand(1, 3, 32, 32, device="cuda")
+    pruned, _ = gkp.prune(model, "l1", target_macs=0.5, example_input=x)
+    data = (torch.rand(64, 3, 32, 32, device="cuda"), torch.randint(0, 10, (64,), device="cuda"))
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    report = gkp.evaluate(pruned, data, attacks=[{"name": "pgd", "eps": 8 / 255, "steps": 3}], mean=mean, std=std)
+    on_cpu = gkp.evaluate(
+        pruned.cpu(),
+        tuple(t.cpu() for t in data),
+        attacks=[{"name": "pgd", "eps": 8 / 255, "steps": 3}],
+        mean=mean,
+        std=std,
+    )
+    assert report.accuracies() == pytest.approx(on_cpu.accuracies(), abs=2 / 64)

@@ -28,7 +28,8 @@ def run(command: list[str], cwd: Path, env: dict[str, str]) -> subprocess.Comple
 def test_a_wheel_installed_elsewhere_lists_fetches_and_runs_from_another_folder(tmp_path, shared):
     """``pip wheel`` of this clone, installed (without its dependencies, which this environment has) into
     a folder of its own: from yet another folder, ``gkp zoo`` reads the manifest shipped in the wheel,
-    ``gkp fetch NAME --from FILE`` converts a shared checkpoint and ``python -m gkp run`` runs a config."""
+    ``gkp fetch NAME --from FILE`` converts a shared checkpoint, the Python API loads and prunes it, and
+    ``python -m gkp run`` runs a config."""
     python = sys.executable
     run(
         [python, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path / "dist"), str(ROOT)],
@@ -49,6 +50,8 @@ def test_a_wheel_installed_elsewhere_lists_fetches_and_runs_from_another_folder(
     source = shared / "checkpoints" / "resnet20-12fca82f.th"
     run([python, "-m", "gkp", "fetch", "resnet20-akamaster", "--from", str(source)], elsewhere, env)
     assert list((tmp_path / "zoo").rglob("*.ckpt"))
+    api = "import gkp; m = gkp.load('zoo:resnet20-akamaster'); print(len(gkp.prune(m, 'l1', rate=0.5)[1].layers))"
+    assert run([python, "-c", api], elsewhere, env).stdout.split() == ["9"]  # the Python API, from the wheel
     config = tiny_config(stages=["train", "prune", "eval"], train={"epochs": 1}, finetune={"epochs": 1}, attacks=[])
     (elsewhere / "tiny.yaml").write_text(yaml.safe_dump(config))
     run([python, "-m", "gkp", "run", "tiny.yaml", "--out", "run"], elsewhere, env)

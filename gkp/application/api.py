@@ -248,7 +248,7 @@ def prune(
     split = GivenSplit(data, next(prunable.parameters()).device)
     train = _trainer(section, split, prunable, seed, batch_size)
     trained = prune_while_training(copy.deepcopy(prunable), settings, context, Recipe.of(section), train)
-    return trained.pruned.eval(), trained.plan
+    return trained.pruned.train(model.training), trained.plan  # in the mode the model was given
 
 
 def _training_section(method: PruningMethod, data: Any, training: Mapping[str, Any] | None) -> TrainConfig | None:
@@ -420,8 +420,8 @@ def evaluate(
     specs = build_attacks([*attacks, *_suite_entry(suite, eps)])
     if (mean is None) != (std is None):
         raise ConfigError("pass both mean= and std= (the normalisation the model expects), or neither")
-    evaluated = Normalized(model, mean, std) if mean is not None else model
     device = next(model.parameters()).device
+    evaluated = Normalized(model, mean, std).to(device) if mean is not None else model
     options = EvalConfig(fold_batchnorm=fold_batchnorm, channels_last=channels_last)
     split = GivenSplit(data, device)
     return evaluate_split(evaluated, split, specs, batch_size=batch_size, seed=seed, options=options).report
