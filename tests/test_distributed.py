@@ -202,3 +202,23 @@ def test_ddp_takes_one_all_reduce_per_step_with_an_attack_inside_and_gives_the_w
     for name, parameter in model.named_parameters():
         assert torch.equal(ranks[0]["grads"][name], ranks[1]["grads"][name]), name
         assert torch.allclose(ranks[0]["grads"][name], parameter.grad, atol=1e-6, rtol=1e-4), name
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_on_a_gpu_the_global_batchnorm_is_torchs_syncbatchnorm_and_the_layer_comes_back_plain():
+    import torch.distributed as dist
+
+    dist.init_process_group("nccl", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
+    try:
+        torch.manual_seed(0)
+        layer, reference = torch.nn.BatchNorm2d(3).cuda(), torch.nn.BatchNorm2d(3).cuda()
+        x = torch.randn(8, 3, 5, 5, device="cuda")
+        with distributed.global_batchnorm(layer, enabled=True):
+            assert type(layer) is torch.nn.SyncBatchNorm
+            got = layer(x)
+        assert type(layer) is torch.nn.BatchNorm2d and not hasattr(layer, "process_group")
+        assert torch.allclose(got, reference(x), atol=1e-5)
+        assert torch.allclose(layer.running_mean, reference.running_mean, atol=1e-6)
+    finally:
+        dist.destroy_process_group()

@@ -142,7 +142,7 @@ class Epoch:
     forward: nn.Module | None = None
 
     def context(self, x: torch.Tensor, y: torch.Tensor) -> StepContext:
-        model = self.forward or self.model
+        model = self.model if self.forward is None else self.forward
         return StepContext(model, x, y, self.generator, self.teacher, self.index, self.epoch, self.steps)
 
 
