@@ -54,7 +54,7 @@ from gkp.mechanisms.engine.evaluate import AttackOutcome, EvalReport
 from gkp.mechanisms.engine.evaluate import evaluate as evaluate_on
 from gkp.mechanisms.engine.hooks import BatchNormSparsity, HookChain
 from gkp.mechanisms.engine.train import Data, FitOutcome, LoopSettings, fit
-from gkp.mechanisms.layers.forms import choose_forms
+from gkp.mechanisms.layers.forms import choose_forms, has_forms
 from gkp.mechanisms.layers.normalize import Normalized
 from gkp.mechanisms.pruning.dependencies import attach_tables, declares_tables
 from gkp.mechanisms.pruning.plan import Plan
@@ -374,7 +374,7 @@ def evaluate_split(
     its grouped convs first put in their fastest forms (unless ``deterministic``, which keeps the default
     ones)."""
     forms = {}
-    if not deterministic:
+    if not deterministic and has_forms(model):
         _, (x, _) = next(iter(split.test_batches(batch_size)))  # a DataLoader's batches are its own size
         passes = math.ceil(split.num_samples / len(x)) * (1 + sum(spec.passes for spec in specs))
         forms = fastest_forms(

@@ -141,12 +141,17 @@ CHOICES = {
 }  # a training section's keys that name entries
 
 
+def _section_choices(keys: dict, section: str) -> dict[str, Choice | None]:
+    """The keys of one training section that name registry entries, built, and removed from ``keys``."""
+    return {key: make(keys.pop(key, None), f"{section}.{key}") for key, make in CHOICES.items()}
+
+
 def _pop_choices(raw: dict) -> dict[str, dict[str, Choice | None]]:
     """Each training section's keys that name registry entries, built, and removed from ``raw``."""
     chosen = {}
     for section in TRAINING_SECTIONS:
         keys = dict(raw[section]) if isinstance(raw.get(section), dict) else {}
-        chosen[section] = {key: make(keys.pop(key, None), f"{section}.{key}") for key, make in CHOICES.items()}
+        chosen[section] = _section_choices(keys, section)
         if isinstance(raw.get(section), dict):
             raw[section] = keys
     return chosen
@@ -292,7 +297,7 @@ def build_section(raw: Any, section: str = "finetune") -> TrainConfig:
     if raw is not None and not isinstance(raw, dict):
         raise ConfigError(f"{section}: a mapping of its keys, e.g. {{epochs: 10, lr: 0.01}}, got {raw!r}")
     keys = dict(raw or {})
-    choices = {key: make(keys.pop(key, None), f"{section}.{key}") for key, make in CHOICES.items()}
+    choices = _section_choices(keys, section)
     cfg = replace(build(TrainConfig if section == "train" else FinetuneConfig, keys, section), **choices)
     check_section(cfg, section, [])
     return cfg

@@ -121,9 +121,7 @@ def batch_weight(part: int, reference: torch.Tensor) -> torch.Tensor:
     """What this process's mean loss is multiplied by, so that DDP's average of the processes' gradients
     is the gradient of the whole batch's mean loss: its ``part`` of the batch's images x the number of
     processes / the batch's images (one all-reduce of a number, left on the device)."""
-    parts = reference.new_tensor([float(part)])
-    dist.all_reduce(parts)
-    return float(part * dist.get_world_size()) / parts[0]
+    return float(part * dist.get_world_size()) / sum_across(reference.new_tensor([float(part)]))[0]
 
 
 def gather(local: list[tuple[int, Any]]) -> list[Any]:

@@ -186,6 +186,11 @@ def _timing_passes(shapes: int, layers: int, rounds: int) -> float:
     return shapes * (rounds + 1) * len(FORMS) / layers + 2 * (rounds + 1)
 
 
+def has_forms(model: nn.Module) -> bool:
+    """Whether any layer of ``model`` has several equivalent forms to choose from."""
+    return any(isinstance(m, GroupedKernelConv2d) for m in model.modules())
+
+
 def choose_forms(
     model: nn.Module,
     input_size: int,
@@ -206,7 +211,7 @@ def choose_forms(
     memory format, input shape, layer) is in ``timings`` takes the form recorded there; the others are
     timed and recorded where their timing costs at most TIMING_SHARE of the ``passes`` model passes the
     choice is for (all of them, if given no ``passes``), and otherwise run dense, unrecorded."""
-    if not any(isinstance(m, GroupedKernelConv2d) for m in model.modules()):
+    if not has_forms(model):
         return {}
     reference = next(model.parameters())
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
